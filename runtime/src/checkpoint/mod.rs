@@ -1,0 +1,1 @@
+//! Checkpoints: Hugging Face folders (config.json + safetensors), dtype conversion on load.

@@ -1,0 +1,1 @@
+//! Training data: plain text, JSONL and token-id safetensors, tokenized and batched.

@@ -1,0 +1,6 @@
+//! lamda-runtime: checkpoints, data and the execution of a compiled Plan.
+
+pub mod checkpoint;
+pub mod data;
+pub mod linalg;
+pub mod ops;
