@@ -1,0 +1,406 @@
+//! Errors of checkpoint reading and writing: each names the file, the tensor where
+//! one is involved, and says what to do about it ([`CheckpointError::hint`]).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// Everything that can go wrong while reading a checkpoint folder, a safetensors
+/// file or a config.json, or while writing a safetensors file.
+///
+/// The `Display` text states the fact; [`CheckpointError::hint`] is the help line
+/// and [`CheckpointError::code`] a stable code for diagnostics.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The checkpoint folder does not exist.
+    #[error("checkpoint folder `{}` does not exist", path.display())]
+    FolderMissing {
+        /// The folder that was asked for.
+        path: PathBuf,
+    },
+    /// The checkpoint path exists but is not a folder.
+    #[error("`{}` is not a folder", path.display())]
+    NotAFolder {
+        /// The path that was asked for.
+        path: PathBuf,
+    },
+    /// The folder has no config.json.
+    #[error("`{}` does not exist", path.display())]
+    ConfigMissing {
+        /// The config.json path that was looked for.
+        path: PathBuf,
+    },
+    /// An operating-system error while reading a file.
+    #[error("cannot read `{}`: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file (config.json, an index.json) is not valid JSON.
+    #[error("invalid JSON in `{}` at line {line}, column {column}: {message}", path.display())]
+    InvalidJson {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What the JSON parser said.
+        message: String,
+    },
+    /// A required key is absent from config.json.
+    #[error("`{}` has no `{key}`", path.display())]
+    MissingKey {
+        /// The config file.
+        path: PathBuf,
+        /// The key, dotted for nested keys.
+        key: String,
+    },
+    /// A config.json key holds a value of the wrong JSON type.
+    #[error("`{key}` in `{}` should be {expected}, found {found}", path.display())]
+    WrongType {
+        /// The config file.
+        path: PathBuf,
+        /// The key, dotted for nested keys.
+        key: String,
+        /// What was expected, in words.
+        expected: &'static str,
+        /// What was found, in words.
+        found: String,
+    },
+    /// A config.json value has the right type but an impossible value.
+    #[error("invalid `{key}` in `{}`: {reason}", path.display())]
+    InvalidValue {
+        /// The config file.
+        path: PathBuf,
+        /// The key, dotted for nested keys.
+        key: String,
+        /// Why the value is rejected.
+        reason: String,
+    },
+    /// config.json describes a model that is not a Llama-family causal LM.
+    #[error("`{}` describes a `{found}` model, which lamdac cannot load", path.display())]
+    UnsupportedArchitecture {
+        /// The config file.
+        path: PathBuf,
+        /// The model_type or architecture found.
+        found: String,
+    },
+    /// config.json asks for a RoPE scaling variant the runtime does not implement.
+    #[error("`{}` uses rope scaling `{rope_type}`, which lamdac does not implement", path.display())]
+    UnsupportedRopeScaling {
+        /// The config file.
+        path: PathBuf,
+        /// The rope_type found (`linear`, `dynamic`, `llama3`, `yarn`, ...).
+        rope_type: String,
+    },
+    /// config.json turns on a feature of the architecture the runtime does not implement.
+    #[error("`{}` sets `{key}` = {value}, which lamdac does not implement", path.display())]
+    UnsupportedFeature {
+        /// The config file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// The value found.
+        value: String,
+    },
+    /// The folder has neither model.safetensors nor model.safetensors.index.json.
+    #[error("no weights in `{}`: neither model.safetensors nor model.safetensors.index.json", path.display())]
+    NoWeights {
+        /// The checkpoint folder.
+        path: PathBuf,
+        /// Weight-looking files that are there (other formats, shards without index).
+        found: Vec<String>,
+    },
+    /// model.safetensors.index.json is valid JSON but not a valid index.
+    #[error("`{}` is not a valid safetensors index: {reason}", path.display())]
+    InvalidIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The index maps a tensor to a shard file that does not exist.
+    #[error("`{}` puts `{tensor}` in `{}`, which does not exist", index.display(), shard.display())]
+    MissingShard {
+        /// The index file.
+        index: PathBuf,
+        /// The missing shard.
+        shard: PathBuf,
+        /// The first tensor the index places in that shard.
+        tensor: String,
+    },
+    /// A tensor is not in the checkpoint (or not in the shard the index names).
+    #[error("tensor `{name}` not found in `{}`", path.display())]
+    MissingTensor {
+        /// The file or folder searched.
+        path: PathBuf,
+        /// The tensor asked for.
+        name: String,
+        /// Names that are there and close to `name`, closest first (at most 3).
+        close: Vec<String>,
+    },
+    /// A tensor has a different shape from what the caller or the config expects.
+    #[error("tensor `{name}` in `{}` has shape {found:?}, expected {expected:?}", path.display())]
+    WrongShape {
+        /// The file holding the tensor.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// The shape that was expected.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor has a different number of dimensions from what the caller asks for.
+    #[error("tensor `{name}` in `{}` has shape {found:?}, expected a {expected_rank}-D tensor", path.display())]
+    WrongRank {
+        /// The file holding the tensor.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// The number of dimensions asked for.
+        expected_rank: usize,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor is stored in a dtype that cannot be converted to what was asked.
+    #[error("tensor `{name}` in `{}` is {dtype}, cannot read it as {wanted}", path.display())]
+    UnsupportedDtype {
+        /// The file holding the tensor.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// The dtype in the file.
+        dtype: String,
+        /// What the caller asked for, with the dtypes that convert to it.
+        wanted: &'static str,
+    },
+    /// The file is shorter than its safetensors header says it is.
+    #[error("`{}` is truncated: its header describes {expected_len} bytes, the file has {actual_len}", path.display())]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Length the header implies, in bytes.
+        expected_len: u64,
+        /// Length on disk, in bytes.
+        actual_len: u64,
+    },
+    /// The safetensors header is malformed or contradicts itself.
+    #[error("`{}` is not a valid safetensors file: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The tensor whose entry is wrong, where one is.
+        tensor: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing a safetensors file failed.
+    #[error("cannot write `{}`: {source}", path.display())]
+    Write {
+        /// The destination file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tensor handed to the writer has a value count that does not match its shape.
+    #[error("tensor `{name}` for `{}` has {len} values but shape {shape:?} holds {expected}", path.display())]
+    WriteShape {
+        /// The destination file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// Its declared shape.
+        shape: Vec<usize>,
+        /// The number of values given.
+        len: usize,
+        /// The number of values the shape holds.
+        expected: usize,
+    },
+}
+
+impl CheckpointError {
+    /// A stable diagnostic code, `lamda::checkpoint::<kind>`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::FolderMissing { .. } => "lamda::checkpoint::folder_missing",
+            Self::NotAFolder { .. } => "lamda::checkpoint::not_a_folder",
+            Self::ConfigMissing { .. } => "lamda::checkpoint::config_missing",
+            Self::Io { .. } => "lamda::checkpoint::io",
+            Self::InvalidJson { .. } => "lamda::checkpoint::invalid_json",
+            Self::MissingKey { .. } => "lamda::checkpoint::missing_key",
+            Self::WrongType { .. } => "lamda::checkpoint::wrong_type",
+            Self::InvalidValue { .. } => "lamda::checkpoint::invalid_value",
+            Self::UnsupportedArchitecture { .. } => "lamda::checkpoint::unsupported_architecture",
+            Self::UnsupportedRopeScaling { .. } => "lamda::checkpoint::unsupported_rope_scaling",
+            Self::UnsupportedFeature { .. } => "lamda::checkpoint::unsupported_feature",
+            Self::NoWeights { .. } => "lamda::checkpoint::no_weights",
+            Self::InvalidIndex { .. } => "lamda::checkpoint::invalid_index",
+            Self::MissingShard { .. } => "lamda::checkpoint::missing_shard",
+            Self::MissingTensor { .. } => "lamda::checkpoint::missing_tensor",
+            Self::WrongShape { .. } => "lamda::checkpoint::wrong_shape",
+            Self::WrongRank { .. } => "lamda::checkpoint::wrong_rank",
+            Self::UnsupportedDtype { .. } => "lamda::checkpoint::unsupported_dtype",
+            Self::Truncated { .. } => "lamda::checkpoint::truncated",
+            Self::Corrupt { .. } => "lamda::checkpoint::corrupt",
+            Self::Write { .. } => "lamda::checkpoint::write",
+            Self::WriteShape { .. } => "lamda::checkpoint::write_shape",
+        }
+    }
+
+    /// The help line: what the user can do about this error.
+    pub fn hint(&self) -> String {
+        match self {
+            Self::FolderMissing { .. } => {
+                "check the path in `use \"...\"`; it is resolved relative to the .lamda file".into()
+            }
+            Self::NotAFolder { .. } => {
+                "point at the folder that holds config.json and model.safetensors, not at a file"
+                    .into()
+            }
+            Self::ConfigMissing { .. } => "a Hugging Face checkpoint folder holds config.json next to its \
+                 model.safetensors; download or copy it with the weights"
+                .into(),
+            Self::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => "the file does not exist".into(),
+                std::io::ErrorKind::PermissionDenied => "check the file's permissions".into(),
+                _ => "check that the file is readable".into(),
+            },
+            Self::InvalidJson { .. } => "the file was probably cut off or edited by hand; \
+                 restore it from the original checkpoint"
+                .into(),
+            Self::MissingKey { key, .. } => {
+                format!("a Llama config.json sets `{key}`; restore the original config.json")
+            }
+            Self::WrongType { key, expected, .. } => format!("set `{key}` to {expected}"),
+            Self::InvalidValue { .. } => "restore the original config.json".into(),
+            Self::UnsupportedArchitecture { .. } => {
+                "lamdac supports Llama-family models (`model_type: \"llama\"`, \
+                 `LlamaForCausalLM`): Llama 2, TinyLlama, SmolLM2, ..."
+                    .into()
+            }
+            Self::UnsupportedRopeScaling { .. } => {
+                "only the default RoPE (no scaling) is implemented; use a model without \
+                 `rope_scaling` / with `rope_type: \"default\"`"
+                    .into()
+            }
+            Self::UnsupportedFeature { key, .. } => {
+                format!("lamdac implements the standard Llama block; `{key}` changes it")
+            }
+            Self::NoWeights { found, .. } => {
+                let mut h = String::from(
+                    "put the weights in model.safetensors, or in shards listed by \
+                     model.safetensors.index.json",
+                );
+                if found.iter().any(|f| f.ends_with(".bin") || f.ends_with(".pt")) {
+                    h.push_str("; PyTorch .bin/.pt weights must be converted to safetensors first");
+                }
+                if found.iter().any(|f| f.ends_with(".safetensors")) {
+                    let _ = write!(h, " (found {}, but not under those names)", found.join(", "));
+                } else if found.iter().any(|f| f.ends_with(".gguf")) {
+                    h.push_str("; GGUF files are not read as checkpoints");
+                }
+                h
+            }
+            Self::InvalidIndex { .. } => "model.safetensors.index.json needs a `weight_map` object \
+                 from tensor names to shard file names in the same folder"
+                .into(),
+            Self::MissingShard { .. } => {
+                "a shard is missing: download every model-0000x-of-0000y.safetensors the index lists"
+                    .into()
+            }
+            Self::MissingTensor { close, .. } => {
+                if close.is_empty() {
+                    "the checkpoint does not match its config.json, or the name is misspelled"
+                        .into()
+                } else {
+                    format!(
+                        "did you mean {}?",
+                        close
+                            .iter()
+                            .map(|c| format!("`{c}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            }
+            Self::WrongShape { .. } => {
+                "config.json and the weights disagree: they are from different models, \
+                 or the weight is transposed"
+                    .into()
+            }
+            Self::WrongRank { expected_rank, .. } => {
+                format!("ask for a tensor with {expected_rank} dimension(s), or check the name")
+            }
+            Self::UnsupportedDtype { .. } => {
+                "convert the checkpoint to float32, bfloat16 or float16 safetensors".into()
+            }
+            Self::Truncated { .. } => {
+                "the file was cut off (interrupted download or copy); fetch it again".into()
+            }
+            Self::Corrupt { .. } => {
+                "the file is damaged or not a safetensors file; fetch it again".into()
+            }
+            Self::Write { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => "create the output folder first".into(),
+                std::io::ErrorKind::PermissionDenied => {
+                    "the output folder is not writable; choose another".into()
+                }
+                _ => "check free disk space and that the output folder is writable".into(),
+            },
+            Self::WriteShape { .. } => {
+                "internal error: a tensor's data does not match its shape; please report it".into()
+            }
+        }
+    }
+
+    /// The file or folder the error is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Self::FolderMissing { path }
+            | Self::NotAFolder { path }
+            | Self::ConfigMissing { path }
+            | Self::Io { path, .. }
+            | Self::InvalidJson { path, .. }
+            | Self::MissingKey { path, .. }
+            | Self::WrongType { path, .. }
+            | Self::InvalidValue { path, .. }
+            | Self::UnsupportedArchitecture { path, .. }
+            | Self::UnsupportedRopeScaling { path, .. }
+            | Self::UnsupportedFeature { path, .. }
+            | Self::NoWeights { path, .. }
+            | Self::InvalidIndex { path, .. }
+            | Self::MissingTensor { path, .. }
+            | Self::WrongShape { path, .. }
+            | Self::WrongRank { path, .. }
+            | Self::UnsupportedDtype { path, .. }
+            | Self::Truncated { path, .. }
+            | Self::Corrupt { path, .. }
+            | Self::Write { path, .. }
+            | Self::WriteShape { path, .. } => path,
+            Self::MissingShard { index, .. } => index,
+        }
+    }
+}
+
+/// Up to three names from `candidates` closest to `name` (normalized Levenshtein
+/// similarity at least 0.5), closest first.
+pub(crate) fn close_names<'a>(
+    name: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut scored: Vec<(f64, &str)> = candidates
+        .map(|c| (strsim::normalized_levenshtein(name, c), c))
+        .filter(|(s, _)| *s >= 0.5)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, c)| c.to_owned())
+        .collect()
+}

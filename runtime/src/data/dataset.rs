@@ -1,0 +1,346 @@
+//! Training data files, tokenized: plain text, JSONL examples, or token-id safetensors.
+//!
+//! - Plain text (any extension but the two below) becomes one token stream, cut
+//!   into `seq`-long windows by the batcher. With a tokenizer.json the whole file
+//!   is encoded at once with special tokens (one BOS at the very start for Llama).
+//! - `.jsonl`: one JSON object per line, `{"text": ...}` or `{"prompt": ...,
+//!   "completion": ...}`. Each line is one example; the prompt is encoded with
+//!   special tokens, the completion without, then EOS if the tokenizer has one.
+//!   Labels are -100 on prompt tokens, so the loss covers the completion only.
+//!   Blank lines are skipped; other keys are ignored.
+//! - `.safetensors`: `input_ids` and optional `labels`, integer `[rows, seq]`,
+//!   used exactly as stored (labels default to the ids).
+//!
+//! Labels are not shifted here: following SEMANTICS §7 the loss compares
+//! `logits[:, i]` with `labels[:, i + 1]`, so a label at position j is "predict
+//! token j from positions before it".
+
+use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
+use serde_json::Value;
+
+use super::error::DataError;
+use super::tokenizer::Tokenizer;
+use crate::checkpoint::SafetensorsFile;
+
+/// The label of a position that takes no part in the loss.
+pub const IGNORE_INDEX: i64 = -100;
+
+/// One JSONL example: token ids, of which the first `loss_from` carry no loss.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    /// Token ids (prompt, then completion).
+    pub ids: Vec<u32>,
+    /// Labels are -100 before this position (the prompt's length; 0 for `text`).
+    pub loss_from: usize,
+}
+
+/// The tokens of a data file, in one of three layouts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// One token stream (plain text), to be cut into windows.
+    Stream(Vec<u32>),
+    /// Separate examples (JSONL), each truncated or padded to `seq`.
+    Examples {
+        /// The examples, in file order.
+        examples: Vec<Example>,
+        /// The id written at padding positions.
+        pad_id: u32,
+    },
+    /// Fixed rows (token-id safetensors), used as they are.
+    Rows {
+        /// Token ids. // (rows, seq)
+        input_ids: Array2<i64>,
+        /// Labels, -100 where there is no loss. // (rows, seq)
+        labels: Array2<i64>,
+    },
+}
+
+/// A tokenized data file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    path: PathBuf,
+    byte_level: bool,
+    /// The tokens.
+    pub source: Source,
+}
+
+impl Dataset {
+    /// Loads a data file, choosing the format by extension: `.jsonl` → JSONL,
+    /// `.safetensors` → token ids, anything else → plain text.
+    pub fn load(path: &Path, tokenizer: &Tokenizer) -> Result<Self, DataError> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl") => Self::jsonl(path, tokenizer),
+            Some("safetensors") => Self::token_ids(path),
+            _ => Self::text(path, tokenizer),
+        }
+    }
+
+    /// Loads a plain-text file as one token stream.
+    pub fn text(path: &Path, tokenizer: &Tokenizer) -> Result<Self, DataError> {
+        let bytes = read(path)?;
+        let tokens: Vec<u32> = match tokenizer {
+            Tokenizer::Bytes => bytes.iter().map(|&b| u32::from(b)).collect(),
+            Tokenizer::Hf(_) => {
+                let text = utf8(path, &bytes)?;
+                tokenizer
+                    .encode(text, true)
+                    .map_err(|message| DataError::Encode {
+                        path: path.to_path_buf(),
+                        line: 1,
+                        message,
+                    })?
+            }
+        };
+        if tokens.is_empty() {
+            return Err(DataError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            byte_level: tokenizer.is_byte_level(),
+            source: Source::Stream(tokens),
+        })
+    }
+
+    /// Loads a JSONL file of `text` or `prompt` + `completion` examples.
+    pub fn jsonl(path: &Path, tokenizer: &Tokenizer) -> Result<Self, DataError> {
+        let bytes = read(path)?;
+        let mut examples = Vec::new();
+        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+            let line = i + 1;
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let value: Value = serde_json::from_slice(raw).map_err(|e| DataError::JsonlSyntax {
+                path: path.to_path_buf(),
+                line,
+                column: e.column(),
+                message: crate::checkpoint::config::strip_position(&e),
+            })?;
+            examples.push(example(path, line, &value, tokenizer)?);
+        }
+        if examples.is_empty() {
+            return Err(DataError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            byte_level: tokenizer.is_byte_level(),
+            source: Source::Examples {
+                examples,
+                pad_id: tokenizer.pad_id(),
+            },
+        })
+    }
+
+    /// Loads a safetensors file of token ids: `input_ids` and optional `labels`,
+    /// integer tensors of shape `[rows, seq]`.
+    pub fn token_ids(path: &Path) -> Result<Self, DataError> {
+        let file = SafetensorsFile::open(path)?;
+        let layout = |problem: String| DataError::IdsLayout {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let matrix = |name: &str| -> Result<Array2<i64>, DataError> {
+            let a = file.i64(name)?;
+            let shape = a.shape().to_vec();
+            a.into_dimensionality().map_err(|_| {
+                layout(format!(
+                    "`{name}` has shape {shape:?}, expected [rows, seq]"
+                ))
+            })
+        };
+        if !file.contains("input_ids") {
+            return Err(layout(format!(
+                "there is no `input_ids` tensor (tensors: {})",
+                file.names().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let input_ids = matrix("input_ids")?;
+        let labels = if file.contains("labels") {
+            let labels = matrix("labels")?;
+            if labels.dim() != input_ids.dim() {
+                return Err(layout(format!(
+                    "`labels` has shape {:?} but `input_ids` has {:?}",
+                    labels.shape(),
+                    input_ids.shape()
+                )));
+            }
+            labels
+        } else {
+            input_ids.clone()
+        };
+        if input_ids.is_empty() {
+            return Err(DataError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        for ((row, pos), &label) in labels.indexed_iter() {
+            if label < 0 && label != IGNORE_INDEX {
+                return Err(DataError::BadLabel {
+                    path: path.to_path_buf(),
+                    label,
+                    row,
+                    pos,
+                });
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            byte_level: false,
+            source: Source::Rows { input_ids, labels },
+        })
+    }
+
+    /// The file the data came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether ids are raw bytes.
+    pub fn is_byte_level(&self) -> bool {
+        self.byte_level
+    }
+
+    /// The smallest and the largest token id (inputs and labels, -100 excluded).
+    pub fn id_range(&self) -> Option<(i64, i64)> {
+        let mut range: Option<(i64, i64)> = None;
+        let mut see = |v: i64| {
+            range = Some(match range {
+                None => (v, v),
+                Some((lo, hi)) => (lo.min(v), hi.max(v)),
+            });
+        };
+        match &self.source {
+            Source::Stream(t) => t.iter().for_each(|&v| see(i64::from(v))),
+            Source::Examples { examples, pad_id } => {
+                examples
+                    .iter()
+                    .flat_map(|e| &e.ids)
+                    .for_each(|&v| see(i64::from(v)));
+                see(i64::from(*pad_id));
+            }
+            Source::Rows { input_ids, labels } => {
+                input_ids.iter().for_each(|&v| see(v));
+                labels
+                    .iter()
+                    .filter(|&&v| v != IGNORE_INDEX)
+                    .for_each(|&v| see(v));
+            }
+        }
+        range
+    }
+
+    /// Checks every id against the model's vocabulary size: a clear error instead
+    /// of an out-of-bounds embedding lookup later.
+    pub fn check_vocab(&self, vocab_size: usize) -> Result<(), DataError> {
+        let Some((lo, hi)) = self.id_range() else {
+            return Ok(());
+        };
+        let bad = if lo < 0 {
+            Some(lo)
+        } else if usize::try_from(hi).map_or(true, |h| h >= vocab_size) {
+            Some(hi)
+        } else {
+            None
+        };
+        match bad {
+            Some(token) => Err(DataError::TokenOutOfVocab {
+                path: self.path.clone(),
+                token,
+                vocab_size,
+                byte_level: self.byte_level,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, DataError> {
+    std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, DataError> {
+    std::str::from_utf8(bytes).map_err(|e| DataError::NotUtf8 {
+        path: path.to_path_buf(),
+        line: 1 + bytes
+            .get(..e.valid_up_to())
+            .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count()),
+    })
+}
+
+/// One JSONL line → an example.
+fn example(path: &Path, line: usize, value: &Value, tok: &Tokenizer) -> Result<Example, DataError> {
+    let fail = |problem: String| DataError::JsonlExample {
+        path: path.to_path_buf(),
+        line,
+        problem,
+    };
+    let Value::Object(obj) = value else {
+        return Err(fail(format!(
+            "expected a JSON object, found {}",
+            crate::checkpoint::config::describe(value)
+        )));
+    };
+    let field = |key: &str| -> Result<Option<&str>, DataError> {
+        match obj.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(fail(format!(
+                "`{key}` should be a string, found {}",
+                crate::checkpoint::config::describe(other)
+            ))),
+        }
+    };
+    let encode = |text: &str, special: bool| {
+        tok.encode(text, special)
+            .map_err(|message| DataError::Encode {
+                path: path.to_path_buf(),
+                line,
+                message,
+            })
+    };
+    let (text, prompt, completion) = (field("text")?, field("prompt")?, field("completion")?);
+    let mut ex = match (text, prompt, completion) {
+        (Some(t), None, None) => Example {
+            ids: encode(t, true)?,
+            loss_from: 0,
+        },
+        (Some(_), _, _) => {
+            return Err(fail(
+                "has both `text` and `prompt`/`completion`; use one form per line".into(),
+            ));
+        }
+        (None, Some(p), Some(c)) => {
+            let mut ids = encode(p, true)?;
+            let loss_from = ids.len();
+            ids.extend(encode(c, false)?);
+            Example { ids, loss_from }
+        }
+        (None, Some(_), None) => return Err(fail("has `prompt` but no `completion`".into())),
+        (None, None, Some(_)) => return Err(fail("has `completion` but no `prompt`".into())),
+        (None, None, None) => {
+            let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+            return Err(fail(format!(
+                "has neither `text` nor `prompt` + `completion` (keys: {})",
+                if keys.is_empty() {
+                    "none".into()
+                } else {
+                    keys.join(", ")
+                }
+            )));
+        }
+    };
+    if let Some(eos) = tok.eos_id() {
+        ex.ids.push(eos);
+    }
+    Ok(ex)
+}
