@@ -1,3 +1,10 @@
 //! lamda-compiler: the .lamda front end, the training-step IR, its passes and the Plan.
 
+pub mod adapter;
+pub mod consteval;
+pub mod diag;
+pub mod model;
 pub mod passes;
+pub mod schedule;
+pub mod suggest;
+pub mod syntax;

@@ -1,0 +1,332 @@
+//! Diagnostics: coded problems with spans as data, rendered with miette at the edge.
+//!
+//! Every problem the compiler reports has a stable [`Code`]; the list of codes
+//! below is the single source of spec/errors.md (a test checks that every code
+//! is documented there and exercised by a UI test). A [`Diagnostic`] holds the
+//! facts (message, labelled spans, help); [`render`] turns a batch of them into
+//! the text a user sees.
+
+use std::fmt;
+use std::sync::Arc;
+
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
+
+use crate::syntax::ast::Span;
+
+/// Index of a source file in a [`SourceMap`].
+pub type FileId = usize;
+
+/// One source text: the user's file or an embedded stdlib file.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: Arc<str>,
+}
+
+/// Every source file of a compilation.
+#[derive(Debug, Clone, Default)]
+pub struct SourceMap {
+    pub files: Vec<SourceFile>,
+}
+
+impl SourceMap {
+    pub fn add(&mut self, name: impl Into<String>, text: impl Into<Arc<str>>) -> FileId {
+        self.files.push(SourceFile { name: name.into(), text: text.into() });
+        self.files.len() - 1
+    }
+    pub fn get(&self, id: FileId) -> Option<&SourceFile> {
+        self.files.get(id)
+    }
+    /// 1-based line and column of a byte offset.
+    pub fn line_col(&self, id: FileId, offset: usize) -> (usize, usize) {
+        let Some(f) = self.get(id) else { return (0, 0) };
+        let before = &f.text[..offset.min(f.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+    Advice,
+}
+
+macro_rules! codes {
+    ($( $variant:ident = $code:literal : $title:literal ),* $(,)?) => {
+        /// The stable code of every problem lamdac reports.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Code { $( $variant ),* }
+        impl Code {
+            /// Every code, in documentation order.
+            pub const ALL: &'static [Code] = &[ $( Code::$variant ),* ];
+            /// The code as users see it: `lamda::resolve::no_match`.
+            pub fn as_str(self) -> &'static str {
+                match self { $( Code::$variant => $code ),* }
+            }
+            /// A one-line description.
+            pub fn title(self) -> &'static str {
+                match self { $( Code::$variant => $title ),* }
+            }
+        }
+    };
+}
+
+codes! {
+    // syntax
+    SyntaxUnexpected = "lamda::syntax::unexpected": "the parser met a token it did not expect",
+    SyntaxUnterminatedString = "lamda::syntax::unterminated_string": "a string literal has no closing quote",
+    // definitions (adapters, models, presets)
+    DefDuplicate = "lamda::def::duplicate": "two definitions share a name",
+    DefShadowsStdlib = "lamda::def::shadows_stdlib": "a definition in the file replaces one of the stdlib",
+    AdapterUndeclaredTensor = "lamda::adapter::undeclared_tensor": "an adapter path or freeze names a tensor that is not declared",
+    AdapterUnknownName = "lamda::adapter::unknown_name": "an adapter shape or path uses a name that is neither a parameter nor in/out/r/x",
+    AdapterShapeMismatch = "lamda::adapter::shape_mismatch": "shapes do not agree along an adapter path",
+    AdapterNotLinear = "lamda::adapter::not_linear": "an adapter path is not linear in x",
+    AdapterUnknownInit = "lamda::adapter::unknown_init": "an adapter tensor has an unknown initialiser",
+    AdapterInitShape = "lamda::adapter::init_shape": "an initialiser cannot produce the declared shape",
+    AdapterDuplicateTensor = "lamda::adapter::duplicate_tensor": "an adapter declares a tensor twice",
+    AdapterMissingPath = "lamda::adapter::missing_path": "an adapter has no path, or more than one",
+    AdapterMissingBase = "lamda::adapter::missing_base": "an adapter says neither `base keep` nor `base residual`, or says both",
+    AdapterFreezeNotColumns = "lamda::adapter::freeze_not_columns": "a column-frozen tensor must be trainable with r columns",
+    AdapterUnusedTensor = "lamda::adapter::unused_tensor": "an adapter declares a tensor its path never uses",
+    AdapterBadParam = "lamda::adapter::bad_param": "an adapter parameter list is malformed (r missing, or a reserved name)",
+    ModelBadDecl = "lamda::model::bad_decl": "a model family definition is malformed",
+    ModelBadDataflow = "lamda::model::bad_dataflow": "a model's forward block uses an unknown name or builtin",
+    // use
+    UseUnknownModel = "lamda::use::unknown_model": "a model name is neither a preset nor an alias in scope",
+    UseFamilyNotPreset = "lamda::use::family_not_preset": "a model family was named where a preset is needed",
+    UseMissingAlias = "lamda::use::missing_alias": "`use \"path\"` needs `as NAME`",
+    UseDuplicateAlias = "lamda::use::duplicate_alias": "two `use` statements bind the same name",
+    UseMultipleModels = "lamda::use::multiple_models": "the rules of one file name more than one model",
+    UseNoModel = "lamda::use::no_model": "the file has no adapt rule, so nothing would train",
+    CheckpointNoConfig = "lamda::checkpoint::no_config": "a checkpoint folder has no readable config.json",
+    CheckpointBadConfig = "lamda::checkpoint::bad_config": "a checkpoint's config.json is not a valid model config",
+    CheckpointUnsupported = "lamda::checkpoint::unsupported": "a checkpoint's architecture has no stdlib model family",
+    PresetBadArgs = "lamda::preset::bad_args": "a preset passes arguments its family does not take, misses one, or one has the wrong type",
+    // patterns and rules
+    PatternNoMatch = "lamda::pattern::no_match": "a pattern matches no module",
+    PatternIndexOutOfRange = "lamda::pattern::index_out_of_range": "a pattern indexes a group past its end",
+    PatternBadRange = "lamda::pattern::bad_range": "an index range runs backwards",
+    PatternNotLinear = "lamda::pattern::not_linear": "a pattern matches modules, but none of them is a linear layer",
+    ExcludeUnused = "lamda::exclude::unused": "an `exclude` removes no module that a rule adapts",
+    AdaptOverridden = "lamda::adapt::overridden": "a later rule overrides an earlier one for some modules",
+    AdaptFullyOverridden = "lamda::adapt::fully_overridden": "every module of a rule is overridden or excluded",
+    AdaptDuplicateClause = "lamda::adapt::duplicate_clause": "a clause is given twice in one rule",
+    AdaptUnknownMethod = "lamda::adapt::unknown_method": "`with` names no adapter method",
+    AdaptUnknownArg = "lamda::adapt::unknown_arg": "an argument names no parameter",
+    AdaptBadArg = "lamda::adapt::bad_arg": "an argument has the wrong type or is out of range",
+    AdaptFreezeWithoutB = "lamda::adapt::freeze_without_b": "`freeze_b` on a method with no column-frozen B",
+    AdaptNoGradient = "lamda::adapt::no_gradient": "with this freeze schedule a trainable tensor can never receive gradient",
+    RankZero = "lamda::rank::zero": "a rank must be at least 1",
+    RankTooLarge = "lamda::rank::too_large": "a rank exceeds min(d_in, d_out) of a module",
+    RankInfeasibleBudget = "lamda::rank::infeasible_budget": "a rank budget is smaller than the number of modules",
+    RankBadBounds = "lamda::rank::bad_bounds": "`rank auto` bounds are inconsistent",
+    RankNotInteger = "lamda::rank::not_integer": "a rank must be a whole number",
+    ScheduleUnknown = "lamda::schedule::unknown": "an unknown freeze schedule",
+    ScheduleFraction = "lamda::schedule::fraction": "a schedule fraction outside (0, 1]",
+    // train block
+    TrainUnknownKey = "lamda::train::unknown_key": "an unknown setting in a train block",
+    TrainDuplicateKey = "lamda::train::duplicate_key": "a train setting is given twice",
+    TrainBadValue = "lamda::train::bad_value": "a train setting has the wrong type or is out of range",
+    TrainDuplicateBlock = "lamda::train::duplicate_block": "a file has more than one train block",
+    TrainDataNotFound = "lamda::train::data_not_found": "the data file does not exist",
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A labelled span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Label {
+    pub span: Span,
+    pub text: String,
+}
+
+/// One reported problem.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostic {
+    pub code: Code,
+    pub severity: Severity,
+    pub message: String,
+    /// The file the labels point into.
+    pub file: FileId,
+    pub labels: Vec<Label>,
+    pub help: Option<String>,
+    /// Further context, possibly in other files (a stdlib definition, say).
+    pub related: Vec<Diagnostic>,
+}
+
+impl Diagnostic {
+    pub fn error(code: Code, file: FileId, message: impl Into<String>) -> Self {
+        Diagnostic {
+            code,
+            severity: Severity::Error,
+            message: message.into(),
+            file,
+            labels: Vec::new(),
+            help: None,
+            related: Vec::new(),
+        }
+    }
+    pub fn warning(code: Code, file: FileId, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, file, message) }
+    }
+    pub fn advice(code: Code, file: FileId, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Advice, ..Diagnostic::error(code, file, message) }
+    }
+    pub fn label(mut self, span: Span, text: impl Into<String>) -> Self {
+        self.labels.push(Label { span, text: text.into() });
+        self
+    }
+    pub fn help(mut self, text: impl Into<String>) -> Self {
+        self.help = Some(text.into());
+        self
+    }
+    pub fn related(mut self, d: Diagnostic) -> Self {
+        self.related.push(d);
+        self
+    }
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+/// Diagnostics collected by one phase.
+#[derive(Debug, Default)]
+pub struct Diagnostics {
+    pub items: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    pub fn push(&mut self, d: Diagnostic) {
+        self.items.push(d);
+    }
+    pub fn has_errors(&self) -> bool {
+        self.items.iter().any(Diagnostic::is_error)
+    }
+    pub fn error_count(&self) -> usize {
+        self.items.iter().filter(|d| d.is_error()).count()
+    }
+    pub fn warning_count(&self) -> usize {
+        self.items.iter().filter(|d| d.severity == Severity::Warning).count()
+    }
+}
+
+// ------------------------------------------------------------------ rendering
+
+#[derive(Debug)]
+struct Rendered {
+    code: Code,
+    severity: Severity,
+    message: String,
+    src: NamedSource<String>,
+    labels: Vec<LabeledSpan>,
+    help: Option<String>,
+    related: Vec<Rendered>,
+}
+
+impl fmt::Display for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Rendered {}
+
+impl miette::Diagnostic for Rendered {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.code.as_str()))
+    }
+    fn severity(&self) -> Option<miette::Severity> {
+        Some(match self.severity {
+            Severity::Error => miette::Severity::Error,
+            Severity::Warning => miette::Severity::Warning,
+            Severity::Advice => miette::Severity::Advice,
+        })
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.src)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        if self.labels.is_empty() { None } else { Some(Box::new(self.labels.iter().cloned())) }
+    }
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {
+        if self.related.is_empty() {
+            None
+        } else {
+            Some(Box::new(self.related.iter().map(|r| r as &dyn miette::Diagnostic)))
+        }
+    }
+}
+
+fn to_rendered(sources: &SourceMap, d: &Diagnostic) -> Rendered {
+    let (name, text) = match sources.get(d.file) {
+        Some(f) => (f.name.clone(), f.text.to_string()),
+        None => ("<unknown>".to_string(), String::new()),
+    };
+    let len = text.len();
+    let labels = d
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let start = l.span.start.min(len);
+            let end = l.span.end.clamp(start, len);
+            let text = if l.text.is_empty() { None } else { Some(l.text.clone()) };
+            if i == 0 {
+                LabeledSpan::new_primary_with_span(text, (start, end - start))
+            } else {
+                LabeledSpan::new_with_span(text, (start, end - start))
+            }
+        })
+        .collect();
+    Rendered {
+        code: d.code,
+        severity: d.severity,
+        message: d.message.clone(),
+        src: NamedSource::new(name, text),
+        labels,
+        help: d.help.clone(),
+        related: d.related.iter().map(|r| to_rendered(sources, r)).collect(),
+    }
+}
+
+/// How to render: with colour for a terminal, or plain for files and snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Color,
+    Plain,
+}
+
+/// Renders diagnostics as a user sees them, errors first, each in source order.
+pub fn render(sources: &SourceMap, diags: &[Diagnostic], style: Style) -> String {
+    let theme = match style {
+        Style::Color => GraphicalTheme::unicode(),
+        Style::Plain => GraphicalTheme::unicode_nocolor(),
+    };
+    let handler = GraphicalReportHandler::new_themed(theme).with_width(100).with_links(false);
+    let mut out = String::new();
+    for d in sorted(diags) {
+        let r = to_rendered(sources, d);
+        if handler.render_report(&mut out, &r).is_err() {
+            out.push_str(&format!("{}: {}\n", d.code, d.message));
+        }
+    }
+    out
+}
+
+/// Errors first, then warnings, then advice; within each, by file and position.
+pub fn sorted(diags: &[Diagnostic]) -> Vec<&Diagnostic> {
+    let mut v: Vec<&Diagnostic> = diags.iter().collect();
+    v.sort_by_key(|d| (d.severity, d.file, d.labels.first().map_or(0, |l| l.span.start)));
+    v
+}
