@@ -446,8 +446,14 @@ impl Parser {
                 if n == 0 {
                     return Err(self.invalid(key, "must be at least 1".into()));
                 }
-                // Larger than any real model; rejecting it keeps shape products from overflowing.
-                if n > (1 << 24) {
+                // Larger than any real model; rejecting it keeps shape products from
+                // overflowing and the tensor list of a hostile config small.
+                let limit = if key == "num_hidden_layers" {
+                    1 << 16
+                } else {
+                    1 << 24
+                };
+                if n > limit {
                     return Err(self.invalid(key, format!("{n} is implausibly large")));
                 }
                 usize::try_from(n)

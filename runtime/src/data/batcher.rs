@@ -173,12 +173,15 @@ impl Batcher {
         let mut input_ids = Array2::<i64>::zeros((self.batch, self.seq));
         let mut labels = Array2::<i64>::from_elem((self.batch, self.seq), IGNORE_INDEX);
         let mut items = Vec::with_capacity(self.batch);
-        let epoch = self.epoch;
+        let mut epoch = self.epoch;
         for r in 0..self.batch {
             if self.position >= self.items {
                 self.epoch += 1;
                 self.position = 0;
                 self.order = self.epoch_order(self.epoch);
+            }
+            if r == 0 {
+                epoch = self.epoch;
             }
             let item = self.order.get(self.position).copied().unwrap_or(0);
             self.position += 1;
