@@ -180,6 +180,11 @@ impl Dataset {
                 path: path.to_path_buf(),
             });
         }
+        if let Some(((row, pos), id)) = input_ids.indexed_iter().find(|(_, v)| **v < 0) {
+            return Err(layout(format!(
+                "`input_ids` holds the negative id {id} at row {row}, position {pos}"
+            )));
+        }
         for ((row, pos), &label) in labels.indexed_iter() {
             if label < 0 && label != IGNORE_INDEX {
                 return Err(DataError::BadLabel {
