@@ -572,6 +572,11 @@ fn parse_metadata(value: &Value) -> Result<BTreeMap<String, String>, String> {
         .collect()
 }
 
+fn offset(v: &Value) -> Result<u64, String> {
+    v.as_u64()
+        .ok_or_else(|| format!("data offset {v} is not a non-negative integer"))
+}
+
 /// `{"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}`.
 fn parse_entry(value: &Value) -> Result<(TensorMeta, u64, u64), String> {
     let Value::Object(m) = value else {
@@ -594,16 +599,13 @@ fn parse_entry(value: &Value) -> Result<(TensorMeta, u64, u64), String> {
         Some(_) => return Err("`shape` is not a list".into()),
         None => return Err("its header entry has no `shape`".into()),
     };
-    let offsets = match m.get("data_offsets") {
-        Some(Value::Array(o)) if o.len() == 2 => o,
+    let (begin, end) = match m
+        .get("data_offsets")
+        .map(|v| v.as_array().map(Vec::as_slice))
+    {
+        Some(Some([b, e])) => (offset(b)?, offset(e)?),
         Some(_) => return Err("`data_offsets` is not a list of two integers".into()),
         None => return Err("its header entry has no `data_offsets`".into()),
     };
-    let offset = |v: &Value| {
-        v.as_u64()
-            .ok_or_else(|| format!("data offset {v} is not a non-negative integer"))
-    };
-    let begin = offset(&offsets[0])?;
-    let end = offset(&offsets[1])?;
     Ok((TensorMeta { dtype, shape }, begin, end))
 }

@@ -209,20 +209,20 @@ impl Batcher {
         let seq = self.seq;
         match &self.data.source {
             Source::Stream(tokens) => {
-                let start = item * seq;
-                let window = tokens.get(start..start + seq).unwrap_or_default();
-                for (j, &t) in window.iter().enumerate() {
-                    ids[j] = i64::from(t);
-                    labels[j] = i64::from(t);
+                let window = tokens.iter().skip(item * seq).take(seq);
+                for ((id, label), &t) in ids.iter_mut().zip(labels.iter_mut()).zip(window) {
+                    *id = i64::from(t);
+                    *label = i64::from(t);
                 }
             }
             Source::Examples { examples, pad_id } => {
                 ids.fill(i64::from(*pad_id));
                 if let Some(ex) = examples.get(item) {
-                    for (j, &t) in ex.ids.iter().take(seq).enumerate() {
-                        ids[j] = i64::from(t);
+                    let cells = ids.iter_mut().zip(labels.iter_mut());
+                    for (j, ((id, label), &t)) in cells.zip(&ex.ids).enumerate() {
+                        *id = i64::from(t);
                         if j >= ex.loss_from {
-                            labels[j] = i64::from(t);
+                            *label = i64::from(t);
                         }
                     }
                 }
@@ -231,8 +231,11 @@ impl Batcher {
                 input_ids,
                 labels: file_labels,
             } => {
-                ids.assign(&input_ids.row(item));
-                labels.assign(&file_labels.row(item));
+                // `item < rows` by construction; an impossible miss leaves an all-ignored row.
+                if item < input_ids.nrows() && item < file_labels.nrows() {
+                    ids.assign(&input_ids.row(item));
+                    labels.assign(&file_labels.row(item));
+                }
             }
         }
     }

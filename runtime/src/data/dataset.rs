@@ -4,10 +4,12 @@
 //!   into `seq`-long windows by the batcher. With a tokenizer.json the whole file
 //!   is encoded at once with special tokens (one BOS at the very start for Llama).
 //! - `.jsonl`: one JSON object per line, `{"text": ...}` or `{"prompt": ...,
-//!   "completion": ...}`. Each line is one example; the prompt is encoded with
-//!   special tokens, the completion without, then EOS if the tokenizer has one.
-//!   Labels are -100 on prompt tokens, so the loss covers the completion only.
-//!   Blank lines are skipped; other keys are ignored.
+//!   "completion": ...}`. Each line is one example; `text` and the prompt are
+//!   encoded with special tokens, the completion without (prompt and completion
+//!   are encoded separately, so the mask boundary is exact), then EOS when the
+//!   tokenizer knows one (from config.json; never at byte level). Labels are -100
+//!   on prompt tokens, so the loss covers the completion (and EOS) only. Blank
+//!   lines are skipped; other keys are ignored.
 //! - `.safetensors`: `input_ids` and optional `labels`, integer `[rows, seq]`,
 //!   used exactly as stored (labels default to the ids).
 //!
