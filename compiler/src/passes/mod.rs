@@ -1,1 +1,2 @@
 //! Compiler passes, one per file.
+pub mod rank_alloc;

@@ -1,0 +1,261 @@
+//! The `train { ... }` block: known keys, value types and ranges, defaults.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::diag::{Code, Diagnostic, FileId};
+use crate::spec::{AdamW, Device, LrSchedule, TrainConfig};
+use crate::syntax::ast::{Span, TrainBlock, TrainEntry, Value, ValueKind};
+
+/// Every key of a train block with what it takes, for errors and spec/language.md.
+pub const KEYS: &[(&str, &str)] = &[
+    ("data", "a file: \"data.txt\", \"data.jsonl\" or \"ids.safetensors\""),
+    ("steps", "optimizer steps, an integer >= 1"),
+    ("batch", "sequences per micro-batch, an integer >= 1"),
+    ("seq", "tokens per sequence, an integer >= 2"),
+    ("lr", "peak learning rate, a number > 0"),
+    ("warmup", "linear warmup steps, an integer >= 0 and below steps"),
+    ("schedule", "learning-rate schedule: constant, cosine or linear"),
+    ("optimizer", "adamw or adamw(betas = (b1, b2), eps = e, wd = w)"),
+    ("clip", "max global gradient norm, a number > 0, or none"),
+    ("accumulate", "micro-batches per optimizer step, an integer >= 1"),
+    ("seed", "an integer >= 0"),
+    ("checkpoint", "every N (steps)"),
+    ("out", "output folder, a string"),
+    ("device", "cpu, cuda or auto"),
+];
+
+/// Names people bring from other trainers, and ours.
+const SYNONYMS: &[(&str, &str)] = &[
+    ("grad_clip", "clip"),
+    ("max_grad_norm", "clip"),
+    ("gradient_accumulation_steps", "accumulate"),
+    ("grad_accum", "accumulate"),
+    ("learning_rate", "lr"),
+    ("warmup_steps", "warmup"),
+    ("batch_size", "batch"),
+    ("seq_len", "seq"),
+    ("max_seq_len", "seq"),
+    ("output_dir", "out"),
+    ("max_steps", "steps"),
+    ("lr_scheduler", "schedule"),
+    ("optim", "optimizer"),
+    ("save_steps", "checkpoint"),
+    ("dataset", "data"),
+];
+
+struct Cx<'a> {
+    file: FileId,
+    errs: &'a mut Vec<Diagnostic>,
+}
+
+impl Cx<'_> {
+    fn bad(&mut self, e: &TrainEntry, what: &str) {
+        self.bad_at(e.value.span, &e.key.name, what, &e.value.kind);
+    }
+    fn bad_at(&mut self, span: Span, key: &str, what: &str, found: &ValueKind) {
+        let found = match found {
+            ValueKind::Int(i) => format!("`{i}`"),
+            ValueKind::Float(x) => format!("`{x}`"),
+            ValueKind::Ident(n) => format!("`{n}`"),
+            other => other.describe().to_string(),
+        };
+        self.errs.push(
+            Diagnostic::error(Code::TrainBadValue, self.file, format!("`{key}` takes {what}, found {found}"))
+                .label(span, format!("expected {what}")),
+        );
+    }
+    fn int(&mut self, e: &TrainEntry, min: i64, what: &str) -> Option<u64> {
+        match e.value.kind {
+            ValueKind::Int(i) if i >= min && !e.every => Some(i as u64),
+            _ => {
+                self.bad(e, what);
+                None
+            }
+        }
+    }
+    fn positive(&mut self, e: &TrainEntry, what: &str) -> Option<f64> {
+        match e.value.kind.as_f64() {
+            Some(x) if x > 0.0 && x.is_finite() && !e.every => Some(x),
+            _ => {
+                self.bad(e, what);
+                None
+            }
+        }
+    }
+}
+
+/// Checks a train block; `dir` is the folder of the spec file (paths are relative to it).
+pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<Diagnostic>) -> TrainConfig {
+    let mut cfg = TrainConfig::default();
+    let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
+    let mut cx = Cx { file, errs };
+    let mut warmup_span = None;
+    for e in &block.entries {
+        let key = e.key.name.as_str();
+        if !KEYS.iter().any(|(k, _)| *k == key) {
+            let names: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+            let suggestion = SYNONYMS
+                .iter()
+                .find(|(from, _)| *from == key)
+                .map(|(_, to)| *to)
+                .or_else(|| crate::suggest::closest(key, names.iter().copied()));
+            let help = match suggestion {
+                Some(s) => format!("did you mean `{s}`? settings: {}", names.join(", ")),
+                None => format!("settings: {}", names.join(", ")),
+            };
+            cx.errs.push(
+                Diagnostic::error(Code::TrainUnknownKey, file, format!("unknown train setting `{key}`"))
+                    .label(e.key.span, "not a train setting")
+                    .help(help),
+            );
+            continue;
+        }
+        if let Some(prev) = seen.insert(key, e.key.span) {
+            cx.errs.push(
+                Diagnostic::error(Code::TrainDuplicateKey, file, format!("`{key}` is set twice"))
+                    .label(e.key.span, "set again here")
+                    .label(prev, "first set here")
+                    .help("keep one of them"),
+            );
+            continue;
+        }
+        match key {
+            "data" => match &e.value.kind {
+                ValueKind::Str(s) => {
+                    let p = dir.join(s);
+                    if !p.is_file() {
+                        cx.errs.push(
+                            Diagnostic::error(Code::TrainDataNotFound, file, format!("data file `{}` does not exist", p.display()))
+                                .label(e.value.span, "no such file")
+                                .help("paths are relative to the folder of the .lamda file"),
+                        );
+                    }
+                    cfg.data = Some(p);
+                }
+                _ => cx.bad(e, "a file path in quotes"),
+            },
+            "steps" => cfg.steps = cx.int(e, 1, "an integer >= 1").unwrap_or(cfg.steps),
+            "batch" => cfg.batch = cx.int(e, 1, "an integer >= 1").unwrap_or(cfg.batch),
+            "seq" => cfg.seq = cx.int(e, 2, "an integer >= 2").unwrap_or(cfg.seq),
+            "lr" => cfg.lr = cx.positive(e, "a number > 0").unwrap_or(cfg.lr),
+            "warmup" => {
+                cfg.warmup = cx.int(e, 0, "an integer >= 0").unwrap_or(0);
+                warmup_span = Some(e.value.span);
+            }
+            "schedule" => match &e.value.kind {
+                ValueKind::Ident(s) if s == "constant" => cfg.schedule = LrSchedule::Constant,
+                ValueKind::Ident(s) if s == "cosine" => cfg.schedule = LrSchedule::Cosine,
+                ValueKind::Ident(s) if s == "linear" => cfg.schedule = LrSchedule::Linear,
+                _ => cx.bad(e, "constant, cosine or linear"),
+            },
+            "optimizer" => {
+                if let Some(o) = optimizer(&e.value, &mut cx) {
+                    cfg.optimizer = o;
+                }
+            }
+            "clip" => match &e.value.kind {
+                ValueKind::Ident(s) if s == "none" => cfg.clip = None,
+                _ => cfg.clip = cx.positive(e, "a number > 0 or none"),
+            },
+            "accumulate" => cfg.accumulate = cx.int(e, 1, "an integer >= 1").unwrap_or(1),
+            "seed" => cfg.seed = cx.int(e, 0, "an integer >= 0").unwrap_or(0),
+            "checkpoint" => match e.value.kind {
+                ValueKind::Int(n) if e.every && n >= 1 => cfg.checkpoint_every = Some(n as u64),
+                _ => cx.bad(e, "`every N` with N >= 1"),
+            },
+            "out" => match &e.value.kind {
+                ValueKind::Str(s) => cfg.out = Some(dir.join(s)),
+                _ => cx.bad(e, "a folder path in quotes"),
+            },
+            "device" => match &e.value.kind {
+                ValueKind::Ident(s) if s == "cpu" => cfg.device = Device::Cpu,
+                ValueKind::Ident(s) if s == "cuda" => cfg.device = Device::Cuda,
+                ValueKind::Ident(s) if s == "auto" => cfg.device = Device::Auto,
+                _ => cx.bad(e, "cpu, cuda or auto"),
+            },
+            _ => {}
+        }
+    }
+    if let Some(span) = warmup_span
+        && cfg.warmup >= cfg.steps
+    {
+        cx.errs.push(
+            Diagnostic::error(
+                Code::TrainBadValue,
+                file,
+                format!("warmup ({}) must be shorter than the run ({} steps)", cfg.warmup, cfg.steps),
+            )
+            .label(span, "too long"),
+        );
+    }
+    cfg
+}
+
+fn optimizer(v: &Value, cx: &mut Cx<'_>) -> Option<AdamW> {
+    let (name, args) = match &v.kind {
+        ValueKind::Ident(n) => (n.as_str(), &[][..]),
+        ValueKind::Call(c) => (c.name.name.as_str(), c.args.as_slice()),
+        other => {
+            cx.bad_at(v.span, "optimizer", "adamw(...)", other);
+            return None;
+        }
+    };
+    if name != "adamw" {
+        let help = match crate::suggest::closest(name, ["adamw"]) {
+            Some(_) => "did you mean `adamw`? lamdac implements AdamW (PyTorch semantics)",
+            None => "lamdac implements AdamW (PyTorch semantics): `optimizer adamw(wd = 0.01)`",
+        };
+        cx.errs.push(
+            Diagnostic::error(Code::TrainBadValue, cx.file, format!("unknown optimizer `{name}`"))
+                .label(v.span, "not an optimizer")
+                .help(help),
+        );
+        return None;
+    }
+    let mut o = AdamW::default();
+    for a in args {
+        let Some(key) = &a.name else {
+            cx.errs.push(
+                Diagnostic::error(Code::TrainBadValue, cx.file, "adamw takes named arguments")
+                    .label(a.span, "name this argument")
+                    .help("adamw(betas = (0.9, 0.999), eps = 1e-8, wd = 0.0)"),
+            );
+            continue;
+        };
+        let num = |v: &Value| v.kind.as_f64();
+        match key.name.as_str() {
+            "betas" => match &a.value.kind {
+                ValueKind::Tuple(t) if t.len() == 2 => match (num(&t[0]), num(&t[1])) {
+                    (Some(b1), Some(b2)) if (0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2) => {
+                        o.beta1 = b1;
+                        o.beta2 = b2;
+                    }
+                    _ => cx.bad_at(a.value.span, "betas", "two numbers in [0, 1)", &a.value.kind),
+                },
+                other => cx.bad_at(a.value.span, "betas", "a pair (b1, b2)", other),
+            },
+            "eps" => match num(&a.value) {
+                Some(x) if x > 0.0 => o.eps = x,
+                _ => cx.bad_at(a.value.span, "eps", "a number > 0", &a.value.kind),
+            },
+            "wd" | "weight_decay" => match num(&a.value) {
+                Some(x) if x >= 0.0 => o.weight_decay = x,
+                _ => cx.bad_at(a.value.span, "wd", "a number >= 0", &a.value.kind),
+            },
+            other => {
+                let known = ["betas", "eps", "wd", "weight_decay"];
+                let help = match crate::suggest::closest(other, known) {
+                    Some(s) => format!("did you mean `{s}`? adamw takes betas, eps, wd"),
+                    None => "adamw takes betas, eps, wd".to_string(),
+                };
+                cx.errs.push(
+                    Diagnostic::error(Code::TrainUnknownKey, cx.file, format!("adamw has no argument `{other}`"))
+                        .label(key.span, "unknown argument")
+                        .help(help),
+                );
+            }
+        }
+    }
+    Some(o)
+}
