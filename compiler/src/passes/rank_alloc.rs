@@ -172,10 +172,17 @@ pub fn allocate(modules: &[AllocModule], budget: AllocBudget) -> Result<Allocati
     check_bounds(budget)?;
     for (l, m) in modules.iter().enumerate() {
         if m.d_in == 0 || m.d_out == 0 {
-            return Err(AllocError::EmptyModule { module: l, d_out: m.d_out, d_in: m.d_in });
+            return Err(AllocError::EmptyModule {
+                module: l,
+                d_out: m.d_out,
+                d_in: m.d_in,
+            });
         }
         if !(0.0..=1.0).contains(&m.energy) {
-            return Err(AllocError::InvalidEnergy { module: l, energy: m.energy });
+            return Err(AllocError::InvalidEnergy {
+                module: l,
+                energy: m.energy,
+            });
         }
     }
 
@@ -275,11 +282,22 @@ mod tests {
     use super::*;
 
     fn modules(energies: &[f64], dim: u64) -> Vec<AllocModule> {
-        energies.iter().map(|&energy| AllocModule { energy, d_in: dim, d_out: dim }).collect()
+        energies
+            .iter()
+            .map(|&energy| AllocModule {
+                energy,
+                d_in: dim,
+                d_out: dim,
+            })
+            .collect()
     }
 
     fn plain(budget: u64) -> AllocBudget {
-        AllocBudget { budget, r_min: None, r_max: None }
+        AllocBudget {
+            budget,
+            r_min: None,
+            r_max: None,
+        }
     }
 
     #[test]
@@ -370,7 +388,11 @@ mod tests {
         assert_eq!(a.ranks, vec![3, 2, 1]);
 
         // the spec's max replaces 4 r0 = 40: r0 = 10, r* = [30, 0, 0] -> [12, 1, 1]
-        let spec = AllocBudget { budget: 30, r_min: None, r_max: Some(12) };
+        let spec = AllocBudget {
+            budget: 30,
+            r_min: None,
+            r_max: Some(12),
+        };
         let a = allocate(&modules(&[0.0, 1.0, 1.0], 64), spec).unwrap();
         assert_eq!(a.r_max, vec![12, 12, 12]);
         assert_eq!(a.r_round, vec![12, 1, 1]);
@@ -381,7 +403,11 @@ mod tests {
 
     #[test]
     fn budget_is_left_unused_when_every_module_is_at_r_max() {
-        let m = [AllocModule { energy: 0.5, d_in: 2, d_out: 3 }; 3];
+        let m = [AllocModule {
+            energy: 0.5,
+            d_in: 2,
+            d_out: 3,
+        }; 3];
         let a = allocate(&m, plain(30)).unwrap();
         assert_eq!(a.r_max, vec![2, 2, 2]);
         assert_eq!(a.ranks, vec![2, 2, 2]);
@@ -394,7 +420,11 @@ mod tests {
         // r0 = 3 (P = 9): w = [0.9, 0.1, 0.5] (mean 0.5): r* = [5.4, 0.6, 3] ->
         // with r_min = 2: [5, 2, 3] = 10 > 9: decrement the highest E above 2:
         // module 0 is E = 0.1, module 2 is E = 0.5 -> module 2.
-        let spec = AllocBudget { budget: 9, r_min: Some(2), r_max: None };
+        let spec = AllocBudget {
+            budget: 9,
+            r_min: Some(2),
+            r_max: None,
+        };
         let a = allocate(&modules(&[0.1, 0.9, 0.5], 64), spec).unwrap();
         assert_eq!(a.r_min, 2);
         assert_eq!(a.r_round, vec![5, 2, 3]);
@@ -402,10 +432,18 @@ mod tests {
         assert_eq!(a.ranks, vec![5, 2, 2]);
 
         // P = 5, N = 3, r_min = 2: every module at 2 sums to 6 > 5
-        let spec = AllocBudget { budget: 5, r_min: Some(2), r_max: None };
+        let spec = AllocBudget {
+            budget: 5,
+            r_min: Some(2),
+            r_max: None,
+        };
         assert_eq!(
             allocate(&modules(&[0.1, 0.9, 0.5], 64), spec),
-            Err(AllocError::BudgetBelowRMin { budget: 5, r_min: 2, sum: 6 })
+            Err(AllocError::BudgetBelowRMin {
+                budget: 5,
+                r_min: 2,
+                sum: 6
+            })
         );
     }
 
@@ -425,14 +463,32 @@ mod tests {
             allocate(&m, plain(3)),
             Err(AllocError::BudgetBelowModuleCount { budget: 3, modules: 4 })
         );
-        assert_eq!(uniform_rank(3, 4), Err(AllocError::BudgetBelowModuleCount { budget: 3, modules: 4 }));
+        assert_eq!(
+            uniform_rank(3, 4),
+            Err(AllocError::BudgetBelowModuleCount { budget: 3, modules: 4 })
+        );
         assert_eq!(uniform_rank(4, 4), Ok(1));
         assert_eq!(allocate(&[], plain(3)), Err(AllocError::NoModules));
-        let spec = AllocBudget { budget: 8, r_min: Some(3), r_max: Some(2) };
-        assert_eq!(allocate(&m, spec), Err(AllocError::RMinAboveRMax { r_min: 3, r_max: 2 }));
-        let spec = AllocBudget { budget: 8, r_min: Some(0), r_max: None };
+        let spec = AllocBudget {
+            budget: 8,
+            r_min: Some(3),
+            r_max: Some(2),
+        };
+        assert_eq!(
+            allocate(&m, spec),
+            Err(AllocError::RMinAboveRMax { r_min: 3, r_max: 2 })
+        );
+        let spec = AllocBudget {
+            budget: 8,
+            r_min: Some(0),
+            r_max: None,
+        };
         assert_eq!(allocate(&m, spec), Err(AllocError::ZeroBound { bound: "r_min" }));
-        let spec = AllocBudget { budget: 8, r_min: None, r_max: Some(0) };
+        let spec = AllocBudget {
+            budget: 8,
+            r_min: None,
+            r_max: Some(0),
+        };
         assert_eq!(allocate(&m, spec), Err(AllocError::ZeroBound { bound: "r_max" }));
         for bad in [f64::NAN, -0.1, 1.5] {
             let mut m = m.clone();
@@ -444,7 +500,10 @@ mod tests {
         }
         let mut m = m.clone();
         m[1].d_in = 0;
-        assert!(matches!(allocate(&m, plain(8)), Err(AllocError::EmptyModule { module: 1, .. })));
+        assert!(matches!(
+            allocate(&m, plain(8)),
+            Err(AllocError::EmptyModule { module: 1, .. })
+        ));
     }
 
     mod props {
@@ -452,13 +511,15 @@ mod tests {
         use proptest::prelude::*;
 
         fn inputs() -> impl Strategy<Value = (Vec<AllocModule>, u64)> {
-            let module = (0.0f64..=1.0, 1u64..40, 1u64..40)
-                .prop_map(|(energy, d_in, d_out)| AllocModule { energy, d_in, d_out });
-            (prop::collection::vec(module, 1..12), 0u64..200)
-                .prop_map(|(m, extra)| {
-                    let p = m.len() as u64 + extra;
-                    (m, p)
-                })
+            let module = (0.0f64..=1.0, 1u64..40, 1u64..40).prop_map(|(energy, d_in, d_out)| AllocModule {
+                energy,
+                d_in,
+                d_out,
+            });
+            (prop::collection::vec(module, 1..12), 0u64..200).prop_map(|(m, extra)| {
+                let p = m.len() as u64 + extra;
+                (m, p)
+            })
         }
 
         proptest! {
