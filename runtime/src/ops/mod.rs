@@ -50,9 +50,7 @@ pub mod rope;
 mod testutil;
 
 pub use adamw::{AdamState, AdamW, adamw_step};
-pub use adapters::{
-    AdapterShape, lamda_backward, lamda_forward, lora_backward, lora_forward,
-};
+pub use adapters::{AdapterShape, lamda_backward, lamda_forward, lora_backward, lora_forward};
 pub use attention::{AttnShape, attention_backward, attention_forward};
 pub use cross_entropy::{CrossEntropy, IGNORE_INDEX, causal_lm_cross_entropy};
 pub use elementwise::{add_assign, swiglu_backward, swiglu_forward};
@@ -110,12 +108,7 @@ pub enum OpsError {
 }
 
 /// Checks `got == expected` for argument `name` of kernel `op`.
-pub(crate) fn check_len(
-    op: &'static str,
-    name: &'static str,
-    got: usize,
-    expected: usize,
-) -> Result<(), OpsError> {
+pub(crate) fn check_len(op: &'static str, name: &'static str, got: usize, expected: usize) -> Result<(), OpsError> {
     if got == expected {
         Ok(())
     } else {
