@@ -278,6 +278,7 @@ fn check_bounds(budget: AllocBudget) -> Result<(), AllocError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 

@@ -53,6 +53,7 @@ fn delta_b(b: MatF32Ref<'_>, s: MatF32Ref<'_>, b0: MatF32Ref<'_>) -> Result<Mat<
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
     use crate::linalg::init::lamda_init;

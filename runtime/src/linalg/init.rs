@@ -153,6 +153,7 @@ fn check_svd(w: MatF32Ref<'_>, svd: &ThinSvd, r: usize) -> Result<(), LinalgErro
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 

@@ -126,6 +126,7 @@ pub fn energy(w: MatF32Ref<'_>, r0: usize) -> Result<f64, LinalgError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
     use crate::linalg::rng::Xoshiro256StarStar;

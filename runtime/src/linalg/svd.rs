@@ -81,6 +81,7 @@ pub fn apply_sign_convention(mut u: MatMut<'_, f64>, mut v: MatMut<'_, f64>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
     use crate::linalg::rng::Xoshiro256StarStar;
