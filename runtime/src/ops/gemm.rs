@@ -22,8 +22,11 @@ pub enum Trans {
     T,
 }
 
-/// Products with `m * n * k` below this many multiply-adds run on one thread.
-pub const PAR_MIN_FLOPS: usize = 1 << 18;
+/// Products with `m * n * k` below this many multiply-adds (128^3) run on one
+/// thread. A heuristic: below it a sequential product takes tens of
+/// microseconds, the order of rayon's dispatch and faer's per-thread packing
+/// (on 2 cores, a 64^3 product ran ~3x slower on rayon than sequentially).
+pub const PAR_MIN_FLOPS: usize = 1 << 21;
 
 /// `C = beta C + alpha op(A) op(B)`, multithreaded when large enough.
 ///
@@ -231,6 +234,34 @@ mod tests {
         let mut c = vec![f32::NAN; 4];
         gemm(2, 2, 1, 1.0, &[1.0, 2.0], Trans::N, &[3.0, 4.0], Trans::N, 0.0, &mut c).unwrap();
         assert_eq!(c, vec![3.0, 4.0, 6.0, 8.0]);
+    }
+
+    /// Throughput check, not a correctness test:
+    /// `cargo test -p lamda-runtime --release gemm_throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn gemm_throughput() {
+        let mut rng = Rng::new(3);
+        for &(m, n, k) in &[
+            (64usize, 64usize, 64usize),
+            (256, 256, 256),
+            (1024, 1024, 1024),
+            (2048, 512, 2048),
+        ] {
+            let a = rng.vec(m * k);
+            let b = rng.vec(n * k);
+            let mut c = vec![0.0f32; m * n];
+            for (label, par) in [("seq", Par::Seq), ("rayon", Par::rayon(0)), ("auto", auto_par(m, n, k))] {
+                let reps = (1usize << 30) / (m * n * k) + 1;
+                let t0 = std::time::Instant::now();
+                for _ in 0..reps {
+                    gemm_with(par, m, n, k, 1.0, &a, Trans::N, &b, Trans::T, 0.0, &mut c).unwrap();
+                }
+                let s = t0.elapsed().as_secs_f64();
+                let gflops = 2.0 * (m * n * k * reps) as f64 / s / 1e9;
+                eprintln!("gemm {m}x{n}x{k} {label:5}: {gflops:7.1} GFLOP/s");
+            }
+        }
     }
 
     #[test]

@@ -125,7 +125,9 @@ pub fn rmsnorm_backward(
             }
         });
     if let Some((dw, store)) = dw {
-        // Partial sums over fixed chunks of rows, combined in chunk order.
+        // Partial sums over fixed chunks of rows (at least 64 rows, so the
+        // partials stay small next to x), combined in chunk order.
+        let rows = rows.max(64);
         let partials: Vec<Vec<f32>> = x
             .par_chunks(rows * d)
             .zip(dy.par_chunks(rows * d))
