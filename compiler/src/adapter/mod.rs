@@ -290,6 +290,8 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
     let mut bases = Vec::new();
     let mut freezes = Vec::new();
     let mut paths = Vec::new();
+    // A tensor whose declaration has errors: the path check would only repeat them.
+    let mut poisoned = false;
     for item in &def.items {
         match item {
             AdapterItem::Tensor(t) => {
@@ -301,16 +303,18 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
                     );
                     continue;
                 }
-                match parse_init(&t.init, file) {
-                    Ok(init) => tensors.push(TensorSpec {
-                        name: t.name.name.clone(),
-                        shape: t.shape.clone(),
-                        trainable: t.trainable,
-                        init,
-                        span: t.name.span,
-                    }),
-                    Err(d) => errs.push(d),
-                }
+                let init = parse_init(&t.init, file).unwrap_or_else(|d| {
+                    errs.push(d);
+                    poisoned = true;
+                    Init::Zeros
+                });
+                tensors.push(TensorSpec {
+                    name: t.name.name.clone(),
+                    shape: t.shape.clone(),
+                    trainable: t.trainable,
+                    init,
+                    span: t.name.span,
+                });
             }
             AdapterItem::Base { residual, span } => bases.push((*residual, *span)),
             AdapterItem::Freeze(f) => freezes.push(f),
@@ -340,7 +344,10 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
                 }
                 tys.insert(t.name.clone(), s);
             }
-            Err(d) => errs.push(d),
+            Err(d) => {
+                errs.push(d);
+                poisoned = true;
+            }
         }
     }
     // The path.
@@ -364,7 +371,7 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
         }
     };
     let mut terms = Vec::new();
-    if let Some(path) = path {
+    if let Some(path) = path.filter(|_| !poisoned) {
         let cx = PathCx { tensors: &tensors, tys: &tys, params: &params, file };
         match cx.infer(path) {
             Ok(ty) => {

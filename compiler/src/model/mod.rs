@@ -380,6 +380,12 @@ pub fn bind_params(
             (Some(a), _) => Some(a.value),
             (None, Some(def)) => match eval(def, &env) {
                 Ok(v) => Some(v),
+                // A default that uses a missing parameter: that one is reported.
+                Err(crate::consteval::EvalError::UnknownName { name, .. })
+                    if names.contains(&name.as_str()) && !env.contains_key(&name) =>
+                {
+                    None
+                }
                 Err(e) => {
                     errors.push(
                         Diagnostic::error(

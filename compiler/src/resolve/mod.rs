@@ -1145,7 +1145,8 @@ impl<'a> Resolver<'a> {
             );
             return;
         }
-        for &t in &trainable {
+        let used = |t: usize| m.terms.iter().any(|term| term.chain.iter().any(|f| factor_tensor(*f) == t));
+        for &t in trainable.iter().filter(|&&t| used(t)) {
             let dead = zero_coeff
                 || m.terms.iter().filter(|term| term.chain.iter().any(|f| factor_tensor(*f) == t)).all(|term| {
                     term.coefficient(&env) == Some(0.0)

@@ -59,9 +59,23 @@ pub fn parse_file(src: &str) -> Result<File, Vec<SyntaxError>> {
                     ErrorVariant::ParsingError { positives, .. } => describe_expected(positives),
                     ErrorVariant::CustomError { .. } => Vec::new(),
                 };
-                errors.push(syntax_error(src, offset + pos, expected));
+                let at = offset + pos;
+                if at > offset && starts_item_line(src, at) {
+                    // The previous item stopped short: say so at its end, and
+                    // go on parsing from this line.
+                    let end = code_end(src, at);
+                    errors.push(SyntaxError {
+                        span: Span::new(src[..end].char_indices().last().map_or(0, |(i, _)| i), end),
+                        expected,
+                        found: "end of line".to_string(),
+                        unterminated_string: false,
+                    });
+                    offset = at;
+                    continue;
+                }
+                errors.push(syntax_error(src, at, expected));
                 // Resynchronise at the next line that starts an item.
-                match next_item_start(src, offset + pos) {
+                match next_item_start(src, at) {
                     Some(next) => offset = next,
                     None => break,
                 }
@@ -76,6 +90,46 @@ pub fn parse_file(src: &str) -> Result<File, Vec<SyntaxError>> {
 }
 
 const ITEM_KEYWORDS: [&str; 7] = ["use", "adapt", "exclude", "train", "adapter", "model", "preset"];
+
+/// The end of the last code (not comment, not whitespace) before `pos`.
+fn code_end(src: &str, pos: usize) -> usize {
+    let mut end = pos;
+    while end > 0 {
+        let line_start = src[..end].trim_end_matches(['\n', '\r']).rfind('\n').map_or(0, |i| i + 1);
+        let line = &src[line_start..end];
+        let mut in_str = false;
+        let mut cut = line.len();
+        for (i, c) in line.char_indices() {
+            match c {
+                '"' => in_str = !in_str,
+                '#' if !in_str => {
+                    cut = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let code = line[..cut].trim_end();
+        if !code.is_empty() {
+            return line_start + code.len();
+        }
+        if line_start == 0 {
+            return 0;
+        }
+        end = line_start - 1;
+    }
+    0
+}
+
+/// Whether `pos` is the first word of a line and that word starts an item.
+fn starts_item_line(src: &str, pos: usize) -> bool {
+    let line_start = src[..pos].rfind('\n').map_or(0, |i| i + 1);
+    if !src[line_start..pos].trim().is_empty() {
+        return false;
+    }
+    let word: String = src[pos..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    ITEM_KEYWORDS.contains(&word.as_str())
+}
 
 /// The byte offset of the first line after `pos` whose first word starts an item.
 fn next_item_start(src: &str, pos: usize) -> Option<usize> {

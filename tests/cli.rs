@@ -1,0 +1,64 @@
+//! The `lamdac` binary: output, JSON, and exit codes (0 ok, 1 input errors, 2 usage or I/O).
+
+use std::process::Command;
+
+fn lamdac(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lamdac")).args(args).output().expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_mission_text() {
+    let (code, out, err) = lamdac(&["check", "examples/mission.lamda"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("524,288"), "{out}");
+    assert!(out.contains("128"), "{out}");
+}
+
+#[test]
+fn check_mission_json() {
+    let (code, out, err) = lamdac(&["check", "examples/mission.lamda", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+    assert_eq!(v["totals"]["modules"], 128);
+    assert_eq!(v["totals"]["trainable_params_after_freeze"], 524_288);
+    let modules = v["modules"].as_array().expect("modules");
+    assert_eq!(modules.len(), 128);
+    assert!(modules.iter().all(|m| m["rank"] == 64 && m["method"] == "lamda"));
+    assert_eq!(modules[0]["hf_name"], "model.layers.0.self_attn.q_proj");
+    assert_eq!(modules[0]["path"], "layers[0].attn.q");
+    assert_eq!(modules[0]["d_in"], 4096);
+    assert_eq!(modules[0]["trainable_params"], 64 * 64 + 4096 * 64);
+}
+
+#[test]
+fn errors_exit_1_with_codes() {
+    let (code, _, err) = lamdac(&["check", "tests/ui/many_errors.lamda", "--color", "never"]);
+    assert_eq!(code, 1);
+    for c in ["lamda::rank::zero", "lamda::pattern::no_match", "lamda::adapt::unknown_method", "lamda::train::unknown_key"] {
+        assert!(err.contains(c), "{c} missing from:\n{err}");
+    }
+    assert!(err.contains("4 errors"), "{err}");
+}
+
+#[test]
+fn warnings_still_exit_0() {
+    let (code, _, err) = lamdac(&["check", "tests/ui/exclude_unused.lamda", "--color", "never"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("lamda::exclude::unused"), "{err}");
+}
+
+#[test]
+fn io_and_usage_problems_exit_2() {
+    let (code, _, err) = lamdac(&["check", "no/such/file.lamda"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read"), "{err}");
+    let (code, _, _) = lamdac(&["check"]);
+    assert_eq!(code, 2);
+    let (code, _, _) = lamdac(&["frobnicate"]);
+    assert_eq!(code, 2);
+}

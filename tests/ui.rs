@@ -1,0 +1,101 @@
+//! UI tests: every tests/ui/*.lamda file is checked; its inline annotations
+//! must match the diagnostics exactly, and the source with the rendered
+//! report is an insta snapshot.
+//!
+//! An annotation is a comment `#~ <severity> <code>` at the end of the line
+//! where the diagnostic's primary label starts (`#~^` for the line above),
+//! e.g. `adapt llama2.attn.q rank 0  #~ error lamda::rank::zero`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use lamda_compiler::diag::{Code, Severity, Style, render};
+use lamda_compiler::resolve::check_source;
+
+fn expected(src: &str) -> BTreeSet<(usize, String, String)> {
+    let mut out = BTreeSet::new();
+    for (i, line) in src.lines().enumerate() {
+        let Some(pos) = line.find("#~") else { continue };
+        let mut rest = &line[pos + 2..];
+        let mut l = i + 1;
+        while let Some(r) = rest.strip_prefix('^') {
+            l -= 1;
+            rest = r;
+        }
+        let mut words = rest.split_whitespace();
+        let (Some(sev), Some(code)) = (words.next(), words.next()) else {
+            panic!("malformed annotation on line {}: {line}", i + 1)
+        };
+        out.insert((l, sev.to_string(), code.to_string()));
+    }
+    out
+}
+
+fn sev(s: Severity) -> &'static str {
+    match s {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+        Severity::Advice => "advice",
+    }
+}
+
+#[test]
+fn ui() {
+    let dir = Path::new("tests/ui");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("tests/ui exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "lamda"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 30, "expected at least 30 UI cases, found {}", files.len());
+    let mut covered: BTreeSet<String> = BTreeSet::new();
+    let mut failures = Vec::new();
+    let mut snapshots = Vec::new();
+    for path in &files {
+        let name = path.file_stem().and_then(|s| s.to_str()).expect("utf-8 name").to_string();
+        let src = std::fs::read_to_string(path).expect("readable");
+        let shown = format!("tests/ui/{name}.lamda");
+        let checked = check_source(&shown, &src, dir);
+        let got: BTreeSet<(usize, String, String)> = checked
+            .diags
+            .iter()
+            .filter(|d| d.file == checked.file)
+            .map(|d| {
+                let line = d.labels.first().map_or(0, |l| checked.sources.line_col(d.file, l.span.start).0);
+                (line, sev(d.severity).to_string(), d.code.as_str().to_string())
+            })
+            .collect();
+        let stray: Vec<String> = checked
+            .diags
+            .iter()
+            .filter(|d| d.file != checked.file)
+            .map(|d| format!("{} in {}", d.code, checked.sources.files[d.file].name))
+            .collect();
+        let want = expected(&src);
+        if got != want || !stray.is_empty() {
+            failures.push(format!(
+                "{name}:\n  expected {want:?}\n  got      {got:?}\n  outside the file: {stray:?}\n{}",
+                render(&checked.sources, &checked.diags, Style::Plain)
+            ));
+        }
+        covered.extend(got.iter().map(|(_, _, c)| c.clone()));
+        let report = render(&checked.sources, &checked.diags, Style::Plain);
+        snapshots.push((name, format!("{src}\n-----\n{report}")));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    for (name, text) in snapshots {
+        insta::with_settings!({snapshot_path => "ui/snapshots", prepend_module_to_snapshot => false, omit_expression => true}, {
+            insta::assert_snapshot!(name, text);
+        });
+    }
+    let missing: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).filter(|c| !covered.contains(*c)).collect();
+    assert!(missing.is_empty(), "codes without a UI test: {missing:?}");
+}
+
+#[test]
+fn every_code_is_documented() {
+    let doc = std::fs::read_to_string("spec/errors.md").expect("spec/errors.md exists");
+    let missing: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).filter(|c| !doc.contains(&format!("`{c}`"))).collect();
+    assert!(missing.is_empty(), "codes missing from spec/errors.md: {missing:?}");
+}
