@@ -51,10 +51,13 @@ pub fn lamda_forward(
 ) -> Result<(), OpsError> {
     const OP: &str = "lamda_forward";
     let AdapterShape { n, d_in, d_out, r } = *shape;
+    check_len(OP, "x", x.len(), dims(OP, &[n, d_in])?)?;
+    check_len(OP, "a", a.len(), dims(OP, &[r, d_in])?)?;
+    check_len(OP, "s", s.len(), dims(OP, &[r, r])?)?;
+    check_len(OP, "b", b.len(), dims(OP, &[d_out, r])?)?;
     check_len(OP, "z", z.len(), shape.nr(OP)?)?;
     check_len(OP, "u", u.len(), shape.nr(OP)?)?;
-    check_len(OP, "s", s.len(), dims(OP, &[r, r])?)?;
-    // The GEMMs check x, a, b and y.
+    check_len(OP, "y", y.len(), dims(OP, &[n, d_out])?)?;
     gemm(n, r, d_in, 1.0, x, Trans::N, a, Trans::T, 0.0, z)?;
     gemm(n, r, r, 1.0, z, Trans::N, s, Trans::T, 0.0, u)?;
     gemm(n, d_out, r, alpha, u, Trans::N, b, Trans::T, 1.0, y)
@@ -70,6 +73,7 @@ pub fn lamda_forward(
 ///
 /// g: `(n, d_out)`; z, u: `(n, r)` from [`lamda_forward`] (u is only read for
 /// dB); a: `(r, d_in)`, s: `(r, r)`, b: `(d_out, r)`. dS and dB are overwritten.
+/// All lengths are checked before anything is written.
 #[allow(clippy::too_many_arguments)]
 pub fn lamda_backward(
     shape: &AdapterShape,
@@ -89,14 +93,23 @@ pub fn lamda_backward(
     let nr = shape.nr(OP)?;
     check_len(OP, "g", g.len(), dims(OP, &[n, d_out])?)?;
     check_len(OP, "z", z.len(), nr)?;
+    check_len(OP, "a", a.len(), dims(OP, &[r, d_in])?)?;
     check_len(OP, "s", s.len(), dims(OP, &[r, r])?)?;
+    check_len(OP, "b", b.len(), dims(OP, &[d_out, r])?)?;
+    check_len(OP, "ds", ds.len(), dims(OP, &[r, r])?)?;
+    if let Some(db) = &db {
+        check_len(OP, "u", u.len(), nr)?;
+        check_len(OP, "db", db.len(), dims(OP, &[d_out, r])?)?;
+    }
+    if let Some(dx) = &dx {
+        check_len(OP, "dx", dx.len(), dims(OP, &[n, d_in])?)?;
+    }
     // gb = g B, (n, r)
     let mut gb = vec![0.0f32; nr];
     gemm(n, r, d_out, 1.0, g, Trans::N, b, Trans::N, 0.0, &mut gb)?;
     // dS = alpha gb^T z
     gemm(r, r, n, alpha, &gb, Trans::T, z, Trans::N, 0.0, ds)?;
     if let Some(db) = db {
-        check_len(OP, "u", u.len(), nr)?;
         // dB = alpha g^T u
         gemm(d_out, r, n, alpha, g, Trans::T, u, Trans::N, 0.0, db)?;
     }
@@ -128,7 +141,11 @@ pub fn lora_forward(
 ) -> Result<(), OpsError> {
     const OP: &str = "lora_forward";
     let AdapterShape { n, d_in, d_out, r } = *shape;
+    check_len(OP, "x", x.len(), dims(OP, &[n, d_in])?)?;
+    check_len(OP, "a", a.len(), dims(OP, &[r, d_in])?)?;
+    check_len(OP, "b", b.len(), dims(OP, &[d_out, r])?)?;
     check_len(OP, "xa", xa.len(), shape.nr(OP)?)?;
+    check_len(OP, "y", y.len(), dims(OP, &[n, d_out])?)?;
     gemm(n, r, d_in, 1.0, x, Trans::N, a, Trans::T, 0.0, xa)?;
     gemm(n, d_out, r, scale, xa, Trans::N, b, Trans::T, 1.0, y)
 }
@@ -138,8 +155,9 @@ pub fn lora_forward(
 /// - `dA = scale gb^T x` `(r, d_in)`, when `da` is given (not for LoRA-FA)
 /// - `dx += scale gb A` `(n, d_in)`, when `dx` is given
 ///
-/// g: `(n, d_out)`, x: `(n, d_in)`, xa: `(n, r)`, a: `(r, d_in)`,
-/// b: `(d_out, r)`. dA and dB are overwritten.
+/// g: `(n, d_out)`, x: `(n, d_in)` (only read for dA; LoRA-FA may pass an
+/// empty slice), xa: `(n, r)`, a: `(r, d_in)`, b: `(d_out, r)`. dA and dB are
+/// overwritten. All lengths are checked before anything is written.
 #[allow(clippy::too_many_arguments)]
 pub fn lora_backward(
     shape: &AdapterShape,
@@ -157,6 +175,19 @@ pub fn lora_backward(
     let AdapterShape { n, d_in, d_out, r } = *shape;
     let nr = shape.nr(OP)?;
     check_len(OP, "g", g.len(), dims(OP, &[n, d_out])?)?;
+    check_len(OP, "xa", xa.len(), nr)?;
+    check_len(OP, "a", a.len(), dims(OP, &[r, d_in])?)?;
+    check_len(OP, "b", b.len(), dims(OP, &[d_out, r])?)?;
+    if let Some(da) = &da {
+        check_len(OP, "x", x.len(), dims(OP, &[n, d_in])?)?;
+        check_len(OP, "da", da.len(), dims(OP, &[r, d_in])?)?;
+    }
+    if let Some(db) = &db {
+        check_len(OP, "db", db.len(), dims(OP, &[d_out, r])?)?;
+    }
+    if let Some(dx) = &dx {
+        check_len(OP, "dx", dx.len(), dims(OP, &[n, d_in])?)?;
+    }
     if let Some(db) = db {
         gemm(d_out, r, n, scale, g, Trans::T, xa, Trans::N, 0.0, db)?;
     }
@@ -332,6 +363,36 @@ mod tests {
         };
         let fd = fd_grad(&to64(&x), 1e-6, full);
         assert_close("dx", &dx, &fd, 1e-5, 1e-5);
+    }
+
+    #[test]
+    fn bad_lengths_are_named_and_nothing_is_written() {
+        let sh = AdapterShape {
+            n: 2,
+            d_in: 3,
+            d_out: 4,
+            r: 2,
+        };
+        let (g, z, a, s, b) = (vec![1.0; 8], vec![1.0; 4], vec![1.0; 6], vec![1.0; 4], vec![1.0; 8]);
+        let mut ds = vec![0.0; 3]; // should be 4
+        let mut dx = vec![7.0; 6];
+        let err = lamda_backward(&sh, 1.0, &g, &z, &[], &a, &s, &b, &mut ds, None, Some(&mut dx)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OpsError::Len {
+                    name: "ds",
+                    expected: 4,
+                    got: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(dx, vec![7.0; 6]);
+        // LoRA-FA: no dA, so x may be empty
+        let mut db = vec![0.0; 8];
+        lora_backward(&sh, 1.0, &g, &[], &z, &a, &b, None, Some(&mut db), Some(&mut dx)).unwrap();
     }
 
     #[test]

@@ -33,9 +33,10 @@ pub fn embedding_forward(table: &[f32], vocab: usize, d: usize, ids: &[i64], out
     let rows = rows_per_task(d);
     out.par_chunks_mut(rows * d)
         .zip(ids.par_chunks(rows))
-        .try_for_each(|(out, ids)| {
-            for (o, (row, &id)) in out.chunks_exact_mut(d).zip(ids.iter().enumerate()) {
-                let t = row_index(OP, row, id, vocab)?;
+        .enumerate()
+        .try_for_each(|(chunk, (out, ids))| {
+            for (o, (i, &id)) in out.chunks_exact_mut(d).zip(ids.iter().enumerate()) {
+                let t = row_index(OP, chunk * rows + i, id, vocab)?;
                 o.copy_from_slice(&table[t * d..(t + 1) * d]);
             }
             Ok(())
