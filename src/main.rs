@@ -13,7 +13,11 @@ use lamda_compiler::report;
 use lamda_compiler::resolve::check_path;
 
 #[derive(Parser)]
-#[command(name = "lamdac", version, about = "Compile and train .lamda adapter specs (LaMDA, LoRA-family)")]
+#[command(
+    name = "lamdac",
+    version,
+    about = "Compile and train .lamda adapter specs (LaMDA, LoRA-family)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,7 +87,11 @@ fn check(path: &std::path::Path, format: Format, style: Style) -> ExitCode {
             "lamdac: {} error{}{} in {}",
             errors,
             if errors == 1 { "" } else { "s" },
-            if warnings > 0 { format!(", {warnings} warning{}", if warnings == 1 { "" } else { "s" }) } else { String::new() },
+            if warnings > 0 {
+                format!(", {warnings} warning{}", if warnings == 1 { "" } else { "s" })
+            } else {
+                String::new()
+            },
             path.display()
         );
         return ExitCode::from(1);

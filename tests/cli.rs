@@ -3,7 +3,10 @@
 use std::process::Command;
 
 fn lamdac(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lamdac")).args(args).output().expect("runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_lamdac"))
+        .args(args)
+        .output()
+        .expect("runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -39,7 +42,12 @@ fn check_mission_json() {
 fn errors_exit_1_with_codes() {
     let (code, _, err) = lamdac(&["check", "tests/ui/many_errors.lamda", "--color", "never"]);
     assert_eq!(code, 1);
-    for c in ["lamda::rank::zero", "lamda::pattern::no_match", "lamda::adapt::unknown_method", "lamda::train::unknown_key"] {
+    for c in [
+        "lamda::rank::zero",
+        "lamda::pattern::no_match",
+        "lamda::adapt::unknown_method",
+        "lamda::train::unknown_key",
+    ] {
         assert!(err.contains(c), "{c} missing from:\n{err}");
     }
     assert!(err.contains("4 errors"), "{err}");

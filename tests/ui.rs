@@ -48,12 +48,20 @@ fn ui() {
         .filter(|p| p.extension().is_some_and(|e| e == "lamda"))
         .collect();
     files.sort();
-    assert!(files.len() >= 30, "expected at least 30 UI cases, found {}", files.len());
+    assert!(
+        files.len() >= 30,
+        "expected at least 30 UI cases, found {}",
+        files.len()
+    );
     let mut covered: BTreeSet<String> = BTreeSet::new();
     let mut failures = Vec::new();
     let mut snapshots = Vec::new();
     for path in &files {
-        let name = path.file_stem().and_then(|s| s.to_str()).expect("utf-8 name").to_string();
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 name")
+            .to_string();
         let src = std::fs::read_to_string(path).expect("readable");
         let shown = format!("tests/ui/{name}.lamda");
         let checked = check_source(&shown, &src, dir);
@@ -62,7 +70,10 @@ fn ui() {
             .iter()
             .filter(|d| d.file == checked.file)
             .map(|d| {
-                let line = d.labels.first().map_or(0, |l| checked.sources.line_col(d.file, l.span.start).0);
+                let line = d
+                    .labels
+                    .first()
+                    .map_or(0, |l| checked.sources.line_col(d.file, l.span.start).0);
                 (line, sev(d.severity).to_string(), d.code.as_str().to_string())
             })
             .collect();
@@ -89,13 +100,21 @@ fn ui() {
             insta::assert_snapshot!(name, text);
         });
     }
-    let missing: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).filter(|c| !covered.contains(*c)).collect();
+    let missing: Vec<&str> = Code::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .filter(|c| !covered.contains(*c))
+        .collect();
     assert!(missing.is_empty(), "codes without a UI test: {missing:?}");
 }
 
 #[test]
 fn every_code_is_documented() {
     let doc = std::fs::read_to_string("spec/errors.md").expect("spec/errors.md exists");
-    let missing: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).filter(|c| !doc.contains(&format!("`{c}`"))).collect();
+    let missing: Vec<&str> = Code::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .filter(|c| !doc.contains(&format!("`{c}`")))
+        .collect();
     assert!(missing.is_empty(), "codes missing from spec/errors.md: {missing:?}");
 }

@@ -58,12 +58,25 @@ impl fmt::Display for Const {
 /// Why an expression has no constant value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EvalError {
-    UnknownName { name: String, span: Span },
-    NotConstant { span: Span },
-    Type { span: Span, message: String },
+    UnknownName {
+        name: String,
+        span: Span,
+    },
+    NotConstant {
+        span: Span,
+    },
+    Type {
+        span: Span,
+        message: String,
+    },
     /// Integer division with a remainder, or by zero.
-    Division { span: Span, message: String },
-    Overflow { span: Span },
+    Division {
+        span: Span,
+        message: String,
+    },
+    Overflow {
+        span: Span,
+    },
 }
 
 impl EvalError {
@@ -96,14 +109,22 @@ pub fn eval(e: &Expr, env: &Env) -> Result<Const, EvalError> {
         ExprKind::Num { value, is_int: true } => Ok(Const::Int(*value as i64)),
         ExprKind::Num { value, .. } => Ok(Const::Float(*value)),
         ExprKind::Bool(b) => Ok(Const::Bool(*b)),
-        ExprKind::Ref(path) if path.len() == 1 => env
-            .get(&path[0].name)
-            .copied()
-            .ok_or_else(|| EvalError::UnknownName { name: path[0].name.clone(), span: e.span }),
+        ExprKind::Ref(path) if path.len() == 1 => {
+            env.get(&path[0].name).copied().ok_or_else(|| EvalError::UnknownName {
+                name: path[0].name.clone(),
+                span: e.span,
+            })
+        }
         ExprKind::Neg(inner) => match eval(inner, env)? {
-            Const::Int(i) => i.checked_neg().map(Const::Int).ok_or(EvalError::Overflow { span: e.span }),
+            Const::Int(i) => i
+                .checked_neg()
+                .map(Const::Int)
+                .ok_or(EvalError::Overflow { span: e.span }),
             Const::Float(x) => Ok(Const::Float(-x)),
-            Const::Bool(_) => Err(EvalError::Type { span: e.span, message: "cannot negate a boolean".into() }),
+            Const::Bool(_) => Err(EvalError::Type {
+                span: e.span,
+                message: "cannot negate a boolean".into(),
+            }),
         },
         ExprKind::Bin { op, lhs, rhs } => {
             let a = eval(lhs, env)?;
@@ -117,7 +138,12 @@ pub fn eval(e: &Expr, env: &Env) -> Result<Const, EvalError> {
 fn binop(op: BinOp, a: Const, b: Const, span: Span) -> Result<Const, EvalError> {
     let type_err = || EvalError::Type {
         span,
-        message: format!("`{}` needs numbers, found {} and {}", op.symbol(), a.describe(), b.describe()),
+        message: format!(
+            "`{}` needs numbers, found {} and {}",
+            op.symbol(),
+            a.describe(),
+            b.describe()
+        ),
     };
     match (a, b) {
         (Const::Int(x), Const::Int(y)) => {
@@ -127,7 +153,10 @@ fn binop(op: BinOp, a: Const, b: Const, span: Span) -> Result<Const, EvalError> 
                 BinOp::Mul | BinOp::MatMul => x.checked_mul(y),
                 BinOp::Div => {
                     if y == 0 {
-                        return Err(EvalError::Division { span, message: "division by zero".into() });
+                        return Err(EvalError::Division {
+                            span,
+                            message: "division by zero".into(),
+                        });
                     }
                     if x % y != 0 {
                         return Err(EvalError::Division {
@@ -141,7 +170,9 @@ fn binop(op: BinOp, a: Const, b: Const, span: Span) -> Result<Const, EvalError> 
             r.map(Const::Int).ok_or(EvalError::Overflow { span })
         }
         _ => {
-            let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) else { return Err(type_err()) };
+            let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) else {
+                return Err(type_err());
+            };
             Ok(Const::Float(match op {
                 BinOp::Add => x + y,
                 BinOp::Sub => x - y,

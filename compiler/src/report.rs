@@ -170,13 +170,22 @@ pub fn report(spec: &ResolvedSpec) -> Report {
             let mine: Vec<&ModuleReport> = r.modules.iter().map(|&i| &modules[i]).collect();
             let sum = |f: fn(&ModuleReport) -> u64| mine.iter().map(|m| f(m)).sum::<u64>();
             let ranks: Vec<u64> = mine.iter().map(|m| m.rank).collect();
-            let (lo, hi) = (ranks.iter().min().copied().unwrap_or(0), ranks.iter().max().copied().unwrap_or(0));
+            let (lo, hi) = (
+                ranks.iter().min().copied().unwrap_or(0),
+                ranks.iter().max().copied().unwrap_or(0),
+            );
             let (rank, rank_auto) = match r.rank {
                 RankChoice::Fixed(_) if lo == hi => (lo.to_string(), None),
                 RankChoice::Fixed(_) => (format!("{lo}..{hi}"), None),
                 RankChoice::Auto { budget, min, max, r0 } => (
                     format!("auto: r0 = {r0} (budget {budget})"),
-                    Some(AutoReport { budget, r0, r_min: min.unwrap_or(1), r_max: max, allocated: false }),
+                    Some(AutoReport {
+                        budget,
+                        r0,
+                        r_min: min.unwrap_or(1),
+                        r_max: max,
+                        allocated: false,
+                    }),
                 ),
             };
             let lora = sum(|m| m.lora_params);
@@ -249,7 +258,14 @@ pub fn report(spec: &ResolvedSpec) -> Report {
             .filter(|m| matches!(m.kind, crate::model::ModuleKind::Linear { .. }))
             .count(),
     };
-    Report { model, steps, rules, modules, totals, memory }
+    Report {
+        model,
+        steps,
+        rules,
+        modules,
+        totals,
+        memory,
+    }
 }
 
 /// `1234567` as `1,234,567`.
@@ -257,7 +273,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -296,8 +312,14 @@ pub fn bytes(n: u64) -> String {
 
 fn table(rows: &[Vec<String>], right: &[bool]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for r in rows {
         let mut line = String::new();
@@ -422,7 +444,11 @@ pub fn render_text(r: &Report) -> String {
 }
 
 fn ratio(lora: u64, this: u64) -> String {
-    if this == 0 { "-".to_string() } else { fmt_ratio(lora as f64 / this as f64) }
+    if this == 0 {
+        "-".to_string()
+    } else {
+        fmt_ratio(lora as f64 / this as f64)
+    }
 }
 
 fn fmt_ratio(x: f64) -> String {

@@ -95,7 +95,10 @@ mod tests {
         assert_eq!(Schedule::At(0.25).t_i(10), Some(3)); // 2.5 -> 3
         assert_eq!(Schedule::At(0.01).t_i(10), Some(1)); // 0.1 -> 0 -> max(1, 0)
         let s = Schedule::At(0.5);
-        assert_eq!((0..4).map(|t| s.frozen_cols(t, 4, 3)).collect::<Vec<_>>(), vec![0, 0, 3, 3]);
+        assert_eq!(
+            (0..4).map(|t| s.frozen_cols(t, 4, 3)).collect::<Vec<_>>(),
+            vec![0, 0, 3, 3]
+        );
     }
 
     #[test]

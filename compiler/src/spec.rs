@@ -16,7 +16,12 @@ pub enum RankChoice {
     Fixed(u64),
     /// LaMDA++ (SEMANTICS §8): a rank budget over the rule's modules.
     /// `r0 = floor(budget / N)`; `min`/`max` replace r_min = 1 and the 4 r0 term.
-    Auto { budget: u64, min: Option<u64>, max: Option<u64>, r0: u64 },
+    Auto {
+        budget: u64,
+        min: Option<u64>,
+        max: Option<u64>,
+        r0: u64,
+    },
 }
 
 /// One `adapt` rule after resolution.
@@ -83,7 +88,12 @@ pub struct AdamW {
 
 impl Default for AdamW {
     fn default() -> Self {
-        AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
     }
 }
 

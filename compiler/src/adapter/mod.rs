@@ -36,7 +36,9 @@ pub enum Init {
     /// `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`, fan_in = the second dimension (PEFT's LoRA A).
     KaimingUniform,
     /// `N(0, std^2)`.
-    Normal { std: f64 },
+    Normal {
+        std: f64,
+    },
 }
 
 impl Init {
@@ -64,7 +66,10 @@ impl Init {
     }
     /// Whether the initialiser needs the singular vectors of W.
     pub fn needs_svd(self) -> bool {
-        matches!(self, Init::SvdRight | Init::SvdLeft | Init::SvdRightScaled | Init::SvdLeftScaled)
+        matches!(
+            self,
+            Init::SvdRight | Init::SvdLeft | Init::SvdRightScaled | Init::SvdLeftScaled
+        )
     }
 }
 
@@ -133,7 +138,12 @@ impl Method {
     }
     /// Evaluates a tensor's shape for a module.
     pub fn shape(&self, i: usize, env: &Env) -> Option<Vec<u64>> {
-        self.tensors.get(i)?.shape.iter().map(|e| eval(e, env).ok()?.as_int().map(|v| v.max(0) as u64)).collect()
+        self.tensors
+            .get(i)?
+            .shape
+            .iter()
+            .map(|e| eval(e, env).ok()?.as_int().map(|v| v.max(0) as u64))
+            .collect()
     }
     /// The environment of one module: parameters (given values over defaults) plus in, out, r.
     pub fn env(&self, d_in: u64, d_out: u64, r: u64, given: &BTreeMap<String, Const>) -> Env {
@@ -158,7 +168,10 @@ pub fn parse_schedule(call: &Call, file: FileId) -> Result<Schedule, Diagnostic>
             return Err(Diagnostic::error(
                 Code::AdaptBadArg,
                 file,
-                format!("`{name}` takes one argument, the fraction of the run, found {}", call.args.len()),
+                format!(
+                    "`{name}` takes one argument, the fraction of the run, found {}",
+                    call.args.len()
+                ),
             )
             .label(call.span, "here")
             .help(format!("write `{name}(0.3)`")));
@@ -178,15 +191,19 @@ pub fn parse_schedule(call: &Call, file: FileId) -> Result<Schedule, Diagnostic>
                 format!("the fraction of `{name}` must lie in (0, 1], found {p}"),
             )
             .label(arg.value.span, "outside (0, 1]")
-            .help("it is the fraction of the run at which every column of B is frozen; `now` freezes B from the start"));
+            .help(
+                "it is the fraction of the run at which every column of B is frozen; `now` freezes B from the start",
+            ));
         }
         Ok(p)
     };
     let no_args = |s: Schedule| -> Result<Schedule, Diagnostic> {
         if call.parens {
-            Err(Diagnostic::error(Code::AdaptBadArg, file, format!("`{name}` takes no arguments"))
-                .label(call.span, "here")
-                .help(format!("write `{name}`")))
+            Err(
+                Diagnostic::error(Code::AdaptBadArg, file, format!("`{name}` takes no arguments"))
+                    .label(call.span, "here")
+                    .help(format!("write `{name}`")),
+            )
         } else {
             Ok(s)
         }
@@ -251,15 +268,23 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
     for p in &def.params {
         if ["in", "out", "x"].contains(&p.name.name.as_str()) {
             errs.push(
-                Diagnostic::error(Code::AdapterBadParam, file, format!("`{}` is reserved in adapters", p.name.name))
-                    .label(p.name.span, "reserved: in and out are the layer sizes, x is its input"),
+                Diagnostic::error(
+                    Code::AdapterBadParam,
+                    file,
+                    format!("`{}` is reserved in adapters", p.name.name),
+                )
+                .label(p.name.span, "reserved: in and out are the layer sizes, x is its input"),
             );
             continue;
         }
         if params.iter().any(|(n, _): &(String, Option<Const>)| *n == p.name.name) {
             errs.push(
-                Diagnostic::error(Code::AdapterBadParam, file, format!("parameter `{}` is declared twice", p.name.name))
-                    .label(p.name.span, "again here"),
+                Diagnostic::error(
+                    Code::AdapterBadParam,
+                    file,
+                    format!("parameter `{}` is declared twice", p.name.name),
+                )
+                .label(p.name.span, "again here"),
             );
             continue;
         }
@@ -269,8 +294,12 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
                 Ok(v) => Some(v),
                 Err(err) => {
                     errs.push(
-                        Diagnostic::error(Code::AdapterBadParam, file, format!("a default must be a constant: {}", err.message()))
-                            .label(err.span(), "here"),
+                        Diagnostic::error(
+                            Code::AdapterBadParam,
+                            file,
+                            format!("a default must be a constant: {}", err.message()),
+                        )
+                        .label(err.span(), "here"),
                     );
                     None
                 }
@@ -280,9 +309,13 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
     }
     if !params.iter().any(|(n, _)| n == "r") {
         errs.push(
-            Diagnostic::error(Code::AdapterBadParam, file, format!("adapter `{name}` has no parameter `r`"))
-                .label(def.name.span, "every adapter takes its rank as `r`")
-                .help(format!("write `adapter {name}(r, ...)`")),
+            Diagnostic::error(
+                Code::AdapterBadParam,
+                file,
+                format!("adapter `{name}` has no parameter `r`"),
+            )
+            .label(def.name.span, "every adapter takes its rank as `r`")
+            .help(format!("write `adapter {name}(r, ...)`")),
         );
     }
     // Items.
@@ -297,9 +330,13 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
             AdapterItem::Tensor(t) => {
                 if let Some(prev) = tensors.iter().find(|p| p.name == t.name.name) {
                     errs.push(
-                        Diagnostic::error(Code::AdapterDuplicateTensor, file, format!("tensor `{}` is declared twice", t.name.name))
-                            .label(t.name.span, "second declaration")
-                            .label(prev.span, "first declaration"),
+                        Diagnostic::error(
+                            Code::AdapterDuplicateTensor,
+                            file,
+                            format!("tensor `{}` is declared twice", t.name.name),
+                        )
+                        .label(t.name.span, "second declaration")
+                        .label(prev.span, "first declaration"),
                     );
                     continue;
                 }
@@ -363,24 +400,38 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
         }
         [_, second, ..] => {
             errs.push(
-                Diagnostic::error(Code::AdapterMissingPath, file, format!("adapter `{name}` has more than one path"))
-                    .label(second.span, "second path")
-                    .help("write one path; a sum of terms goes in one expression: `path B @ A @ x + C @ x`"),
+                Diagnostic::error(
+                    Code::AdapterMissingPath,
+                    file,
+                    format!("adapter `{name}` has more than one path"),
+                )
+                .label(second.span, "second path")
+                .help("write one path; a sum of terms goes in one expression: `path B @ A @ x + C @ x`"),
             );
             None
         }
     };
     let mut terms = Vec::new();
     if let Some(path) = path.filter(|_| !poisoned) {
-        let cx = PathCx { tensors: &tensors, tys: &tys, params: &params, file };
+        let cx = PathCx {
+            tensors: &tensors,
+            tys: &tys,
+            params: &params,
+            file,
+        };
         match cx.infer(path) {
             Ok(ty) => {
-                let out_dim = Dim { vals: [bindings[0]["out"], bindings[1]["out"]], text: "out".into() };
+                let out_dim = Dim {
+                    vals: [bindings[0]["out"], bindings[1]["out"]],
+                    text: "out".into(),
+                };
                 if ty.degree != 1 {
                     errs.push(
                         Diagnostic::error(Code::AdapterNotLinear, file, "the path does not depend on x")
                             .label(path.span, "constant in x")
-                            .help("an adapter path is a linear function of the layer input: end the product with `@ x`"),
+                            .help(
+                                "an adapter path is a linear function of the layer input: end the product with `@ x`",
+                            ),
                     );
                 } else if ty.shape != Shape::Vector(out_dim.clone()) {
                     errs.push(
@@ -404,9 +455,13 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
         for t in &tensors {
             if !mentions(path, &t.name) {
                 errs.push(
-                    Diagnostic::warning(Code::AdapterUnusedTensor, file, format!("tensor `{}` is never used by the path", t.name))
-                        .label(t.span, "declared here")
-                        .help("remove it, or use it in `path`"),
+                    Diagnostic::warning(
+                        Code::AdapterUnusedTensor,
+                        file,
+                        format!("tensor `{}` is never used by the path", t.name),
+                    )
+                    .label(t.span, "declared here")
+                    .help("remove it, or use it in `path`"),
                 );
             }
         }
@@ -416,8 +471,12 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
     for f in &freezes {
         if freeze.is_some() {
             errs.push(
-                Diagnostic::error(Code::AdapterFreezeNotColumns, file, "an adapter has at most one column-frozen tensor")
-                    .label(f.span, "second `freeze`"),
+                Diagnostic::error(
+                    Code::AdapterFreezeNotColumns,
+                    file,
+                    "an adapter has at most one column-frozen tensor",
+                )
+                .label(f.span, "second `freeze`"),
             );
             continue;
         }
@@ -426,17 +485,30 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
             continue;
         };
         let t = &tensors[i];
-        let r_dim = Dim { vals: [bindings[0]["r"], bindings[1]["r"]], text: "r".into() };
+        let r_dim = Dim {
+            vals: [bindings[0]["r"], bindings[1]["r"]],
+            text: "r".into(),
+        };
         let ok_shape = matches!(tys.get(&t.name), Some(Shape::Matrix(_, c)) if *c == r_dim);
         if !t.trainable || !ok_shape {
             errs.push(
                 Diagnostic::error(
                     Code::AdapterFreezeNotColumns,
                     file,
-                    format!("`{}` cannot freeze by columns: it must be trainable with shape [_, r]", t.name),
+                    format!(
+                        "`{}` cannot freeze by columns: it must be trainable with shape [_, r]",
+                        t.name
+                    ),
                 )
                 .label(f.tensor.span, "here")
-                .label(t.span, if t.trainable { "declared with another shape" } else { "declared frozen" }),
+                .label(
+                    t.span,
+                    if t.trainable {
+                        "declared with another shape"
+                    } else {
+                        "declared frozen"
+                    },
+                ),
             );
             continue;
         }
@@ -463,7 +535,10 @@ pub fn check_adapter(def: &AdapterDef, file: FileId) -> Result<(Method, Vec<Diag
         tensors,
         residual: bases.first().is_some_and(|b| b.0),
         freeze,
-        path: path.cloned().unwrap_or(Expr { kind: ExprKind::Bool(false), span: def.span }),
+        path: path.cloned().unwrap_or(Expr {
+            kind: ExprKind::Bool(false),
+            span: def.span,
+        }),
         terms: finish_terms(terms),
     };
     // What is left in `errs` are warnings.
@@ -485,11 +560,18 @@ fn undeclared(name: &str, span: Span, tensors: &[TensorSpec], file: FileId) -> D
     let help = match crate::suggest::closest(name, names.iter().copied()) {
         Some(s) => format!("did you mean `{s}`? declared tensors: {}", names.join(", ")),
         None if names.is_empty() => format!("declare it: `tensor {name} [r, in] trainable init zeros`"),
-        None => format!("declared tensors: {}; or declare `tensor {name} [...] ...`", names.join(", ")),
+        None => format!(
+            "declared tensors: {}; or declare `tensor {name} [...] ...`",
+            names.join(", ")
+        ),
     };
-    Diagnostic::error(Code::AdapterUndeclaredTensor, file, format!("tensor `{name}` is not declared"))
-        .label(span, "undeclared")
-        .help(help)
+    Diagnostic::error(
+        Code::AdapterUndeclaredTensor,
+        file,
+        format!("tensor `{name}` is not declared"),
+    )
+    .label(span, "undeclared")
+    .help(help)
 }
 
 fn parse_init(c: &Call, file: FileId) -> Result<Init, Diagnostic> {
@@ -505,9 +587,13 @@ fn parse_init(c: &Call, file: FileId) -> Result<Init, Diagnostic> {
             let std = c.args.iter().find(|a| a.name.as_ref().is_none_or(|n| n.name == "std"));
             return match std.and_then(|a| a.value.kind.as_f64()) {
                 Some(s) if s > 0.0 && c.args.len() == 1 => Ok(Init::Normal { std: s }),
-                _ => Err(Diagnostic::error(Code::AdapterUnknownInit, file, "`normal` takes one argument, a positive std")
-                    .label(c.span, "here")
-                    .help("write `init normal(std = 0.02)`")),
+                _ => Err(Diagnostic::error(
+                    Code::AdapterUnknownInit,
+                    file,
+                    "`normal` takes one argument, a positive std",
+                )
+                .label(c.span, "here")
+                .help("write `init normal(std = 0.02)`")),
             };
         }
         other => {
@@ -515,14 +601,20 @@ fn parse_init(c: &Call, file: FileId) -> Result<Init, Diagnostic> {
                 Some(s) => format!("did you mean `{s}`? initialisers: {}", Init::NAMES.join(", ")),
                 None => format!("initialisers: {}", Init::NAMES.join(", ")),
             };
-            return Err(Diagnostic::error(Code::AdapterUnknownInit, file, format!("unknown initialiser `{other}`"))
-                .label(c.name.span, "not an initialiser")
-                .help(help));
+            return Err(
+                Diagnostic::error(Code::AdapterUnknownInit, file, format!("unknown initialiser `{other}`"))
+                    .label(c.name.span, "not an initialiser")
+                    .help(help),
+            );
         }
     };
     if c.parens && !c.args.is_empty() {
-        return Err(Diagnostic::error(Code::AdapterUnknownInit, file, format!("`{}` takes no arguments", c.name.name))
-            .label(c.span, "here"));
+        return Err(Diagnostic::error(
+            Code::AdapterUnknownInit,
+            file,
+            format!("`{}` takes no arguments", c.name.name),
+        )
+        .label(c.span, "here"));
     }
     Ok(init)
 }
@@ -562,29 +654,53 @@ fn eval_dim(e: &Expr, bindings: &[BTreeMap<String, i64>; 2], file: FileId) -> Re
         match eval(e, &env) {
             Ok(Const::Int(v)) => vals[k] = v,
             Ok(other) => {
-                return Err(Diagnostic::error(Code::AdapterShapeMismatch, file, format!("a dimension must be an integer, found {}", other.describe()))
-                    .label(e.span, "here"));
+                return Err(Diagnostic::error(
+                    Code::AdapterShapeMismatch,
+                    file,
+                    format!("a dimension must be an integer, found {}", other.describe()),
+                )
+                .label(e.span, "here"));
             }
             Err(crate::consteval::EvalError::UnknownName { name, span }) => {
-                return Err(Diagnostic::error(Code::AdapterUnknownName, file, format!("unknown name `{name}` in a shape"))
-                    .label(span, "not in, out, r or a parameter")
-                    .help("shapes are written in terms of `in`, `out`, `r` and the adapter's parameters"));
+                return Err(Diagnostic::error(
+                    Code::AdapterUnknownName,
+                    file,
+                    format!("unknown name `{name}` in a shape"),
+                )
+                .label(span, "not in, out, r or a parameter")
+                .help("shapes are written in terms of `in`, `out`, `r` and the adapter's parameters"));
             }
             Err(err) => {
-                return Err(Diagnostic::error(Code::AdapterShapeMismatch, file, err.message()).label(err.span(), "here"));
+                return Err(
+                    Diagnostic::error(Code::AdapterShapeMismatch, file, err.message()).label(err.span(), "here")
+                );
             }
         }
     }
-    Ok(Dim { vals, text: expr_text(e) })
+    Ok(Dim {
+        vals,
+        text: expr_text(e),
+    })
 }
 
 fn shape_of(t: &TensorSpec, bindings: &[BTreeMap<String, i64>; 2], file: FileId) -> Result<Shape, Diagnostic> {
-    let dims: Vec<Dim> = t.shape.iter().map(|e| eval_dim(e, bindings, file)).collect::<Result<_, _>>()?;
+    let dims: Vec<Dim> = t
+        .shape
+        .iter()
+        .map(|e| eval_dim(e, bindings, file))
+        .collect::<Result<_, _>>()?;
     match dims.len() {
         1 => Ok(Shape::Vector(dims[0].clone())),
         2 => Ok(Shape::Matrix(dims[0].clone(), dims[1].clone())),
-        n => Err(Diagnostic::error(Code::AdapterShapeMismatch, file, format!("tensor `{}` has {n} dimensions; adapters use vectors and matrices", t.name))
-            .label(t.span, "here")),
+        n => Err(Diagnostic::error(
+            Code::AdapterShapeMismatch,
+            file,
+            format!(
+                "tensor `{}` has {n} dimensions; adapters use vectors and matrices",
+                t.name
+            ),
+        )
+        .label(t.span, "here")),
     }
 }
 
@@ -610,7 +726,12 @@ fn check_init_shape(t: &TensorSpec, s: &Shape, file: FileId) -> Result<(), Diagn
     Err(Diagnostic::error(
         Code::AdapterInitShape,
         file,
-        format!("`{}` gives {want}, but `{}` is declared {}", t.init.name(), t.name, s.show()),
+        format!(
+            "`{}` gives {want}, but `{}` is declared {}",
+            t.init.name(),
+            t.name,
+            s.show()
+        ),
     )
     .label(t.span, format!("declared {}", s.show())))
 }
@@ -651,7 +772,9 @@ fn mentions(e: &Expr, name: &str) -> bool {
     }
 }
 
-const NONLINEAR: &[&str] = &["relu", "silu", "gelu", "tanh", "sigmoid", "exp", "log", "sqrt", "softmax", "abs"];
+const NONLINEAR: &[&str] = &[
+    "relu", "silu", "gelu", "tanh", "sigmoid", "exp", "log", "sqrt", "softmax", "abs",
+];
 
 struct PathCx<'a> {
     tensors: &'a [TensorSpec],
@@ -667,21 +790,39 @@ impl PathCx<'_> {
 
     fn infer(&self, e: &Expr) -> Result<Ty, Diagnostic> {
         match &e.kind {
-            ExprKind::Num { .. } => Ok(Ty { shape: Shape::Scalar, degree: 0 }),
-            ExprKind::Str(_) | ExprKind::Bool(_) => {
-                Err(self.err(Code::AdapterShapeMismatch, "a path holds numbers, tensors and x".into(), e.span, "not a number".into()))
-            }
+            ExprKind::Num { .. } => Ok(Ty {
+                shape: Shape::Scalar,
+                degree: 0,
+            }),
+            ExprKind::Str(_) | ExprKind::Bool(_) => Err(self.err(
+                Code::AdapterShapeMismatch,
+                "a path holds numbers, tensors and x".into(),
+                e.span,
+                "not a number".into(),
+            )),
             ExprKind::Ref(p) => {
                 let name = p.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".");
                 if name == "x" {
-                    let d = Dim { vals: dim_of("in"), text: "in".into() };
-                    return Ok(Ty { shape: Shape::Vector(d), degree: 1 });
+                    let d = Dim {
+                        vals: dim_of("in"),
+                        text: "in".into(),
+                    };
+                    return Ok(Ty {
+                        shape: Shape::Vector(d),
+                        degree: 1,
+                    });
                 }
                 if let Some(s) = self.tys.get(&name) {
-                    return Ok(Ty { shape: s.clone(), degree: 0 });
+                    return Ok(Ty {
+                        shape: s.clone(),
+                        degree: 0,
+                    });
                 }
                 if self.params.iter().any(|(n, _)| *n == name) || ["in", "out"].contains(&name.as_str()) {
-                    return Ok(Ty { shape: Shape::Scalar, degree: 0 });
+                    return Ok(Ty {
+                        shape: Shape::Scalar,
+                        degree: 0,
+                    });
                 }
                 Err(undeclared(&name, e.span, self.tensors, self.file))
             }
@@ -691,20 +832,35 @@ impl PathCx<'_> {
                 if name == "diag" && args.len() == 1 {
                     let t = self.infer(&args[0].value)?;
                     return match t.shape {
-                        Shape::Vector(d) => Ok(Ty { shape: Shape::Matrix(d.clone(), d), degree: t.degree }),
-                        s => Err(self.err(Code::AdapterShapeMismatch, format!("`diag` takes a vector, found {}", s.show()), args[0].value.span, s.show())),
+                        Shape::Vector(d) => Ok(Ty {
+                            shape: Shape::Matrix(d.clone(), d),
+                            degree: t.degree,
+                        }),
+                        s => Err(self.err(
+                            Code::AdapterShapeMismatch,
+                            format!("`diag` takes a vector, found {}", s.show()),
+                            args[0].value.span,
+                            s.show(),
+                        )),
                     };
                 }
                 if NONLINEAR.contains(&name.as_str()) {
-                    return Err(self.err(
-                        Code::AdapterNotLinear,
-                        format!("`{name}` is not linear: an adapter path must be linear in x"),
-                        e.span,
-                        "non-linear function".into(),
-                    )
-                    .help("adapter paths are products of tensors and scalars ending in `@ x` (and sums of such)"));
+                    return Err(self
+                        .err(
+                            Code::AdapterNotLinear,
+                            format!("`{name}` is not linear: an adapter path must be linear in x"),
+                            e.span,
+                            "non-linear function".into(),
+                        )
+                        .help("adapter paths are products of tensors and scalars ending in `@ x` (and sums of such)"));
                 }
-                Err(self.err(Code::AdapterUnknownName, format!("unknown function `{name}`"), e.span, "not a path function".into())
+                Err(self
+                    .err(
+                        Code::AdapterUnknownName,
+                        format!("unknown function `{name}`"),
+                        e.span,
+                        "not a path function".into(),
+                    )
                     .help("paths may use `diag(v)`; everything else is `*`, `/`, `@`, `+`, `-`"))
             }
             ExprKind::Bin { op, lhs, rhs } => {
@@ -713,19 +869,25 @@ impl PathCx<'_> {
                 let degree = match op {
                     BinOp::Add | BinOp::Sub => {
                         if a.degree != b.degree {
-                            return Err(self.err(
-                                Code::AdapterNotLinear,
-                                "the path adds a term that depends on x to one that does not".into(),
-                                e.span,
-                                "not linear in x (affine at best)".into(),
-                            )
-                            .help("every term of the sum must end in `@ x`"));
+                            return Err(self
+                                .err(
+                                    Code::AdapterNotLinear,
+                                    "the path adds a term that depends on x to one that does not".into(),
+                                    e.span,
+                                    "not linear in x (affine at best)".into(),
+                                )
+                                .help("every term of the sum must end in `@ x`"));
                         }
                         a.degree
                     }
                     BinOp::Div => {
                         if b.degree > 0 {
-                            return Err(self.err(Code::AdapterNotLinear, "x appears in a divisor".into(), rhs.span, "depends on x".into()));
+                            return Err(self.err(
+                                Code::AdapterNotLinear,
+                                "x appears in a divisor".into(),
+                                rhs.span,
+                                "depends on x".into(),
+                            ));
                         }
                         a.degree
                     }
@@ -748,7 +910,12 @@ impl PathCx<'_> {
                     }
                     BinOp::Div => {
                         if b.shape != Shape::Scalar {
-                            return Err(self.err(Code::AdapterShapeMismatch, format!("division by {}", b.shape.show()), rhs.span, "not a scalar".into()));
+                            return Err(self.err(
+                                Code::AdapterShapeMismatch,
+                                format!("division by {}", b.shape.show()),
+                                rhs.span,
+                                "not a scalar".into(),
+                            ));
                         }
                         a.shape
                     }
@@ -761,7 +928,12 @@ impl PathCx<'_> {
                         (Shape::Matrix(m, k), Shape::Matrix(k2, n)) if k == k2 => Shape::Matrix(m.clone(), n.clone()),
                         (Shape::Matrix(m, k), Shape::Vector(k2)) if k == k2 => Shape::Vector(m.clone()),
                         (Shape::Scalar, _) | (_, Shape::Scalar) => {
-                            return Err(self.err(Code::AdapterShapeMismatch, "`@` multiplies matrices; scale with `*`".into(), e.span, "a scalar here".into()));
+                            return Err(self.err(
+                                Code::AdapterShapeMismatch,
+                                "`@` multiplies matrices; scale with `*`".into(),
+                                e.span,
+                                "a scalar here".into(),
+                            ));
                         }
                         _ => return Err(self.mismatch(e, lhs, rhs, &a, &b, "a matrix product")),
                     },
@@ -775,7 +947,11 @@ impl PathCx<'_> {
         Diagnostic::error(
             Code::AdapterShapeMismatch,
             self.file,
-            format!("shapes do not agree in {what}: {} and {}", a.shape.show(), b.shape.show()),
+            format!(
+                "shapes do not agree in {what}: {} and {}",
+                a.shape.show(),
+                b.shape.show()
+            ),
         )
         .label(lhs.span, format!("this is {}", a.shape.show()))
         .label(rhs.span, format!("this is {}", b.shape.show()))
@@ -790,17 +966,29 @@ impl PathCx<'_> {
 /// Flattens a checked path into terms `coeff * chain @ x`.
 fn flatten(e: &Expr, tensors: &[TensorSpec]) -> Result<Vec<Term>, Diagnostic> {
     let unsupported = |span: Span| {
-        Diagnostic::error(Code::AdapterNotLinear, 0, "this path is linear but not a sum of matrix chains, which lamdac cannot build yet")
-            .label(span, "here")
-            .help("write each term as `scalar * T1 @ T2 @ ... @ x`")
+        Diagnostic::error(
+            Code::AdapterNotLinear,
+            0,
+            "this path is linear but not a sum of matrix chains, which lamdac cannot build yet",
+        )
+        .label(span, "here")
+        .help("write each term as `scalar * T1 @ T2 @ ... @ x`")
     };
     match &e.kind {
-        ExprKind::Bin { op: BinOp::Add, lhs, rhs } => {
+        ExprKind::Bin {
+            op: BinOp::Add,
+            lhs,
+            rhs,
+        } => {
             let mut t = flatten(lhs, tensors)?;
             t.extend(flatten(rhs, tensors)?);
             Ok(t)
         }
-        ExprKind::Bin { op: BinOp::Sub, lhs, rhs } => {
+        ExprKind::Bin {
+            op: BinOp::Sub,
+            lhs,
+            rhs,
+        } => {
             let mut t = flatten(lhs, tensors)?;
             for mut r in flatten(rhs, tensors)? {
                 r.negated = !r.negated;
@@ -815,14 +1003,22 @@ fn flatten(e: &Expr, tensors: &[TensorSpec]) -> Result<Vec<Term>, Diagnostic> {
             }
             Ok(t)
         }
-        ExprKind::Bin { op: BinOp::Div, lhs, rhs } => {
+        ExprKind::Bin {
+            op: BinOp::Div,
+            lhs,
+            rhs,
+        } => {
             let mut t = flatten(lhs, tensors)?;
             for r in &mut t {
                 r.coeff.push(((**rhs).clone(), true));
             }
             Ok(t)
         }
-        ExprKind::Bin { op: BinOp::Mul | BinOp::MatMul, lhs, rhs } => {
+        ExprKind::Bin {
+            op: BinOp::Mul | BinOp::MatMul,
+            lhs,
+            rhs,
+        } => {
             let a = flatten(lhs, tensors)?;
             let b = flatten(rhs, tensors)?;
             let mut out = Vec::new();
@@ -836,20 +1032,44 @@ fn flatten(e: &Expr, tensors: &[TensorSpec]) -> Result<Vec<Term>, Diagnostic> {
                     coeff.extend(y.coeff.iter().cloned());
                     let mut chain = x.chain.clone();
                     chain.extend(y.chain.iter().copied());
-                    out.push(Term { coeff, negated: x.negated ^ y.negated, chain });
+                    out.push(Term {
+                        coeff,
+                        negated: x.negated ^ y.negated,
+                        chain,
+                    });
                 }
             }
             Ok(out)
         }
-        ExprKind::Ref(p) if p.len() == 1 && p[0].name == "x" => Ok(vec![Term { coeff: vec![], negated: false, chain: vec![X_MARK] }]),
+        ExprKind::Ref(p) if p.len() == 1 && p[0].name == "x" => Ok(vec![Term {
+            coeff: vec![],
+            negated: false,
+            chain: vec![X_MARK],
+        }]),
         ExprKind::Ref(p) if p.len() == 1 => match tensors.iter().position(|t| t.name == p[0].name) {
-            Some(i) => Ok(vec![Term { coeff: vec![], negated: false, chain: vec![Factor::Tensor(i)] }]),
-            None => Ok(vec![Term { coeff: vec![(e.clone(), false)], negated: false, chain: vec![] }]),
+            Some(i) => Ok(vec![Term {
+                coeff: vec![],
+                negated: false,
+                chain: vec![Factor::Tensor(i)],
+            }]),
+            None => Ok(vec![Term {
+                coeff: vec![(e.clone(), false)],
+                negated: false,
+                chain: vec![],
+            }]),
         },
-        ExprKind::Num { .. } => Ok(vec![Term { coeff: vec![(e.clone(), false)], negated: false, chain: vec![] }]),
+        ExprKind::Num { .. } => Ok(vec![Term {
+            coeff: vec![(e.clone(), false)],
+            negated: false,
+            chain: vec![],
+        }]),
         ExprKind::Call { args, .. } => match args.first().map(|a| &a.value.kind) {
             Some(ExprKind::Ref(p)) if p.len() == 1 => match tensors.iter().position(|t| t.name == p[0].name) {
-                Some(i) => Ok(vec![Term { coeff: vec![], negated: false, chain: vec![Factor::Diag(i)] }]),
+                Some(i) => Ok(vec![Term {
+                    coeff: vec![],
+                    negated: false,
+                    chain: vec![Factor::Diag(i)],
+                }]),
                 None => Err(unsupported(e.span)),
             },
             _ => Err(unsupported(e.span)),

@@ -6,7 +6,9 @@ use crate::syntax::parse_file;
 
 fn check_src(src: &str) -> Result<(Method, Vec<Diagnostic>), Vec<Diagnostic>> {
     let f = parse_file(src).expect("parses");
-    let Some(Item::Adapter(def)) = f.items.first() else { panic!("no adapter") };
+    let Some(Item::Adapter(def)) = f.items.first() else {
+        panic!("no adapter")
+    };
     check_adapter(def, 0)
 }
 
@@ -67,21 +69,60 @@ fn every_stdlib_adapter_checks_clean() {
 fn broken_adapters_get_their_codes() {
     let base = "tensor A [r, in] frozen init svd_right\n tensor B [out, r] trainable init zeros\n base keep\n";
     let cases: Vec<(String, Code)> = vec![
-        (format!("adapter t(r) {{ {base} path B @ C @ x }}"), Code::AdapterUndeclaredTensor),
-        (format!("adapter t(r) {{ {base} path A @ B @ x }}"), Code::AdapterShapeMismatch),
-        (format!("adapter t(r) {{ {base} path B @ A @ x @ x }}"), Code::AdapterNotLinear),
+        (
+            format!("adapter t(r) {{ {base} path B @ C @ x }}"),
+            Code::AdapterUndeclaredTensor,
+        ),
+        (
+            format!("adapter t(r) {{ {base} path A @ B @ x }}"),
+            Code::AdapterShapeMismatch,
+        ),
+        (
+            format!("adapter t(r) {{ {base} path B @ A @ x @ x }}"),
+            Code::AdapterNotLinear,
+        ),
         (format!("adapter t(r) {{ {base} path B @ A }}"), Code::AdapterNotLinear),
-        (format!("adapter t(r) {{ {base} path A @ x }}"), Code::AdapterShapeMismatch),
-        (format!("adapter t(r) {{ {base} path B @ relu(A @ x) }}"), Code::AdapterNotLinear),
-        (format!("adapter t(r) {{ {base} path B @ A @ x + 1 }}"), Code::AdapterNotLinear),
+        (
+            format!("adapter t(r) {{ {base} path A @ x }}"),
+            Code::AdapterShapeMismatch,
+        ),
+        (
+            format!("adapter t(r) {{ {base} path B @ relu(A @ x) }}"),
+            Code::AdapterNotLinear,
+        ),
+        (
+            format!("adapter t(r) {{ {base} path B @ A @ x + 1 }}"),
+            Code::AdapterNotLinear,
+        ),
         (format!("adapter t(r) {{ {base} }}"), Code::AdapterMissingPath),
-        ("adapter t(r) { tensor A [r, in] frozen init svd_right path A @ x }".to_string(), Code::AdapterMissingBase),
-        (format!("adapter t(r) {{ {base} tensor A [r, in] frozen init zeros path B @ A @ x }}"), Code::AdapterDuplicateTensor),
-        ("adapter t(r) { tensor A [r, in] frozen init svd_lft base keep path A @ x }".to_string(), Code::AdapterUnknownInit),
-        ("adapter t(r) { tensor A [in, r] frozen init svd_right base keep path A @ x }".to_string(), Code::AdapterInitShape),
-        (format!("adapter t(r) {{ {base} freeze A by columns path B @ A @ x }}"), Code::AdapterFreezeNotColumns),
-        (format!("adapter t(alpha) {{ {base} path B @ A @ x }}"), Code::AdapterBadParam),
-        ("adapter t(r) { tensor A [q, in] frozen init zeros base keep path A @ x }".to_string(), Code::AdapterUnknownName),
+        (
+            "adapter t(r) { tensor A [r, in] frozen init svd_right path A @ x }".to_string(),
+            Code::AdapterMissingBase,
+        ),
+        (
+            format!("adapter t(r) {{ {base} tensor A [r, in] frozen init zeros path B @ A @ x }}"),
+            Code::AdapterDuplicateTensor,
+        ),
+        (
+            "adapter t(r) { tensor A [r, in] frozen init svd_lft base keep path A @ x }".to_string(),
+            Code::AdapterUnknownInit,
+        ),
+        (
+            "adapter t(r) { tensor A [in, r] frozen init svd_right base keep path A @ x }".to_string(),
+            Code::AdapterInitShape,
+        ),
+        (
+            format!("adapter t(r) {{ {base} freeze A by columns path B @ A @ x }}"),
+            Code::AdapterFreezeNotColumns,
+        ),
+        (
+            format!("adapter t(alpha) {{ {base} path B @ A @ x }}"),
+            Code::AdapterBadParam,
+        ),
+        (
+            "adapter t(r) { tensor A [q, in] frozen init zeros base keep path A @ x }".to_string(),
+            Code::AdapterUnknownName,
+        ),
     ];
     for (src, code) in cases {
         let got = codes(&src);
@@ -99,5 +140,8 @@ fn x_squared_is_not_linear() {
 fn unused_tensor_is_a_warning() {
     let src = "adapter t(r) { tensor A [r, in] frozen init svd_right tensor B [out, r] trainable init zeros tensor C [r, r] trainable init zeros base keep path B @ A @ x }";
     let (_, w) = check_src(src).unwrap();
-    assert_eq!(w.iter().map(|d| d.code).collect::<Vec<_>>(), vec![Code::AdapterUnusedTensor]);
+    assert_eq!(
+        w.iter().map(|d| d.code).collect::<Vec<_>>(),
+        vec![Code::AdapterUnusedTensor]
+    );
 }

@@ -31,7 +31,10 @@ pub struct SourceMap {
 
 impl SourceMap {
     pub fn add(&mut self, name: impl Into<String>, text: impl Into<Arc<str>>) -> FileId {
-        self.files.push(SourceFile { name: name.into(), text: text.into() });
+        self.files.push(SourceFile {
+            name: name.into(),
+            text: text.into(),
+        });
         self.files.len() - 1
     }
     pub fn get(&self, id: FileId) -> Option<&SourceFile> {
@@ -175,13 +178,22 @@ impl Diagnostic {
         }
     }
     pub fn warning(code: Code, file: FileId, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, file, message) }
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, file, message)
+        }
     }
     pub fn advice(code: Code, file: FileId, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Advice, ..Diagnostic::error(code, file, message) }
+        Diagnostic {
+            severity: Severity::Advice,
+            ..Diagnostic::error(code, file, message)
+        }
     }
     pub fn label(mut self, span: Span, text: impl Into<String>) -> Self {
-        self.labels.push(Label { span, text: text.into() });
+        self.labels.push(Label {
+            span,
+            text: text.into(),
+        });
         self
     }
     pub fn help(mut self, text: impl Into<String>) -> Self {
@@ -257,7 +269,11 @@ impl miette::Diagnostic for Rendered {
         Some(&self.src)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        if self.labels.is_empty() { None } else { Some(Box::new(self.labels.iter().cloned())) }
+        if self.labels.is_empty() {
+            None
+        } else {
+            Some(Box::new(self.labels.iter().cloned()))
+        }
     }
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {
         if self.related.is_empty() {
@@ -313,7 +329,9 @@ pub fn render(sources: &SourceMap, diags: &[Diagnostic], style: Style) -> String
         Style::Color => GraphicalTheme::unicode(),
         Style::Plain => GraphicalTheme::unicode_nocolor(),
     };
-    let handler = GraphicalReportHandler::new_themed(theme).with_width(100).with_links(false);
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(100)
+        .with_links(false);
     let mut out = String::new();
     for d in sorted(diags) {
         let r = to_rendered(sources, d);

@@ -43,10 +43,15 @@ pub fn read_config(dir: &Path) -> Result<FamilyConfig, ConfigError> {
     let path = dir.join("config.json");
     let shown = path.display().to_string();
     if !dir.is_dir() {
-        return Err(ConfigError::Missing { path: dir.display().to_string(), reason: "no such folder".into() });
+        return Err(ConfigError::Missing {
+            path: dir.display().to_string(),
+            reason: "no such folder".into(),
+        });
     }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| ConfigError::Missing { path: shown.clone(), reason: e.to_string() })?;
+    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Missing {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
     parse_config(&text, &shown)
 }
 
@@ -56,9 +61,10 @@ pub fn parse_config(text: &str, shown: &str) -> Result<FamilyConfig, ConfigError
         path: shown.to_string(),
         reason: format!("invalid JSON at line {}, column {}: {e}", e.line(), e.column()),
     })?;
-    let obj = json
-        .as_object()
-        .ok_or_else(|| ConfigError::Invalid { path: shown.to_string(), reason: "not a JSON object".into() })?;
+    let obj = json.as_object().ok_or_else(|| ConfigError::Invalid {
+        path: shown.to_string(),
+        reason: "not a JSON object".into(),
+    })?;
     let model_type = obj.get("model_type").and_then(Json::as_str).unwrap_or("");
     let archs: Vec<&str> = obj
         .get("architectures")
@@ -72,12 +78,22 @@ pub fn parse_config(text: &str, shown: &str) -> Result<FamilyConfig, ConfigError
         } else {
             format!(
                 "architecture `{}` is not supported (lamdac has the llama family: model_type \"llama\", LlamaForCausalLM)",
-                if archs.is_empty() { model_type.to_string() } else { archs.join(", ") }
+                if archs.is_empty() {
+                    model_type.to_string()
+                } else {
+                    archs.join(", ")
+                }
             )
         };
-        return Err(ConfigError::Unsupported { path: shown.to_string(), what });
+        return Err(ConfigError::Unsupported {
+            path: shown.to_string(),
+            what,
+        });
     }
-    let invalid = |reason: String| ConfigError::Invalid { path: shown.to_string(), reason };
+    let invalid = |reason: String| ConfigError::Invalid {
+        path: shown.to_string(),
+        reason,
+    };
     let int = |key: &str| -> Result<Option<i64>, ConfigError> {
         match obj.get(key) {
             None | Some(Json::Null) => Ok(None),
@@ -87,11 +103,15 @@ pub fn parse_config(text: &str, shown: &str) -> Result<FamilyConfig, ConfigError
             },
         }
     };
-    let req = |key: &str| -> Result<i64, ConfigError> { int(key)?.ok_or_else(|| invalid(format!("`{key}` is missing"))) };
+    let req =
+        |key: &str| -> Result<i64, ConfigError> { int(key)?.ok_or_else(|| invalid(format!("`{key}` is missing"))) };
     let float = |v: Option<&Json>, key: &str| -> Result<Option<f64>, ConfigError> {
         match v {
             None | Some(Json::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| invalid(format!("`{key}` must be a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| invalid(format!("`{key}` must be a number, found {v}"))),
         }
     };
     for unsupported in ["attention_bias", "mlp_bias"] {
@@ -136,7 +156,10 @@ pub fn parse_config(text: &str, shown: &str) -> Result<FamilyConfig, ConfigError
     }
     let theta = match float(obj.get("rope_theta"), "rope_theta")? {
         Some(t) => Some(t),
-        None => float(obj.get("rope_parameters").and_then(|p| p.get("rope_theta")), "rope_parameters.rope_theta")?,
+        None => float(
+            obj.get("rope_parameters").and_then(|p| p.get("rope_theta")),
+            "rope_parameters.rope_theta",
+        )?,
     };
     if let Some(t) = theta {
         args.push(("rope_theta", Const::Float(t)));
@@ -144,7 +167,11 @@ pub fn parse_config(text: &str, shown: &str) -> Result<FamilyConfig, ConfigError
     match obj.get("tie_word_embeddings") {
         None | Some(Json::Null) => {}
         Some(Json::Bool(b)) => args.push(("tie_embeddings", Const::Bool(*b))),
-        Some(v) => return Err(invalid(format!("`tie_word_embeddings` must be true or false, found {v}"))),
+        Some(v) => {
+            return Err(invalid(format!(
+                "`tie_word_embeddings` must be true or false, found {v}"
+            )));
+        }
     }
     Ok(FamilyConfig { family: "llama", args })
 }
@@ -169,7 +196,10 @@ mod tests {
     #[test]
     fn errors_are_specific() {
         assert!(matches!(parse_config("{", "c"), Err(ConfigError::Invalid { .. })));
-        assert!(matches!(parse_config(r#"{"model_type":"gpt2"}"#, "c"), Err(ConfigError::Unsupported { .. })));
+        assert!(matches!(
+            parse_config(r#"{"model_type":"gpt2"}"#, "c"),
+            Err(ConfigError::Unsupported { .. })
+        ));
         let e = parse_config(r#"{"model_type":"llama","vocab_size":10}"#, "c").unwrap_err();
         assert!(e.message().contains("hidden_size"), "{}", e.message());
         let e = parse_config(r#"{"model_type":"llama","vocab_size":"x"}"#, "c").unwrap_err();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::consteval::{Const, Env, eval};
 use crate::diag::{Code, Diagnostic, FileId};
-use crate::syntax::ast::{ForwardDef, ModelDef, ModelItem, ParamDecl, Span, Stmt, ExprKind, Expr};
+use crate::syntax::ast::{Expr, ExprKind, ForwardDef, ModelDef, ModelItem, ParamDecl, Span, Stmt};
 
 /// One segment of a module path: `attn`, or `layers[3]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -128,7 +128,11 @@ impl ModelInstance {
     }
     /// Total parameters of the base model (tied weights counted once).
     pub fn base_params(&self) -> u64 {
-        self.modules.iter().filter(|m| m.tied_to.is_none()).map(|m| m.kind.params()).sum()
+        self.modules
+            .iter()
+            .filter(|m| m.tied_to.is_none())
+            .map(|m| m.kind.params())
+            .sum()
     }
 }
 
@@ -145,9 +149,13 @@ pub fn check_family(def: &ModelDef, file: FileId) -> Vec<Diagnostic> {
         .collect();
     match forwards.as_slice() {
         [] => out.push(
-            Diagnostic::error(Code::ModelBadDecl, file, format!("model `{}` has no forward block", def.name.name))
-                .label(def.name.span, "defined here")
-                .help("add `forward(tokens) { ... return logits }`"),
+            Diagnostic::error(
+                Code::ModelBadDecl,
+                file,
+                format!("model `{}` has no forward block", def.name.name),
+            )
+            .label(def.name.span, "defined here")
+            .help("add `forward(tokens) { ... return logits }`"),
         ),
         [f] => check_forward(def, f, file, &mut out),
         [_, second, ..] => out.push(
@@ -208,14 +216,14 @@ fn check_items(items: &[ModelItem], params: &[&str], file: FileId, out: &mut Vec
             }
             ModelItem::Forward(_) => None,
         };
-        if let Some(n) = name {
-            if let Some(prev) = seen.insert(n.name.as_str(), n.span) {
-                out.push(
-                    Diagnostic::error(Code::ModelBadDecl, file, format!("`{}` is declared twice", n.name))
-                        .label(n.span, "second declaration")
-                        .label(prev, "first declaration"),
-                );
-            }
+        if let Some(n) = name
+            && let Some(prev) = seen.insert(n.name.as_str(), n.span)
+        {
+            out.push(
+                Diagnostic::error(Code::ModelBadDecl, file, format!("`{}` is declared twice", n.name))
+                    .label(n.span, "second declaration")
+                    .label(prev, "first declaration"),
+            );
         }
     }
 }
@@ -271,8 +279,12 @@ fn check_stmts(
                 if !groups.contains_key(&gname) {
                     let span = iter.first().map_or(var.span, |i| i.span);
                     out.push(
-                        Diagnostic::error(Code::ModelBadDataflow, file, format!("`{gname}` is not a repeated group"))
-                            .label(span, "cannot iterate over this"),
+                        Diagnostic::error(
+                            Code::ModelBadDataflow,
+                            file,
+                            format!("`{gname}` is not a repeated group"),
+                        )
+                        .label(span, "cannot iterate over this"),
                     );
                 }
                 loop_vars.push(var.name.clone());
@@ -313,12 +325,16 @@ fn check_expr(e: &Expr, scope: &[String], loop_vars: &[String], file: FileId, ou
                     ),
                     Some(_) => {}
                     None => out.push(
-                        Diagnostic::error(Code::ModelBadDataflow, file, format!("unknown builtin `{}`", first.name))
-                            .label(first.span, "not a module or builtin")
-                            .help(format!(
-                                "builtins: {}",
-                                BUILTINS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                            )),
+                        Diagnostic::error(
+                            Code::ModelBadDataflow,
+                            file,
+                            format!("unknown builtin `{}`", first.name),
+                        )
+                        .label(first.span, "not a module or builtin")
+                        .help(format!(
+                            "builtins: {}",
+                            BUILTINS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        )),
                     ),
                 }
             } else if callee.len() > 1 && !loop_vars.contains(&first.name) && !scope.contains(&first.name) {
@@ -429,7 +445,12 @@ pub fn instantiate(
     let env: Env = params.iter().cloned().collect();
     let mut modules = Vec::new();
     let mut errors = Vec::new();
-    let mut cx = InstCx { env: &env, def_file, blame, errors: &mut errors };
+    let mut cx = InstCx {
+        env: &env,
+        def_file,
+        blame,
+        errors: &mut errors,
+    };
     cx.expand(&def.items, &mut Vec::new(), &mut Vec::new(), &mut modules);
     // Resolve ties among top-level modules.
     let mut ties = Vec::new();
@@ -447,8 +468,12 @@ pub fn instantiate(
         }
     }
     for (name, target) in ties {
-        let idx = modules.iter().position(|m: &Module| m.path.len() == 1 && m.path[0].name == target.name);
-        let me = modules.iter().position(|m: &Module| m.path.len() == 1 && m.path[0].name == name);
+        let idx = modules
+            .iter()
+            .position(|m: &Module| m.path.len() == 1 && m.path[0].name == target.name);
+        let me = modules
+            .iter()
+            .position(|m: &Module| m.path.len() == 1 && m.path[0].name == name);
         match (me, idx) {
             (Some(me), Some(t)) => {
                 if modules[me].kind.params() != modules[t].kind.params() {
@@ -456,7 +481,10 @@ pub fn instantiate(
                         Diagnostic::error(
                             Code::ModelBadDecl,
                             def_file,
-                            format!("`{name}` cannot share the weight of `{}`: the shapes differ", target.name),
+                            format!(
+                                "`{name}` cannot share the weight of `{}`: the shapes differ",
+                                target.name
+                            ),
                         )
                         .label(target.span, "tied here"),
                     );
@@ -464,8 +492,12 @@ pub fn instantiate(
                 modules[me].tied_to = Some(t);
             }
             _ => errors.push(
-                Diagnostic::error(Code::ModelBadDecl, def_file, format!("unknown module `{}`", target.name))
-                    .label(target.span, "not a top-level module"),
+                Diagnostic::error(
+                    Code::ModelBadDecl,
+                    def_file,
+                    format!("unknown module `{}`", target.name),
+                )
+                .label(target.span, "not a top-level module"),
             ),
         }
     }
@@ -474,7 +506,13 @@ pub fn instantiate(
         _ => None,
     });
     if errors.is_empty() {
-        Ok(ModelInstance { family: def.name.name.clone(), source, params, modules, forward })
+        Ok(ModelInstance {
+            family: def.name.name.clone(),
+            source,
+            params,
+            modules,
+            forward,
+        })
     } else {
         Err(errors)
     }
@@ -505,7 +543,8 @@ impl InstCx<'_> {
         let (bf, bs) = self.blame;
         let mut d = Diagnostic::error(Code::PresetBadArgs, bf, msg.clone()).label(bs, "instantiated here");
         if bf != self.def_file {
-            d = d.related(Diagnostic::advice(Code::PresetBadArgs, self.def_file, "in this declaration").label(span, ""));
+            d = d
+                .related(Diagnostic::advice(Code::PresetBadArgs, self.def_file, "in this declaration").label(span, ""));
         }
         self.errors.push(d);
     }
@@ -516,23 +555,27 @@ impl InstCx<'_> {
                 ModelItem::Module(m) => {
                     let kind = match (m.kind.name.as_str(), m.args.as_slice()) {
                         ("linear", [a, b]) => {
-                            let (Some(d_in), Some(d_out)) =
-                                (self.positive(a, "a linear input size"), self.positive(b, "a linear output size"))
-                            else {
+                            let (Some(d_in), Some(d_out)) = (
+                                self.positive(a, "a linear input size"),
+                                self.positive(b, "a linear output size"),
+                            ) else {
                                 continue;
                             };
                             ModuleKind::Linear { d_in, d_out }
                         }
                         ("embedding", [a, b]) => {
-                            let (Some(vocab), Some(dim)) =
-                                (self.positive(a, "a vocabulary size"), self.positive(b, "an embedding size"))
-                            else {
+                            let (Some(vocab), Some(dim)) = (
+                                self.positive(a, "a vocabulary size"),
+                                self.positive(b, "an embedding size"),
+                            ) else {
                                 continue;
                             };
                             ModuleKind::Embedding { vocab, dim }
                         }
                         ("rmsnorm", [a, b]) => {
-                            let Some(dim) = self.positive(a, "a norm size") else { continue };
+                            let Some(dim) = self.positive(a, "a norm size") else {
+                                continue;
+                            };
                             let eps = match eval(b, self.env).ok().and_then(Const::as_f64) {
                                 Some(x) if x > 0.0 => x,
                                 _ => {
@@ -549,19 +592,35 @@ impl InstCx<'_> {
                         hf_name = hf_name.replace("{i}", &i.to_string());
                     }
                     let mut p = path.clone();
-                    p.push(PathSeg { name: m.name.name.clone(), index: None });
-                    out.push(Module { path: p, kind, hf_name, tied_to: None });
+                    p.push(PathSeg {
+                        name: m.name.name.clone(),
+                        index: None,
+                    });
+                    out.push(Module {
+                        path: p,
+                        kind,
+                        hf_name,
+                        tied_to: None,
+                    });
                 }
                 ModelItem::Group(g) => match &g.count {
                     None => {
-                        path.push(PathSeg { name: g.name.name.clone(), index: None });
+                        path.push(PathSeg {
+                            name: g.name.name.clone(),
+                            index: None,
+                        });
                         self.expand(&g.items, path, idx, out);
                         path.pop();
                     }
                     Some(c) => {
-                        let Some(n) = self.positive(c, "a group count") else { continue };
+                        let Some(n) = self.positive(c, "a group count") else {
+                            continue;
+                        };
                         for i in 0..n {
-                            path.push(PathSeg { name: g.name.name.clone(), index: Some(i) });
+                            path.push(PathSeg {
+                                name: g.name.name.clone(),
+                                index: Some(i),
+                            });
                             idx.push(i);
                             self.expand(&g.items, path, idx, out);
                             idx.pop();

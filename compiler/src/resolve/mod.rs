@@ -66,15 +66,29 @@ pub fn check_source(name: &str, text: &str, dir: &Path) -> Checked {
         Ok(f) => f,
         Err(errs) => {
             diags.extend(errs.into_iter().map(|e| syntax_diag(e, file)));
-            return Checked { sources, file, spec: None, diags };
+            return Checked {
+                sources,
+                file,
+                spec: None,
+                diags,
+            };
         }
     };
     parsed.push((file, user));
     let mut r = Resolver::new(&parsed, file, dir.to_path_buf());
     let spec = r.run();
     diags.extend(r.diags);
-    let spec = if diags.iter().any(Diagnostic::is_error) { None } else { spec };
-    Checked { sources, file, spec, diags }
+    let spec = if diags.iter().any(Diagnostic::is_error) {
+        None
+    } else {
+        spec
+    };
+    Checked {
+        sources,
+        file,
+        spec,
+        diags,
+    }
 }
 
 fn syntax_diag(e: crate::syntax::SyntaxError, file: FileId) -> Diagnostic {
@@ -146,7 +160,10 @@ impl<'a> Resolver<'a> {
     }
 
     fn user_items(&self) -> &'a [Item] {
-        self.parsed.iter().find(|(id, _)| *id == self.file).map_or(&[], |(_, f)| f.items.as_slice())
+        self.parsed
+            .iter()
+            .find(|(id, _)| *id == self.file)
+            .map_or(&[], |(_, f)| f.items.as_slice())
     }
 
     fn run(&mut self) -> Option<ResolvedSpec> {
@@ -154,19 +171,29 @@ impl<'a> Resolver<'a> {
         self.check_definitions();
         self.bind_uses();
         let items = self.user_items();
-        let adapts: Vec<&AdaptStmt> =
-            items.iter().filter_map(|i| if let Item::Adapt(a) = i { Some(a) } else { None }).collect();
-        let excludes: Vec<&ExcludeStmt> =
-            items.iter().filter_map(|i| if let Item::Exclude(e) = i { Some(e) } else { None }).collect();
-        let trains: Vec<&TrainBlock> =
-            items.iter().filter_map(|i| if let Item::Train(t) = i { Some(t) } else { None }).collect();
+        let adapts: Vec<&AdaptStmt> = items
+            .iter()
+            .filter_map(|i| if let Item::Adapt(a) = i { Some(a) } else { None })
+            .collect();
+        let excludes: Vec<&ExcludeStmt> = items
+            .iter()
+            .filter_map(|i| if let Item::Exclude(e) = i { Some(e) } else { None })
+            .collect();
+        let trains: Vec<&TrainBlock> = items
+            .iter()
+            .filter_map(|i| if let Item::Train(t) = i { Some(t) } else { None })
+            .collect();
         let train = self.check_trains(&trains);
         if adapts.is_empty() {
             let span = items.first().map_or(Span::default(), item_span);
             self.diags.push(
-                Diagnostic::error(Code::UseNoModel, self.file, "nothing to train: the file has no `adapt` rule")
-                    .label(span, "no adapt rule in this file")
-                    .help("add one, e.g. `adapt llama2.attn.{q,v} rank 8`"),
+                Diagnostic::error(
+                    Code::UseNoModel,
+                    self.file,
+                    "nothing to train: the file has no `adapt` rule",
+                )
+                .label(span, "no adapt rule in this file")
+                .help("add one, e.g. `adapt llama2.attn.{q,v} rank 8`"),
             );
             return None;
         }
@@ -186,18 +213,31 @@ impl<'a> Resolver<'a> {
                     _ => continue,
                 };
                 let prev = match item {
-                    Item::Adapter(a) => self.adapters.insert(name.name.clone(), (*id, a)).map(|(f, d)| (f, d.name.span)),
-                    Item::Model(m) => self.families.insert(name.name.clone(), (*id, m)).map(|(f, d)| (f, d.name.span)),
-                    Item::Preset(p) => self.presets.insert(name.name.clone(), (*id, p)).map(|(f, d)| (f, d.name.span)),
+                    Item::Adapter(a) => self
+                        .adapters
+                        .insert(name.name.clone(), (*id, a))
+                        .map(|(f, d)| (f, d.name.span)),
+                    Item::Model(m) => self
+                        .families
+                        .insert(name.name.clone(), (*id, m))
+                        .map(|(f, d)| (f, d.name.span)),
+                    Item::Preset(p) => self
+                        .presets
+                        .insert(name.name.clone(), (*id, p))
+                        .map(|(f, d)| (f, d.name.span)),
                     _ => None,
                 };
                 if let Some((pf, pspan)) = prev {
                     if pf == *id {
                         self.diags.push(
-                            Diagnostic::error(Code::DefDuplicate, *id, format!("{kind} `{}` is defined twice", name.name))
-                                .label(name.span, "second definition")
-                                .label(pspan, "first definition")
-                                .help("rename one of them"),
+                            Diagnostic::error(
+                                Code::DefDuplicate,
+                                *id,
+                                format!("{kind} `{}` is defined twice", name.name),
+                            )
+                            .label(name.span, "second definition")
+                            .label(pspan, "first definition")
+                            .help("rename one of them"),
                         );
                     } else if is_user {
                         self.diags.push(
@@ -259,14 +299,19 @@ impl<'a> Resolver<'a> {
         let (pfile, call) = match self.preset_call(name) {
             Ok(c) => c,
             Err(msg) => {
-                self.diags.push(Diagnostic::error(Code::PresetBadArgs, self.file, msg).label(blame, "here"));
+                self.diags
+                    .push(Diagnostic::error(Code::PresetBadArgs, self.file, msg).label(blame, "here"));
                 return None;
             }
         };
         let Some(&(ffile, fam)) = self.families.get(&call.name.name) else {
             self.diags.push(
-                Diagnostic::error(Code::PresetBadArgs, pfile, format!("unknown model family `{}`", call.name.name))
-                    .label(call.name.span, "not a family"),
+                Diagnostic::error(
+                    Code::PresetBadArgs,
+                    pfile,
+                    format!("unknown model family `{}`", call.name.name),
+                )
+                .label(call.name.span, "not a family"),
             );
             return None;
         };
@@ -274,10 +319,18 @@ impl<'a> Resolver<'a> {
         for a in &call.args {
             let value = Const::from_value(&a.value);
             match (&a.name, value) {
-                (Some(n), Some(v)) => args.push(FamilyArg { name: n.name.clone(), value: v, span: a.span }),
+                (Some(n), Some(v)) => args.push(FamilyArg {
+                    name: n.name.clone(),
+                    value: v,
+                    span: a.span,
+                }),
                 _ => self.diags.push(
-                    Diagnostic::error(Code::PresetBadArgs, pfile, "preset arguments are named constants: `hidden = 4096`")
-                        .label(a.span, "here"),
+                    Diagnostic::error(
+                        Code::PresetBadArgs,
+                        pfile,
+                        "preset arguments are named constants: `hidden = 4096`",
+                    )
+                    .label(a.span, "here"),
                 ),
             }
         }
@@ -311,20 +364,33 @@ impl<'a> Resolver<'a> {
                         Code::CheckpointNoConfig,
                         "a checkpoint folder holds config.json and *.safetensors, as `save_pretrained` writes them; paths are relative to the .lamda file",
                     ),
-                    model::hf_config::ConfigError::Invalid { .. } => {
-                        (Code::CheckpointBadConfig, "fix config.json, or point `use` at the folder `save_pretrained` wrote")
-                    }
-                    model::hf_config::ConfigError::Unsupported { .. } => {
-                        (Code::CheckpointUnsupported, "lamdac's stdlib has the llama family (Llama 2, TinyLlama, SmolLM2, ...)")
-                    }
+                    model::hf_config::ConfigError::Invalid { .. } => (
+                        Code::CheckpointBadConfig,
+                        "fix config.json, or point `use` at the folder `save_pretrained` wrote",
+                    ),
+                    model::hf_config::ConfigError::Unsupported { .. } => (
+                        Code::CheckpointUnsupported,
+                        "lamdac's stdlib has the llama family (Llama 2, TinyLlama, SmolLM2, ...)",
+                    ),
                 };
-                self.diags.push(Diagnostic::error(code, self.file, e.message()).label(span, "this checkpoint").help(help));
+                self.diags.push(
+                    Diagnostic::error(code, self.file, e.message())
+                        .label(span, "this checkpoint")
+                        .help(help),
+                );
                 return None;
             }
         };
-        let Some(&(ffile, fam)) = self.families.get(cfg.family) else { return None };
-        let args: Vec<FamilyArg> =
-            cfg.args.iter().map(|(n, v)| FamilyArg { name: (*n).to_string(), value: *v, span }).collect();
+        let &(ffile, fam) = self.families.get(cfg.family)?;
+        let args: Vec<FamilyArg> = cfg
+            .args
+            .iter()
+            .map(|(n, v)| FamilyArg {
+                name: (*n).to_string(),
+                value: *v,
+                span,
+            })
+            .collect();
         let params = match model::bind_params(&fam.params, &args, cfg.family, span, self.file, ffile) {
             Ok(p) => p,
             Err(e) => {
@@ -345,7 +411,10 @@ impl<'a> Resolver<'a> {
         let mut names: Vec<&str> = self.bound.keys().map(String::as_str).collect();
         names.extend(self.presets.keys().map(String::as_str));
         let help = match crate::suggest::closest(name, names.iter().copied()) {
-            Some(s) => format!("did you mean `{s}`? presets: {}", self.presets.keys().cloned().collect::<Vec<_>>().join(", ")),
+            Some(s) => format!(
+                "did you mean `{s}`? presets: {}",
+                self.presets.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
             None => format!(
                 "name a stdlib preset ({}) or bind a checkpoint: `use \"path/to/folder\" as {name}`",
                 self.presets.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -363,9 +432,13 @@ impl<'a> Resolver<'a> {
             .filter(|(_, (_, p))| p.value.parens && p.value.name.name == name)
             .map(|(n, _)| n.as_str())
             .collect();
-        Diagnostic::error(Code::UseFamilyNotPreset, self.file, format!("`{name}` is a model family, not a model"))
-            .label(span, "a family needs sizes")
-            .help(format!("name one of its presets: {}", presets.join(", ")))
+        Diagnostic::error(
+            Code::UseFamilyNotPreset,
+            self.file,
+            format!("`{name}` is a model family, not a model"),
+        )
+        .label(span, "a family needs sizes")
+        .help(format!("name one of its presets: {}", presets.join(", ")))
     }
 
     fn bind_uses(&mut self) {
@@ -391,11 +464,20 @@ impl<'a> Resolver<'a> {
                 }
                 UseTarget::Path { path, span } => {
                     let Some(alias) = &u.alias else {
-                        let stem = Path::new(path).file_name().map(|s| s.to_string_lossy().replace(['-', '.'], "_"));
+                        let stem = Path::new(path)
+                            .file_name()
+                            .map(|s| s.to_string_lossy().replace(['-', '.'], "_"));
                         self.diags.push(
-                            Diagnostic::error(Code::UseMissingAlias, self.file, "a checkpoint needs a name: `use \"path\" as NAME`")
-                                .label(*span, "name this checkpoint")
-                                .help(format!("write `use \"{path}\" as {}`", stem.unwrap_or_else(|| "m".into()))),
+                            Diagnostic::error(
+                                Code::UseMissingAlias,
+                                self.file,
+                                "a checkpoint needs a name: `use \"path\" as NAME`",
+                            )
+                            .label(*span, "name this checkpoint")
+                            .help(format!(
+                                "write `use \"{path}\" as {}`",
+                                stem.unwrap_or_else(|| "m".into())
+                            )),
                         );
                         continue;
                     };
@@ -404,10 +486,14 @@ impl<'a> Resolver<'a> {
             };
             if let Some(prev) = spans.insert(alias.name.clone(), alias.span) {
                 self.diags.push(
-                    Diagnostic::error(Code::UseDuplicateAlias, self.file, format!("`{}` is bound twice", alias.name))
-                        .label(alias.span, "bound again here")
-                        .label(prev, "first bound here")
-                        .help("give the second model another name with `as`"),
+                    Diagnostic::error(
+                        Code::UseDuplicateAlias,
+                        self.file,
+                        format!("`{}` is bound twice", alias.name),
+                    )
+                    .label(alias.span, "bound again here")
+                    .label(prev, "first bound here")
+                    .help("give the second model another name with `as`"),
                 );
                 continue;
             }
@@ -419,9 +505,13 @@ impl<'a> Resolver<'a> {
     fn root_model(&mut self, root: &Segment) -> Result<String, ()> {
         let SegKind::Name(name) = &root.kind else {
             self.diags.push(
-                Diagnostic::error(Code::UseUnknownModel, self.file, "a pattern starts with the model's name")
-                    .label(root.span, "not a model name")
-                    .help("write `llama2.attn.*`, or bind a name with `use`"),
+                Diagnostic::error(
+                    Code::UseUnknownModel,
+                    self.file,
+                    "a pattern starts with the model's name",
+                )
+                .label(root.span, "not a model name")
+                .help("write `llama2.attn.*`, or bind a name with `use`"),
             );
             return Err(());
         };
@@ -452,7 +542,9 @@ impl<'a> Resolver<'a> {
     // ------------------------------------------------------------ train
 
     fn check_trains(&mut self, trains: &[&TrainBlock]) -> (TrainConfig, bool) {
-        let Some(first) = trains.first() else { return (TrainConfig::default(), false) };
+        let Some(first) = trains.first() else {
+            return (TrainConfig::default(), false);
+        };
         for extra in &trains[1..] {
             self.diags.push(
                 Diagnostic::error(Code::TrainDuplicateBlock, self.file, "a file has one train block")
@@ -477,7 +569,11 @@ impl<'a> Resolver<'a> {
         // The model: every rule must name the same one.
         let mut model_name: Option<(String, Span)> = None;
         let mut ok = true;
-        for p in adapts.iter().map(|a| &a.pattern).chain(excludes.iter().map(|e| &e.pattern)) {
+        for p in adapts
+            .iter()
+            .map(|a| &a.pattern)
+            .chain(excludes.iter().map(|e| &e.pattern))
+        {
             let Some(root) = p.root() else { continue };
             match self.root_model(root) {
                 Ok(name) => match &model_name {
@@ -502,7 +598,7 @@ impl<'a> Resolver<'a> {
         }
         let (model_name, _) = model_name?;
         let instance = self.bound.get(&model_name).and_then(|b| b.instance.clone());
-        let Some(model) = instance else { return None };
+        let model = instance?;
         if !ok {
             return None;
         }
@@ -527,19 +623,36 @@ impl<'a> Resolver<'a> {
         for a in adapts {
             let matched = self.match_pattern(&a.pattern, &model, &linear, true);
             let (method, args, rank, schedule, schedule_span) = self.clauses(a);
-            drafts.push(Draft { matched: matched.unwrap_or_default(), method, args, rank, schedule, schedule_span });
+            drafts.push(Draft {
+                matched: matched.unwrap_or_default(),
+                method,
+                args,
+                rank,
+                schedule,
+                schedule_span,
+            });
         }
         // Excludes remove from every rule.
         let mut excluded = vec![false; model.modules.len()];
         for e in excludes {
             if let Some(m) = self.match_pattern(&e.pattern, &model, &linear, false) {
-                let adapted: Vec<usize> =
-                    m.iter().copied().filter(|i| drafts.iter().any(|d| d.matched.contains(i))).collect();
+                let adapted: Vec<usize> = m
+                    .iter()
+                    .copied()
+                    .filter(|i| drafts.iter().any(|d| d.matched.contains(i)))
+                    .collect();
                 if adapted.is_empty() {
                     self.diags.push(
-                        Diagnostic::warning(Code::ExcludeUnused, self.file, "this `exclude` removes no module that a rule adapts")
-                            .label(e.pattern.span, format!("matches {} module(s), none of them adapted", m.len()))
-                            .help("remove it, or check that it names the modules you meant"),
+                        Diagnostic::warning(
+                            Code::ExcludeUnused,
+                            self.file,
+                            "this `exclude` removes no module that a rule adapts",
+                        )
+                        .label(
+                            e.pattern.span,
+                            format!("matches {} module(s), none of them adapted", m.len()),
+                        )
+                        .help("remove it, or check that it names the modules you meant"),
                     );
                 }
                 for i in m {
@@ -583,7 +696,10 @@ impl<'a> Resolver<'a> {
                     Diagnostic::warning(
                         Code::AdaptFullyOverridden,
                         self.file,
-                        format!("rule {} adapts nothing: later rules or excludes take all its modules", ri + 1),
+                        format!(
+                            "rule {} adapts nothing: later rules or excludes take all its modules",
+                            ri + 1
+                        ),
                     )
                     .label(adapts[ri].pattern.span, "every module here goes elsewhere")
                     .help("remove the rule, or narrow the later ones"),
@@ -596,7 +712,9 @@ impl<'a> Resolver<'a> {
         let mut modules = Vec::new();
         for (ri, d) in drafts.into_iter().enumerate() {
             let owned: Vec<usize> = d.matched.iter().copied().filter(|&m| owner[m] == Some(ri)).collect();
-            let (Some(method), Some(rank)) = (d.method, d.rank) else { continue };
+            let (Some(method), Some(rank)) = (d.method, d.rank) else {
+                continue;
+            };
             let dims: Vec<(u64, u64)> = owned
                 .iter()
                 .map(|&m| match model.modules[m].kind {
@@ -604,7 +722,9 @@ impl<'a> Resolver<'a> {
                     _ => (0, 0),
                 })
                 .collect();
-            let Some(choice) = self.check_rank(&rank, &owned, &dims, &model) else { continue };
+            let Some(choice) = self.check_rank(&rank, &owned, &dims, &model) else {
+                continue;
+            };
             let schedule = method.freeze.map(|(_, default)| d.schedule.unwrap_or(default));
             self.no_gradient(adapts[ri], &method, &d.args, schedule, d.schedule_span);
             let r = match choice {
@@ -634,7 +754,11 @@ impl<'a> Resolver<'a> {
                 rank: choice,
                 schedule,
                 matched: d.matched.len(),
-                overridden: d.matched.iter().filter(|&&m| !excluded[m] && owner[m] != Some(ri)).count(),
+                overridden: d
+                    .matched
+                    .iter()
+                    .filter(|&&m| !excluded[m] && owner[m] != Some(ri))
+                    .count(),
                 excluded: d.matched.iter().filter(|&&m| excluded[m]).count(),
                 modules: idx,
             });
@@ -660,19 +784,36 @@ impl<'a> Resolver<'a> {
                     .help("narrow the `exclude` patterns"),
             );
         }
-        Some(ResolvedSpec { model_name, model, rules, modules, train, has_train_block })
+        Some(ResolvedSpec {
+            model_name,
+            model,
+            rules,
+            modules,
+            train,
+            has_train_block,
+        })
     }
 
     /// Modules (indices into the model) a pattern matches; `Some(vec)` with
     /// at least one module, or `None` after reporting why not. Adapt patterns
     /// keep only linear modules.
-    fn match_pattern(&mut self, p: &Pattern, model: &ModelInstance, linear: &[usize], adapt: bool) -> Option<Vec<usize>> {
+    fn match_pattern(
+        &mut self,
+        p: &Pattern,
+        model: &ModelInstance,
+        linear: &[usize],
+        adapt: bool,
+    ) -> Option<Vec<usize>> {
         let segs = &p.segments[1..];
         if segs.is_empty() {
             self.diags.push(
-                Diagnostic::error(Code::PatternNoMatch, self.file, "a pattern names modules below the model")
-                    .label(p.span, "this is the model itself")
-                    .help(format!("write `{}.**` for every linear layer, or `{}.attn.*`", p, p)),
+                Diagnostic::error(
+                    Code::PatternNoMatch,
+                    self.file,
+                    "a pattern names modules below the model",
+                )
+                .label(p.span, "this is the model itself")
+                .help(format!("write `{}.**` for every linear layer, or `{}.attn.*`", p, p)),
             );
             return None;
         }
@@ -696,7 +837,9 @@ impl<'a> Resolver<'a> {
         }
         // Index ranges past the end of a group.
         for s in segs {
-            let (SegKind::Name(name), Some(items)) = (&s.kind, &s.index) else { continue };
+            let (SegKind::Name(name), Some(items)) = (&s.kind, &s.index) else {
+                continue;
+            };
             let count = model
                 .modules
                 .iter()
@@ -715,7 +858,11 @@ impl<'a> Resolver<'a> {
                                 format!("`{name}` has {count} entries, indexed 0..{}", count - 1),
                             )
                             .label(it.span(), "past the end")
-                            .help(format!("use indices up to {}: `{name}[0..{}]`", count - 1, count - 1)),
+                            .help(format!(
+                                "use indices up to {}: `{name}[0..{}]`",
+                                count - 1,
+                                count - 1
+                            )),
                         );
                         bad = true;
                     }
@@ -725,8 +872,9 @@ impl<'a> Resolver<'a> {
         if bad {
             return None;
         }
-        let all: Vec<usize> =
-            (0..model.modules.len()).filter(|&i| matches_module(segs, &model.modules[i])).collect();
+        let all: Vec<usize> = (0..model.modules.len())
+            .filter(|&i| matches_module(segs, &model.modules[i]))
+            .collect();
         if all.is_empty() {
             let d = self.no_match(p, model);
             self.diags.push(d);
@@ -761,9 +909,17 @@ impl<'a> Resolver<'a> {
         let segs = &p.segments[1..];
         let d = Diagnostic::error(Code::PatternNoMatch, self.file, format!("`{p}` matches no module"));
         match explain_miss(segs, &model.modules) {
-            Miss::Segment { at, available, suggestion } => {
+            Miss::Segment {
+                at,
+                available,
+                suggestion,
+            } => {
                 let seg = &segs[at];
-                let here = if available.is_empty() { "nothing".to_string() } else { available.join(", ") };
+                let here = if available.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    available.join(", ")
+                };
                 let help = match suggestion {
                     Some(s) => format!("did you mean `{s}`? modules here: {here}"),
                     None => format!("modules here: {here}"),
@@ -771,7 +927,10 @@ impl<'a> Resolver<'a> {
                 d.label(seg.span, format!("no `{seg}` here")).help(help)
             }
             Miss::Index { at, group, count } => d
-                .label(segs[at].span, format!("`{group}` has entries 0..{}", count.saturating_sub(1)))
+                .label(
+                    segs[at].span,
+                    format!("`{group}` has entries 0..{}", count.saturating_sub(1)),
+                )
                 .help(format!("indices run from 0 to {}", count.saturating_sub(1))),
             Miss::Incomplete { available } => d
                 .label(p.span, "this names a group, not a module")
@@ -784,7 +943,13 @@ impl<'a> Resolver<'a> {
     fn clauses(
         &mut self,
         a: &AdaptStmt,
-    ) -> (Option<Arc<Method>>, BTreeMap<String, Const>, Option<RankDraft>, Option<Schedule>, Option<Span>) {
+    ) -> (
+        Option<Arc<Method>>,
+        BTreeMap<String, Const>,
+        Option<RankDraft>,
+        Option<Schedule>,
+        Option<Span>,
+    ) {
         let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
         let mut with = None;
         let mut rank = None;
@@ -794,10 +959,14 @@ impl<'a> Resolver<'a> {
             let kw = c.kind.keyword();
             if let Some(prev) = seen.insert(kw, c.keyword) {
                 self.diags.push(
-                    Diagnostic::error(Code::AdaptDuplicateClause, self.file, format!("`{kw}` is given twice in this rule"))
-                        .label(c.span, "again here")
-                        .label(prev, "first here")
-                        .help("keep one of them"),
+                    Diagnostic::error(
+                        Code::AdaptDuplicateClause,
+                        self.file,
+                        format!("`{kw}` is given twice in this rule"),
+                    )
+                    .label(c.span, "again here")
+                    .label(prev, "first here")
+                    .help("keep one of them"),
                 );
                 continue;
             }
@@ -818,17 +987,26 @@ impl<'a> Resolver<'a> {
                 let names: Vec<&str> = self.methods.keys().map(String::as_str).collect();
                 let help = match crate::suggest::closest(method_name, names.iter().copied()) {
                     Some(s) => format!("did you mean `{s}`? methods: {}", names.join(", ")),
-                    None => format!("methods: {} (stdlib/adapters/), or define `adapter {method_name}(r) {{ ... }}`", names.join(", ")),
+                    None => format!(
+                        "methods: {} (stdlib/adapters/), or define `adapter {method_name}(r) {{ ... }}`",
+                        names.join(", ")
+                    ),
                 };
                 self.diags.push(
-                    Diagnostic::error(Code::AdaptUnknownMethod, self.file, format!("unknown adapter method `{method_name}`"))
-                        .label(span, "not a method")
-                        .help(help),
+                    Diagnostic::error(
+                        Code::AdaptUnknownMethod,
+                        self.file,
+                        format!("unknown adapter method `{method_name}`"),
+                    )
+                    .label(span, "not a method")
+                    .help(help),
                 );
                 None
             }
         };
-        let Some(method) = method else { return (None, BTreeMap::new(), None, None, None) };
+        let Some(method) = method else {
+            return (None, BTreeMap::new(), None, None, None);
+        };
         // Arguments: `with m(k = v)` and `alpha X`.
         let mut args: BTreeMap<String, Const> = BTreeMap::new();
         let mut rank_from_args = None;
@@ -845,17 +1023,25 @@ impl<'a> Resolver<'a> {
                 };
                 let Some(v) = Const::from_value(&arg.value) else {
                     self.diags.push(
-                        Diagnostic::error(Code::AdaptBadArg, self.file, format!("`{}` takes a number, found {}", name.name, arg.value.kind.describe()))
-                            .label(arg.value.span, "expected a number"),
+                        Diagnostic::error(
+                            Code::AdaptBadArg,
+                            self.file,
+                            format!("`{}` takes a number, found {}", name.name, arg.value.kind.describe()),
+                        )
+                        .label(arg.value.span, "expected a number"),
                     );
                     continue;
                 };
                 if name.name == "r" {
                     if rank.is_some() {
                         self.diags.push(
-                            Diagnostic::error(Code::AdaptDuplicateClause, self.file, "the rank is given twice in this rule")
-                                .label(arg.span, "here")
-                                .help("give it once, with `rank N`"),
+                            Diagnostic::error(
+                                Code::AdaptDuplicateClause,
+                                self.file,
+                                "the rank is given twice in this rule",
+                            )
+                            .label(arg.span, "here")
+                            .help("give it once, with `rank N`"),
                         );
                     }
                     rank_from_args = Some((v, arg.value.span));
@@ -867,16 +1053,24 @@ impl<'a> Resolver<'a> {
         if let Some(v) = alpha {
             if given.iter().any(|(n, _, _)| n == "alpha") {
                 self.diags.push(
-                    Diagnostic::error(Code::AdaptDuplicateClause, self.file, "alpha is given twice in this rule")
-                        .label(v.span, "here")
-                        .help("give it once"),
+                    Diagnostic::error(
+                        Code::AdaptDuplicateClause,
+                        self.file,
+                        "alpha is given twice in this rule",
+                    )
+                    .label(v.span, "here")
+                    .help("give it once"),
                 );
             }
             match Const::from_value(v) {
                 Some(c @ (Const::Int(_) | Const::Float(_))) => given.push(("alpha".into(), c, v.span)),
                 _ => self.diags.push(
-                    Diagnostic::error(Code::AdaptBadArg, self.file, format!("alpha takes a number, found {}", v.kind.describe()))
-                        .label(v.span, "expected a number"),
+                    Diagnostic::error(
+                        Code::AdaptBadArg,
+                        self.file,
+                        format!("alpha takes a number, found {}", v.kind.describe()),
+                    )
+                    .label(v.span, "expected a number"),
                 ),
             }
         }
@@ -887,23 +1081,40 @@ impl<'a> Resolver<'a> {
                         || (!matches!(default, Some(Const::Bool(_))) && !matches!(v, Const::Bool(_)));
                     if !numeric_ok {
                         self.diags.push(
-                            Diagnostic::error(Code::AdaptBadArg, self.file, format!("`{name}` takes {}, found {}", default.map_or("a number", |d| d.describe()), v.describe()))
-                                .label(span, "wrong type"),
+                            Diagnostic::error(
+                                Code::AdaptBadArg,
+                                self.file,
+                                format!(
+                                    "`{name}` takes {}, found {}",
+                                    default.map_or("a number", |d| d.describe()),
+                                    v.describe()
+                                ),
+                            )
+                            .label(span, "wrong type"),
                         );
                     }
                     args.insert(name, v);
                 }
                 None => {
-                    let names: Vec<&str> = method.params.iter().map(|(n, _)| n.as_str()).filter(|n| *n != "r").collect();
+                    let names: Vec<&str> = method
+                        .params
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .filter(|n| *n != "r")
+                        .collect();
                     let help = match crate::suggest::closest(&name, names.iter().copied()) {
                         Some(s) => format!("did you mean `{s}`? `{}` takes: {}", method.name, names.join(", ")),
                         None if names.is_empty() => format!("`{}` takes no arguments besides its rank", method.name),
                         None => format!("`{}` takes: {}", method.name, names.join(", ")),
                     };
                     self.diags.push(
-                        Diagnostic::error(Code::AdaptUnknownArg, self.file, format!("method `{}` has no parameter `{name}`", method.name))
-                            .label(span, "unknown parameter")
-                            .help(help),
+                        Diagnostic::error(
+                            Code::AdaptUnknownArg,
+                            self.file,
+                            format!("method `{}` has no parameter `{name}`", method.name),
+                        )
+                        .label(span, "unknown parameter")
+                        .help(help),
                     );
                 }
             }
@@ -915,9 +1126,13 @@ impl<'a> Resolver<'a> {
                         args.insert(n.clone(), *d);
                     }
                     None => self.diags.push(
-                        Diagnostic::error(Code::AdaptBadArg, self.file, format!("method `{}` needs `{n}`", method.name))
-                            .label(with.map_or(a.pattern.span, |c| c.span), format!("`{n}` is missing"))
-                            .help(format!("write `with {}({n} = ...)`", method.name)),
+                        Diagnostic::error(
+                            Code::AdaptBadArg,
+                            self.file,
+                            format!("method `{}` needs `{n}`", method.name),
+                        )
+                        .label(with.map_or(a.pattern.span, |c| c.span), format!("`{n}` is missing"))
+                        .help(format!("write `with {}({n} = ...)`", method.name)),
                     ),
                 }
             }
@@ -931,7 +1146,11 @@ impl<'a> Resolver<'a> {
                 other => self.fixed_rank(&ValueKind::Float(other.as_f64().unwrap_or(0.5)), span),
             },
             (None, None) => {
-                let default = method.params.iter().find(|(n, _)| n == "r").and_then(|(_, d)| d.and_then(Const::as_int));
+                let default = method
+                    .params
+                    .iter()
+                    .find(|(n, _)| n == "r")
+                    .and_then(|(_, d)| d.and_then(Const::as_int));
                 Some(RankDraft::Fixed(default.map_or(8, |d| d.max(1) as u64), a.pattern.span))
             }
         };
@@ -969,25 +1188,37 @@ impl<'a> Resolver<'a> {
             ValueKind::Int(i) if i >= 1 => Some(RankDraft::Fixed(i as u64, span)),
             ValueKind::Int(i) => {
                 self.diags.push(
-                    Diagnostic::error(Code::RankZero, self.file, format!("rank {i} is not allowed: a rank is at least 1"))
-                        .label(span, "must be >= 1")
-                        .help("to leave modules out, narrow the pattern or use `exclude`"),
+                    Diagnostic::error(
+                        Code::RankZero,
+                        self.file,
+                        format!("rank {i} is not allowed: a rank is at least 1"),
+                    )
+                    .label(span, "must be >= 1")
+                    .help("to leave modules out, narrow the pattern or use `exclude`"),
                 );
                 None
             }
             ValueKind::Float(x) => {
                 self.diags.push(
-                    Diagnostic::error(Code::RankNotInteger, self.file, format!("rank {x} is not a whole number"))
-                        .label(span, "expected an integer")
-                        .help(format!("write `rank {}`", (x.round() as i64).max(1))),
+                    Diagnostic::error(
+                        Code::RankNotInteger,
+                        self.file,
+                        format!("rank {x} is not a whole number"),
+                    )
+                    .label(span, "expected an integer")
+                    .help(format!("write `rank {}`", (x.round() as i64).max(1))),
                 );
                 None
             }
             ref other => {
                 self.diags.push(
-                    Diagnostic::error(Code::AdaptBadArg, self.file, format!("`rank` takes an integer or auto(...), found {}", other.describe()))
-                        .label(span, "expected an integer")
-                        .help("write `rank 8` or `rank auto(budget = 1024)`"),
+                    Diagnostic::error(
+                        Code::AdaptBadArg,
+                        self.file,
+                        format!("`rank` takes an integer or auto(...), found {}", other.describe()),
+                    )
+                    .label(span, "expected an integer")
+                    .help("write `rank 8` or `rank auto(budget = 1024)`"),
                 );
                 None
             }
@@ -1011,9 +1242,13 @@ impl<'a> Resolver<'a> {
                         None => "auto takes budget, min, max".to_string(),
                     };
                     self.diags.push(
-                        Diagnostic::error(Code::AdaptUnknownArg, self.file, format!("`auto` has no argument `{other}`"))
-                            .label(a.span, "unknown argument")
-                            .help(help),
+                        Diagnostic::error(
+                            Code::AdaptUnknownArg,
+                            self.file,
+                            format!("`auto` has no argument `{other}`"),
+                        )
+                        .label(a.span, "unknown argument")
+                        .help(help),
                     );
                     ok = false;
                     continue;
@@ -1030,8 +1265,12 @@ impl<'a> Resolver<'a> {
                 }
                 ref other => {
                     self.diags.push(
-                        Diagnostic::error(Code::AdaptBadArg, self.file, format!("`{key}` takes an integer, found {}", other.describe()))
-                            .label(a.value.span, "expected an integer"),
+                        Diagnostic::error(
+                            Code::AdaptBadArg,
+                            self.file,
+                            format!("`{key}` takes an integer, found {}", other.describe()),
+                        )
+                        .label(a.value.span, "expected an integer"),
                     );
                     ok = false;
                 }
@@ -1051,16 +1290,26 @@ impl<'a> Resolver<'a> {
             && lo > hi
         {
             self.diags.push(
-                Diagnostic::error(Code::RankBadBounds, self.file, format!("min ({lo}) is above max ({hi})"))
-                    .label(ls, "min")
-                    .label(hs, "max"),
+                Diagnostic::error(
+                    Code::RankBadBounds,
+                    self.file,
+                    format!("min ({lo}) is above max ({hi})"),
+                )
+                .label(ls, "min")
+                .label(hs, "max"),
             );
             return None;
         }
         ok.then_some(RankDraft::Auto { budget, min, max })
     }
 
-    fn check_rank(&mut self, rank: &RankDraft, owned: &[usize], dims: &[(u64, u64)], model: &ModelInstance) -> Option<RankChoice> {
+    fn check_rank(
+        &mut self,
+        rank: &RankDraft,
+        owned: &[usize],
+        dims: &[(u64, u64)],
+        model: &ModelInstance,
+    ) -> Option<RankChoice> {
         match *rank {
             RankDraft::Fixed(r, span) => {
                 let worst = owned.iter().zip(dims).min_by_key(|(_, (i, o))| (*i).min(*o));
@@ -1073,7 +1322,10 @@ impl<'a> Resolver<'a> {
                         Diagnostic::error(
                             Code::RankTooLarge,
                             self.file,
-                            format!("rank {r} exceeds min(d_in, d_out) = {} of `{name}` ({d_out} x {d_in})", d_in.min(d_out)),
+                            format!(
+                                "rank {r} exceeds min(d_in, d_out) = {} of `{name}` ({d_out} x {d_in})",
+                                d_in.min(d_out)
+                            ),
                         )
                         .label(span, format!("too large for {too} module(s)"))
                         .help(format!("use a rank of at most {}", d_in.min(d_out))),
@@ -1082,10 +1334,20 @@ impl<'a> Resolver<'a> {
                 }
                 Some(RankChoice::Fixed(r))
             }
-            RankDraft::Auto { budget: (p, pspan), min, max, .. } => {
+            RankDraft::Auto {
+                budget: (p, pspan),
+                min,
+                max,
+                ..
+            } => {
                 let n = owned.len() as u64;
                 if n == 0 {
-                    return Some(RankChoice::Auto { budget: p, min: None, max: None, r0: 0 });
+                    return Some(RankChoice::Auto {
+                        budget: p,
+                        min: None,
+                        max: None,
+                        r0: 0,
+                    });
                 }
                 if p < n {
                     self.diags.push(
@@ -1118,12 +1380,21 @@ impl<'a> Resolver<'a> {
                     && lo > smallest
                 {
                     self.diags.push(
-                        Diagnostic::error(Code::RankBadBounds, self.file, format!("min = {lo} exceeds min(d_in, d_out) = {smallest} of a module"))
-                            .label(lspan, "too large"),
+                        Diagnostic::error(
+                            Code::RankBadBounds,
+                            self.file,
+                            format!("min = {lo} exceeds min(d_in, d_out) = {smallest} of a module"),
+                        )
+                        .label(lspan, "too large"),
                     );
                     return None;
                 }
-                Some(RankChoice::Auto { budget: p, min: min.map(|m| m.0), max: max.map(|m| m.0), r0: p / n })
+                Some(RankChoice::Auto {
+                    budget: p,
+                    min: min.map(|m| m.0),
+                    max: max.map(|m| m.0),
+                    r0: p / n,
+                })
             }
         }
     }
@@ -1131,39 +1402,72 @@ impl<'a> Resolver<'a> {
     /// Warns when, under this rule's schedule and arguments, a trainable
     /// tensor can never receive a gradient (a zero coefficient, or a factor
     /// that is frozen at zero in every term), or nothing trains at all.
-    fn no_gradient(&mut self, a: &AdaptStmt, m: &Method, args: &BTreeMap<String, Const>, schedule: Option<Schedule>, sspan: Option<Span>) {
-        let frozen_now = |i: usize| !m.tensors[i].trainable || (schedule == Some(Schedule::Now) && m.freeze.map(|f| f.0) == Some(i));
+    fn no_gradient(
+        &mut self,
+        a: &AdaptStmt,
+        m: &Method,
+        args: &BTreeMap<String, Const>,
+        schedule: Option<Schedule>,
+        sspan: Option<Span>,
+    ) {
+        let frozen_now =
+            |i: usize| !m.tensors[i].trainable || (schedule == Some(Schedule::Now) && m.freeze.map(|f| f.0) == Some(i));
         let env = m.env(101, 103, 7, args);
         let zero_coeff = m.terms.iter().all(|t| t.coefficient(&env) == Some(0.0));
         let trainable: Vec<usize> = (0..m.tensors.len()).filter(|&i| !frozen_now(i)).collect();
         let span = sspan.unwrap_or(a.pattern.span);
         if trainable.is_empty() {
             self.diags.push(
-                Diagnostic::warning(Code::AdaptNoGradient, self.file, format!("nothing trains in this rule: every tensor of `{}` is frozen", m.name))
-                    .label(span, "freezes the last trainable tensor")
-                    .help("use `freeze_b linear(p)` or `at(p)` so B trains for part of the run"),
+                Diagnostic::warning(
+                    Code::AdaptNoGradient,
+                    self.file,
+                    format!("nothing trains in this rule: every tensor of `{}` is frozen", m.name),
+                )
+                .label(span, "freezes the last trainable tensor")
+                .help("use `freeze_b linear(p)` or `at(p)` so B trains for part of the run"),
             );
             return;
         }
-        let used = |t: usize| m.terms.iter().any(|term| term.chain.iter().any(|f| factor_tensor(*f) == t));
+        let used = |t: usize| {
+            m.terms
+                .iter()
+                .any(|term| term.chain.iter().any(|f| factor_tensor(*f) == t))
+        };
         for &t in trainable.iter().filter(|&&t| used(t)) {
             let dead = zero_coeff
-                || m.terms.iter().filter(|term| term.chain.iter().any(|f| factor_tensor(*f) == t)).all(|term| {
-                    term.coefficient(&env) == Some(0.0)
-                        || term.chain.iter().any(|f| {
-                            let o = factor_tensor(*f);
-                            o != t && frozen_now(o) && m.tensors[o].init == Init::Zeros
-                        })
-                });
+                || m.terms
+                    .iter()
+                    .filter(|term| term.chain.iter().any(|f| factor_tensor(*f) == t))
+                    .all(|term| {
+                        term.coefficient(&env) == Some(0.0)
+                            || term.chain.iter().any(|f| {
+                                let o = factor_tensor(*f);
+                                o != t && frozen_now(o) && m.tensors[o].init == Init::Zeros
+                            })
+                    });
             if dead {
                 self.diags.push(
                     Diagnostic::warning(
                         Code::AdaptNoGradient,
                         self.file,
-                        format!("`{}` of `{}` can never receive a gradient here", m.tensors[t].name, m.name),
+                        format!(
+                            "`{}` of `{}` can never receive a gradient here",
+                            m.tensors[t].name, m.name
+                        ),
                     )
-                    .label(span, if zero_coeff { "the path is scaled by zero" } else { "a factor it multiplies stays zero" })
-                    .help(if zero_coeff { "alpha = 0 switches the adapter off; use a non-zero alpha" } else { "let the zero-initialised factor train (e.g. `freeze_b linear(0.3)`)" }),
+                    .label(
+                        span,
+                        if zero_coeff {
+                            "the path is scaled by zero"
+                        } else {
+                            "a factor it multiplies stays zero"
+                        },
+                    )
+                    .help(if zero_coeff {
+                        "alpha = 0 switches the adapter off; use a non-zero alpha"
+                    } else {
+                        "let the zero-initialised factor train (e.g. `freeze_b linear(0.3)`)"
+                    }),
                 );
                 return;
             }
@@ -1181,7 +1485,11 @@ fn factor_tensor(f: Factor) -> usize {
 #[derive(Debug, Clone, Copy)]
 enum RankDraft {
     Fixed(u64, Span),
-    Auto { budget: (u64, Span), min: Option<(u64, Span)>, max: Option<(u64, Span)> },
+    Auto {
+        budget: (u64, Span),
+        min: Option<(u64, Span)>,
+        max: Option<(u64, Span)>,
+    },
 }
 
 fn item_span(i: &Item) -> Span {

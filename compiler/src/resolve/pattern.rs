@@ -13,7 +13,7 @@ use crate::syntax::ast::{IndexItem, SegKind, Segment};
 fn seg_matches(p: &Segment, s: &PathSeg) -> bool {
     let name_ok = match &p.kind {
         SegKind::Name(n) => *n == s.name,
-        SegKind::Alts(names) => names.iter().any(|n| *n == s.name),
+        SegKind::Alts(names) => names.contains(&s.name),
         SegKind::Any => true,
         SegKind::Deep => false,
     };
@@ -29,9 +29,7 @@ fn seg_matches(p: &Segment, s: &PathSeg) -> bool {
 pub fn matches_path(pat: &[Segment], path: &[PathSeg]) -> bool {
     match pat.split_first() {
         None => path.is_empty(),
-        Some((first, rest)) if first.kind == SegKind::Deep => {
-            (0..=path.len()).any(|k| matches_path(rest, &path[k..]))
-        }
+        Some((first, rest)) if first.kind == SegKind::Deep => (0..=path.len()).any(|k| matches_path(rest, &path[k..])),
         Some((first, rest)) => match path.split_first() {
             Some((s, tail)) => seg_matches(first, s) && matches_path(rest, tail),
             None => false,
@@ -63,7 +61,11 @@ pub fn matches_module(pat: &[Segment], m: &Module) -> bool {
 pub enum Miss {
     /// Segment `at` (index into the pattern, root excluded) has no match
     /// among `available` (names that exist at that level).
-    Segment { at: usize, available: Vec<String>, suggestion: Option<String> },
+    Segment {
+        at: usize,
+        available: Vec<String>,
+        suggestion: Option<String>,
+    },
     /// Segment `at` names an indexed group, but no index it asks for exists.
     Index { at: usize, group: String, count: u64 },
     /// Every prefix matches, yet the pattern stops inside the tree (at a group).
@@ -72,8 +74,7 @@ pub enum Miss {
 
 /// Explains why `pat` matches no module.
 pub fn explain_miss(pat: &[Segment], modules: &[Module]) -> Miss {
-    let paths: Vec<Vec<PathSeg>> =
-        modules.iter().flat_map(|m| [m.path.clone(), m.short_path()]).collect();
+    let paths: Vec<Vec<PathSeg>> = modules.iter().flat_map(|m| [m.path.clone(), m.short_path()]).collect();
     // The longest pattern prefix that matches a prefix of some path.
     let mut k = pat.len();
     while k > 0 && !paths.iter().any(|p| matches_prefix(&pat[..k], p)) {
@@ -84,7 +85,9 @@ pub fn explain_miss(pat: &[Segment], modules: &[Module]) -> Miss {
         let mut avail: Vec<String> = paths
             .iter()
             .filter_map(|p| {
-                (1..p.len()).find(|&j| matches_path(pat, &p[..j])).map(|j| p[j].name.clone())
+                (1..p.len())
+                    .find(|&j| matches_path(pat, &p[..j]))
+                    .map(|j| p[j].name.clone())
             })
             .collect();
         avail.sort();
@@ -112,7 +115,11 @@ pub fn explain_miss(pat: &[Segment], modules: &[Module]) -> Miss {
         && let Some(count) = counts.get(n)
         && seg.index.is_some()
     {
-        return Miss::Index { at: k, group: n.clone(), count: *count };
+        return Miss::Index {
+            at: k,
+            group: n.clone(),
+            count: *count,
+        };
     }
     let suggestion = match &seg.kind {
         SegKind::Name(n) => crate::suggest::closest(n, available.iter().map(String::as_str)).map(str::to_string),
@@ -123,7 +130,11 @@ pub fn explain_miss(pat: &[Segment], modules: &[Module]) -> Miss {
             .map(str::to_string),
         _ => None,
     };
-    Miss::Segment { at: k, available, suggestion }
+    Miss::Segment {
+        at: k,
+        available,
+        suggestion,
+    }
 }
 
 /// Whether an index item lies outside `0..count`.
@@ -152,8 +163,14 @@ mod tests {
     fn path(s: &str) -> Vec<PathSeg> {
         s.split('.')
             .map(|seg| match seg.split_once('[') {
-                Some((n, i)) => PathSeg { name: n.into(), index: Some(i.trim_end_matches(']').parse().unwrap()) },
-                None => PathSeg { name: seg.into(), index: None },
+                Some((n, i)) => PathSeg {
+                    name: n.into(),
+                    index: Some(i.trim_end_matches(']').parse().unwrap()),
+                },
+                None => PathSeg {
+                    name: seg.into(),
+                    index: None,
+                },
             })
             .collect()
     }
@@ -172,6 +189,9 @@ mod tests {
         assert!(m("m.layers[*].**.down", "layers[1].mlp.down"));
         assert!(!m("m.*", "layers[9].attn.v"));
         assert!(m("m.*.*.*", "layers[9].attn.v"));
-        assert!(!m("m.attn.*", "layers[9].attn.v"), "short paths are the caller's business");
+        assert!(
+            !m("m.attn.*", "layers[9].attn.v"),
+            "short paths are the caller's business"
+        );
     }
 }

@@ -7,7 +7,12 @@ use crate::report::report;
 
 fn spec(src: &str) -> ResolvedSpec {
     let c = check_source("t.lamda", src, Path::new("."));
-    let errs: Vec<String> = c.diags.iter().filter(|d| d.is_error()).map(|d| format!("{}: {}", d.code, d.message)).collect();
+    let errs: Vec<String> = c
+        .diags
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| format!("{}: {}", d.code, d.message))
+        .collect();
     assert!(errs.is_empty(), "{src}: {errs:?}");
     c.spec.expect("a spec")
 }
@@ -29,7 +34,11 @@ fn pattern_counts_on_llama2_7b() {
     assert_eq!(count("adapt llama2.**.down rank 8"), 32);
     assert_eq!(count("adapt llama2.lm_head rank 8"), 1);
     assert_eq!(count("adapt llama2.*.q rank 8"), 32, "short path: attn.q");
-    assert_eq!(count("adapt llama2.layers.attn.o rank 8"), 32, "a segment without index matches every index");
+    assert_eq!(
+        count("adapt llama2.layers.attn.o rank 8"),
+        32,
+        "a segment without index matches every index"
+    );
 }
 
 #[test]
@@ -40,7 +49,14 @@ fn one_line_mission_program() {
     let r = report(&s);
     assert_eq!(r.totals.trainable_params_after_freeze, 524_288);
     assert_eq!(r.model.base_params, 6_738_415_616);
-    assert!(matches!(s.rules[0].rank, RankChoice::Auto { budget: 8192, r0: 64, .. }));
+    assert!(matches!(
+        s.rules[0].rank,
+        RankChoice::Auto {
+            budget: 8192,
+            r0: 64,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -52,7 +68,12 @@ fn later_rules_override_earlier_ones() {
     assert_eq!(s.rules[0].overridden, 64);
     for m in &s.modules {
         let lora = m.path.ends_with(".q") || m.path.ends_with(".v");
-        assert_eq!(s.rules[m.rule].method.name, if lora { "lora" } else { "lamda" }, "{}", m.path);
+        assert_eq!(
+            s.rules[m.rule].method.name,
+            if lora { "lora" } else { "lamda" },
+            "{}",
+            m.path
+        );
         assert_eq!(m.rank, if lora { 16 } else { 8 });
     }
     // Model order: layer by layer, q k v o within a layer.
@@ -119,7 +140,15 @@ fn schedule_counts_follow_semantics() {
 
 #[test]
 fn every_stdlib_preset_instantiates() {
-    for p in ["llama2", "llama2_7b", "llama2_13b", "llama2_70b", "tinyllama_1b", "smollm2_135m", "tiny"] {
+    for p in [
+        "llama2",
+        "llama2_7b",
+        "llama2_13b",
+        "llama2_70b",
+        "tinyllama_1b",
+        "smollm2_135m",
+        "tiny",
+    ] {
         assert!(count(&format!("adapt {p}.attn.q rank 1")) > 0, "{p}");
     }
 }
@@ -127,7 +156,11 @@ fn every_stdlib_preset_instantiates() {
 #[test]
 fn stdlib_alone_is_clean() {
     let c = check_source("t.lamda", "adapt tiny.attn.q rank 1", Path::new("."));
-    let stdlib: Vec<String> =
-        c.diags.iter().filter(|d| d.file != c.file).map(|d| format!("{}: {}", d.code, d.message)).collect();
+    let stdlib: Vec<String> = c
+        .diags
+        .iter()
+        .filter(|d| d.file != c.file)
+        .map(|d| format!("{}: {}", d.code, d.message))
+        .collect();
     assert!(stdlib.is_empty(), "{stdlib:?}");
 }

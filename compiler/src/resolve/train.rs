@@ -61,8 +61,12 @@ impl Cx<'_> {
             other => other.describe().to_string(),
         };
         self.errs.push(
-            Diagnostic::error(Code::TrainBadValue, self.file, format!("`{key}` takes {what}, found {found}"))
-                .label(span, format!("expected {what}")),
+            Diagnostic::error(
+                Code::TrainBadValue,
+                self.file,
+                format!("`{key}` takes {what}, found {found}"),
+            )
+            .label(span, format!("expected {what}")),
         );
     }
     fn int(&mut self, e: &TrainEntry, min: i64, what: &str) -> Option<u64> {
@@ -126,9 +130,13 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
                     let p = dir.join(s);
                     if !p.is_file() {
                         cx.errs.push(
-                            Diagnostic::error(Code::TrainDataNotFound, file, format!("data file `{}` does not exist", p.display()))
-                                .label(e.value.span, "no such file")
-                                .help("paths are relative to the folder of the .lamda file"),
+                            Diagnostic::error(
+                                Code::TrainDataNotFound,
+                                file,
+                                format!("data file `{}` does not exist", p.display()),
+                            )
+                            .label(e.value.span, "no such file")
+                            .help("paths are relative to the folder of the .lamda file"),
                         );
                     }
                     cfg.data = Some(p);
@@ -184,7 +192,10 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
             Diagnostic::error(
                 Code::TrainBadValue,
                 file,
-                format!("warmup ({}) must be shorter than the run ({} steps)", cfg.warmup, cfg.steps),
+                format!(
+                    "warmup ({}) must be shorter than the run ({} steps)",
+                    cfg.warmup, cfg.steps
+                ),
             )
             .label(span, "too long"),
         );
@@ -250,9 +261,13 @@ fn optimizer(v: &Value, cx: &mut Cx<'_>) -> Option<AdamW> {
                     None => "adamw takes betas, eps, wd".to_string(),
                 };
                 cx.errs.push(
-                    Diagnostic::error(Code::TrainUnknownKey, cx.file, format!("adamw has no argument `{other}`"))
-                        .label(key.span, "unknown argument")
-                        .help(help),
+                    Diagnostic::error(
+                        Code::TrainUnknownKey,
+                        cx.file,
+                        format!("adamw has no argument `{other}`"),
+                    )
+                    .label(key.span, "unknown argument")
+                    .help(help),
                 );
             }
         }

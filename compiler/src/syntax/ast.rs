@@ -201,7 +201,10 @@ impl ClauseKind {
 pub enum RankSpec {
     Fixed(Value),
     /// `auto(budget = P, min = .., max = ..)`; `span` covers `auto(...)`.
-    Auto { args: Vec<Arg>, span: Span },
+    Auto {
+        args: Vec<Arg>,
+        span: Span,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -318,14 +321,24 @@ impl BinOp {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExprKind {
     /// A number; `is_int` when written without fraction or exponent.
-    Num { value: f64, is_int: bool },
+    Num {
+        value: f64,
+        is_int: bool,
+    },
     Str(String),
     Bool(bool),
     /// A (dotted) name: `x`, `layer.attn.q`.
     Ref(Vec<Ident>),
-    Call { callee: Vec<Ident>, args: Vec<ExprArg> },
+    Call {
+        callee: Vec<Ident>,
+        args: Vec<ExprArg>,
+    },
     Neg(Box<Expr>),
-    Bin { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr> },
+    Bin {
+        op: BinOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -424,9 +437,21 @@ pub struct ForwardDef {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stmt {
-    Assign { name: Ident, value: Expr, span: Span },
-    For { var: Ident, iter: Vec<Ident>, body: Vec<Stmt>, span: Span },
-    Return { value: Expr, span: Span },
+    Assign {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
+    For {
+        var: Ident,
+        iter: Vec<Ident>,
+        body: Vec<Stmt>,
+        span: Span,
+    },
+    Return {
+        value: Expr,
+        span: Span,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -95,7 +95,10 @@ const ITEM_KEYWORDS: [&str; 7] = ["use", "adapt", "exclude", "train", "adapter",
 fn code_end(src: &str, pos: usize) -> usize {
     let mut end = pos;
     while end > 0 {
-        let line_start = src[..end].trim_end_matches(['\n', '\r']).rfind('\n').map_or(0, |i| i + 1);
+        let line_start = src[..end]
+            .trim_end_matches(['\n', '\r'])
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
         let line = &src[line_start..end];
         let mut in_str = false;
         let mut cut = line.len();
@@ -127,7 +130,10 @@ fn starts_item_line(src: &str, pos: usize) -> bool {
     if !src[line_start..pos].trim().is_empty() {
         return false;
     }
-    let word: String = src[pos..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    let word: String = src[pos..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
     ITEM_KEYWORDS.contains(&word.as_str())
 }
 
@@ -157,7 +163,12 @@ fn syntax_error(src: &str, pos: usize, expected: Vec<String>) -> SyntaxError {
     } else {
         Span::new(pos, pos + len)
     };
-    SyntaxError { span, expected, found, unterminated_string }
+    SyntaxError {
+        span,
+        expected,
+        found,
+        unterminated_string,
+    }
 }
 
 /// Names the token at the start of `rest` and its byte length.
@@ -184,7 +195,11 @@ fn describe_found(rest: &str) -> (String, usize) {
 }
 
 fn describe_expected(rules: &[Rule]) -> Vec<String> {
-    let mut out: Vec<String> = rules.iter().filter_map(|r| describe_rule(*r)).map(str::to_string).collect();
+    let mut out: Vec<String> = rules
+        .iter()
+        .filter_map(|r| describe_rule(*r))
+        .map(str::to_string)
+        .collect();
     out.sort();
     out.dedup();
     out
@@ -308,7 +323,10 @@ impl Cx {
         Span::new(s.start() + self.offset, s.end() + self.offset)
     }
     fn ident(&self, pair: &Pair<Rule>) -> Ident {
-        Ident { name: pair.as_str().to_string(), span: self.span(pair) }
+        Ident {
+            name: pair.as_str().to_string(),
+            span: self.span(pair),
+        }
     }
 }
 
@@ -349,7 +367,10 @@ fn build_use(cx: &Cx, pair: Pair<Rule>) -> R<UseStmt> {
         match p.as_rule() {
             Rule::string => {
                 let s = cx.span(&p);
-                target = Some(UseTarget::Path { path: unescape(string_body(&p)), span: s });
+                target = Some(UseTarget::Path {
+                    path: unescape(string_body(&p)),
+                    span: s,
+                });
             }
             Rule::ident if target.is_none() => target = Some(UseTarget::Named(cx.ident(&p))),
             Rule::ident => alias = Some(cx.ident(&p)),
@@ -395,9 +416,7 @@ fn build_pattern(cx: &Cx, pair: Pair<Rule>) -> R<Pattern> {
                 Rule::seg_name => kind = Some(SegKind::Name(p.as_str().to_string())),
                 Rule::seg_any => kind = Some(SegKind::Any),
                 Rule::seg_deep => kind = Some(SegKind::Deep),
-                Rule::seg_alts => {
-                    kind = Some(SegKind::Alts(p.into_inner().map(|n| n.as_str().to_string()).collect()))
-                }
+                Rule::seg_alts => kind = Some(SegKind::Alts(p.into_inner().map(|n| n.as_str().to_string()).collect())),
                 Rule::seg_index => {
                     let mut items = Vec::new();
                     for item in p.into_inner() {
@@ -420,7 +439,11 @@ fn build_pattern(cx: &Cx, pair: Pair<Rule>) -> R<Pattern> {
             }
         }
         let kind = kind.ok_or_else(|| shape_error(sspan, "a pattern segment"))?;
-        segments.push(Segment { kind, index, span: sspan });
+        segments.push(Segment {
+            kind,
+            index,
+            span: sspan,
+        });
     }
     Ok(Pattern { segments, span })
 }
@@ -464,7 +487,11 @@ fn build_adapt(cx: &Cx, pair: Pair<Rule>) -> R<AdaptStmt> {
             Rule::freeze_clause => ClauseKind::FreezeB(build_call_or_ident(cx, body)?),
             _ => return Err(shape_error(cspan, "a clause")),
         };
-        clauses.push(Clause { kind, keyword, span: cspan });
+        clauses.push(Clause {
+            kind,
+            keyword,
+            span: cspan,
+        });
     }
     Ok(AdaptStmt { pattern, clauses, span })
 }
@@ -472,7 +499,12 @@ fn build_adapt(cx: &Cx, pair: Pair<Rule>) -> R<AdaptStmt> {
 fn build_call_or_ident(cx: &Cx, pair: Pair<Rule>) -> R<Call> {
     let span = cx.span(&pair);
     match pair.as_rule() {
-        Rule::ident => Ok(Call { name: cx.ident(&pair), args: Vec::new(), parens: false, span }),
+        Rule::ident => Ok(Call {
+            name: cx.ident(&pair),
+            args: Vec::new(),
+            parens: false,
+            span,
+        }),
         Rule::call => build_call(cx, pair),
         _ => Err(shape_error(span, "a name or a call")),
     }
@@ -483,7 +515,12 @@ fn build_call(cx: &Cx, pair: Pair<Rule>) -> R<Call> {
     let mut it = pair.into_inner();
     let name = cx.ident(&next(&mut it, span, "a name")?);
     let args = build_args(cx, next(&mut it, span, "`(`")?)?;
-    Ok(Call { name, args, parens: true, span })
+    Ok(Call {
+        name,
+        args,
+        parens: true,
+        span,
+    })
 }
 
 fn build_args(cx: &Cx, pair: Pair<Rule>) -> R<Vec<Arg>> {
@@ -500,14 +537,22 @@ fn build_args(cx: &Cx, pair: Pair<Rule>) -> R<Vec<Arg>> {
             }
         }
         let value = value.ok_or_else(|| shape_error(aspan, "a value"))?;
-        args.push(Arg { name, value, span: aspan });
+        args.push(Arg {
+            name,
+            value,
+            span: aspan,
+        });
     }
     Ok(args)
 }
 
 fn build_value(cx: &Cx, pair: Pair<Rule>) -> R<Value> {
     let span = cx.span(&pair);
-    let inner = if pair.as_rule() == Rule::value { next(&mut pair.into_inner(), span, "a value")? } else { pair };
+    let inner = if pair.as_rule() == Rule::value {
+        next(&mut pair.into_inner(), span, "a value")?
+    } else {
+        pair
+    };
     let kind = match inner.as_rule() {
         Rule::number => parse_number(inner.as_str(), span)?,
         Rule::string => ValueKind::Str(unescape(string_body(&inner))),
@@ -548,13 +593,28 @@ fn build_train(cx: &Cx, pair: Pair<Rule>) -> R<TrainBlock> {
         let key = cx.ident(&next(&mut it, espan, "a name")?);
         let v = next(&mut it, espan, "a value")?;
         let (value, every) = if v.as_rule() == Rule::every {
-            let n = next(&mut v.into_inner().filter(|p| p.as_rule() == Rule::number), espan, "a number")?;
+            let n = next(
+                &mut v.into_inner().filter(|p| p.as_rule() == Rule::number),
+                espan,
+                "a number",
+            )?;
             let nspan = cx.span(&n);
-            (Value { kind: parse_number(n.as_str(), nspan)?, span: nspan }, true)
+            (
+                Value {
+                    kind: parse_number(n.as_str(), nspan)?,
+                    span: nspan,
+                },
+                true,
+            )
         } else {
             (build_value(cx, v)?, false)
         };
-        entries.push(TrainEntry { key, value, every, span: espan });
+        entries.push(TrainEntry {
+            key,
+            value,
+            every,
+            span: espan,
+        });
     }
     Ok(TrainBlock { entries, span })
 }
@@ -577,7 +637,14 @@ fn build_expr(cx: &Cx, pair: Pair<Rule>) -> R<Expr> {
                 };
                 let rhs = build_expr(cx, next(&mut it, span, "an expression")?)?;
                 let s = acc.span.join(rhs.span);
-                acc = Expr { kind: ExprKind::Bin { op, lhs: Box::new(acc), rhs: Box::new(rhs) }, span: s };
+                acc = Expr {
+                    kind: ExprKind::Bin {
+                        op,
+                        lhs: Box::new(acc),
+                        rhs: Box::new(rhs),
+                    },
+                    span: s,
+                };
             }
             Ok(acc)
         }
@@ -588,19 +655,41 @@ fn build_expr(cx: &Cx, pair: Pair<Rule>) -> R<Expr> {
                 it.next();
             }
             let inner = build_expr(cx, next(&mut it, span, "an expression")?)?;
-            Ok(if negated { Expr { kind: ExprKind::Neg(Box::new(inner)), span } } else { inner })
+            Ok(if negated {
+                Expr {
+                    kind: ExprKind::Neg(Box::new(inner)),
+                    span,
+                }
+            } else {
+                inner
+            })
         }
         Rule::number => {
             let kind = match parse_number(pair.as_str(), span)? {
-                ValueKind::Int(i) => ExprKind::Num { value: i as f64, is_int: true },
-                ValueKind::Float(x) => ExprKind::Num { value: x, is_int: false },
+                ValueKind::Int(i) => ExprKind::Num {
+                    value: i as f64,
+                    is_int: true,
+                },
+                ValueKind::Float(x) => ExprKind::Num {
+                    value: x,
+                    is_int: false,
+                },
                 _ => return Err(shape_error(span, "a number")),
             };
             Ok(Expr { kind, span })
         }
-        Rule::string => Ok(Expr { kind: ExprKind::Str(unescape(string_body(&pair))), span }),
-        Rule::boolean => Ok(Expr { kind: ExprKind::Bool(pair.as_str() == "true"), span }),
-        Rule::dotted => Ok(Expr { kind: ExprKind::Ref(dotted(cx, pair)), span }),
+        Rule::string => Ok(Expr {
+            kind: ExprKind::Str(unescape(string_body(&pair))),
+            span,
+        }),
+        Rule::boolean => Ok(Expr {
+            kind: ExprKind::Bool(pair.as_str() == "true"),
+            span,
+        }),
+        Rule::dotted => Ok(Expr {
+            kind: ExprKind::Ref(dotted(cx, pair)),
+            span,
+        }),
         Rule::call_expr => {
             let mut it = pair.into_inner();
             let callee = dotted(cx, next(&mut it, span, "a name")?);
@@ -618,7 +707,10 @@ fn build_expr(cx: &Cx, pair: Pair<Rule>) -> R<Expr> {
                 let value = value.ok_or_else(|| shape_error(aspan, "an expression"))?;
                 args.push(ExprArg { name, value });
             }
-            Ok(Expr { kind: ExprKind::Call { callee, args }, span })
+            Ok(Expr {
+                kind: ExprKind::Call { callee, args },
+                span,
+            })
         }
         _ => Err(shape_error(span, "an expression")),
     }
@@ -660,9 +752,7 @@ fn build_adapter(cx: &Cx, pair: Pair<Rule>) -> R<AdapterDef> {
                 for q in p.into_inner() {
                     match q.as_rule() {
                         Rule::ident if name.is_none() => name = Some(cx.ident(&q)),
-                        Rule::shape => {
-                            shape = q.into_inner().map(|e| build_expr(cx, e)).collect::<R<_>>()?
-                        }
+                        Rule::shape => shape = q.into_inner().map(|e| build_expr(cx, e)).collect::<R<_>>()?,
                         Rule::trainability => trainable = q.as_str() == "trainable",
                         Rule::ident | Rule::call => init = Some(build_call_or_ident(cx, q)?),
                         _ => {}
@@ -670,7 +760,13 @@ fn build_adapter(cx: &Cx, pair: Pair<Rule>) -> R<AdapterDef> {
                 }
                 let name = name.ok_or_else(|| shape_error(pspan, "a name"))?;
                 let init = init.ok_or_else(|| shape_error(pspan, "an init"))?;
-                items.push(AdapterItem::Tensor(TensorDecl { name, shape, trainable, init, span: pspan }));
+                items.push(AdapterItem::Tensor(TensorDecl {
+                    name,
+                    shape,
+                    trainable,
+                    init,
+                    span: pspan,
+                }));
             }
             Rule::base_decl => {
                 let residual = p.into_inner().any(|q| q.as_rule() == Rule::kw_residual);
@@ -687,16 +783,29 @@ fn build_adapter(cx: &Cx, pair: Pair<Rule>) -> R<AdapterDef> {
                     }
                 }
                 let tensor = tensor.ok_or_else(|| shape_error(pspan, "a name"))?;
-                items.push(AdapterItem::Freeze(FreezeDecl { tensor, default, span: pspan }));
+                items.push(AdapterItem::Freeze(FreezeDecl {
+                    tensor,
+                    default,
+                    span: pspan,
+                }));
             }
             Rule::path_decl => {
-                let e = next(&mut p.into_inner().filter(|q| q.as_rule() == Rule::expr), pspan, "an expression")?;
+                let e = next(
+                    &mut p.into_inner().filter(|q| q.as_rule() == Rule::expr),
+                    pspan,
+                    "an expression",
+                )?;
                 items.push(AdapterItem::Path(build_expr(cx, e)?));
             }
             _ => {}
         }
     }
-    Ok(AdapterDef { name, params, items, span })
+    Ok(AdapterDef {
+        name,
+        params,
+        items,
+        span,
+    })
 }
 
 fn build_model(cx: &Cx, pair: Pair<Rule>) -> R<ModelDef> {
@@ -705,7 +814,12 @@ fn build_model(cx: &Cx, pair: Pair<Rule>) -> R<ModelDef> {
     let name = cx.ident(&next(&mut it, span, "a name")?);
     let params = build_params(cx, next(&mut it, span, "`(`")?)?;
     let items = it.map(|p| build_model_item(cx, p)).collect::<R<_>>()?;
-    Ok(ModelDef { name, params, items, span })
+    Ok(ModelDef {
+        name,
+        params,
+        items,
+        span,
+    })
 }
 
 fn build_model_item(cx: &Cx, pair: Pair<Rule>) -> R<ModelItem> {
@@ -734,7 +848,15 @@ fn build_model_item(cx: &Cx, pair: Pair<Rule>) -> R<ModelItem> {
             let name = idents.next().ok_or_else(|| shape_error(span, "a name"))?;
             let kind = idents.next().ok_or_else(|| shape_error(span, "a module kind"))?;
             let (hf_name, hf_span) = hf.ok_or_else(|| shape_error(span, "a string"))?;
-            Ok(ModelItem::Module(ModuleDecl { name, kind, args, hf_name, hf_span, tied, span }))
+            Ok(ModelItem::Module(ModuleDecl {
+                name,
+                kind,
+                args,
+                hf_name,
+                hf_span,
+                tied,
+                span,
+            }))
         }
         Rule::group_decl => {
             let mut it = pair.into_inner();
@@ -747,7 +869,12 @@ fn build_model_item(cx: &Cx, pair: Pair<Rule>) -> R<ModelItem> {
                     _ => items.push(build_model_item(cx, q)?),
                 }
             }
-            Ok(ModelItem::Group(GroupDecl { name, count, items, span }))
+            Ok(ModelItem::Group(GroupDecl {
+                name,
+                count,
+                items,
+                span,
+            }))
         }
         Rule::forward_def => {
             let mut it = pair.into_inner().filter(|p| p.as_rule() != Rule::kw_forward);
@@ -771,11 +898,20 @@ fn build_block(cx: &Cx, pair: Pair<Rule>) -> R<Vec<Stmt>> {
                 out.push(Stmt::Assign { name, value, span });
             }
             Rule::return_stmt => {
-                let e = next(&mut s.into_inner().filter(|p| p.as_rule() == Rule::expr), span, "an expression")?;
-                out.push(Stmt::Return { value: build_expr(cx, e)?, span });
+                let e = next(
+                    &mut s.into_inner().filter(|p| p.as_rule() == Rule::expr),
+                    span,
+                    "an expression",
+                )?;
+                out.push(Stmt::Return {
+                    value: build_expr(cx, e)?,
+                    span,
+                });
             }
             Rule::for_stmt => {
-                let mut it = s.into_inner().filter(|p| !matches!(p.as_rule(), Rule::kw_for | Rule::kw_in));
+                let mut it = s
+                    .into_inner()
+                    .filter(|p| !matches!(p.as_rule(), Rule::kw_for | Rule::kw_in));
                 let var = cx.ident(&next(&mut it, span, "a name")?);
                 let iter = dotted(cx, next(&mut it, span, "a name")?);
                 let body = build_block(cx, next(&mut it, span, "`{`")?)?;
@@ -795,7 +931,9 @@ mod tests {
     fn one_line_program_parses() {
         let f = parse_file("adapt llama2.attn.* rank auto(budget=8192) freeze_b linear(0.3)").unwrap();
         assert_eq!(f.items.len(), 1);
-        let Item::Adapt(a) = &f.items[0] else { panic!("not an adapt") };
+        let Item::Adapt(a) = &f.items[0] else {
+            panic!("not an adapt")
+        };
         assert_eq!(a.pattern.to_string(), "llama2.attn.*");
         assert_eq!(a.clauses.len(), 2);
         assert!(matches!(&a.clauses[0].kind, ClauseKind::Rank(RankSpec::Auto { args, .. }) if args.len() == 1));
@@ -803,7 +941,13 @@ mod tests {
 
     #[test]
     fn patterns_round_trip() {
-        for p in ["m.layers[0..15].attn.{q,v}", "m.**", "m.layers[3].*", "m.layers[0,2,4..6].mlp.down", "m.layers[*].attn.q"] {
+        for p in [
+            "m.layers[0..15].attn.{q,v}",
+            "m.**",
+            "m.layers[3].*",
+            "m.layers[0,2,4..6].mlp.down",
+            "m.layers[*].attn.q",
+        ] {
             let f = parse_file(&format!("adapt {p}")).unwrap();
             let Item::Adapt(a) = &f.items[0] else { panic!() };
             assert_eq!(a.pattern.to_string(), p);
@@ -817,7 +961,11 @@ mod tests {
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert_eq!(errs[0].found, "`rnak`");
         assert!(errs[0].expected.iter().any(|e| e == "`rank`"), "{:?}", errs[0].expected);
-        assert!(errs[1].expected.iter().any(|e| e == "a value" || e == "`auto`"), "{:?}", errs[1].expected);
+        assert!(
+            errs[1].expected.iter().any(|e| e == "a value" || e == "`auto`"),
+            "{:?}",
+            errs[1].expected
+        );
     }
 
     #[test]
