@@ -3,8 +3,11 @@
 pub mod adapter;
 pub mod consteval;
 pub mod diag;
+pub mod ir;
 pub mod model;
 pub mod passes;
+pub mod pipeline;
+pub mod plan;
 pub mod report;
 pub mod resolve;
 pub mod schedule;

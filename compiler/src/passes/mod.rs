@@ -1,2 +1,7 @@
-//! Compiler passes, one per file.
+//! Compiler passes, one per file; `crate::pipeline` runs them in order.
+
+pub mod adapter_init;
+pub mod autodiff;
+pub mod freeze;
+pub mod memory_plan;
 pub mod rank_alloc;

@@ -43,6 +43,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
 pub mod linear;
+pub mod pointwise;
 pub mod rmsnorm;
 pub mod rope;
 

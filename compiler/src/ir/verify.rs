@@ -1,0 +1,200 @@
+//! The IR verifier, run after every pass in debug and test builds.
+//!
+//! Invariants:
+//! 1. Every edge names an existing output of its source (`out < outputs.len()`).
+//! 2. Every node has exactly `op.arity()` operands, one per operand index.
+//! 3. Every edge goes from a lower node index to a higher one (index order is
+//!    a topological order; in particular the graph is acyclic).
+//! 4. Shapes obey the op's rule (see [`infer`]); the declared outputs equal
+//!    the inferred ones.
+//! 5. `Param(p)` names an existing parameter whose shape is the node's output;
+//!    `ParamGrad(p)` takes a value of `p`'s shape and `p` is trainable.
+//! 6. The loss, if set, is an f32[1] output of a `CrossEntropy` node.
+
+use petgraph::Direction;
+use petgraph::visit::EdgeRef;
+
+use crate::ir::{Dtype, Ir, NodeId, Op, TensorType};
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("IR verifier: node {node:?} ({op}): {msg}")]
+pub struct VerifyError {
+    pub node: NodeId,
+    pub op: &'static str,
+    pub msg: String,
+}
+
+/// Checks every invariant; returns the first broken one.
+pub fn verify(ir: &Ir) -> Result<(), VerifyError> {
+    for id in ir.order() {
+        let node = &ir.graph[id];
+        let fail = |msg: String| VerifyError { node: id, op: node.op.name(), msg };
+        let mut args: Vec<u8> = Vec::new();
+        for e in ir.graph.edges_directed(id, Direction::Incoming) {
+            let src = &ir.graph[e.source()];
+            if e.weight().out as usize >= src.outputs.len() {
+                return Err(fail(format!("operand {} reads output {} of a node with {}", e.weight().arg, e.weight().out, src.outputs.len())));
+            }
+            if e.source() >= id {
+                return Err(fail(format!("operand {} comes from a later node {:?}", e.weight().arg, e.source())));
+            }
+            args.push(e.weight().arg);
+        }
+        args.sort_unstable();
+        let want: Vec<u8> = (0..node.op.arity() as u8).collect();
+        if args != want {
+            return Err(fail(format!("operands {args:?}, expected {want:?}")));
+        }
+        let ins: Vec<TensorType> = ir.inputs(id).iter().filter_map(|&v| ir.ty(v).cloned()).collect();
+        let inferred = infer(ir, &node.op, &ins).map_err(&fail)?;
+        if inferred != node.outputs {
+            return Err(fail(format!(
+                "declares outputs {}, its operands give {}",
+                show(&node.outputs),
+                show(&inferred)
+            )));
+        }
+    }
+    if let Some((id, out)) = ir.loss {
+        let ok = ir.graph.node_weight(id).is_some_and(|n| matches!(n.op, Op::CrossEntropy { .. }) && out == 0);
+        if !ok {
+            return Err(VerifyError { node: id, op: "loss", msg: "the loss is not output 0 of a cross_entropy".into() });
+        }
+    }
+    Ok(())
+}
+
+fn show(ts: &[TensorType]) -> String {
+    ts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// The output types of `op` applied to operands of types `ins`.
+pub fn infer(ir: &Ir, op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, String> {
+    let f32s = |t: &TensorType| t.dtype == Dtype::F32;
+    let mat = |t: &TensorType| -> Result<(usize, usize), String> {
+        match (f32s(t), t.shape.as_slice()) {
+            (true, [a, b]) => Ok((*a, *b)),
+            _ => Err(format!("expected an f32 matrix, found {t}")),
+        }
+    };
+    let same = |a: &TensorType, b: &TensorType| -> Result<(), String> {
+        if a == b { Ok(()) } else { Err(format!("operand types differ: {a} and {b}")) }
+    };
+    let n = ir.n();
+    Ok(match (op, ins) {
+        (Op::Tokens | Op::Labels, []) => vec![TensorType::i64(&[n])],
+        (Op::Param(p), []) => {
+            let info = ir.params.get(*p).ok_or_else(|| format!("no parameter {p}"))?;
+            vec![TensorType::f32(&info.shape)]
+        }
+        (Op::Embedding, [ids, table]) => {
+            let (_, d) = mat(table)?;
+            if ids.dtype != Dtype::I64 || ids.shape.len() != 1 {
+                return Err(format!("embedding ids must be i64 (n), found {ids}"));
+            }
+            vec![TensorType::f32(&[ids.shape[0], d])]
+        }
+        (Op::RmsNorm { .. }, [x, w]) => {
+            let (rows, d) = mat(x)?;
+            if w.shape != [d] {
+                return Err(format!("rmsnorm weight {w} for rows of {d}"));
+            }
+            vec![x.clone(), TensorType::f32(&[rows])]
+        }
+        (Op::Linear, [x, w]) => {
+            let (rows, k) = mat(x)?;
+            let (m, k2) = mat(w)?;
+            if k != k2 {
+                return Err(format!("linear of {x} by a weight {w}"));
+            }
+            vec![TensorType::f32(&[rows, m])]
+        }
+        (Op::Scale { .. } | Op::Silu, [x]) => vec![x.clone()],
+        (Op::Add | Op::Mul | Op::SiluGrad, [a, b]) => {
+            same(a, b)?;
+            vec![a.clone()]
+        }
+        (Op::ColScale, [x, v]) => {
+            let (_, k) = mat(x)?;
+            if v.shape != [k] {
+                return Err(format!("col_scale of {x} by {v}"));
+            }
+            vec![x.clone()]
+        }
+        (Op::Rope { head_dim, .. } | Op::RopeGrad { head_dim, .. }, [x]) => {
+            let (_, w) = mat(x)?;
+            if *head_dim == 0 || w % head_dim != 0 || head_dim % 2 != 0 {
+                return Err(format!("rope with head_dim {head_dim} on {x}"));
+            }
+            vec![x.clone()]
+        }
+        (Op::Attention(d), [q, k, v]) => {
+            let rows = d.batch * d.seq;
+            let qw = d.heads * d.head_dim;
+            let kvw = d.kv_heads * d.head_dim;
+            if q.shape != [rows, qw] || k.shape != [rows, kvw] || v.shape != [rows, kvw] {
+                return Err(format!("attention of {q}, {k}, {v}"));
+            }
+            vec![q.clone(), TensorType::f32(&[d.batch, d.heads, d.seq])]
+        }
+        (Op::AttentionGrad(d), [g, q, k, v, lse]) => {
+            same(g, q)?;
+            if lse.shape != [d.batch, d.heads, d.seq] {
+                return Err(format!("attention_grad lse {lse}"));
+            }
+            vec![q.clone(), k.clone(), v.clone()]
+        }
+        (Op::CrossEntropy { batch, seq, grad }, [logits, labels]) => {
+            let (rows, vocab) = mat(logits)?;
+            if rows != batch * seq || labels.shape != [rows] || labels.dtype != Dtype::I64 {
+                return Err(format!("cross_entropy of {logits} and {labels}"));
+            }
+            let mut out = vec![TensorType::f32(&[1])];
+            if *grad {
+                out.push(TensorType::f32(&[rows, vocab]));
+            }
+            out
+        }
+        (Op::LinearGradInput, [g, w]) => {
+            let (rows, m) = mat(g)?;
+            let (m2, k) = mat(w)?;
+            if m != m2 {
+                return Err(format!("linear_grad_input of {g} by {w}"));
+            }
+            vec![TensorType::f32(&[rows, k])]
+        }
+        (Op::LinearGradWeight, [g, x]) => {
+            let (rows, m) = mat(g)?;
+            let (rows2, k) = mat(x)?;
+            if rows != rows2 {
+                return Err(format!("linear_grad_weight of {g} and {x}"));
+            }
+            vec![TensorType::f32(&[m, k])]
+        }
+        (Op::RmsNormGrad, [g, x, w, rstd]) => {
+            same(g, x)?;
+            let (rows, d) = mat(x)?;
+            if w.shape != [d] || rstd.shape != [rows] {
+                return Err(format!("rmsnorm_grad of {x} with {w}, {rstd}"));
+            }
+            vec![x.clone()]
+        }
+        (Op::ColScaleGrad, [g, x]) => {
+            same(g, x)?;
+            let (_, k) = mat(x)?;
+            vec![TensorType::f32(&[k])]
+        }
+        (Op::ParamGrad(p), [g]) => {
+            let info = ir.params.get(*p).ok_or_else(|| format!("no parameter {p}"))?;
+            if !info.trainable() {
+                return Err(format!("gradient of the frozen parameter {}", info.name));
+            }
+            if g.shape != info.shape {
+                return Err(format!("gradient {g} for {} of shape {:?}", info.name, info.shape));
+            }
+            vec![]
+        }
+        (op, ins) => return Err(format!("{} takes {} operands, found {}", op.name(), op.arity(), ins.len())),
+    })
+}

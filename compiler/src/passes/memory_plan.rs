@@ -1,0 +1,191 @@
+//! Memory plan: lowers a phase's graph to a linear program and plans its buffers.
+//!
+//! Expects a verified IR (forward, and backward if it trains). Guarantees:
+//! instructions in node-index order (a topological order); every value gets
+//! its last use, and is released right after it (a value nobody reads is
+//! released after the instruction that makes it, except the loss and the
+//! logits, which live to the end); values made by the forward part and read
+//! by the backward part are the *saved activations*, each attributed to the
+//! adapter module whose backward reads it (or to the base model); the peak
+//! is the largest sum of live activation bytes at any instruction, and
+//! buffers are assigned to reusable slots (best fit among free slots, a new
+//! slot otherwise). Parameters, gradients and optimizer state are not
+//! activations: the runtime owns them and the [`crate::plan`] summary adds
+//! them. It does not reorder instructions to lower the peak (a later pass
+//! could; the forward-then-backward order of the builder is kept).
+
+use std::collections::BTreeMap;
+
+use crate::ir::{Ir, NodeId, Op, TensorType, Value};
+
+/// A value of a lowered program.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueInfo {
+    pub ty: TensorType,
+    pub label: String,
+    /// A parameter (bound by the runtime, never allocated).
+    pub param: Option<usize>,
+    /// Made by the forward part, read by the backward part.
+    pub saved: bool,
+    /// The adapter module whose backward reads it (for saved values).
+    pub adapter: Option<usize>,
+    /// Buffer slot (none for parameters).
+    pub slot: Option<usize>,
+}
+
+/// One instruction: an op on values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instr {
+    pub op: Op,
+    pub inputs: Vec<usize>,
+    pub outputs: Vec<usize>,
+    /// Values whose last use is this instruction: release them after it.
+    pub release: Vec<usize>,
+    pub label: String,
+    /// Part of the backward program.
+    pub backward: bool,
+}
+
+/// Bytes of the activations of one program.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MemoryPlan {
+    /// Largest sum of live activation bytes.
+    pub peak_bytes: u64,
+    /// Bytes of all saved activations.
+    pub saved_bytes: u64,
+    /// Saved bytes per adapter module (index into the IR's adapters).
+    pub saved_by_adapter: BTreeMap<usize, u64>,
+    /// Saved bytes the base model keeps for its own backward.
+    pub saved_base_bytes: u64,
+    /// Capacities of the reusable buffer slots.
+    pub slots: Vec<u64>,
+}
+
+/// A lowered, planned program.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Program {
+    pub values: Vec<ValueInfo>,
+    pub instrs: Vec<Instr>,
+    pub loss: Option<usize>,
+    pub logits: Option<usize>,
+    pub memory: MemoryPlan,
+}
+
+/// Lowers and plans `ir`.
+pub fn plan_memory(ir: &Ir) -> Program {
+    let order = ir.order();
+    let mut index: BTreeMap<Value, usize> = BTreeMap::new();
+    let mut values: Vec<ValueInfo> = Vec::new();
+    let mut instrs: Vec<Instr> = Vec::new();
+    let mut pos: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for &id in &order {
+        let node = &ir.graph[id];
+        let inputs: Vec<usize> = ir.inputs(id).iter().filter_map(|v| index.get(v).copied()).collect();
+        let mut outputs = Vec::new();
+        for (o, ty) in node.outputs.iter().enumerate() {
+            let param = match node.op {
+                Op::Param(p) => Some(p),
+                _ => None,
+            };
+            index.insert((id, o as u8), values.len());
+            outputs.push(values.len());
+            let label = if node.outputs.len() > 1 { format!("{}#{o}", node.label) } else { node.label.clone() };
+            values.push(ValueInfo { ty: ty.clone(), label, param, saved: false, adapter: None, slot: None });
+        }
+        pos.insert(id, instrs.len());
+        instrs.push(Instr {
+            op: node.op.clone(),
+            inputs,
+            outputs,
+            release: Vec::new(),
+            label: node.label.clone(),
+            backward: node.backward,
+        });
+    }
+    let loss = ir.loss.and_then(|v| index.get(&v).copied());
+    let logits = ir.logits.and_then(|v| index.get(&v).copied());
+    // Producer and last use of every value.
+    let mut def = vec![0usize; values.len()];
+    let mut last = vec![None::<usize>; values.len()];
+    for (i, ins) in instrs.iter().enumerate() {
+        for &o in &ins.outputs {
+            def[o] = i;
+        }
+        for &v in &ins.inputs {
+            last[v] = Some(i);
+        }
+    }
+    let end = instrs.len().saturating_sub(1);
+    // Saved activations and their attribution.
+    for (i, ins) in instrs.iter().enumerate() {
+        if !ins.backward {
+            continue;
+        }
+        let tag = ir.graph[order[i]].adapter;
+        for &v in &ins.inputs {
+            let producer = &instrs[def[v]];
+            if values[v].param.is_none() && !producer.backward {
+                let vi = &mut values[v];
+                if !vi.saved {
+                    vi.saved = true;
+                    vi.adapter = tag;
+                } else if vi.adapter != tag {
+                    // Read by the base model's backward as well: the base keeps it anyway.
+                    vi.adapter = None;
+                }
+            }
+        }
+    }
+    let mut memory = MemoryPlan::default();
+    for v in &values {
+        if v.saved {
+            memory.saved_bytes += v.ty.bytes();
+            match v.adapter {
+                Some(a) => *memory.saved_by_adapter.entry(a).or_default() += v.ty.bytes(),
+                None => memory.saved_base_bytes += v.ty.bytes(),
+            }
+        }
+    }
+    // Release points, peak and slots.
+    for (v, info) in values.iter().enumerate() {
+        if info.param.is_some() {
+            continue;
+        }
+        let keep = Some(v) == loss || Some(v) == logits;
+        let at = if keep { end } else { last[v].unwrap_or(def[v]) };
+        instrs[at].release.push(v);
+    }
+    let mut live = 0u64;
+    let mut free_slots: Vec<usize> = Vec::new();
+    for i in 0..instrs.len() {
+        for &o in &instrs[i].outputs.clone() {
+            if values[o].param.is_some() {
+                continue;
+            }
+            let bytes = values[o].ty.bytes();
+            live += bytes;
+            let best = free_slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| memory.slots[**s] >= bytes)
+                .min_by_key(|(_, s)| memory.slots[**s])
+                .map(|(k, _)| k);
+            let slot = match best {
+                Some(k) => free_slots.swap_remove(k),
+                None => {
+                    memory.slots.push(bytes);
+                    memory.slots.len() - 1
+                }
+            };
+            values[o].slot = Some(slot);
+        }
+        memory.peak_bytes = memory.peak_bytes.max(live);
+        for &v in &instrs[i].release.clone() {
+            live -= values[v].ty.bytes();
+            if let Some(s) = values[v].slot {
+                free_slots.push(s);
+            }
+        }
+    }
+    Program { values, instrs, loss, logits, memory }
+}

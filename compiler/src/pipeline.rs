@@ -1,0 +1,167 @@
+//! The compiler pipeline: from a checked spec to a Plan, one line per pass.
+//!
+//! The IR is verified after every pass in debug and test builds.
+
+use std::collections::BTreeSet;
+
+use crate::ir::build::build_forward;
+use crate::ir::verify::verify;
+use crate::ir::{Ir, ParamRole};
+use crate::passes::{adapter_init, autodiff, freeze, memory_plan, rank_alloc};
+use crate::plan::{MemorySummary, PhasePlan, Plan, RuleAllocation};
+use crate::spec::{RankChoice, ResolvedSpec};
+
+/// Energy scores of weights, for `rank auto` (the runtime reads the weights).
+pub trait Spectra {
+    /// `E = sum_{i<r0} s_i^2 / ||W||_F^2` of the checkpoint tensor `weight`.
+    fn energy(&mut self, weight: &str, r0: u64) -> Result<f64, String>;
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CompileError {
+    #[error("building the IR: {0}")]
+    Build(#[from] crate::ir::build::BuildError),
+    #[error("{0}")]
+    Verify(#[from] crate::ir::verify::VerifyError),
+    #[error("{0}")]
+    Autodiff(#[from] autodiff::AutodiffError),
+    #[error("{0}")]
+    Init(#[from] adapter_init::InitError),
+    #[error("rank auto of rule {rule}: {msg}")]
+    Alloc { rule: usize, msg: String },
+}
+
+fn checked(ir: Ir) -> Result<Ir, CompileError> {
+    if cfg!(debug_assertions) {
+        verify(&ir)?;
+    }
+    Ok(ir)
+}
+
+/// Compiles a spec for micro-batches of `batch` x `seq` tokens. With
+/// `spectra`, `rank auto` rules get their LaMDA++ ranks; without, they stay
+/// at the uniform r0 (and the plan says so).
+pub fn compile(spec: &ResolvedSpec, batch: usize, seq: usize, spectra: Option<&mut dyn Spectra>) -> Result<Plan, CompileError> {
+    let mut spec = spec.clone();
+    // 1. rank_alloc: ranks first, since they fix every adapter shape.
+    let allocation = allocate_ranks(&mut spec, spectra)?;
+    // 2. build: the forward graph with the adapters attached, loss with its gradient.
+    let forward = checked(build_forward(&spec, batch, seq, true)?)?;
+    // 3. adapter_init: how the runtime fills adapter tensors and residual weights.
+    let init = adapter_init::init_recipes(&forward, spec.train.seed)?;
+    // 4. freeze: the phases of the run, each with its trainable set.
+    let phases = freeze::phases(&forward, spec.train.steps);
+    // 5. autodiff + memory_plan per phase: backward for what trains, then buffers.
+    let mut planned = Vec::new();
+    for ph in &phases {
+        let ir = checked(autodiff::autodiff(forward.clone(), &ph.trainable)?)?;
+        planned.push(PhasePlan {
+            from: ph.from,
+            to: ph.to,
+            trainable: ph.trainable.iter().copied().collect(),
+            program: memory_plan::plan_memory(&ir),
+        });
+    }
+    // 6. eval: forward only (loss and logits), planned the same way.
+    let eval_ir = checked(build_forward(&spec, batch, seq, false)?)?;
+    let eval = memory_plan::plan_memory(&eval_ir);
+    let memory = summarize(&forward, &planned);
+    Ok(Plan {
+        model_name: spec.model_name.clone(),
+        family: spec.model.family.clone(),
+        source: spec.model.source.clone(),
+        model_params: spec.model.params.clone(),
+        batch,
+        seq,
+        vocab: forward.vocab,
+        params: forward.params.clone(),
+        adapters: forward.adapters.clone(),
+        init,
+        phases: planned,
+        eval,
+        train: spec.train.clone(),
+        allocation,
+        memory,
+    })
+}
+
+/// Builds only the forward IR (for `lamdac emit`): with `grad`, also the
+/// backward of the first phase.
+pub fn emit_ir(spec: &ResolvedSpec, batch: usize, seq: usize, backward: bool) -> Result<Ir, CompileError> {
+    let forward = checked(build_forward(spec, batch, seq, backward)?)?;
+    if !backward {
+        return Ok(forward);
+    }
+    let phases = freeze::phases(&forward, spec.train.steps);
+    let trainable = phases.first().map(|p| p.trainable.clone()).unwrap_or_default();
+    checked(autodiff::autodiff(forward, &trainable)?)
+}
+
+fn allocate_ranks(spec: &mut ResolvedSpec, mut spectra: Option<&mut dyn Spectra>) -> Result<Vec<RuleAllocation>, CompileError> {
+    let mut out = Vec::new();
+    for (ri, rule) in spec.rules.iter().enumerate() {
+        let RankChoice::Auto { budget, min, max, r0 } = rule.rank else { continue };
+        let mods: Vec<usize> = rule.modules.clone();
+        let Some(sp) = spectra.as_deref_mut() else {
+            out.push(RuleAllocation {
+                rule: rule.number,
+                budget,
+                r0,
+                modules: mods.iter().map(|&m| (spec.modules[m].hf_name.clone(), f64::NAN, r0)).collect(),
+                allocated: false,
+            });
+            continue;
+        };
+        let mut inputs = Vec::new();
+        for &m in &mods {
+            let am = &spec.modules[m];
+            let weight = format!("{}.weight", am.hf_name);
+            let energy = sp.energy(&weight, r0).map_err(|msg| CompileError::Alloc { rule: rule.number, msg })?;
+            inputs.push(rank_alloc::AllocModule { energy, d_in: am.d_in, d_out: am.d_out });
+        }
+        let alloc = rank_alloc::allocate(&inputs, rank_alloc::AllocBudget { budget, r_min: min, r_max: max })
+            .map_err(|e| CompileError::Alloc { rule: rule.number, msg: e.to_string() })?;
+        out.push(RuleAllocation {
+            rule: rule.number,
+            budget,
+            r0: alloc.r0,
+            modules: mods
+                .iter()
+                .zip(inputs.iter().zip(&alloc.ranks))
+                .map(|(&m, (i, &r))| (spec.modules[m].hf_name.clone(), i.energy, r))
+                .collect(),
+            allocated: true,
+        });
+        let _ = ri;
+        for (&m, &r) in mods.iter().zip(&alloc.ranks) {
+            spec.modules[m].rank = r;
+        }
+    }
+    Ok(out)
+}
+
+fn summarize(forward: &Ir, phases: &[PhasePlan]) -> MemorySummary {
+    let mut m = MemorySummary::default();
+    for p in &forward.params {
+        let b = p.numel() * 4;
+        match p.role {
+            ParamRole::Base { .. } | ParamRole::Residual { .. } => m.weights += b,
+            ParamRole::Adapter { .. } => m.adapters += b,
+        }
+    }
+    let ever: BTreeSet<usize> = phases.iter().flat_map(|p| p.trainable.iter().copied()).collect();
+    let first: u64 = phases.first().map_or(0, |p| p.trainable.iter().map(|&i| forward.params[i].numel() * 4).sum());
+    m.grads = first;
+    m.optimizer = 2 * ever.iter().map(|&i| forward.params[i].numel() * 4).sum::<u64>();
+    m.activations_peak = phases.iter().map(|p| p.program.memory.peak_bytes).max().unwrap_or(0);
+    if let Some(p) = phases.first() {
+        m.saved = p.program.memory.saved_bytes;
+        m.saved_by_adapters = p.program.memory.saved_by_adapter.values().sum();
+    }
+    if let Some(p) = phases.last() {
+        m.saved_last_phase = p.program.memory.saved_bytes;
+        m.saved_by_adapters_last_phase = p.program.memory.saved_by_adapter.values().sum();
+    }
+    m.total_peak = m.weights + m.adapters + m.grads + m.optimizer + m.activations_peak;
+    m
+}

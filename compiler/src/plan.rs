@@ -1,0 +1,82 @@
+//! The Plan: the compiled artifact, and the only thing the runtime takes from the compiler.
+//!
+//! It holds the parameter table (checkpoint names, shapes, roles), the
+//! adapted modules with their initialisation recipes, one planned program per
+//! freeze phase (forward + backward for that phase's trainable set), a
+//! forward-only evaluation program, the training configuration, the rank
+//! allocation, and the memory summary.
+
+use crate::consteval::Const;
+use crate::ir::{AdapterInfo, ParamInfo};
+use crate::model::ModelSource;
+use crate::passes::adapter_init::InitRecipe;
+use crate::passes::memory_plan::Program;
+use crate::spec::TrainConfig;
+
+/// One freeze phase and its program.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhasePlan {
+    pub from: u64,
+    pub to: u64,
+    /// Indices into [`Plan::params`] that train in this phase.
+    pub trainable: Vec<usize>,
+    pub program: Program,
+}
+
+/// LaMDA++ allocation of one `rank auto` rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleAllocation {
+    pub rule: usize,
+    pub budget: u64,
+    pub r0: u64,
+    /// Per module of the rule: (HF module name, energy, rank).
+    pub modules: Vec<(String, f64, u64)>,
+    /// False when no weights were available: every module is at r0.
+    pub allocated: bool,
+}
+
+/// Memory of a training step, in bytes (float32 storage).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MemorySummary {
+    pub weights: u64,
+    pub adapters: u64,
+    pub grads: u64,
+    pub optimizer: u64,
+    /// Peak of live activations over the phases.
+    pub activations_peak: u64,
+    /// Saved activations (for backward) in the first phase: all, and the adapters' share.
+    pub saved: u64,
+    pub saved_by_adapters: u64,
+    /// ... and in the last phase (B frozen where it freezes).
+    pub saved_last_phase: u64,
+    pub saved_by_adapters_last_phase: u64,
+    pub total_peak: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub model_name: String,
+    pub family: String,
+    pub source: ModelSource,
+    /// The family's parameters (vocab, hidden, heads, ...).
+    pub model_params: Vec<(String, Const)>,
+    pub batch: usize,
+    pub seq: usize,
+    pub vocab: usize,
+    pub params: Vec<ParamInfo>,
+    pub adapters: Vec<AdapterInfo>,
+    pub init: Vec<InitRecipe>,
+    pub phases: Vec<PhasePlan>,
+    /// Forward only: loss and logits.
+    pub eval: Program,
+    pub train: TrainConfig,
+    pub allocation: Vec<RuleAllocation>,
+    pub memory: MemorySummary,
+}
+
+impl Plan {
+    /// The phase that covers step `t`.
+    pub fn phase_at(&self, t: u64) -> Option<&PhasePlan> {
+        self.phases.iter().find(|p| p.from <= t && t < p.to).or(self.phases.last())
+    }
+}
