@@ -192,6 +192,12 @@ fn alloc_basic_every_scenario() {
             &f64s(&s["energy"]),
             ENERGY_ATOL,
         );
+        let max_diff = energies
+            .iter()
+            .zip(&want_energy)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        println!("{label}: max |energy - reference| = {max_diff:.1e}");
         // the deliberate tie: bit-identical weights must give bit-identical energies
         assert_eq!(modules[0].weight, modules[7].weight);
         assert_eq!(energies[0].to_bits(), energies[7].to_bits(), "{label}: tied energies");

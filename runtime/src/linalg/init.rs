@@ -2,7 +2,7 @@
 //!
 //! Every product is evaluated in float64 from float32 operands and rounded to
 //! float32 once (SEMANTICS §1). The singular vectors come from
-//! [`thin_svd`](super::svd::thin_svd), signs fixed by SEMANTICS §2.
+//! [`thin_svd`], signs fixed by SEMANTICS §2.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat};
