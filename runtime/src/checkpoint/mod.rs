@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod error;
+pub mod gguf;
 pub mod reader;
 pub mod weights;
 pub mod writer;
