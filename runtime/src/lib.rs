@@ -2,5 +2,9 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod exec;
+pub mod init;
+pub mod train;
 pub mod linalg;
 pub mod ops;
+pub mod session;

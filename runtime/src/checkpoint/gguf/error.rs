@@ -149,7 +149,7 @@ pub enum GgufError {
         name: String,
     },
     /// A tensor whose shape contradicts the metadata.
-    #[error("tensor `{name}` in `{}` has shape {found:?} (rows, cols), the metadata implies {expected:?}", path.display())]
+    #[error("tensor `{name}` in `{}` has shape {found:?}, the metadata implies {expected:?} (outermost first)", path.display())]
     WrongShape {
         /// The file.
         path: PathBuf,

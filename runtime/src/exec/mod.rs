@@ -1,0 +1,280 @@
+//! The CPU executor: runs a lowered program of the Plan over flat f32 buffers.
+//!
+//! Values live in a slot table indexed like the program's values; parameters
+//! are borrowed from the parameter store, never copied; every other value is
+//! allocated when its instruction runs and dropped at the release point the
+//! memory plan chose. `ParamGrad` instructions add into the gradient buffers
+//! the caller owns, so several micro-batches accumulate.
+
+use std::collections::HashMap;
+
+use lamda_compiler::ir::Op;
+use lamda_compiler::passes::memory_plan::Program;
+
+use crate::ops::{self, AttnShape, OpsError, RopeTable, Store};
+
+/// Why a program could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("{label}: {source}")]
+    Op { label: String, source: OpsError },
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Buffers of a program run.
+enum Slot {
+    Empty,
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+    /// A parameter of the store.
+    Param(usize),
+}
+
+/// The result of running a program.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// Mean cross-entropy over the counted positions.
+    pub loss: f32,
+    /// Positions that counted.
+    pub count: usize,
+    /// The logits (n, vocab), when asked for.
+    pub logits: Option<Vec<f32>>,
+}
+
+/// Runs programs; caches RoPE tables across runs.
+#[derive(Default)]
+pub struct Executor {
+    rope: HashMap<(usize, usize, u64), RopeTable>,
+}
+
+impl Executor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `program` on one micro-batch. `params[i]` holds parameter i;
+    /// `grads[i]` (for trainable i) receives `ParamGrad` contributions added
+    /// to what it holds; the gradient of the loss is multiplied by
+    /// `grad_scale` (the micro-batch's share of an accumulated step).
+    /// tokens, labels: (batch * seq).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &mut self,
+        program: &Program,
+        params: &[Vec<f32>],
+        grads: &mut [Vec<f32>],
+        tokens: &[i64],
+        labels: &[i64],
+        grad_scale: f32,
+        want_logits: bool,
+    ) -> Result<RunOutput, ExecError> {
+        let mut slots: Vec<Slot> = (0..program.values.len()).map(|_| Slot::Empty).collect();
+        let mut loss = (f32::NAN, 0usize);
+        let mut logits = None;
+        for ins in &program.instrs {
+            let shapes: Vec<&[usize]> = ins.inputs.iter().map(|&v| program.values[v].ty.shape.as_slice()).collect();
+            let outs = self.step(&ins.op, &ins.inputs, &shapes, &slots, params, grads, (tokens, labels, grad_scale), &mut loss).map_err(|e| match e {
+                ExecError::Internal(m) => ExecError::Internal(format!("{}: {m}", ins.label)),
+                ExecError::Op { source, .. } => ExecError::Op { label: ins.label.clone(), source },
+            })?;
+            for (&o, s) in ins.outputs.iter().zip(outs) {
+                slots[o] = s;
+            }
+            for &r in &ins.release {
+                if want_logits && Some(r) == program.logits {
+                    if let Slot::F32(v) = std::mem::replace(&mut slots[r], Slot::Empty) {
+                        logits = Some(v);
+                    }
+                    continue;
+                }
+                slots[r] = Slot::Empty;
+            }
+        }
+        Ok(RunOutput { loss: loss.0, count: loss.1, logits })
+    }
+
+    fn rope_table(&mut self, seq: usize, head_dim: usize, theta: f64) -> Result<&RopeTable, OpsError> {
+        let key = (seq, head_dim, theta.to_bits());
+        if !self.rope.contains_key(&key) {
+            self.rope.insert(key, RopeTable::new(seq, head_dim, theta)?);
+        }
+        self.rope.get(&key).ok_or(OpsError::Config { op: "rope", msg: "table cache".into() })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        op: &Op,
+        inputs: &[usize],
+        shapes: &[&[usize]],
+        slots: &[Slot],
+        params: &[Vec<f32>],
+        grads: &mut [Vec<f32>],
+        (tokens, labels, grad_scale): (&[i64], &[i64], f32),
+        loss: &mut (f32, usize),
+    ) -> Result<Vec<Slot>, ExecError> {
+        let f = |i: usize| -> Result<&[f32], ExecError> {
+            let v = *inputs.get(i).ok_or_else(|| ExecError::Internal(format!("missing operand {i}")))?;
+            match slots.get(v) {
+                Some(Slot::F32(x)) => Ok(x),
+                Some(Slot::Param(p)) => params.get(*p).map(Vec::as_slice).ok_or_else(|| ExecError::Internal(format!("no parameter {p}"))),
+                _ => Err(ExecError::Internal(format!("operand {i} (value {v}) is not an f32 buffer"))),
+            }
+        };
+        let ids = |i: usize| -> Result<&[i64], ExecError> {
+            let v = *inputs.get(i).ok_or_else(|| ExecError::Internal(format!("missing operand {i}")))?;
+            match slots.get(v) {
+                Some(Slot::I64(x)) => Ok(x),
+                _ => Err(ExecError::Internal(format!("operand {i} is not an i64 buffer"))),
+            }
+        };
+        let op_err = |source: OpsError| ExecError::Op { label: String::new(), source };
+        // (rows, cols) of operand i.
+        let dims2 = |i: usize| -> Result<(usize, usize), ExecError> {
+            match shapes.get(i) {
+                Some([a, b]) => Ok((*a, *b)),
+                other => Err(ExecError::Internal(format!("operand {i} is not a matrix: {other:?}"))),
+            }
+        };
+        let out = match op {
+            Op::Tokens => vec![Slot::I64(tokens.to_vec())],
+            Op::Labels => vec![Slot::I64(labels.to_vec())],
+            Op::Param(p) => vec![Slot::Param(*p)],
+            Op::Embedding => {
+                let (idv, table) = (ids(0)?, f(1)?);
+                let n = idv.len();
+                let (vocab, d) = dims2(1)?;
+                let mut y = vec![0.0; n * d];
+                ops::embedding_forward(table, vocab, d, idv, &mut y).map_err(op_err)?;
+                vec![Slot::F32(y)]
+            }
+            Op::RmsNorm { eps } => {
+                let (x, w) = (f(0)?, f(1)?);
+                let d = w.len();
+                let n = x.len() / d.max(1);
+                let (mut y, mut rstd) = (vec![0.0; x.len()], vec![0.0; n]);
+                ops::rmsnorm_forward(x, w, n, d, eps.0 as f32, &mut y, &mut rstd).map_err(op_err)?;
+                vec![Slot::F32(y), Slot::F32(rstd)]
+            }
+            Op::Linear => {
+                let (x, w) = (f(0)?, f(1)?);
+                let ((n, k), (m, _)) = (dims2(0)?, dims2(1)?);
+                let mut y = vec![0.0; n * m];
+                ops::linear_forward(x, w, n, k, m, &mut y, Store::Overwrite).map_err(op_err)?;
+                vec![Slot::F32(y)]
+            }
+            Op::LinearGradInput => {
+                let (g, w) = (f(0)?, f(1)?);
+                let ((n, m), (_, k)) = (dims2(0)?, dims2(1)?);
+                let mut dx = vec![0.0; n * k];
+                ops::linear_backward_input(g, w, n, k, m, &mut dx, Store::Overwrite).map_err(op_err)?;
+                vec![Slot::F32(dx)]
+            }
+            Op::LinearGradWeight => {
+                let (g, x) = (f(0)?, f(1)?);
+                let ((n, m), (_, k)) = (dims2(0)?, dims2(1)?);
+                let mut dw = vec![0.0; m * k];
+                ops::linear_backward_weight(g, x, n, k, m, &mut dw, Store::Overwrite).map_err(op_err)?;
+                vec![Slot::F32(dw)]
+            }
+            Op::Scale { c } => {
+                let x = f(0)?;
+                let mut y = vec![0.0; x.len()];
+                ops::pointwise::scale(x, c.0 as f32, &mut y).map_err(op_err)?;
+                vec![Slot::F32(y)]
+            }
+            Op::Add | Op::Mul | Op::SiluGrad => {
+                let (a, b) = (f(0)?, f(1)?);
+                let mut y = vec![0.0; a.len()];
+                match op {
+                    Op::Add => ops::pointwise::add(a, b, &mut y),
+                    Op::Mul => ops::pointwise::mul(a, b, &mut y),
+                    _ => ops::pointwise::silu_grad(a, b, &mut y),
+                }
+                .map_err(op_err)?;
+                vec![Slot::F32(y)]
+            }
+            Op::Silu => {
+                let x = f(0)?;
+                let mut y = vec![0.0; x.len()];
+                ops::pointwise::silu(x, &mut y).map_err(op_err)?;
+                vec![Slot::F32(y)]
+            }
+            Op::ColScale => {
+                let (x, v) = (f(0)?, f(1)?);
+                let mut y = vec![0.0; x.len()];
+                ops::pointwise::col_scale(x, v, &mut y).map_err(op_err)?;
+                vec![Slot::F32(y)]
+            }
+            Op::ColScaleGrad => {
+                let (g, x) = (f(0)?, f(1)?);
+                let (_, k) = dims2(0)?;
+                let mut dv = vec![0.0; k];
+                ops::pointwise::col_scale_grad(g, x, &mut dv).map_err(op_err)?;
+                vec![Slot::F32(dv)]
+            }
+            Op::Rope { head_dim, seq, theta } | Op::RopeGrad { head_dim, seq, theta } => {
+                let mut y = f(0)?.to_vec();
+                let n = tokens.len();
+                let heads = y.len() / n.max(1) / (*head_dim).max(1);
+                let table = self.rope_table(*seq, *head_dim, theta.0).map_err(op_err)?;
+                if matches!(op, Op::Rope { .. }) {
+                    ops::rope_forward(table, &mut y, n, heads).map_err(op_err)?;
+                } else {
+                    ops::rope_backward(table, &mut y, n, heads).map_err(op_err)?;
+                }
+                vec![Slot::F32(y)]
+            }
+            Op::Attention(d) => {
+                let shape = AttnShape { batch: d.batch, seq: d.seq, heads: d.heads, kv_heads: d.kv_heads, head_dim: d.head_dim };
+                let (q, k, v) = (f(0)?, f(1)?, f(2)?);
+                let mut o = vec![0.0; q.len()];
+                let mut lse = vec![0.0; d.batch * d.heads * d.seq];
+                ops::attention_forward(&shape, q, k, v, &mut o, &mut lse).map_err(op_err)?;
+                vec![Slot::F32(o), Slot::F32(lse)]
+            }
+            Op::AttentionGrad(d) => {
+                let shape = AttnShape { batch: d.batch, seq: d.seq, heads: d.heads, kv_heads: d.kv_heads, head_dim: d.head_dim };
+                let (g, q, k, v, lse) = (f(0)?, f(1)?, f(2)?, f(3)?, f(4)?);
+                let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+                ops::attention_backward(&shape, q, k, v, lse, g, &mut dq, &mut dk, &mut dv).map_err(op_err)?;
+                vec![Slot::F32(dq), Slot::F32(dk), Slot::F32(dv)]
+            }
+            Op::RmsNormGrad => {
+                let (g, x, w, rstd) = (f(0)?, f(1)?, f(2)?, f(3)?);
+                let d = w.len();
+                let n = rstd.len();
+                let mut dx = vec![0.0; x.len()];
+                ops::rmsnorm_backward(x, w, rstd, g, n, d, &mut dx, None).map_err(op_err)?;
+                vec![Slot::F32(dx)]
+            }
+            Op::CrossEntropy { batch, seq, grad } => {
+                let (lg, lb) = (f(0)?, ids(1)?);
+                let vocab = lg.len() / (batch * seq).max(1);
+                let mut dl = if *grad { vec![0.0; lg.len()] } else { Vec::new() };
+                let ce = ops::causal_lm_cross_entropy(lg, lb, *batch, *seq, vocab, if *grad { Some(&mut dl) } else { None })
+                    .map_err(op_err)?;
+                *loss = (ce.loss, ce.count);
+                if *grad && grad_scale != 1.0 {
+                    dl.iter_mut().for_each(|v| *v *= grad_scale);
+                }
+                let mut out = vec![Slot::F32(vec![ce.loss])];
+                if *grad {
+                    out.push(Slot::F32(dl));
+                }
+                out
+            }
+            Op::ParamGrad(p) => {
+                let g = f(0)?;
+                let dst = grads.get_mut(*p).ok_or_else(|| ExecError::Internal(format!("no gradient buffer for parameter {p}")))?;
+                if dst.len() != g.len() {
+                    return Err(ExecError::Internal(format!("gradient of parameter {p}: {} entries into {}", g.len(), dst.len())));
+                }
+                ops::add_assign(dst, g).map_err(op_err)?;
+                vec![]
+            }
+        };
+        Ok(out)
+    }
+}

@@ -1,0 +1,195 @@
+//! Fills the parameter store of a Plan: base weights from the checkpoint,
+//! adapter tensors by their initialisers, residual weights `W - path(init)`.
+//!
+//! SVD-based initialisers use the float64 thin SVD with the sign convention
+//! of SEMANTICS §2 (`linalg::thin_svd`), computed once per module; the
+//! residual is evaluated in float64 from the float32 tensors at their initial
+//! values and rounded once (SEMANTICS §3). Random initialisers draw from a
+//! xoshiro256** stream seeded by the recipe, row by row.
+
+use std::collections::BTreeMap;
+
+use faer::Mat;
+use lamda_compiler::adapter::Init;
+use lamda_compiler::ir::{ParamRole, PathFactor};
+use lamda_compiler::plan::Plan;
+
+use crate::checkpoint::{CheckpointError, Weights};
+use crate::linalg::{LinalgError, MatF32Ref, Xoshiro256StarStar, init::kaiming_uniform, thin_svd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("initialising `{name}`: {source}")]
+    Linalg { name: String, source: LinalgError },
+    #[error("initialising `{name}`: {msg}")]
+    Other { name: String, msg: String },
+}
+
+/// Where base weights come from.
+pub trait WeightSource {
+    /// The tensor `name` as float32, checked against `shape`.
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError>;
+}
+
+impl WeightSource for Weights {
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+        let a = self.tensor(name, shape)?;
+        Ok(a.iter().copied().collect())
+    }
+}
+
+/// Fills every parameter of `plan`. `overrides` replaces initial values of
+/// adapter tensors by name (e.g. a LoRA A drawn elsewhere).
+pub fn initialize(
+    plan: &Plan,
+    weights: &dyn WeightSource,
+    overrides: &BTreeMap<String, Vec<f32>>,
+) -> Result<Vec<Vec<f32>>, InitError> {
+    let mut params: Vec<Vec<f32>> = vec![Vec::new(); plan.params.len()];
+    // Base weights (and the W that residuals start from).
+    for (i, p) in plan.params.iter().enumerate() {
+        match &p.role {
+            ParamRole::Base { tensor } | ParamRole::Residual { tensor, .. } => {
+                params[i] = weights.load(tensor, &p.shape)?;
+            }
+            ParamRole::Adapter { .. } => {}
+        }
+    }
+    for recipe in &plan.init {
+        let a = &plan.adapters[recipe.adapter];
+        let (d_out, d_in) = (a.d_out, a.d_in);
+        let err = |name: &str| {
+            let name = name.to_string();
+            move |source: LinalgError| InitError::Linalg { name: name.clone(), source }
+        };
+        let svd = if recipe.needs_svd {
+            let w = MatF32Ref::new("weight", &params[a.base], d_out, d_in).map_err(err(&recipe.weight))?;
+            Some(thin_svd(w).map_err(err(&recipe.weight))?)
+        } else {
+            None
+        };
+        for &(p, init, seed) in &recipe.tensors {
+            let info = &plan.params[p];
+            let (rows, cols) = match info.shape.as_slice() {
+                [r, c] => (*r, *c),
+                [k] => (*k, 1),
+                other => {
+                    return Err(InitError::Other { name: info.name.clone(), msg: format!("shape {other:?}") });
+                }
+            };
+            let need_svd = || {
+                svd.as_ref().ok_or_else(|| InitError::Other { name: info.name.clone(), msg: "no SVD computed".into() })
+            };
+            let values: Vec<f32> = match init {
+                Init::SvdRight => {
+                    let s = need_svd()?;
+                    (0..rows).flat_map(|c| (0..cols).map(move |j| (c, j))).map(|(c, j)| s.v[(j, c)] as f32).collect()
+                }
+                Init::SvdLeft => {
+                    let s = need_svd()?;
+                    (0..rows).flat_map(|i| (0..cols).map(move |c| (i, c))).map(|(i, c)| s.u[(i, c)] as f32).collect()
+                }
+                Init::SvdRightScaled => {
+                    let s = need_svd()?;
+                    (0..rows)
+                        .flat_map(|c| (0..cols).map(move |j| (c, j)))
+                        .map(|(c, j)| (s.s[c].sqrt() * s.v[(j, c)]) as f32)
+                        .collect()
+                }
+                Init::SvdLeftScaled => {
+                    let s = need_svd()?;
+                    (0..rows)
+                        .flat_map(|i| (0..cols).map(move |c| (i, c)))
+                        .map(|(i, c)| (s.u[(i, c)] * s.s[c].sqrt()) as f32)
+                        .collect()
+                }
+                Init::Identity => (0..rows * cols).map(|k| if k / cols == k % cols { 1.0 } else { 0.0 }).collect(),
+                Init::Zeros => vec![0.0; rows * cols],
+                Init::KaimingUniform => {
+                    let mut rng = Xoshiro256StarStar::seed_from_u64(seed);
+                    kaiming_uniform(&mut rng, rows, cols).map_err(err(&info.name))?.into_data()
+                }
+                Init::Normal { std } => {
+                    let mut rng = Xoshiro256StarStar::seed_from_u64(seed);
+                    (0..rows * cols)
+                        .map(|_| {
+                            // Box-Muller on two uniforms in (0, 1].
+                            let u1 = 1.0 - rng.next_f64();
+                            let u2 = rng.next_f64();
+                            (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+                        })
+                        .collect()
+                }
+            };
+            params[p] = match overrides.get(&info.name) {
+                Some(v) if v.len() == values.len() => v.clone(),
+                Some(v) => {
+                    return Err(InitError::Other {
+                        name: info.name.clone(),
+                        msg: format!("override has {} values, expected {}", v.len(), values.len()),
+                    });
+                }
+                None => values,
+            };
+        }
+        if let Some(terms) = &recipe.residual {
+            let mut w = Mat::from_fn(d_out, d_in, |i, j| f64::from(params[a.base][i * d_in + j]));
+            for term in terms {
+                let m = chain_product(plan, &params, &term.chain).map_err(|msg| InitError::Other { name: recipe.weight.clone(), msg })?;
+                if m.nrows() != d_out || m.ncols() != d_in {
+                    return Err(InitError::Other {
+                        name: recipe.weight.clone(),
+                        msg: format!("path product is {} x {}, the weight {d_out} x {d_in}", m.nrows(), m.ncols()),
+                    });
+                }
+                w -= faer::Scale(term.coeff) * &m;
+            }
+            params[a.base] = (0..d_out * d_in).map(|k| w[(k / d_in, k % d_in)] as f32).collect();
+        }
+    }
+    Ok(params)
+}
+
+/// `F_1 F_2 ... F_k` in float64 (diag factors as diagonal matrices), multiplied right to left.
+fn chain_product(plan: &Plan, params: &[Vec<f32>], chain: &[PathFactor]) -> Result<Mat<f64>, String> {
+    let mut acc: Option<Mat<f64>> = None;
+    for f in chain.iter().rev() {
+        acc = Some(match (*f, acc) {
+            (PathFactor::Matrix(p), prev) => {
+                let (r, c) = match plan.params[p].shape.as_slice() {
+                    [r, c] => (*r, *c),
+                    other => return Err(format!("`{}` is not a matrix: {other:?}", plan.params[p].name)),
+                };
+                let m = Mat::from_fn(r, c, |i, j| f64::from(params[p][i * c + j]));
+                match prev {
+                    None => m,
+                    Some(prev) => {
+                        if prev.nrows() != c {
+                            return Err(format!("cannot multiply {r} x {c} by {} x {}", prev.nrows(), prev.ncols()));
+                        }
+                        &m * &prev
+                    }
+                }
+            }
+            (PathFactor::Diag(p), None) => {
+                let v = &params[p];
+                Mat::from_fn(v.len(), v.len(), |i, j| if i == j { f64::from(v[i]) } else { 0.0 })
+            }
+            (PathFactor::Diag(p), Some(mut prev)) => {
+                let v = &params[p];
+                if prev.nrows() != v.len() {
+                    return Err(format!("diag of {} by {} rows", v.len(), prev.nrows()));
+                }
+                for i in 0..prev.nrows() {
+                    for j in 0..prev.ncols() {
+                        prev[(i, j)] *= f64::from(v[i]);
+                    }
+                }
+                prev
+            }
+        });
+    }
+    acc.ok_or_else(|| "an empty path term".to_string())
+}

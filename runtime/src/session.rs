@@ -1,0 +1,322 @@
+//! A training session end to end: the path `lamdac train` takes, and the one tests drive.
+//!
+//! [`prepare`] checks the spec, opens the model checkpoint it binds, runs the
+//! compiler pipeline (with the checkpoint's spectra for `rank auto`), fills
+//! the parameters, loads the data, and restores a checkpoint when resuming.
+//! [`run`] trains to the end (or until asked to stop), writing
+//! `metrics.jsonl`, checkpoints and `adapter.safetensors` into the output folder.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use lamda_compiler::diag::{Style, render};
+use lamda_compiler::ir::ParamRole;
+use lamda_compiler::model::ModelSource;
+use lamda_compiler::pipeline::{CompileError, Spectra, compile};
+use lamda_compiler::resolve::check_path;
+use lamda_compiler::spec::Device;
+
+use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::data::{Batch, BatchConfig, Batcher, DataError, Dataset, Tokenizer};
+use crate::init::{InitError, initialize};
+use crate::linalg::{LinalgError, MatF32Ref};
+use crate::train::state::{self, StateError};
+use crate::train::{StepError, StepStats, Trainer};
+
+/// Everything that can stop a session, each with a code and a hint.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot read `{path}`: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The spec has errors: the rendered diagnostics.
+    #[error("{rendered}")]
+    Spec { rendered: String, errors: usize },
+    #[error("`lamdac train` needs weights, and `{model}` is a stdlib preset without a checkpoint")]
+    NoWeights { model: String },
+    #[error("the train block names no data")]
+    NoData,
+    #[error("{0}")]
+    Device(String),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("compiling: {0}")]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Init(#[from] InitError),
+    #[error(transparent)]
+    Step(#[from] StepError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("`{path}`: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+impl SessionError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SessionError::Read { .. } | SessionError::Write { .. } => "lamda::io",
+            SessionError::Spec { .. } => "lamda::spec",
+            SessionError::NoWeights { .. } => "lamda::train::no_weights",
+            SessionError::NoData => "lamda::train::no_data",
+            SessionError::Device(_) => "lamda::train::device",
+            SessionError::Checkpoint(e) => e.code(),
+            SessionError::Data(e) => e.code(),
+            SessionError::Compile(_) => "lamda::compile",
+            SessionError::Init(_) => "lamda::train::init",
+            SessionError::Step(StepError::NonFinite { .. }) => "lamda::train::non_finite",
+            SessionError::Step(_) => "lamda::train::step",
+            SessionError::State(StateError::Mismatch { .. }) => "lamda::resume::mismatch",
+            SessionError::State(_) => "lamda::resume::invalid",
+        }
+    }
+    /// What to do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            SessionError::NoWeights { model } => format!(
+                "bind a Hugging Face checkpoint folder: `use \"path/to/folder\" as {model}` (see examples/quickstart.lamda)"
+            ),
+            SessionError::NoData => "add `data \"file.txt\"` (or .jsonl, .safetensors) to the train block".into(),
+            SessionError::Device(_) => "run with `--device cpu`".into(),
+            SessionError::Checkpoint(e) => e.hint(),
+            SessionError::Data(e) => e.hint(),
+            SessionError::Step(StepError::NonFinite { .. }) => {
+                "lower the learning rate or add `clip 1.0`; the last checkpoint holds the state before the divergence".into()
+            }
+            SessionError::State(StateError::Mismatch { .. }) => "resume with the same .lamda file, model and --steps".into(),
+            _ => String::new(),
+        }
+    }
+    /// Exit code: 2 for I/O, 1 for everything about the input.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SessionError::Read { .. } | SessionError::Write { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub spec: PathBuf,
+    /// Overrides the train block's `steps`.
+    pub steps: Option<u64>,
+    /// Overrides the output folder.
+    pub out: Option<PathBuf>,
+    /// A run folder or checkpoint folder to continue from.
+    pub resume: Option<PathBuf>,
+    /// Overrides the train block's `device`.
+    pub device: Option<Device>,
+    /// Initial values of adapter tensors, by name (instead of their initialisers).
+    pub init_overrides: BTreeMap<String, Vec<f32>>,
+}
+
+/// Hooks for progress display and tests. Every method has a default.
+pub trait Observer {
+    /// Called once before the first step (after a resume, at the resumed step).
+    fn start(&mut self, _tr: &Trainer) {}
+    /// Called after every optimizer step; `tr.grads` holds that step's gradients.
+    fn step(&mut self, _tr: &Trainer, _stats: &StepStats, _tokens_per_s: f64) {}
+    /// Called once after the last step with the final evaluation.
+    fn finish(&mut self, _tr: &Trainer, _loss: f32, _logits: &[f32]) {}
+}
+
+/// A prepared run.
+pub struct Session {
+    pub trainer: Trainer,
+    /// Initial values of every trainable adapter tensor (for export).
+    pub init: BTreeMap<usize, Vec<f32>>,
+    /// Losses of the steps already run (non-empty after a resume).
+    pub losses: Vec<f32>,
+    pub out: PathBuf,
+    /// The batch the final evaluation uses (the first batch of the run).
+    pub eval_batch: Batch,
+    pub spec_text: String,
+    pub spec_hash: String,
+    pub resumed_from: Option<u64>,
+}
+
+struct CheckpointSpectra<'a> {
+    ckpt: &'a Checkpoint,
+}
+
+impl Spectra for CheckpointSpectra<'_> {
+    fn energy(&mut self, weight: &str, r0: u64) -> Result<f64, String> {
+        let w = self.ckpt.matrix(weight).map_err(|e| e.to_string())?;
+        let (rows, cols) = w.dim();
+        let data: Vec<f32> = w.iter().copied().collect();
+        let m = MatF32Ref::new("weight", &data, rows, cols).map_err(|e: LinalgError| e.to_string())?;
+        crate::linalg::energy(m, r0 as usize).map_err(|e| format!("`{weight}`: {e}"))
+    }
+}
+
+fn fnv(parts: &[&[u8]]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Checks, compiles and initialises a run.
+pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
+    let spec_text =
+        std::fs::read_to_string(&opts.spec).map_err(|source| SessionError::Read { path: opts.spec.clone(), source })?;
+    let checked = check_path(&opts.spec).map_err(|source| SessionError::Read { path: opts.spec.clone(), source })?;
+    let Some(mut spec) = checked.spec else {
+        let errors = checked.diags.iter().filter(|d| d.is_error()).count();
+        return Err(SessionError::Spec { rendered: render(&checked.sources, &checked.diags, Style::Plain), errors });
+    };
+    if let Some(steps) = opts.steps {
+        spec.train.steps = steps.max(1);
+    }
+    match opts.device.unwrap_or(spec.train.device) {
+        Device::Cuda => {
+            return Err(SessionError::Device(
+                "the CUDA backend is not built yet (generated kernels are the next milestone)".into(),
+            ));
+        }
+        Device::Cpu | Device::Auto => {}
+    }
+    let ModelSource::Checkpoint(dir) = &spec.model.source else {
+        return Err(SessionError::NoWeights { model: spec.model_name.clone() });
+    };
+    let ckpt = Checkpoint::open(dir)?;
+    let data_path = spec.train.data.clone().ok_or(SessionError::NoData)?;
+    let plan = compile(&spec, spec.train.batch as usize, spec.train.seq as usize, Some(&mut CheckpointSpectra { ckpt: &ckpt }))?;
+    let params = initialize(&plan, &ckpt.weights, &opts.init_overrides)?;
+    let init: BTreeMap<usize, Vec<f32>> = plan
+        .params
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| matches!(p.role, ParamRole::Adapter { trainable: true, .. }))
+        .map(|(i, _)| (i, params[i].clone()))
+        .collect();
+    let tokenizer = Tokenizer::for_checkpoint(&ckpt)?;
+    let dataset = Dataset::load(&data_path, &tokenizer)?;
+    dataset.check_vocab(plan.vocab)?;
+    let cfg = BatchConfig { seq: plan.seq, batch: plan.batch, seed: plan.train.seed, shuffle: None };
+    let eval_batch = Batcher::new(dataset.clone(), cfg)?.next_batch();
+    let batcher = Batcher::new(dataset, cfg)?;
+    let config_text = std::fs::read(dir.join("config.json")).unwrap_or_default();
+    let steps = spec.train.steps.to_le_bytes();
+    let spec_hash = fnv(&[spec_text.as_bytes(), &config_text, &steps]);
+    let out = opts.out.clone().or_else(|| spec.train.out.clone()).unwrap_or_else(|| {
+        let stem = opts.spec.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+        PathBuf::from("runs").join(stem)
+    });
+    let mut trainer = Trainer::new(plan, params, batcher);
+    let mut losses = Vec::new();
+    let mut resumed_from = None;
+    if let Some(r) = &opts.resume {
+        let dir = state::locate(r)?;
+        losses = state::load(&mut trainer, &dir, &spec_hash)?;
+        resumed_from = Some(trainer.step);
+    }
+    Ok(Session { trainer, init, losses, out, eval_batch, spec_text, spec_hash, resumed_from })
+}
+
+/// What a run ended with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Loss of every step, then the final evaluation: T + 1 values when complete.
+    pub losses: Vec<f32>,
+    /// Steps run in total (resumed ones included).
+    pub steps: u64,
+    /// Set when the run stopped early on request; a checkpoint was saved.
+    pub interrupted: bool,
+    pub out: PathBuf,
+    pub checkpoint: Option<PathBuf>,
+}
+
+fn append_metrics(path: &Path, line: &serde_json::Value) -> Result<(), SessionError> {
+    let werr = |source| SessionError::Write { path: path.to_path_buf(), source };
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(werr)?;
+    writeln!(f, "{line}").map_err(werr)
+}
+
+/// Keeps the lines of `metrics.jsonl` for steps before `step` (after a resume).
+fn truncate_metrics(path: &Path, step: u64) -> Result<(), SessionError> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+                .is_some_and(|s| s < step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    state::write_atomic(path, kept.as_bytes())?;
+    Ok(())
+}
+
+/// Trains to the end, or until `stop` is set (then saves a checkpoint).
+pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<Summary, SessionError> {
+    let out = session.out.clone();
+    std::fs::create_dir_all(&out).map_err(|source| SessionError::Write { path: out.clone(), source })?;
+    let metrics = out.join("metrics.jsonl");
+    let ckpt_root = out.join("checkpoints");
+    match session.resumed_from {
+        Some(step) => truncate_metrics(&metrics, step)?,
+        None => state::write_atomic(&metrics, b"")?,
+    }
+    let tr = &mut session.trainer;
+    let total = tr.total_steps();
+    let every = tr.plan.train.checkpoint_every;
+    observer.start(tr);
+    let mut last_ckpt = None;
+    while tr.step < total {
+        let started = std::time::Instant::now();
+        let stats = tr.train_step()?;
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let tps = stats.tokens as f64 / secs;
+        session.losses.push(stats.loss);
+        append_metrics(
+            &metrics,
+            &serde_json::json!({
+                "step": stats.step,
+                "loss": stats.loss,
+                "lr": stats.lr,
+                "grad_norm": stats.grad_norm,
+                "tokens_per_s": tps,
+                "trainable_params": stats.trainable,
+            }),
+        )?;
+        observer.step(tr, &stats, tps);
+        let due = every.is_some_and(|n| tr.step.is_multiple_of(n)) && tr.step < total;
+        if due || stop.load(Ordering::SeqCst) {
+            last_ckpt = Some(state::save(tr, &ckpt_root, &session.spec_hash, &session.losses)?);
+            state::write_adapter(tr, &session.init, &out.join("adapter.safetensors"), &session.spec_text)?;
+        }
+        if stop.load(Ordering::SeqCst) && tr.step < total {
+            return Ok(Summary {
+                losses: session.losses.clone(),
+                steps: tr.step,
+                interrupted: true,
+                out,
+                checkpoint: last_ckpt,
+            });
+        }
+    }
+    let final_eval = tr.evaluate(&session.eval_batch, true)?;
+    let logits = final_eval.logits.unwrap_or_default();
+    let mut losses = session.losses.clone();
+    losses.push(final_eval.loss);
+    append_metrics(&metrics, &serde_json::json!({ "step": total, "loss": final_eval.loss, "final": true }))?;
+    observer.finish(tr, final_eval.loss, &logits);
+    let ckpt = state::save(tr, &ckpt_root, &session.spec_hash, &session.losses)?;
+    state::write_adapter(tr, &session.init, &out.join("adapter.safetensors"), &session.spec_text)?;
+    Ok(Summary { losses, steps: tr.step, interrupted: false, out, checkpoint: Some(ckpt) })
+}

@@ -1,0 +1,191 @@
+//! The training loop of SEMANTICS §7 over a Plan: freeze, forward, backward, AdamW.
+//!
+//! Step t: every column-frozen tensor gets `f(t)` frozen leading columns; the
+//! phase program for t runs on `accumulate` micro-batches, each weighted by
+//! its share of counted positions so the step's gradient is the gradient of
+//! the mean loss over all of them; frozen columns of the gradient are zeroed;
+//! the global gradient norm is clipped if asked; AdamW updates the
+//! trainable entries (frozen ones get no update, no decay, keep their
+//! moments). The learning rate follows the schedule: linear warmup over
+//! `warmup` steps to `lr` (`lr (t + 1) / warmup`), then constant, cosine
+//! (`lr (1 + cos(pi q)) / 2`) or linear (`lr (1 - q)`) decay with
+//! `q = (t - warmup) / (T - warmup)`.
+
+pub mod state;
+
+use lamda_compiler::ir::ParamRole;
+use lamda_compiler::plan::Plan;
+use lamda_compiler::spec::LrSchedule;
+
+use crate::data::{Batch, Batcher, IGNORE_INDEX};
+use crate::exec::{ExecError, Executor, RunOutput};
+use crate::ops::{AdamState, AdamW, OpsError, adamw_step};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("AdamW on `{name}`: {source}")]
+    Optimizer { name: String, source: OpsError },
+    #[error("the loss is {loss} at step {step}")]
+    NonFinite { step: u64, loss: f32 },
+    #[error("step {step}: no position of the batch has a label to predict")]
+    NoTargets { step: u64 },
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    pub step: u64,
+    pub loss: f32,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub tokens: usize,
+    /// Trainable entries this step (frozen columns excluded).
+    pub trainable: u64,
+}
+
+/// The learning rate at step `t` of `steps`.
+pub fn lr_at(plan_lr: f64, warmup: u64, schedule: LrSchedule, t: u64, steps: u64) -> f64 {
+    if t < warmup {
+        return plan_lr * (t + 1) as f64 / warmup as f64;
+    }
+    let span = steps.saturating_sub(warmup).max(1) as f64;
+    let q = ((t - warmup) as f64 / span).clamp(0.0, 1.0);
+    match schedule {
+        LrSchedule::Constant => plan_lr,
+        LrSchedule::Cosine => plan_lr * 0.5 * (1.0 + (std::f64::consts::PI * q).cos()),
+        LrSchedule::Linear => plan_lr * (1.0 - q),
+    }
+}
+
+/// Positions of a (batch, seq) label block that count for the loss.
+pub fn count_targets(labels: &[i64], seq: usize) -> usize {
+    labels.iter().enumerate().filter(|(i, l)| i % seq != 0 && **l != IGNORE_INDEX).count()
+}
+
+/// The live state of a run.
+pub struct Trainer {
+    pub plan: Plan,
+    /// Every parameter, in the Plan's order.
+    pub params: Vec<Vec<f32>>,
+    /// Gradients of the parameters that train in some phase (empty otherwise).
+    pub grads: Vec<Vec<f32>>,
+    pub adam: Vec<AdamState>,
+    /// The next step to run (0-based).
+    pub step: u64,
+    pub data: Batcher,
+    exec: Executor,
+}
+
+impl Trainer {
+    /// A trainer at step 0 over initialised parameters.
+    pub fn new(plan: Plan, params: Vec<Vec<f32>>, data: Batcher) -> Self {
+        let ever: std::collections::BTreeSet<usize> =
+            plan.phases.iter().flat_map(|p| p.trainable.iter().copied()).collect();
+        let grads = (0..plan.params.len())
+            .map(|i| if ever.contains(&i) { vec![0.0; params[i].len()] } else { Vec::new() })
+            .collect();
+        let adam = (0..plan.params.len())
+            .map(|i| if ever.contains(&i) { AdamState::new(params[i].len()) } else { AdamState::new(0) })
+            .collect();
+        Trainer { plan, params, grads, adam, step: 0, data, exec: Executor::new() }
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.plan.train.steps
+    }
+
+    /// Frozen leading columns of parameter `p` at step `t` (0 for tensors that do not freeze by columns).
+    pub fn frozen_cols(&self, p: usize, t: u64) -> usize {
+        let info = &self.plan.params[p];
+        let ParamRole::Adapter { adapter, column_frozen: true, .. } = info.role else { return 0 };
+        let Some((_, schedule)) = self.plan.adapters[adapter].column_frozen else { return 0 };
+        let r = info.shape.get(1).copied().unwrap_or(1) as u64;
+        schedule.frozen_cols(t, self.total_steps(), r) as usize
+    }
+
+    /// Runs one optimizer step (with gradient accumulation).
+    pub fn train_step(&mut self) -> Result<StepStats, StepError> {
+        let t = self.step;
+        let steps = self.total_steps();
+        let phase = self.plan.phase_at(t).cloned().ok_or(StepError::NoTargets { step: t })?;
+        for &p in &phase.trainable {
+            self.grads[p].fill(0.0);
+        }
+        let accumulate = self.plan.train.accumulate.max(1) as usize;
+        let batches: Vec<Batch> = (0..accumulate).map(|_| self.data.next_batch()).collect();
+        let seq = self.plan.seq;
+        let counts: Vec<usize> =
+            batches.iter().map(|b| count_targets(b.labels.as_slice().unwrap_or(&[]), seq)).collect();
+        let total: usize = counts.iter().sum();
+        if total == 0 {
+            return Err(StepError::NoTargets { step: t });
+        }
+        let mut loss_sum = 0.0f64;
+        let mut tokens = 0;
+        for (b, &c) in batches.iter().zip(&counts) {
+            let ids: Vec<i64> = b.input_ids.iter().copied().collect();
+            let labels: Vec<i64> = b.labels.iter().copied().collect();
+            tokens += ids.len();
+            let scale = c as f32 / total as f32;
+            let out = self.exec.run(&phase.program, &self.params, &mut self.grads, &ids, &labels, scale, false)?;
+            loss_sum += f64::from(out.loss) * c as f64;
+        }
+        let loss = (loss_sum / total as f64) as f32;
+        if !loss.is_finite() {
+            return Err(StepError::NonFinite { step: t, loss });
+        }
+        // Frozen columns get no gradient.
+        let mut trainable = 0u64;
+        for &p in &phase.trainable {
+            let f = self.frozen_cols(p, t);
+            let cols = self.plan.params[p].shape.get(1).copied().unwrap_or(1);
+            if f > 0 {
+                for row in self.grads[p].chunks_mut(cols) {
+                    row[..f.min(cols)].fill(0.0);
+                }
+            }
+            trainable += (self.params[p].len() - self.params[p].len() / cols * f.min(cols)) as u64;
+        }
+        let norm = phase
+            .trainable
+            .iter()
+            .map(|&p| self.grads[p].iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
+            .sum::<f64>()
+            .sqrt();
+        if let Some(clip) = self.plan.train.clip
+            && norm > clip
+        {
+            let s = (clip / (norm + 1e-6)) as f32;
+            for &p in &phase.trainable {
+                self.grads[p].iter_mut().for_each(|g| *g *= s);
+            }
+        }
+        let tc = &self.plan.train;
+        let lr = lr_at(tc.lr, tc.warmup, tc.schedule, t, steps);
+        let cfg = AdamW {
+            lr,
+            beta1: tc.optimizer.beta1,
+            beta2: tc.optimizer.beta2,
+            eps: tc.optimizer.eps,
+            weight_decay: tc.optimizer.weight_decay,
+        };
+        for &p in &phase.trainable {
+            let cols = self.plan.params[p].shape.get(1).copied().unwrap_or(1);
+            let f = self.frozen_cols(p, t);
+            adamw_step(&cfg, &mut self.params[p], &self.grads[p], &mut self.adam[p], cols, f)
+                .map_err(|source| StepError::Optimizer { name: self.plan.params[p].name.clone(), source })?;
+        }
+        self.step += 1;
+        Ok(StepStats { step: t, loss, lr, grad_norm: norm, tokens, trainable })
+    }
+
+    /// The loss (and logits) of the current parameters on `batch`, forward only.
+    pub fn evaluate(&mut self, batch: &Batch, logits: bool) -> Result<RunOutput, StepError> {
+        let ids: Vec<i64> = batch.input_ids.iter().copied().collect();
+        let labels: Vec<i64> = batch.labels.iter().copied().collect();
+        Ok(self.exec.run(&self.plan.eval, &self.params, &mut [], &ids, &labels, 1.0, logits)?)
+    }
+}
