@@ -135,7 +135,7 @@ fn gguf_bytes(version: u32, kv: &[(&str, V)], tensors: &[T], alignment: usize) -
         offsets.push(offset);
         offset = (offset + t.data.len()).div_ceil(alignment) * alignment;
     }
-    while out.len() % alignment != 0 {
+    while !out.len().is_multiple_of(alignment) {
         out.push(0);
     }
     let base = out.len();
@@ -697,9 +697,12 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// A converted tensor: Hugging Face name, shape, values.
+type HfTensor = (String, Vec<usize>, Vec<f32>);
+
 /// A tiny Llama GGUF (F32 weights, q/k permuted as llama.cpp does) and the HF
 /// tensors it should convert back to.
-fn tiny_gguf(with_output: bool, extra_kv: &[(&str, V)]) -> (Vec<u8>, Vec<(String, Vec<usize>, Vec<f32>)>) {
+fn tiny_gguf(with_output: bool, extra_kv: &[(&str, V)]) -> (Vec<u8>, Vec<HfTensor>) {
     let Tiny {
         hidden: d,
         heads,
