@@ -1,23 +1,27 @@
 //! `lamdac`: the command-line interface (thin: clap + calls into the crates).
 //!
-//! Exit codes: 0 success (warnings allowed), 1 errors in the input file,
-//! 2 usage or I/O problems (clap's own usage errors exit 2 as well).
+//! Exit codes: 0 success (warnings allowed), 1 errors in the input (the
+//! spec, the checkpoint, the data), 2 usage or I/O problems (clap's own
+//! usage errors exit 2 as well). An interrupted `train` saves a checkpoint
+//! and exits 130.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 use lamda_compiler::diag::{Severity, Style, render};
 use lamda_compiler::report;
-use lamda_compiler::resolve::check_path;
+use lamda_compiler::resolve::{Checked, check_path};
+use lamda_compiler::spec::Device;
+use lamda_runtime::session::{self, Observer, RunOptions, SessionError};
+use lamda_runtime::train::{StepStats, Trainer};
 
 #[derive(Parser)]
-#[command(
-    name = "lamdac",
-    version,
-    about = "Compile and train .lamda adapter specs (LaMDA, LoRA-family)"
-)]
+#[command(name = "lamdac", version, about = "Compile and train .lamda adapter specs (LaMDA, LoRA-family)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +40,48 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
+    /// Compile a spec: LaMDA++ ranks (from the checkpoint's weights), phases, memory plan.
+    Plan {
+        file: PathBuf,
+        /// A checkpoint folder for `rank auto` when the spec names a stdlib preset.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Color::Auto)]
+        color: Color,
+    },
+    /// Print the compiled training step: the IR as text or Graphviz.
+    Emit {
+        file: PathBuf,
+        /// What to print.
+        #[arg(long, value_enum)]
+        target: Target,
+        /// Only the forward graph (default: forward and backward of the first phase).
+        #[arg(long)]
+        forward_only: bool,
+        #[arg(long, value_enum, default_value_t = Color::Auto)]
+        color: Color,
+    },
+    /// Train the adapters of a spec.
+    Train {
+        file: PathBuf,
+        /// Overrides the train block's `steps`.
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Overrides the output folder (default: the train block's `out`, else runs/<file name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue a run: its output folder or a checkpoint folder.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Overrides the train block's `device`.
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        /// No progress bar; one log line per tenth of the run.
+        #[arg(long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Color::Auto)]
+        color: Color,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -51,6 +97,21 @@ enum Color {
     Never,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    Ir,
+    Dot,
+    Clif,
+    Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
 fn style(c: Color) -> Style {
     match c {
         Color::Always => Style::Color,
@@ -64,48 +125,274 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file, format, color } => check(&file, format, style(color)),
+        Command::Plan { file, weights, color } => plan(&file, weights.as_deref(), style(color)),
+        Command::Emit { file, target, forward_only, color } => emit(&file, target, forward_only, style(color)),
+        Command::Train { file, steps, out, resume, device, quiet, color } => {
+            let device = device.map(|d| match d {
+                DeviceArg::Cpu => Device::Cpu,
+                DeviceArg::Cuda => Device::Cuda,
+                DeviceArg::Auto => Device::Auto,
+            });
+            let opts = RunOptions { spec: file, steps, out, resume, device, ..RunOptions::default() };
+            train(&opts, quiet || !std::io::stderr().is_terminal(), style(color))
+        }
     }
 }
 
-fn io_error(path: &std::path::Path, e: &std::io::Error) -> ExitCode {
+fn io_error(path: &Path, e: &std::io::Error) -> ExitCode {
     eprintln!("error[lamda::io]: cannot read `{}`: {e}", path.display());
     ExitCode::from(2)
 }
 
-fn check(path: &std::path::Path, format: Format, style: Style) -> ExitCode {
-    let checked = match check_path(path) {
-        Ok(c) => c,
-        Err(e) => return io_error(path, &e),
-    };
+/// Checks a file, printing its diagnostics; `None` (with the exit code) when it has errors.
+fn checked(path: &Path, style: Style) -> Result<Checked, ExitCode> {
+    let checked = check_path(path).map_err(|e| io_error(path, &e))?;
     if !checked.diags.is_empty() {
         eprint!("{}", render(&checked.sources, &checked.diags, style));
     }
-    let errors = checked.diags.iter().filter(|d| d.severity == Severity::Error).count();
-    let warnings = checked.diags.iter().filter(|d| d.severity == Severity::Warning).count();
-    let Some(spec) = checked.spec else {
+    if checked.spec.is_none() {
+        let errors = checked.diags.iter().filter(|d| d.severity == Severity::Error).count();
+        let warnings = checked.diags.iter().filter(|d| d.severity == Severity::Warning).count();
         eprintln!(
             "lamdac: {} error{}{} in {}",
             errors,
             if errors == 1 { "" } else { "s" },
-            if warnings > 0 {
-                format!(", {warnings} warning{}", if warnings == 1 { "" } else { "s" })
-            } else {
-                String::new()
-            },
+            if warnings > 0 { format!(", {warnings} warning{}", if warnings == 1 { "" } else { "s" }) } else { String::new() },
             path.display()
         );
-        return ExitCode::from(1);
-    };
-    let rep = report::report(&spec);
-    match format {
-        Format::Text => print!("{}", report::render_text(&rep)),
-        Format::Json => match serde_json::to_string_pretty(&rep) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("error[lamda::io]: cannot serialize the report: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        return Err(ExitCode::from(1));
     }
+    Ok(checked)
+}
+
+fn check(path: &Path, format: Format, style: Style) -> ExitCode {
+    let checked = match checked(path, style) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(spec) = checked.spec else { return ExitCode::from(1) };
+    let rep = report::report(&spec);
+    let peak = report::peak_memory(&spec);
+    match format {
+        Format::Text => {
+            print!("{}", report::render_text(&rep));
+            if let Some(p) = &peak {
+                print!("{}", report::render_peak(p));
+            }
+        }
+        Format::Json => {
+            let mut v = match serde_json::to_value(&rep) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error[lamda::io]: cannot serialize the report: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let (Some(obj), Some(p)) = (v.as_object_mut(), &peak) {
+                obj.insert("peak_memory".into(), serde_json::to_value(p).unwrap_or_default());
+            }
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+struct WeightSpectra(lamda_runtime::checkpoint::Checkpoint);
+
+impl lamda_compiler::pipeline::Spectra for WeightSpectra {
+    fn energy(&mut self, weight: &str, r0: u64) -> Result<f64, String> {
+        let w = self.0.matrix(weight).map_err(|e| e.to_string())?;
+        let (rows, cols) = w.dim();
+        let data: Vec<f32> = w.iter().copied().collect();
+        let m = lamda_runtime::linalg::MatF32Ref::new("weight", &data, rows, cols).map_err(|e| e.to_string())?;
+        lamda_runtime::linalg::energy(m, r0 as usize).map_err(|e| e.to_string())
+    }
+}
+
+fn plan(path: &Path, weights: Option<&Path>, style: Style) -> ExitCode {
+    let checked = match checked(path, style) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(spec) = checked.spec else { return ExitCode::from(1) };
+    let dir = match (&spec.model.source, weights) {
+        (_, Some(w)) => Some(w.to_path_buf()),
+        (lamda_compiler::model::ModelSource::Checkpoint(d), None) => Some(d.clone()),
+        _ => None,
+    };
+    let mut spectra = None;
+    if let Some(d) = &dir {
+        match lamda_runtime::checkpoint::Checkpoint::open(d) {
+            Ok(c) => spectra = Some(WeightSpectra(c)),
+            Err(e) => {
+                eprintln!("error[{}]: {e}\n  help: {}", e.code(), e.hint());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let (batch, seq) = (spec.train.batch as usize, spec.train.seq as usize);
+    let plan = match lamda_compiler::pipeline::compile(
+        &spec,
+        batch,
+        seq,
+        spectra.as_mut().map(|s| s as &mut dyn lamda_compiler::pipeline::Spectra),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error[lamda::compile]: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    print!("{}", lamda_runtime::describe::plan_text(&plan));
+    ExitCode::SUCCESS
+}
+
+fn emit(path: &Path, target: Target, forward_only: bool, style: Style) -> ExitCode {
+    let checked = match checked(path, style) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(spec) = checked.spec else { return ExitCode::from(1) };
+    if matches!(target, Target::Clif | Target::Cuda) {
+        eprintln!(
+            "error[lamda::emit::unsupported]: `--target {}` is not implemented yet: the fusion pass and code generators are the next milestone\n  help: `--target ir` and `--target dot` print the training step",
+            if matches!(target, Target::Clif) { "clif" } else { "cuda" }
+        );
+        return ExitCode::from(2);
+    }
+    let ir = match lamda_compiler::pipeline::emit_ir(&spec, spec.train.batch as usize, spec.train.seq as usize, !forward_only) {
+        Ok(ir) => ir,
+        Err(e) => {
+            eprintln!("error[lamda::compile]: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match target {
+        Target::Ir => print!("{}", lamda_compiler::ir::print::to_text(&ir)),
+        _ => print!("{}", lamda_compiler::ir::print::to_dot(&ir)),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Progress bar (or log lines) for `train`.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    first_loss: Option<f32>,
+    started: std::time::Instant,
+}
+
+impl Observer for Progress {
+    fn start(&mut self, tr: &Trainer) {
+        self.total = tr.total_steps();
+        self.started = std::time::Instant::now();
+        if let Some(bar) = &self.bar {
+            bar.set_length(self.total);
+            bar.set_position(tr.step);
+            bar.reset_eta();
+        }
+    }
+    fn step(&mut self, _tr: &Trainer, s: &StepStats, tps: f64) {
+        self.first_loss.get_or_insert(s.loss);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(s.step + 1);
+                bar.set_message(format!("loss {:.4}  {:.0} tok/s  lr {:.2e}", s.loss, tps, s.lr));
+            }
+            None => {
+                let every = (self.total / 10).max(1);
+                if (s.step + 1).is_multiple_of(every) || s.step == 0 || s.step + 1 == self.total {
+                    eprintln!(
+                        "step {:>6}/{}  loss {:.4}  {:.0} tok/s  lr {:.2e}  {:.1}s",
+                        s.step + 1,
+                        self.total,
+                        s.loss,
+                        tps,
+                        s.lr,
+                        self.started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
+    // The spec's summary first: what will train and what it costs.
+    let checked = match checked(&opts.spec, style) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(spec) = &checked.spec {
+        let mut spec = spec.clone();
+        if let Some(s) = opts.steps {
+            spec.train.steps = s.max(1);
+        }
+        eprint!("{}", report::render_text(&report::report(&spec)));
+    }
+    let fail = |e: SessionError| {
+        eprintln!("error[{}]: {e}", e.code());
+        let hint = e.hint();
+        if !hint.is_empty() {
+            eprintln!("  help: {hint}");
+        }
+        ExitCode::from(e.exit_code())
+    };
+    let mut session = match session::prepare(opts) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if let Some(step) = session.resumed_from {
+        eprintln!("resuming at step {step} of {}", session.trainer.total_steps());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)");
+        });
+    }
+    let bar = (!quiet).then(|| {
+        let b = ProgressBar::new(session.trainer.total_steps());
+        b.set_style(
+            ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut progress = Progress { bar, total: 0, first_loss: None, started: std::time::Instant::now() };
+    let summary = match session::run(&mut session, &mut progress, &stop) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(b) = &progress.bar {
+                b.abandon();
+            }
+            return fail(e);
+        }
+    };
+    if let Some(b) = &progress.bar {
+        b.finish();
+    }
+    let out = summary.out.display();
+    if summary.interrupted {
+        eprintln!(
+            "stopped at step {} of {}; checkpoint in {}\nresume with: lamdac train {} --resume {out}",
+            summary.steps,
+            session.trainer.total_steps(),
+            summary.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            opts.spec.display()
+        );
+        return ExitCode::from(130);
+    }
+    let first = summary.losses.first().copied().unwrap_or(f32::NAN);
+    let last = summary.losses.last().copied().unwrap_or(f32::NAN);
+    eprintln!(
+        "trained {} steps in {:.1}s: loss {first:.4} -> {last:.4} (step 0 -> final evaluation on the first batch)\noutputs in {out}: adapter.safetensors, metrics.jsonl, checkpoints/",
+        summary.steps,
+        progress.started.elapsed().as_secs_f64()
+    );
     ExitCode::SUCCESS
 }

@@ -454,3 +454,108 @@ fn ratio(lora: u64, this: u64) -> String {
 fn fmt_ratio(x: f64) -> String {
     if x == 0.0 { "-".to_string() } else { format!("{x:.1}x") }
 }
+
+/// Peak memory of one training step, from the compiled plan.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepMemory {
+    pub batch: usize,
+    pub seq: usize,
+    pub weights_bytes: u64,
+    pub adapter_bytes: u64,
+    pub grad_bytes: u64,
+    pub optimizer_bytes: u64,
+    /// Largest sum of live activations.
+    pub activation_peak_bytes: u64,
+    /// Activations kept for backward in the first phase, and the adapters' share.
+    pub saved_bytes: u64,
+    pub saved_by_adapters_bytes: u64,
+    /// ... once every B that freezes is frozen.
+    pub saved_bytes_after_freeze: u64,
+    pub saved_by_adapters_bytes_after_freeze: u64,
+    pub total_bytes: u64,
+}
+
+/// Peak step memory of this spec and of the same spec with LoRA at the same ranks.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PeakReport {
+    pub this: StepMemory,
+    pub lora: StepMemory,
+}
+
+fn step_memory(spec: &ResolvedSpec) -> Option<StepMemory> {
+    let (batch, seq) = (spec.train.batch as usize, spec.train.seq as usize);
+    let plan = crate::pipeline::compile(spec, batch, seq, None).ok()?;
+    let m = plan.memory;
+    Some(StepMemory {
+        batch,
+        seq,
+        weights_bytes: m.weights,
+        adapter_bytes: m.adapters,
+        grad_bytes: m.grads,
+        optimizer_bytes: m.optimizer,
+        activation_peak_bytes: m.activations_peak,
+        saved_bytes: m.saved,
+        saved_by_adapters_bytes: m.saved_by_adapters,
+        saved_bytes_after_freeze: m.saved_last_phase,
+        saved_by_adapters_bytes_after_freeze: m.saved_by_adapters_last_phase,
+        total_bytes: m.total_peak,
+    })
+}
+
+/// The stdlib's LoRA method.
+fn stdlib_lora() -> Option<std::sync::Arc<crate::adapter::Method>> {
+    let (_, src) = crate::stdlib::FILES.iter().find(|(n, _)| n.ends_with("adapters/lora.lamda"))?;
+    let file = crate::syntax::parse_file(src).ok()?;
+    file.items.iter().find_map(|i| match i {
+        crate::syntax::ast::Item::Adapter(def) => {
+            crate::adapter::check_adapter(def, 0).ok().map(|(m, _)| std::sync::Arc::new(m))
+        }
+        _ => None,
+    })
+}
+
+/// The same spec with every rule using LoRA (default alpha) at the same ranks.
+pub fn lora_twin(spec: &ResolvedSpec) -> Option<ResolvedSpec> {
+    let lora = stdlib_lora()?;
+    let mut twin = spec.clone();
+    for r in &mut twin.rules {
+        r.method = lora.clone();
+        r.args = lora.params.iter().filter(|(n, _)| n != "r").filter_map(|(n, d)| d.map(|d| (n.clone(), d))).collect();
+        r.schedule = None;
+    }
+    Some(twin)
+}
+
+/// Compiles the spec and its LoRA twin for the train block's batch and seq.
+pub fn peak_memory(spec: &ResolvedSpec) -> Option<PeakReport> {
+    Some(PeakReport { this: step_memory(spec)?, lora: step_memory(&lora_twin(spec)?)? })
+}
+
+/// The peak-memory lines of the text summary.
+pub fn render_peak(p: &PeakReport) -> String {
+    let line = |name: &str, m: &StepMemory| {
+        format!(
+            "  {name:<5} weights {} + adapters {} + grads {} + optimizer {} + activations {} = {}\n        saved for backward {} (adapters {}){}\n",
+            bytes(m.weights_bytes),
+            bytes(m.adapter_bytes),
+            bytes(m.grad_bytes),
+            bytes(m.optimizer_bytes),
+            bytes(m.activation_peak_bytes),
+            bytes(m.total_bytes),
+            bytes(m.saved_bytes),
+            bytes(m.saved_by_adapters_bytes),
+            if m.saved_by_adapters_bytes_after_freeze != m.saved_by_adapters_bytes {
+                format!("; once B is frozen {} (adapters {})", bytes(m.saved_bytes_after_freeze), bytes(m.saved_by_adapters_bytes_after_freeze))
+            } else {
+                String::new()
+            }
+        )
+    };
+    let mut out = format!(
+        "estimated peak memory of a training step (batch {} x seq {}, f32, CPU plan):\n",
+        p.this.batch, p.this.seq
+    );
+    out.push_str(&line("this", &p.this));
+    out.push_str(&line("LoRA", &p.lora));
+    out
+}

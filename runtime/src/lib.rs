@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod describe;
 pub mod exec;
 pub mod init;
 pub mod train;
