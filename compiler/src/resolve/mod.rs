@@ -355,7 +355,7 @@ impl<'a> Resolver<'a> {
     }
 
     fn instantiate_checkpoint(&mut self, path: &str, span: Span) -> Option<ModelInstance> {
-        let dir = self.dir.join(path);
+        let dir = train::join_clean(&self.dir, path);
         let cfg = match model::hf_config::read_config(&dir) {
             Ok(c) => c,
             Err(e) => {

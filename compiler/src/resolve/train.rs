@@ -89,6 +89,26 @@ impl Cx<'_> {
     }
 }
 
+/// `dir/rel` with `.` and `..` segments folded lexically (`examples/../runs` is `runs`).
+pub fn join_clean(dir: &Path, rel: &str) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in dir.join(rel).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() { std::path::PathBuf::from(".") } else { out }
+}
+
 /// Checks a train block; `dir` is the folder of the spec file (paths are relative to it).
 pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<Diagnostic>) -> TrainConfig {
     let mut cfg = TrainConfig::default();
@@ -127,7 +147,7 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
         match key {
             "data" => match &e.value.kind {
                 ValueKind::Str(s) => {
-                    let p = dir.join(s);
+                    let p = join_clean(dir, s);
                     if !p.is_file() {
                         cx.errs.push(
                             Diagnostic::error(
@@ -173,7 +193,7 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
                 _ => cx.bad(e, "`every N` with N >= 1"),
             },
             "out" => match &e.value.kind {
-                ValueKind::Str(s) => cfg.out = Some(dir.join(s)),
+                ValueKind::Str(s) => cfg.out = Some(join_clean(dir, s)),
                 _ => cx.bad(e, "a folder path in quotes"),
             },
             "device" => match &e.value.kind {

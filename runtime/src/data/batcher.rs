@@ -1,7 +1,8 @@
 //! Deterministic, resumable batches of `(input_ids, labels)`, each `(batch, seq)` i64.
 //!
 //! The data is a list of items: `seq`-token windows of a text stream (the tail
-//! shorter than `seq` is dropped), JSONL examples truncated or padded to `seq`
+//! shorter than `seq` is dropped), JSONL examples truncated (keeping the end of a
+//! long prompt and the start of its completion) or padded to `seq`
 //! (pad id, label -100), or the rows of a token-id file (which must be `seq`
 //! long). Each epoch visits every item once, in an order that is a pure
 //! function of `(seed, epoch)` (a Fisher–Yates shuffle driven by SplitMix64,
@@ -218,10 +219,20 @@ impl Batcher {
             Source::Examples { examples, pad_id } => {
                 ids.fill(i64::from(*pad_id));
                 if let Some(ex) = examples.get(item) {
+                    // An example longer than the row keeps the end of its prompt
+                    // (at least half a row of it) and the start of its completion,
+                    // so every row has positions that count.
+                    let start = if ex.ids.len() > seq && ex.loss_from > 0 {
+                        let completion = ex.ids.len() - ex.loss_from;
+                        let keep_prompt = seq.saturating_sub(completion).max(seq / 2).min(ex.loss_from);
+                        ex.loss_from - keep_prompt
+                    } else {
+                        0
+                    };
                     let cells = ids.iter_mut().zip(labels.iter_mut());
-                    for (j, ((id, label), &t)) in cells.zip(&ex.ids).enumerate() {
+                    for (j, ((id, label), &t)) in cells.zip(&ex.ids[start.min(ex.ids.len())..]).enumerate() {
                         *id = i64::from(t);
-                        if j >= ex.loss_from {
+                        if j + start >= ex.loss_from {
                             *label = i64::from(t);
                         }
                     }

@@ -1,0 +1,146 @@
+//! A stopped run resumes to exactly the losses of an uninterrupted one:
+//! in process (the stop flag Ctrl-C sets) and through the binary with a real
+//! SIGINT, then `--resume`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use lamda_runtime::session::{Observer, RunOptions, prepare, run};
+use lamda_runtime::train::{StepStats, Trainer};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lamdac-resume-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+struct StopAt<'a>(u64, &'a AtomicBool);
+
+impl Observer for StopAt<'_> {
+    fn step(&mut self, _: &Trainer, s: &StepStats, _: f64) {
+        if s.step + 1 == self.0 {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+struct Quiet;
+impl Observer for Quiet {}
+
+fn losses_of(metrics: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn stop_and_resume_in_process_is_bit_for_bit() {
+    // The golden LaMDA case: B freezes column by column, so the freeze step
+    // and the optimizer's per-tensor counters must survive the checkpoint.
+    let spec = PathBuf::from("tests/golden_specs/lamda_qv_r4_linear03.lamda");
+    let full_out = tmp("full");
+    let opts = RunOptions { spec: spec.clone(), out: Some(full_out.clone()), ..RunOptions::default() };
+    let full = run(&mut prepare(&opts).unwrap(), &mut Quiet, &AtomicBool::new(false)).unwrap();
+
+    let out = tmp("stopped");
+    let opts = RunOptions { spec: spec.clone(), out: Some(out.clone()), ..RunOptions::default() };
+    let stop = AtomicBool::new(false);
+    let first = run(&mut prepare(&opts).unwrap(), &mut StopAt(2, &stop), &stop).unwrap();
+    assert!(first.interrupted);
+    assert_eq!(first.steps, 2);
+    let opts = RunOptions { spec, out: Some(out.clone()), resume: Some(out.clone()), ..RunOptions::default() };
+    let mut resumed = prepare(&opts).unwrap();
+    assert_eq!(resumed.resumed_from, Some(2));
+    let second = run(&mut resumed, &mut Quiet, &AtomicBool::new(false)).unwrap();
+    assert_eq!(second.losses, full.losses, "losses after resume differ from the uninterrupted run");
+    assert_eq!(losses_of(&out.join("metrics.jsonl")), losses_of(&full_out.join("metrics.jsonl")));
+    for d in [full_out, out] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn resume_refuses_another_spec() {
+    let out = tmp("mismatch");
+    let spec = PathBuf::from("tests/golden_specs/lamda_qv_r4_linear03.lamda");
+    let opts = RunOptions { spec, out: Some(out.clone()), steps: Some(3), ..RunOptions::default() };
+    run(&mut prepare(&opts).unwrap(), &mut Quiet, &AtomicBool::new(false)).unwrap();
+    let other = RunOptions {
+        spec: PathBuf::from("tests/golden_specs/lamda_qv_r4_linear03.lamda"),
+        out: Some(out.clone()),
+        steps: Some(4),
+        resume: Some(out.clone()),
+        ..RunOptions::default()
+    };
+    let err = prepare(&other).err().expect("a mismatch");
+    assert_eq!(err.code(), "lamda::resume::mismatch", "{err}");
+    let _ = std::fs::remove_dir_all(out);
+}
+
+fn lamdac(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_lamdac"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs")
+}
+
+#[cfg(unix)]
+#[test]
+fn sigint_saves_a_checkpoint_and_resume_continues_exactly() {
+    let steps = "40";
+    let full = tmp("cli-full");
+    let status = lamdac(&["train", "examples/quickstart.lamda", "--steps", steps, "--quiet", "--out", full.to_str().unwrap()])
+        .wait()
+        .unwrap();
+    assert!(status.success());
+    let want = losses_of(&full.join("metrics.jsonl"));
+    assert_eq!(want.len(), 41);
+    // The quickstart learns: the final evaluation is far below the first loss.
+    assert!(want[40].1 < 0.75 * want[0].1, "loss {} -> {}", want[0].1, want[40].1);
+
+    let out = tmp("cli-int");
+    let mut child = lamdac(&["train", "examples/quickstart.lamda", "--steps", steps, "--quiet", "--out", out.to_str().unwrap()]);
+    // Wait for a few steps, then Ctrl-C.
+    let metrics = out.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(started.elapsed().as_secs() < 120, "the run made no progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-INT", &pid]).status();
+    let status = child.wait().unwrap();
+    if status.success() {
+        eprintln!("the run finished before the signal arrived; nothing to resume");
+    } else {
+        assert_eq!(status.code(), Some(130), "an interrupted run exits 130");
+        let done = losses_of(&metrics).len();
+        assert!(done < 41);
+        let status = lamdac(&[
+            "train",
+            "examples/quickstart.lamda",
+            "--steps",
+            steps,
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+            "--resume",
+            out.to_str().unwrap(),
+        ])
+        .wait()
+        .unwrap();
+        assert!(status.success());
+    }
+    assert_eq!(losses_of(&metrics), want, "an interrupted and resumed run must match the uninterrupted one");
+    for d in [full, out] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
