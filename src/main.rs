@@ -61,6 +61,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
+    /// Convert a GGUF model (F32/F16/BF16/Q8_0/Q4_1) into a Hugging Face checkpoint folder.
+    Convert {
+        /// The .gguf file.
+        gguf: PathBuf,
+        /// The folder to write (config.json, model.safetensors, tokenizer.json).
+        out: PathBuf,
+    },
     /// Train the adapters of a spec.
     Train {
         file: PathBuf,
@@ -127,6 +134,7 @@ fn main() -> ExitCode {
         Command::Check { file, format, color } => check(&file, format, style(color)),
         Command::Plan { file, weights, color } => plan(&file, weights.as_deref(), style(color)),
         Command::Emit { file, target, forward_only, color } => emit(&file, target, forward_only, style(color)),
+        Command::Convert { gguf, out } => convert(&gguf, &out),
         Command::Train { file, steps, out, resume, device, quiet, color } => {
             let device = device.map(|d| match d {
                 DeviceArg::Cpu => Device::Cpu,
@@ -272,6 +280,30 @@ fn emit(path: &Path, target: Target, forward_only: bool, style: Style) -> ExitCo
         _ => print!("{}", lamda_compiler::ir::print::to_dot(&ir)),
     }
     ExitCode::SUCCESS
+}
+
+fn convert(gguf: &Path, out: &Path) -> ExitCode {
+    match lamda_runtime::checkpoint::gguf::convert_gguf(gguf, out) {
+        Ok(s) => {
+            eprintln!(
+                "converted {} ({} tensors, {} parameters) into {}{}",
+                gguf.display(),
+                s.tensors,
+                s.parameters,
+                s.out_dir.display(),
+                match (&s.tokenizer, &s.tokenizer_skipped) {
+                    (Some(_), _) => " with tokenizer.json".to_string(),
+                    (None, Some(why)) => format!(" (no tokenizer: {why})"),
+                    (None, None) => String::new(),
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error[{}]: {e}\n  help: {}", e.code(), e.hint());
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Progress bar (or log lines) for `train`.

