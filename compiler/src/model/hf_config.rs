@@ -151,9 +151,9 @@ pub fn parse_config(text: &str, shown: &str) -> Result<FamilyConfig, ConfigError
     if let Some(hd) = int("head_dim")? {
         args.push(("head_dim", Const::Int(hd)));
     }
-    if let Some(eps) = float(obj.get("rms_norm_eps"), "rms_norm_eps")? {
-        args.push(("eps", Const::Float(eps)));
-    }
+    // transformers' LlamaConfig defaults rms_norm_eps to 1e-6 when the key is absent.
+    let eps = float(obj.get("rms_norm_eps"), "rms_norm_eps")?.unwrap_or(1e-6);
+    args.push(("eps", Const::Float(eps)));
     let theta = match float(obj.get("rope_theta"), "rope_theta")? {
         Some(t) => Some(t),
         None => float(
