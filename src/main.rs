@@ -21,7 +21,11 @@ use lamda_runtime::session::{self, Observer, RunOptions, SessionError};
 use lamda_runtime::train::{StepStats, Trainer};
 
 #[derive(Parser)]
-#[command(name = "lamdac", version, about = "Compile and train .lamda adapter specs (LaMDA, LoRA-family)")]
+#[command(
+    name = "lamdac",
+    version,
+    about = "Compile and train .lamda adapter specs (LaMDA, LoRA-family)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -133,15 +137,35 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { file, format, color } => check(&file, format, style(color)),
         Command::Plan { file, weights, color } => plan(&file, weights.as_deref(), style(color)),
-        Command::Emit { file, target, forward_only, color } => emit(&file, target, forward_only, style(color)),
+        Command::Emit {
+            file,
+            target,
+            forward_only,
+            color,
+        } => emit(&file, target, forward_only, style(color)),
         Command::Convert { gguf, out } => convert(&gguf, &out),
-        Command::Train { file, steps, out, resume, device, quiet, color } => {
+        Command::Train {
+            file,
+            steps,
+            out,
+            resume,
+            device,
+            quiet,
+            color,
+        } => {
             let device = device.map(|d| match d {
                 DeviceArg::Cpu => Device::Cpu,
                 DeviceArg::Cuda => Device::Cuda,
                 DeviceArg::Auto => Device::Auto,
             });
-            let opts = RunOptions { spec: file, steps, out, resume, device, ..RunOptions::default() };
+            let opts = RunOptions {
+                spec: file,
+                steps,
+                out,
+                resume,
+                device,
+                ..RunOptions::default()
+            };
             train(&opts, quiet || !std::io::stderr().is_terminal(), style(color))
         }
     }
@@ -165,7 +189,11 @@ fn checked(path: &Path, style: Style) -> Result<Checked, ExitCode> {
             "lamdac: {} error{}{} in {}",
             errors,
             if errors == 1 { "" } else { "s" },
-            if warnings > 0 { format!(", {warnings} warning{}", if warnings == 1 { "" } else { "s" }) } else { String::new() },
+            if warnings > 0 {
+                format!(", {warnings} warning{}", if warnings == 1 { "" } else { "s" })
+            } else {
+                String::new()
+            },
             path.display()
         );
         return Err(ExitCode::from(1));
@@ -178,7 +206,9 @@ fn check(path: &Path, format: Format, style: Style) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(spec) = checked.spec else { return ExitCode::from(1) };
+    let Some(spec) = checked.spec else {
+        return ExitCode::from(1);
+    };
     let rep = report::report(&spec);
     let peak = report::peak_memory(&spec);
     match format {
@@ -222,7 +252,9 @@ fn plan(path: &Path, weights: Option<&Path>, style: Style) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(spec) = checked.spec else { return ExitCode::from(1) };
+    let Some(spec) = checked.spec else {
+        return ExitCode::from(1);
+    };
     let dir = match (&spec.model.source, weights) {
         (_, Some(w)) => Some(w.to_path_buf()),
         (lamda_compiler::model::ModelSource::Checkpoint(d), None) => Some(d.clone()),
@@ -243,7 +275,9 @@ fn plan(path: &Path, weights: Option<&Path>, style: Style) -> ExitCode {
         &spec,
         batch,
         seq,
-        spectra.as_mut().map(|s| s as &mut dyn lamda_compiler::pipeline::Spectra),
+        spectra
+            .as_mut()
+            .map(|s| s as &mut dyn lamda_compiler::pipeline::Spectra),
     ) {
         Ok(p) => p,
         Err(e) => {
@@ -260,7 +294,9 @@ fn emit(path: &Path, target: Target, forward_only: bool, style: Style) -> ExitCo
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(spec) = checked.spec else { return ExitCode::from(1) };
+    let Some(spec) = checked.spec else {
+        return ExitCode::from(1);
+    };
     if matches!(target, Target::Clif | Target::Cuda) {
         eprintln!(
             "error[lamda::emit::unsupported]: `--target {}` is not implemented yet: the fusion pass and code generators are the next milestone\n  help: `--target ir` and `--target dot` print the training step",
@@ -268,7 +304,12 @@ fn emit(path: &Path, target: Target, forward_only: bool, style: Style) -> ExitCo
         );
         return ExitCode::from(2);
     }
-    let ir = match lamda_compiler::pipeline::emit_ir(&spec, spec.train.batch as usize, spec.train.seq as usize, !forward_only) {
+    let ir = match lamda_compiler::pipeline::emit_ir(
+        &spec,
+        spec.train.batch as usize,
+        spec.train.seq as usize,
+        !forward_only,
+    ) {
         Ok(ir) => ir,
         Err(e) => {
             eprintln!("error[lamda::compile]: {e}");
@@ -395,7 +436,12 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
         );
         b
     });
-    let mut progress = Progress { bar, total: 0, first_loss: None, started: std::time::Instant::now() };
+    let mut progress = Progress {
+        bar,
+        total: 0,
+        first_loss: None,
+        started: std::time::Instant::now(),
+    };
     let summary = match session::run(&mut session, &mut progress, &stop) {
         Ok(s) => s,
         Err(e) => {
@@ -414,7 +460,11 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
             "stopped at step {} of {}; checkpoint in {}\nresume with: lamdac train {} --resume {out}",
             summary.steps,
             session.trainer.total_steps(),
-            summary.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            summary
+                .checkpoint
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             opts.spec.display()
         );
         return ExitCode::from(130);

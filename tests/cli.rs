@@ -1,4 +1,5 @@
 //! The `lamdac` binary: output, JSON, and exit codes (0 ok, 1 input errors, 2 usage or I/O).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 

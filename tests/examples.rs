@@ -1,6 +1,7 @@
 //! Every spec in examples/ checks without errors. A spec that binds a model
 //! fetched into models/ (not in the repository; see README) is skipped with a
 //! message when that folder is absent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 
@@ -17,15 +18,24 @@ fn every_example_checks() {
         }
         let text = std::fs::read_to_string(&path).expect("readable");
         if text.contains("\"../models/") && !Path::new("models").is_dir() {
-            eprintln!("skipping {}: its model is fetched into models/ (scripts/fetch-smollm2.sh)", path.display());
+            eprintln!(
+                "skipping {}: its model is fetched into models/ (scripts/fetch-smollm2.sh)",
+                path.display()
+            );
             continue;
         }
         n += 1;
         let c = check_path(Path::new(&path)).expect("readable");
-        let fetched_missing = c.diags.iter().all(|d| !d.is_error() || d.code == Code::CheckpointNoConfig)
+        let fetched_missing = c
+            .diags
+            .iter()
+            .all(|d| !d.is_error() || d.code == Code::CheckpointNoConfig)
             && text.contains("\"../models/");
         if c.has_errors() && fetched_missing {
-            eprintln!("skipping {}: its model folder under models/ has not been converted yet", path.display());
+            eprintln!(
+                "skipping {}: its model folder under models/ has not been converted yet",
+                path.display()
+            );
             continue;
         }
         assert!(

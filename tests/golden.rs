@@ -6,6 +6,7 @@
 //! Losses: rtol 1e-5; logits: atol 1e-4; init tensors: atol 1e-5; gradients,
 //! parameters and AdamW moments: rtol 1e-4 (parameters also atol 1e-6);
 //! frozen columns and ranks: exact; energies: atol 1e-6.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,15 +21,25 @@ fn expected(case: &str) -> SafetensorsFile {
 }
 
 fn f32s(file: &SafetensorsFile, name: &str) -> Vec<f32> {
-    file.f32(name).unwrap_or_else(|e| panic!("{name}: {e}")).iter().copied().collect()
+    file.f32(name)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .iter()
+        .copied()
+        .collect()
 }
 
 #[track_caller]
 fn close(what: &str, got: &[f32], want: &[f32], atol: f64, rtol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
-    let err = got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| m.max((f64::from(g) - f64::from(w)).abs()));
-    assert!(err <= atol + rtol * scale, "{what}: max error {err:e} > {atol:e} + {rtol:e} * {scale:e}");
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0.0f64, |m, (&g, &w)| m.max((f64::from(g) - f64::from(w)).abs()));
+    assert!(
+        err <= atol + rtol * scale,
+        "{what}: max error {err:e} > {atol:e} + {rtol:e} * {scale:e}"
+    );
 }
 
 fn modules(case: &str) -> Vec<serde_json::Value> {
@@ -38,7 +49,11 @@ fn modules(case: &str) -> Vec<serde_json::Value> {
 }
 
 fn param(tr: &Trainer, name: &str) -> usize {
-    tr.plan.params.iter().position(|p| p.name == name).unwrap_or_else(|| panic!("no parameter {name}"))
+    tr.plan
+        .params
+        .iter()
+        .position(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no parameter {name}"))
 }
 
 struct Recorder {
@@ -59,7 +74,10 @@ impl Observer for Recorder {
                 }
                 self.step1.insert(name.clone(), tr.params[p].clone());
             }
-            self.frozen.entry(name.clone()).or_default().push(tr.frozen_cols(p, stats.step) as u64);
+            self.frozen
+                .entry(name.clone())
+                .or_default()
+                .push(tr.frozen_cols(p, stats.step) as u64);
         }
     }
     fn finish(&mut self, _: &Trainer, _: f32, logits: &[f32]) {
@@ -101,42 +119,112 @@ fn training_case(case: &str) {
         let name = m["name"].as_str().unwrap();
         for t in tensors {
             let full = format!("{name}.{t}");
-            close(&format!("init {full}"), &tr.params[param(tr, &full)], &f32s(&exp, &format!("init.{full}")), 1e-5, 0.0);
+            close(
+                &format!("init {full}"),
+                &tr.params[param(tr, &full)],
+                &f32s(&exp, &format!("init.{full}")),
+                1e-5,
+                0.0,
+            );
             watch.push(full);
         }
         if !lora {
             let w = format!("{name}.weight");
-            close(&format!("init {w} (W_res)"), &tr.params[param(tr, &w)], &f32s(&exp, &format!("init.{name}.W_res")), 1e-5, 0.0);
+            close(
+                &format!("init {w} (W_res)"),
+                &tr.params[param(tr, &w)],
+                &f32s(&exp, &format!("init.{name}.W_res")),
+                1e-5,
+                0.0,
+            );
         }
     }
-    let mut rec = Recorder { grad0: BTreeMap::new(), step1: BTreeMap::new(), frozen: BTreeMap::new(), final_logits: Vec::new(), watch };
+    let mut rec = Recorder {
+        grad0: BTreeMap::new(),
+        step1: BTreeMap::new(),
+        frozen: BTreeMap::new(),
+        final_logits: Vec::new(),
+        watch,
+    };
     let summary = run(&mut session, &mut rec, &AtomicBool::new(false)).unwrap();
     let want_losses = f32s(&exp, "losses");
     assert_eq!(summary.losses.len(), want_losses.len());
     for (t, (g, w)) in summary.losses.iter().zip(&want_losses).enumerate() {
         close(&format!("losses[{t}]"), &[*g], &[*w], 0.0, 1e-5);
     }
-    close("final.logits", &rec.final_logits, &f32s(&exp, "final.logits"), 1e-4, 0.0);
+    close(
+        "final.logits",
+        &rec.final_logits,
+        &f32s(&exp, "final.logits"),
+        1e-4,
+        0.0,
+    );
     let tr = &session.trainer;
     for m in &mods {
         let name = m["name"].as_str().unwrap();
-        let trainable: Vec<&str> = m["trainable"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let trainable: Vec<&str> = m["trainable"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         for t in &trainable {
             let full = format!("{name}.{t}");
             let p = param(tr, &full);
             if let Some(g) = rec.grad0.get(&full) {
-                close(&format!("grad0 {full}"), g, &f32s(&exp, &format!("grad0.{full}")), 0.0, 1e-4);
+                close(
+                    &format!("grad0 {full}"),
+                    g,
+                    &f32s(&exp, &format!("grad0.{full}")),
+                    0.0,
+                    1e-4,
+                );
             }
-            close(&format!("step1 {full}"), &rec.step1[&full], &f32s(&exp, &format!("step1.{full}")), 1e-6, 1e-4);
-            close(&format!("final {full}"), &tr.params[p], &f32s(&exp, &format!("final.{full}")), 1e-6, 1e-4);
-            close(&format!("exp_avg {full}"), &tr.adam[p].exp_avg, &f32s(&exp, &format!("final.{full}.exp_avg")), 0.0, 1e-4);
-            close(&format!("exp_avg_sq {full}"), &tr.adam[p].exp_avg_sq, &f32s(&exp, &format!("final.{full}.exp_avg_sq")), 0.0, 1e-4);
+            close(
+                &format!("step1 {full}"),
+                &rec.step1[&full],
+                &f32s(&exp, &format!("step1.{full}")),
+                1e-6,
+                1e-4,
+            );
+            close(
+                &format!("final {full}"),
+                &tr.params[p],
+                &f32s(&exp, &format!("final.{full}")),
+                1e-6,
+                1e-4,
+            );
+            close(
+                &format!("exp_avg {full}"),
+                &tr.adam[p].exp_avg,
+                &f32s(&exp, &format!("final.{full}.exp_avg")),
+                0.0,
+                1e-4,
+            );
+            close(
+                &format!("exp_avg_sq {full}"),
+                &tr.adam[p].exp_avg_sq,
+                &f32s(&exp, &format!("final.{full}.exp_avg_sq")),
+                0.0,
+                1e-4,
+            );
         }
         if !lora {
-            let want: Vec<u64> = exp.i64(&format!("frozen_cols.{name}")).unwrap().iter().map(|&v| v as u64).collect();
+            let want: Vec<u64> = exp
+                .i64(&format!("frozen_cols.{name}"))
+                .unwrap()
+                .iter()
+                .map(|&v| v as u64)
+                .collect();
             assert_eq!(rec.frozen[&format!("{name}.B")], want, "frozen_cols.{name}");
             // A never changes.
-            close(&format!("{name}.A unchanged"), &tr.params[param(tr, &format!("{name}.A"))], &f32s(&exp, &format!("init.{name}.A")), 0.0, 0.0);
+            close(
+                &format!("{name}.A unchanged"),
+                &tr.params[param(tr, &format!("{name}.A"))],
+                &f32s(&exp, &format!("init.{name}.A")),
+                0.0,
+                0.0,
+            );
         }
     }
     // The outputs a run promises.
@@ -185,21 +273,46 @@ fn golden_alloc_basic() {
         let checked = lamda_compiler::resolve::check_source("alloc_basic.lamda", &src, Path::new("."));
         if sc.get("error").is_some() {
             let codes: Vec<&str> = checked.diags.iter().map(|d| d.code.as_str()).collect();
-            assert!(codes.contains(&"lamda::rank::infeasible_budget"), "scenario {i}: {codes:?}");
+            assert!(
+                codes.contains(&"lamda::rank::infeasible_budget"),
+                "scenario {i}: {codes:?}"
+            );
             continue;
         }
-        let spec = checked.spec.unwrap_or_else(|| panic!("scenario {i}: {:?}", checked.diags));
+        let spec = checked
+            .spec
+            .unwrap_or_else(|| panic!("scenario {i}: {:?}", checked.diags));
         let weights = SafetensorsFile::open(Path::new("tests/golden/alloc_basic/weights.safetensors")).unwrap();
         let plan = lamda_compiler::pipeline::compile(&spec, 1, 2, Some(&mut FileSpectra(weights))).unwrap();
         let alloc = &plan.allocation[0];
         assert!(alloc.allocated);
-        let names: Vec<&str> = case["modules"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = case["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
         let got_names: Vec<&str> = alloc.modules.iter().map(|m| m.0.as_str()).collect();
         assert_eq!(got_names, names, "module order");
-        let want_e: Vec<f64> = exp.f64(&format!("scenario{i}.energy")).unwrap().iter().copied().collect();
-        let want_r: Vec<i64> = exp.i64(&format!("scenario{i}.ranks")).unwrap().iter().copied().collect();
+        let want_e: Vec<f64> = exp
+            .f64(&format!("scenario{i}.energy"))
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        let want_r: Vec<i64> = exp
+            .i64(&format!("scenario{i}.ranks"))
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
         for (k, m) in alloc.modules.iter().enumerate() {
-            assert!((m.1 - want_e[k]).abs() <= 1e-6, "scenario {i} energy {k}: {} vs {}", m.1, want_e[k]);
+            assert!(
+                (m.1 - want_e[k]).abs() <= 1e-6,
+                "scenario {i} energy {k}: {} vs {}",
+                m.1,
+                want_e[k]
+            );
             assert_eq!(m.2 as i64, want_r[k], "scenario {i} rank of {}", m.0);
         }
         // The plan's adapter shapes follow the allocated ranks.

@@ -1,6 +1,7 @@
 //! A stopped run resumes to exactly the losses of an uninterrupted one:
 //! in process (the stop flag Ctrl-C sets) and through the binary with a real
 //! SIGINT, then `--resume`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,21 +46,40 @@ fn stop_and_resume_in_process_is_bit_for_bit() {
     // and the optimizer's per-tensor counters must survive the checkpoint.
     let spec = PathBuf::from("tests/golden_specs/lamda_qv_r4_linear03.lamda");
     let full_out = tmp("full");
-    let opts = RunOptions { spec: spec.clone(), out: Some(full_out.clone()), ..RunOptions::default() };
+    let opts = RunOptions {
+        spec: spec.clone(),
+        out: Some(full_out.clone()),
+        ..RunOptions::default()
+    };
     let full = run(&mut prepare(&opts).unwrap(), &mut Quiet, &AtomicBool::new(false)).unwrap();
 
     let out = tmp("stopped");
-    let opts = RunOptions { spec: spec.clone(), out: Some(out.clone()), ..RunOptions::default() };
+    let opts = RunOptions {
+        spec: spec.clone(),
+        out: Some(out.clone()),
+        ..RunOptions::default()
+    };
     let stop = AtomicBool::new(false);
     let first = run(&mut prepare(&opts).unwrap(), &mut StopAt(2, &stop), &stop).unwrap();
     assert!(first.interrupted);
     assert_eq!(first.steps, 2);
-    let opts = RunOptions { spec, out: Some(out.clone()), resume: Some(out.clone()), ..RunOptions::default() };
+    let opts = RunOptions {
+        spec,
+        out: Some(out.clone()),
+        resume: Some(out.clone()),
+        ..RunOptions::default()
+    };
     let mut resumed = prepare(&opts).unwrap();
     assert_eq!(resumed.resumed_from, Some(2));
     let second = run(&mut resumed, &mut Quiet, &AtomicBool::new(false)).unwrap();
-    assert_eq!(second.losses, full.losses, "losses after resume differ from the uninterrupted run");
-    assert_eq!(losses_of(&out.join("metrics.jsonl")), losses_of(&full_out.join("metrics.jsonl")));
+    assert_eq!(
+        second.losses, full.losses,
+        "losses after resume differ from the uninterrupted run"
+    );
+    assert_eq!(
+        losses_of(&out.join("metrics.jsonl")),
+        losses_of(&full_out.join("metrics.jsonl"))
+    );
     for d in [full_out, out] {
         let _ = std::fs::remove_dir_all(d);
     }
@@ -69,7 +89,12 @@ fn stop_and_resume_in_process_is_bit_for_bit() {
 fn resume_refuses_another_spec() {
     let out = tmp("mismatch");
     let spec = PathBuf::from("tests/golden_specs/lamda_qv_r4_linear03.lamda");
-    let opts = RunOptions { spec, out: Some(out.clone()), steps: Some(3), ..RunOptions::default() };
+    let opts = RunOptions {
+        spec,
+        out: Some(out.clone()),
+        steps: Some(3),
+        ..RunOptions::default()
+    };
     run(&mut prepare(&opts).unwrap(), &mut Quiet, &AtomicBool::new(false)).unwrap();
     let other = RunOptions {
         spec: PathBuf::from("tests/golden_specs/lamda_qv_r4_linear03.lamda"),
@@ -97,9 +122,17 @@ fn lamdac(args: &[&str]) -> std::process::Child {
 fn sigint_saves_a_checkpoint_and_resume_continues_exactly() {
     let steps = "40";
     let full = tmp("cli-full");
-    let status = lamdac(&["train", "examples/quickstart.lamda", "--steps", steps, "--quiet", "--out", full.to_str().unwrap()])
-        .wait()
-        .unwrap();
+    let status = lamdac(&[
+        "train",
+        "examples/quickstart.lamda",
+        "--steps",
+        steps,
+        "--quiet",
+        "--out",
+        full.to_str().unwrap(),
+    ])
+    .wait()
+    .unwrap();
     assert!(status.success());
     let want = losses_of(&full.join("metrics.jsonl"));
     assert_eq!(want.len(), 41);
@@ -107,7 +140,15 @@ fn sigint_saves_a_checkpoint_and_resume_continues_exactly() {
     assert!(want[40].1 < 0.75 * want[0].1, "loss {} -> {}", want[0].1, want[40].1);
 
     let out = tmp("cli-int");
-    let mut child = lamdac(&["train", "examples/quickstart.lamda", "--steps", steps, "--quiet", "--out", out.to_str().unwrap()]);
+    let mut child = lamdac(&[
+        "train",
+        "examples/quickstart.lamda",
+        "--steps",
+        steps,
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     // Wait for a few steps, then Ctrl-C.
     let metrics = out.join("metrics.jsonl");
     let started = std::time::Instant::now();
@@ -139,7 +180,11 @@ fn sigint_saves_a_checkpoint_and_resume_continues_exactly() {
         .unwrap();
         assert!(status.success());
     }
-    assert_eq!(losses_of(&metrics), want, "an interrupted and resumed run must match the uninterrupted one");
+    assert_eq!(
+        losses_of(&metrics),
+        want,
+        "an interrupted and resumed run must match the uninterrupted one"
+    );
     for d in [full, out] {
         let _ = std::fs::remove_dir_all(d);
     }

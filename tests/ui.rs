@@ -5,6 +5,7 @@
 //! An annotation is a comment `#~ <severity> <code>` at the end of the line
 //! where the diagnostic's primary label starts (`#~^` for the line above),
 //! e.g. `adapt llama2.attn.q rank 0  #~ error lamda::rank::zero`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 use std::path::Path;

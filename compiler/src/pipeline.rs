@@ -41,7 +41,12 @@ fn checked(ir: Ir) -> Result<Ir, CompileError> {
 /// Compiles a spec for micro-batches of `batch` x `seq` tokens. With
 /// `spectra`, `rank auto` rules get their LaMDA++ ranks; without, they stay
 /// at the uniform r0 (and the plan says so).
-pub fn compile(spec: &ResolvedSpec, batch: usize, seq: usize, spectra: Option<&mut dyn Spectra>) -> Result<Plan, CompileError> {
+pub fn compile(
+    spec: &ResolvedSpec,
+    batch: usize,
+    seq: usize,
+    spectra: Option<&mut dyn Spectra>,
+) -> Result<Plan, CompileError> {
     let mut spec = spec.clone();
     // 1. rank_alloc: ranks first, since they fix every adapter shape.
     let allocation = allocate_ranks(&mut spec, spectra)?;
@@ -97,17 +102,25 @@ pub fn emit_ir(spec: &ResolvedSpec, batch: usize, seq: usize, backward: bool) ->
     checked(autodiff::autodiff(forward, &trainable)?)
 }
 
-fn allocate_ranks(spec: &mut ResolvedSpec, mut spectra: Option<&mut dyn Spectra>) -> Result<Vec<RuleAllocation>, CompileError> {
+fn allocate_ranks(
+    spec: &mut ResolvedSpec,
+    mut spectra: Option<&mut dyn Spectra>,
+) -> Result<Vec<RuleAllocation>, CompileError> {
     let mut out = Vec::new();
     for (ri, rule) in spec.rules.iter().enumerate() {
-        let RankChoice::Auto { budget, min, max, r0 } = rule.rank else { continue };
+        let RankChoice::Auto { budget, min, max, r0 } = rule.rank else {
+            continue;
+        };
         let mods: Vec<usize> = rule.modules.clone();
         let Some(sp) = spectra.as_deref_mut() else {
             out.push(RuleAllocation {
                 rule: rule.number,
                 budget,
                 r0,
-                modules: mods.iter().map(|&m| (spec.modules[m].hf_name.clone(), f64::NAN, r0)).collect(),
+                modules: mods
+                    .iter()
+                    .map(|&m| (spec.modules[m].hf_name.clone(), f64::NAN, r0))
+                    .collect(),
                 allocated: false,
             });
             continue;
@@ -116,11 +129,27 @@ fn allocate_ranks(spec: &mut ResolvedSpec, mut spectra: Option<&mut dyn Spectra>
         for &m in &mods {
             let am = &spec.modules[m];
             let weight = format!("{}.weight", am.hf_name);
-            let energy = sp.energy(&weight, r0).map_err(|msg| CompileError::Alloc { rule: rule.number, msg })?;
-            inputs.push(rank_alloc::AllocModule { energy, d_in: am.d_in, d_out: am.d_out });
+            let energy = sp
+                .energy(&weight, r0)
+                .map_err(|msg| CompileError::Alloc { rule: rule.number, msg })?;
+            inputs.push(rank_alloc::AllocModule {
+                energy,
+                d_in: am.d_in,
+                d_out: am.d_out,
+            });
         }
-        let alloc = rank_alloc::allocate(&inputs, rank_alloc::AllocBudget { budget, r_min: min, r_max: max })
-            .map_err(|e| CompileError::Alloc { rule: rule.number, msg: e.to_string() })?;
+        let alloc = rank_alloc::allocate(
+            &inputs,
+            rank_alloc::AllocBudget {
+                budget,
+                r_min: min,
+                r_max: max,
+            },
+        )
+        .map_err(|e| CompileError::Alloc {
+            rule: rule.number,
+            msg: e.to_string(),
+        })?;
         out.push(RuleAllocation {
             rule: rule.number,
             budget,
@@ -150,7 +179,9 @@ fn summarize(forward: &Ir, phases: &[PhasePlan]) -> MemorySummary {
         }
     }
     let ever: BTreeSet<usize> = phases.iter().flat_map(|p| p.trainable.iter().copied()).collect();
-    let first: u64 = phases.first().map_or(0, |p| p.trainable.iter().map(|&i| forward.params[i].numel() * 4).sum());
+    let first: u64 = phases
+        .first()
+        .map_or(0, |p| p.trainable.iter().map(|&i| forward.params[i].numel() * 4).sum());
     m.grads = first;
     m.optimizer = 2 * ever.iter().map(|&i| forward.params[i].numel() * 4).sum::<u64>();
     m.activations_peak = phases.iter().map(|p| p.program.memory.peak_bytes).max().unwrap_or(0);

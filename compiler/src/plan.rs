@@ -77,6 +77,9 @@ pub struct Plan {
 impl Plan {
     /// The phase that covers step `t`.
     pub fn phase_at(&self, t: u64) -> Option<&PhasePlan> {
-        self.phases.iter().find(|p| p.from <= t && t < p.to).or(self.phases.last())
+        self.phases
+            .iter()
+            .find(|p| p.from <= t && t < p.to)
+            .or(self.phases.last())
     }
 }

@@ -504,12 +504,14 @@ fn step_memory(spec: &ResolvedSpec) -> Option<StepMemory> {
 
 /// The stdlib's LoRA method.
 fn stdlib_lora() -> Option<std::sync::Arc<crate::adapter::Method>> {
-    let (_, src) = crate::stdlib::FILES.iter().find(|(n, _)| n.ends_with("adapters/lora.lamda"))?;
+    let (_, src) = crate::stdlib::FILES
+        .iter()
+        .find(|(n, _)| n.ends_with("adapters/lora.lamda"))?;
     let file = crate::syntax::parse_file(src).ok()?;
     file.items.iter().find_map(|i| match i {
-        crate::syntax::ast::Item::Adapter(def) => {
-            crate::adapter::check_adapter(def, 0).ok().map(|(m, _)| std::sync::Arc::new(m))
-        }
+        crate::syntax::ast::Item::Adapter(def) => crate::adapter::check_adapter(def, 0)
+            .ok()
+            .map(|(m, _)| std::sync::Arc::new(m)),
         _ => None,
     })
 }
@@ -520,7 +522,12 @@ pub fn lora_twin(spec: &ResolvedSpec) -> Option<ResolvedSpec> {
     let mut twin = spec.clone();
     for r in &mut twin.rules {
         r.method = lora.clone();
-        r.args = lora.params.iter().filter(|(n, _)| n != "r").filter_map(|(n, d)| d.map(|d| (n.clone(), d))).collect();
+        r.args = lora
+            .params
+            .iter()
+            .filter(|(n, _)| n != "r")
+            .filter_map(|(n, d)| d.map(|d| (n.clone(), d)))
+            .collect();
         r.schedule = None;
     }
     Some(twin)
@@ -528,7 +535,10 @@ pub fn lora_twin(spec: &ResolvedSpec) -> Option<ResolvedSpec> {
 
 /// Compiles the spec and its LoRA twin for the train block's batch and seq.
 pub fn peak_memory(spec: &ResolvedSpec) -> Option<PeakReport> {
-    Some(PeakReport { this: step_memory(spec)?, lora: step_memory(&lora_twin(spec)?)? })
+    Some(PeakReport {
+        this: step_memory(spec)?,
+        lora: step_memory(&lora_twin(spec)?)?,
+    })
 }
 
 /// The peak-memory lines of the text summary.
@@ -545,7 +555,11 @@ pub fn render_peak(p: &PeakReport) -> String {
             bytes(m.saved_bytes),
             bytes(m.saved_by_adapters_bytes),
             if m.saved_by_adapters_bytes_after_freeze != m.saved_by_adapters_bytes {
-                format!("; once B is frozen {} (adapters {})", bytes(m.saved_bytes_after_freeze), bytes(m.saved_by_adapters_bytes_after_freeze))
+                format!(
+                    "; once B is frozen {} (adapters {})",
+                    bytes(m.saved_bytes_after_freeze),
+                    bytes(m.saved_by_adapters_bytes_after_freeze)
+                )
             } else {
                 String::new()
             }

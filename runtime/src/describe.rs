@@ -9,16 +9,34 @@ use lamda_compiler::report::bytes;
 /// Ranks and energies, phases with their programs, and the memory plan.
 pub fn plan_text(plan: &Plan) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "plan for {} ({}), micro-batch {} x {} tokens", plan.model_name, plan.family, plan.batch, plan.seq);
+    let _ = writeln!(
+        out,
+        "plan for {} ({}), micro-batch {} x {} tokens",
+        plan.model_name, plan.family, plan.batch, plan.seq
+    );
     let _ = writeln!(out, "\nadapted modules ({}):", plan.adapters.len());
     for a in &plan.adapters {
-        let sched = a.column_frozen.map(|(_, s)| format!("  freeze_b {s}")).unwrap_or_default();
-        let _ = writeln!(out, "  {:<40} {:<6} rank {:>4}  {} x {}{sched}", a.hf_name, a.method, a.rank, a.d_out, a.d_in);
+        let sched = a
+            .column_frozen
+            .map(|(_, s)| format!("  freeze_b {s}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {:<40} {:<6} rank {:>4}  {} x {}{sched}",
+            a.hf_name, a.method, a.rank, a.d_out, a.d_in
+        );
     }
     for al in &plan.allocation {
-        let _ = writeln!(out, "\nrule {}: rank auto(budget = {}), r0 = {}", al.rule, al.budget, al.r0);
+        let _ = writeln!(
+            out,
+            "\nrule {}: rank auto(budget = {}), r0 = {}",
+            al.rule, al.budget, al.r0
+        );
         if !al.allocated {
-            let _ = writeln!(out, "  no weights: every module is at the uniform r0 (pass --weights DIR or `use` a checkpoint)");
+            let _ = writeln!(
+                out,
+                "  no weights: every module is at the uniform r0 (pass --weights DIR or `use` a checkpoint)"
+            );
             continue;
         }
         let _ = writeln!(out, "  {:<40} {:>10} {:>6}", "module", "energy", "rank");
@@ -52,11 +70,22 @@ pub fn plan_text(plan: &Plan) -> String {
                 .filter(|v| v.saved && v.adapter == Some(a))
                 .map(|v| format!("{} {}", v.label, v.ty))
                 .collect();
-            let _ = writeln!(out, "    {:<38} saves {} : {}", plan.adapters[a].hf_name, bytes(b), saved.join(", "));
+            let _ = writeln!(
+                out,
+                "    {:<38} saves {} : {}",
+                plan.adapters[a].hf_name,
+                bytes(b),
+                saved.join(", ")
+            );
         }
     }
     let m = &plan.memory;
-    let frozen: u64 = plan.params.iter().filter(|p| !matches!(p.role, ParamRole::Adapter { .. })).map(|p| p.numel()).sum();
+    let frozen: u64 = plan
+        .params
+        .iter()
+        .filter(|p| !matches!(p.role, ParamRole::Adapter { .. }))
+        .map(|p| p.numel())
+        .sum();
     let _ = writeln!(
         out,
         "\nmemory (f32): weights {} ({frozen} parameters) + adapters {} + grads {} + optimizer {} + activations {} = {}",

@@ -62,7 +62,10 @@ pub fn initialize(
         let (d_out, d_in) = (a.d_out, a.d_in);
         let err = |name: &str| {
             let name = name.to_string();
-            move |source: LinalgError| InitError::Linalg { name: name.clone(), source }
+            move |source: LinalgError| InitError::Linalg {
+                name: name.clone(),
+                source,
+            }
         };
         let svd = if recipe.needs_svd {
             let w = MatF32Ref::new("weight", &params[a.base], d_out, d_in).map_err(err(&recipe.weight))?;
@@ -76,20 +79,32 @@ pub fn initialize(
                 [r, c] => (*r, *c),
                 [k] => (*k, 1),
                 other => {
-                    return Err(InitError::Other { name: info.name.clone(), msg: format!("shape {other:?}") });
+                    return Err(InitError::Other {
+                        name: info.name.clone(),
+                        msg: format!("shape {other:?}"),
+                    });
                 }
             };
             let need_svd = || {
-                svd.as_ref().ok_or_else(|| InitError::Other { name: info.name.clone(), msg: "no SVD computed".into() })
+                svd.as_ref().ok_or_else(|| InitError::Other {
+                    name: info.name.clone(),
+                    msg: "no SVD computed".into(),
+                })
             };
             let values: Vec<f32> = match init {
                 Init::SvdRight => {
                     let s = need_svd()?;
-                    (0..rows).flat_map(|c| (0..cols).map(move |j| (c, j))).map(|(c, j)| s.v[(j, c)] as f32).collect()
+                    (0..rows)
+                        .flat_map(|c| (0..cols).map(move |j| (c, j)))
+                        .map(|(c, j)| s.v[(j, c)] as f32)
+                        .collect()
                 }
                 Init::SvdLeft => {
                     let s = need_svd()?;
-                    (0..rows).flat_map(|i| (0..cols).map(move |c| (i, c))).map(|(i, c)| s.u[(i, c)] as f32).collect()
+                    (0..rows)
+                        .flat_map(|i| (0..cols).map(move |c| (i, c)))
+                        .map(|(i, c)| s.u[(i, c)] as f32)
+                        .collect()
                 }
                 Init::SvdRightScaled => {
                     let s = need_svd()?;
@@ -105,11 +120,15 @@ pub fn initialize(
                         .map(|(i, c)| (s.u[(i, c)] * s.s[c].sqrt()) as f32)
                         .collect()
                 }
-                Init::Identity => (0..rows * cols).map(|k| if k / cols == k % cols { 1.0 } else { 0.0 }).collect(),
+                Init::Identity => (0..rows * cols)
+                    .map(|k| if k / cols == k % cols { 1.0 } else { 0.0 })
+                    .collect(),
                 Init::Zeros => vec![0.0; rows * cols],
                 Init::KaimingUniform => {
                     let mut rng = Xoshiro256StarStar::seed_from_u64(seed);
-                    kaiming_uniform(&mut rng, rows, cols).map_err(err(&info.name))?.into_data()
+                    kaiming_uniform(&mut rng, rows, cols)
+                        .map_err(err(&info.name))?
+                        .into_data()
                 }
                 Init::Normal { std } => {
                     let mut rng = Xoshiro256StarStar::seed_from_u64(seed);
@@ -137,11 +156,18 @@ pub fn initialize(
         if let Some(terms) = &recipe.residual {
             let mut w = Mat::from_fn(d_out, d_in, |i, j| f64::from(params[a.base][i * d_in + j]));
             for term in terms {
-                let m = chain_product(plan, &params, &term.chain).map_err(|msg| InitError::Other { name: recipe.weight.clone(), msg })?;
+                let m = chain_product(plan, &params, &term.chain).map_err(|msg| InitError::Other {
+                    name: recipe.weight.clone(),
+                    msg,
+                })?;
                 if m.nrows() != d_out || m.ncols() != d_in {
                     return Err(InitError::Other {
                         name: recipe.weight.clone(),
-                        msg: format!("path product is {} x {}, the weight {d_out} x {d_in}", m.nrows(), m.ncols()),
+                        msg: format!(
+                            "path product is {} x {}, the weight {d_out} x {d_in}",
+                            m.nrows(),
+                            m.ncols()
+                        ),
                     });
                 }
                 w -= faer::Scale(term.coeff) * &m;
@@ -167,7 +193,11 @@ fn chain_product(plan: &Plan, params: &[Vec<f32>], chain: &[PathFactor]) -> Resu
                     None => m,
                     Some(prev) => {
                         if prev.nrows() != c {
-                            return Err(format!("cannot multiply {r} x {c} by {} x {}", prev.nrows(), prev.ncols()));
+                            return Err(format!(
+                                "cannot multiply {r} x {c} by {} x {}",
+                                prev.nrows(),
+                                prev.ncols()
+                            ));
                         }
                         &m * &prev
                     }

@@ -5,7 +5,7 @@ pub mod data;
 pub mod describe;
 pub mod exec;
 pub mod init;
-pub mod train;
 pub mod linalg;
 pub mod ops;
 pub mod session;
+pub mod train;

@@ -85,9 +85,12 @@ impl SessionError {
             SessionError::Checkpoint(e) => e.hint(),
             SessionError::Data(e) => e.hint(),
             SessionError::Step(StepError::NonFinite { .. }) => {
-                "lower the learning rate or add `clip 1.0`; the last checkpoint holds the state before the divergence".into()
+                "lower the learning rate or add `clip 1.0`; the last checkpoint holds the state before the divergence"
+                    .into()
             }
-            SessionError::State(StateError::Mismatch { .. }) => "resume with the same .lamda file, model and --steps".into(),
+            SessionError::State(StateError::Mismatch { .. }) => {
+                "resume with the same .lamda file, model and --steps".into()
+            }
             _ => String::new(),
         }
     }
@@ -170,12 +173,20 @@ fn fnv(parts: &[&[u8]]) -> String {
 
 /// Checks, compiles and initialises a run.
 pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
-    let spec_text =
-        std::fs::read_to_string(&opts.spec).map_err(|source| SessionError::Read { path: opts.spec.clone(), source })?;
-    let checked = check_path(&opts.spec).map_err(|source| SessionError::Read { path: opts.spec.clone(), source })?;
+    let spec_text = std::fs::read_to_string(&opts.spec).map_err(|source| SessionError::Read {
+        path: opts.spec.clone(),
+        source,
+    })?;
+    let checked = check_path(&opts.spec).map_err(|source| SessionError::Read {
+        path: opts.spec.clone(),
+        source,
+    })?;
     let Some(mut spec) = checked.spec else {
         let errors = checked.diags.iter().filter(|d| d.is_error()).count();
-        return Err(SessionError::Spec { rendered: render(&checked.sources, &checked.diags, Style::Plain), errors });
+        return Err(SessionError::Spec {
+            rendered: render(&checked.sources, &checked.diags, Style::Plain),
+            errors,
+        });
     };
     if let Some(steps) = opts.steps {
         spec.train.steps = steps.max(1);
@@ -189,11 +200,18 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         Device::Cpu | Device::Auto => {}
     }
     let ModelSource::Checkpoint(dir) = &spec.model.source else {
-        return Err(SessionError::NoWeights { model: spec.model_name.clone() });
+        return Err(SessionError::NoWeights {
+            model: spec.model_name.clone(),
+        });
     };
     let ckpt = Checkpoint::open(dir)?;
     let data_path = spec.train.data.clone().ok_or(SessionError::NoData)?;
-    let plan = compile(&spec, spec.train.batch as usize, spec.train.seq as usize, Some(&mut CheckpointSpectra { ckpt: &ckpt }))?;
+    let plan = compile(
+        &spec,
+        spec.train.batch as usize,
+        spec.train.seq as usize,
+        Some(&mut CheckpointSpectra { ckpt: &ckpt }),
+    )?;
     let params = initialize(&plan, &ckpt.weights, &opts.init_overrides)?;
     let init: BTreeMap<usize, Vec<f32>> = plan
         .params
@@ -205,14 +223,23 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     let tokenizer = Tokenizer::for_checkpoint(&ckpt)?;
     let dataset = Dataset::load(&data_path, &tokenizer)?;
     dataset.check_vocab(plan.vocab)?;
-    let cfg = BatchConfig { seq: plan.seq, batch: plan.batch, seed: plan.train.seed, shuffle: None };
+    let cfg = BatchConfig {
+        seq: plan.seq,
+        batch: plan.batch,
+        seed: plan.train.seed,
+        shuffle: None,
+    };
     let eval_batch = Batcher::new(dataset.clone(), cfg)?.next_batch();
     let batcher = Batcher::new(dataset, cfg)?;
     let config_text = std::fs::read(dir.join("config.json")).unwrap_or_default();
     let steps = spec.train.steps.to_le_bytes();
     let spec_hash = fnv(&[spec_text.as_bytes(), &config_text, &steps]);
     let out = opts.out.clone().or_else(|| spec.train.out.clone()).unwrap_or_else(|| {
-        let stem = opts.spec.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+        let stem = opts
+            .spec
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into());
         PathBuf::from("runs").join(stem)
     });
     let mut trainer = Trainer::new(plan, params, batcher);
@@ -223,7 +250,16 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         losses = state::load(&mut trainer, &dir, &spec_hash)?;
         resumed_from = Some(trainer.step);
     }
-    Ok(Session { trainer, init, losses, out, eval_batch, spec_text, spec_hash, resumed_from })
+    Ok(Session {
+        trainer,
+        init,
+        losses,
+        out,
+        eval_batch,
+        spec_text,
+        spec_hash,
+        resumed_from,
+    })
 }
 
 /// What a run ended with.
@@ -240,14 +276,23 @@ pub struct Summary {
 }
 
 fn append_metrics(path: &Path, line: &serde_json::Value) -> Result<(), SessionError> {
-    let werr = |source| SessionError::Write { path: path.to_path_buf(), source };
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(werr)?;
+    let werr = |source| SessionError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(werr)?;
     writeln!(f, "{line}").map_err(werr)
 }
 
 /// Keeps the lines of `metrics.jsonl` for steps before `step` (after a resume).
 fn truncate_metrics(path: &Path, step: u64) -> Result<(), SessionError> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: String = text
         .lines()
         .filter(|l| {
@@ -265,7 +310,10 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<(), SessionError> {
 /// Trains to the end, or until `stop` is set (then saves a checkpoint).
 pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool) -> Result<Summary, SessionError> {
     let out = session.out.clone();
-    std::fs::create_dir_all(&out).map_err(|source| SessionError::Write { path: out.clone(), source })?;
+    std::fs::create_dir_all(&out).map_err(|source| SessionError::Write {
+        path: out.clone(),
+        source,
+    })?;
     let metrics = out.join("metrics.jsonl");
     let ckpt_root = out.join("checkpoints");
     match session.resumed_from {
@@ -314,9 +362,18 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
     let logits = final_eval.logits.unwrap_or_default();
     let mut losses = session.losses.clone();
     losses.push(final_eval.loss);
-    append_metrics(&metrics, &serde_json::json!({ "step": total, "loss": final_eval.loss, "final": true }))?;
+    append_metrics(
+        &metrics,
+        &serde_json::json!({ "step": total, "loss": final_eval.loss, "final": true }),
+    )?;
     observer.finish(tr, final_eval.loss, &logits);
     let ckpt = state::save(tr, &ckpt_root, &session.spec_hash, &session.losses)?;
     state::write_adapter(tr, &session.init, &out.join("adapter.safetensors"), &session.spec_text)?;
-    Ok(Summary { losses, steps: tr.step, interrupted: false, out, checkpoint: Some(ckpt) })
+    Ok(Summary {
+        losses,
+        steps: tr.step,
+        interrupted: false,
+        out,
+        checkpoint: Some(ckpt),
+    })
 }

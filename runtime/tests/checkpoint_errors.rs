@@ -5,16 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use lamda_runtime::checkpoint::{
-    Checkpoint, CheckpointError, LlamaConfig, SafetensorsFile, Weights,
-};
+use lamda_runtime::checkpoint::{Checkpoint, CheckpointError, LlamaConfig, SafetensorsFile, Weights};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
 fn golden(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/golden")
-        .join(case)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(case)
 }
 
 fn golden_config() -> Value {
@@ -61,9 +57,7 @@ fn assert_hint(e: &CheckpointError) {
 #[test]
 fn folder_missing_and_not_a_folder() {
     let e = Checkpoint::open("/definitely/not/here").unwrap_err();
-    assert!(
-        matches!(&e, CheckpointError::FolderMissing { path } if path == Path::new("/definitely/not/here"))
-    );
+    assert!(matches!(&e, CheckpointError::FolderMissing { path } if path == Path::new("/definitely/not/here")));
     assert_hint(&e);
     let file = golden("lora_qv_r4_a8").join("config.json");
     let e = Checkpoint::open(&file).unwrap_err();
@@ -96,21 +90,14 @@ fn no_weights_lists_what_is_there() {
         panic!("{e}")
     };
     assert_eq!(found, &vec!["pytorch_model.bin".to_string()]);
-    assert!(
-        e.hint().contains("converted to safetensors"),
-        "{}",
-        e.hint()
-    );
+    assert!(e.hint().contains("converted to safetensors"), "{}", e.hint());
 }
 
 #[test]
 fn invalid_json_reports_line_and_column() {
     let text = "{\n  \"vocab_size\": 256,\n  oops\n}";
     let e = LlamaConfig::from_json_str(text, Path::new("c/config.json")).unwrap_err();
-    let CheckpointError::InvalidJson {
-        line, column, path, ..
-    } = &e
-    else {
+    let CheckpointError::InvalidJson { line, column, path, .. } = &e else {
         panic!("{e}")
     };
     assert_eq!((*line, *column), (3, 3));
@@ -176,10 +163,7 @@ fn invalid_values() {
             m.insert(key.into(), value.clone());
         }))
         .unwrap_err();
-        assert!(
-            matches!(e, CheckpointError::InvalidValue { .. }),
-            "{key}: {e}"
-        );
+        assert!(matches!(e, CheckpointError::InvalidValue { .. }), "{key}: {e}");
     }
     // The two rope_theta spellings disagree.
     let e = parse_config(&edited(|m| {
@@ -205,16 +189,10 @@ fn unsupported_architecture_rope_and_features() {
     assert!(e.hint().contains("Llama"));
 
     let e = parse_config(&edited(|m| {
-        m.insert(
-            "architectures".into(),
-            json!(["LlamaForSequenceClassification"]),
-        );
+        m.insert("architectures".into(), json!(["LlamaForSequenceClassification"]));
     }))
     .unwrap_err();
-    assert!(
-        matches!(e, CheckpointError::UnsupportedArchitecture { .. }),
-        "{e}"
-    );
+    assert!(matches!(e, CheckpointError::UnsupportedArchitecture { .. }), "{e}");
 
     // transformers 5 layout (Llama 3.1 style).
     let e = parse_config(&edited(|m| {
@@ -231,10 +209,7 @@ fn unsupported_architecture_rope_and_features() {
 
     // transformers 4 layout.
     let e = parse_config(&edited(|m| {
-        m.insert(
-            "rope_scaling".into(),
-            json!({"type": "linear", "factor": 2.0}),
-        );
+        m.insert("rope_scaling".into(), json!({"type": "linear", "factor": 2.0}));
     }))
     .unwrap_err();
     assert!(
@@ -300,11 +275,7 @@ fn config_defaults_and_both_rope_theta_layouts() {
     assert_eq!(c.rope_theta, 10000.0);
     assert_eq!(c.rms_norm_eps, 1e-6);
     assert_eq!(c.eos_token_ids, vec![2, 7]);
-    assert!(
-        c.expected_tensors()
-            .iter()
-            .all(|t| t.name != "lm_head.weight")
-    );
+    assert!(c.expected_tensors().iter().all(|t| t.name != "lm_head.weight"));
 }
 
 #[test]
@@ -330,16 +301,7 @@ fn truncated_file() {
     // Cut inside the header, and inside the 8-byte length.
     std::fs::write(&path, &full[..100]).unwrap();
     let e = SafetensorsFile::open(&path).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            CheckpointError::Truncated {
-                actual_len: 100,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, CheckpointError::Truncated { actual_len: 100, .. }), "{e}");
     std::fs::write(&path, &full[..5]).unwrap();
     let e = SafetensorsFile::open(&path).unwrap_err();
     assert!(
@@ -386,15 +348,9 @@ fn lying_header_is_corrupt_and_names_the_tensor() {
         "{e}"
     );
     // Trailing bytes nobody describes.
-    let bytes = raw_safetensors(
-        r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
-        &[0u8; 12],
-    );
+    let bytes = raw_safetensors(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, &[0u8; 12]);
     let e = SafetensorsFile::from_bytes(p, bytes).unwrap_err();
-    assert!(
-        matches!(e, CheckpointError::Corrupt { tensor: None, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, CheckpointError::Corrupt { tensor: None, .. }), "{e}");
     // Header length pointing past the end, header not JSON, shape overflow.
     let mut bytes = raw_safetensors("{}", &[]);
     bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
@@ -527,11 +483,7 @@ fn sharded_folder() -> (tempfile::TempDir, Value) {
     std::fs::write(shard1, safetensors::serialize(first, None).unwrap()).unwrap();
     std::fs::write(shard2, safetensors::serialize(second, None).unwrap()).unwrap();
     let index = json!({ "weight_map": map });
-    std::fs::write(
-        dir.path().join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
     (dir, index)
 }
 
@@ -541,12 +493,7 @@ fn index_pointing_to_a_missing_shard() {
     assert!(Checkpoint::open(dir.path()).is_ok());
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
     let e = Checkpoint::open(dir.path()).unwrap_err();
-    let CheckpointError::MissingShard {
-        index,
-        shard,
-        tensor,
-    } = &e
-    else {
+    let CheckpointError::MissingShard { index, shard, tensor } = &e else {
         panic!("{e}")
     };
     assert!(index.ends_with("model.safetensors.index.json"));
@@ -560,8 +507,7 @@ fn index_that_lies_or_is_malformed() {
     let (dir, mut index) = sharded_folder();
     let idx_path = dir.path().join("model.safetensors.index.json");
     // A tensor the index places in shard 1 that is really in shard 2.
-    index["weight_map"]["model.layers.1.mlp.up_proj.weight"] =
-        json!("model-00001-of-00002.safetensors");
+    index["weight_map"]["model.layers.1.mlp.up_proj.weight"] = json!("model-00001-of-00002.safetensors");
     std::fs::write(&idx_path, index.to_string()).unwrap();
     let e = Weights::open(dir.path()).unwrap_err();
     assert!(
@@ -570,8 +516,7 @@ fn index_that_lies_or_is_malformed() {
         "{e}"
     );
     // Escaping the folder.
-    index["weight_map"]["model.layers.1.mlp.up_proj.weight"] =
-        json!("../model-00002-of-00002.safetensors");
+    index["weight_map"]["model.layers.1.mlp.up_proj.weight"] = json!("../model-00002-of-00002.safetensors");
     std::fs::write(&idx_path, index.to_string()).unwrap();
     assert!(matches!(
         Weights::open(dir.path()).unwrap_err(),

@@ -7,22 +7,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use lamda_runtime::checkpoint::{
-    Checkpoint, CheckpointError, SafetensorsFile, TensorRef, Weights, write_safetensors,
-};
+use lamda_runtime::checkpoint::{Checkpoint, CheckpointError, SafetensorsFile, TensorRef, Weights, write_safetensors};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 
 fn golden(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/golden")
-        .join(case)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(case)
 }
 
-const TRAIN_CASES: [&str; 3] = [
-    "lamda_qv_r4_linear03",
-    "lamda_all7_r2_never",
-    "lora_qv_r4_a8",
-];
+const TRAIN_CASES: [&str; 3] = ["lamda_qv_r4_linear03", "lamda_all7_r2_never", "lora_qv_r4_a8"];
 
 /// Shapes stated by tests/golden/README.md for the tiny Llama (not derived from our code).
 fn readme_shapes() -> BTreeMap<String, Vec<usize>> {
@@ -118,28 +110,20 @@ fn golden_values_match_the_safetensors_crate_and_the_readme_statistics() {
         assert_eq!(got.iter().copied().collect::<Vec<_>>(), want, "{name}");
     }
     // README: RMSNorm weights are 1 + 0.1 N(0,1); other weights N(0, 0.1^2).
-    let norm = ckpt
-        .vector("model.layers.1.input_layernorm.weight")
-        .unwrap();
+    let norm = ckpt.vector("model.layers.1.input_layernorm.weight").unwrap();
     let mean = norm.mean().unwrap();
     assert!((mean - 1.0).abs() < 0.06, "norm mean {mean}");
-    let q = ckpt
-        .matrix("model.layers.0.self_attn.q_proj.weight")
-        .unwrap();
+    let q = ckpt.matrix("model.layers.0.self_attn.q_proj.weight").unwrap();
     let std = (q.mapv(|v| v * v).mean().unwrap()).sqrt();
     assert!((std - 0.1).abs() < 0.01, "q std {std}");
 }
 
 fn le_bytes_bf16(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-        .collect()
+    v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()
 }
 
 fn le_bytes_f16(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-        .collect()
+    v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()
 }
 
 /// Awkward values: zero, signs, subnormals for f16, overflow to inf in f16, rounding cases.
@@ -178,14 +162,8 @@ fn bf16_and_f16_convert_exactly_like_the_half_crate() {
         let bf = le_bytes_bf16(&values);
         let hf = le_bytes_f16(&values);
         let tensors = vec![
-            (
-                "w_bf16",
-                TensorView::new(StDtype::BF16, shape.clone(), &bf).unwrap(),
-            ),
-            (
-                "w_f16",
-                TensorView::new(StDtype::F16, shape.clone(), &hf).unwrap(),
-            ),
+            ("w_bf16", TensorView::new(StDtype::BF16, shape.clone(), &bf).unwrap()),
+            ("w_f16", TensorView::new(StDtype::F16, shape.clone(), &hf).unwrap()),
         ];
         let path = dir.path().join(format!("half_{n}.safetensors"));
         std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
@@ -202,10 +180,7 @@ fn bf16_and_f16_convert_exactly_like_the_half_crate() {
         }
         // f64 reads widen the same values exactly.
         let wide = file.f64("w_bf16").unwrap();
-        assert_eq!(
-            wide[[0, 4]],
-            f64::from(half::bf16::from_f32(values[4]).to_f32())
-        );
+        assert_eq!(wide[[0, 4]], f64::from(half::bf16::from_f32(values[4]).to_f32()));
     }
 }
 
@@ -224,25 +199,14 @@ fn sharded_checkpoint_loads_through_its_index() {
     let mut weight_map = serde_json::Map::new();
     for (k, chunk) in names.chunks(names.len().div_ceil(3)).enumerate() {
         let shard = format!("model-{:05}-of-00003.safetensors", k + 1);
-        let views: Vec<(String, TensorView<'_>)> = chunk
-            .iter()
-            .map(|n| (n.clone(), st.tensor(n).unwrap()))
-            .collect();
-        std::fs::write(
-            dir.path().join(&shard),
-            safetensors::serialize(views, None).unwrap(),
-        )
-        .unwrap();
+        let views: Vec<(String, TensorView<'_>)> = chunk.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        std::fs::write(dir.path().join(&shard), safetensors::serialize(views, None).unwrap()).unwrap();
         for n in chunk {
             weight_map.insert(n.clone(), serde_json::Value::String(shard.clone()));
         }
     }
     let index = serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": weight_map });
-    std::fs::write(
-        dir.path().join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
 
     let sharded = Checkpoint::open(dir.path()).unwrap();
     assert_eq!(sharded.weights.files().len(), 3);
@@ -251,11 +215,7 @@ fn sharded_checkpoint_loads_through_its_index() {
         single.weights.names().collect::<Vec<_>>()
     );
     for name in single.weights.names() {
-        assert_eq!(
-            sharded.tensor(name).unwrap(),
-            single.tensor(name).unwrap(),
-            "{name}"
-        );
+        assert_eq!(sharded.tensor(name).unwrap(), single.tensor(name).unwrap(), "{name}");
     }
 }
 
@@ -266,8 +226,7 @@ fn writer_output_reads_back_with_the_safetensors_crate_and_our_reader() {
     let a: Vec<f32> = (0..17 * 3).map(|i| i as f32 * 0.25 - 3.0).collect();
     let steps: Vec<i64> = vec![0, 1, 2, 4, 4, -100, i64::MAX];
     let s = ndarray::Array2::<f32>::eye(3);
-    let transposed =
-        ndarray::Array2::from_shape_fn((2, 3), |(i, j)| (i * 3 + j) as f32).reversed_axes();
+    let transposed = ndarray::Array2::from_shape_fn((2, 3), |(i, j)| (i * 3 + j) as f32).reversed_axes();
     let mut tensors = BTreeMap::new();
     tensors.insert("m.A".to_string(), TensorRef::f32(&[17, 3], &a));
     tensors.insert("m.S".to_string(), TensorRef::from_f32_array(&s));
@@ -297,19 +256,12 @@ fn writer_output_reads_back_with_the_safetensors_crate_and_our_reader() {
 
     let file = SafetensorsFile::open(&path).unwrap();
     assert_eq!(
-        file.matrix("m.A", 17, 3)
-            .unwrap()
-            .iter()
-            .copied()
-            .collect::<Vec<_>>(),
+        file.matrix("m.A", 17, 3).unwrap().iter().copied().collect::<Vec<_>>(),
         a
     );
     assert_eq!(file.matrix("m.S", 3, 3).unwrap(), s);
     assert_eq!(file.matrix("m.T", 3, 2).unwrap(), transposed);
-    assert_eq!(
-        file.i64("frozen_cols").unwrap().into_raw_vec_and_offset().0,
-        steps
-    );
+    assert_eq!(file.i64("frozen_cols").unwrap().into_raw_vec_and_offset().0, steps);
     assert_eq!(file.f32("empty").unwrap().shape(), &[0, 4]);
     assert_eq!(file.metadata().get("step").map(String::as_str), Some("100"));
 

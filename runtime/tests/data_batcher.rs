@@ -5,9 +5,7 @@
 
 use std::path::Path;
 
-use lamda_runtime::data::{
-    Batch, BatchConfig, Batcher, BatcherState, DataError, Dataset, Tokenizer,
-};
+use lamda_runtime::data::{Batch, BatchConfig, Batcher, BatcherState, DataError, Dataset, Tokenizer};
 
 /// A byte-level text dataset of `n` tokens (all distinct mod 256 runs).
 fn text_data(dir: &Path, n: usize) -> Dataset {
@@ -65,11 +63,7 @@ fn each_epoch_is_a_shuffled_permutation_of_all_windows() {
             .collect();
         let mut sorted = items.clone();
         sorted.sort_unstable();
-        assert_eq!(
-            sorted,
-            (0..n).collect::<Vec<_>>(),
-            "epoch {e} is a permutation"
-        );
+        assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "epoch {e} is a permutation");
         epochs.push(items);
     }
     assert_ne!(epochs[0], (0..n).collect::<Vec<_>>(), "shuffled");
@@ -91,10 +85,7 @@ fn batches_run_on_across_epoch_boundaries_without_shuffle() {
     )
     .unwrap();
     assert_eq!(b.batches_per_epoch(), 2);
-    let items: Vec<(Vec<usize>, u64)> = take(&mut b, 4)
-        .into_iter()
-        .map(|x| (x.items, x.epoch))
-        .collect();
+    let items: Vec<(Vec<usize>, u64)> = take(&mut b, 4).into_iter().map(|x| (x.items, x.epoch)).collect();
     assert_eq!(
         items,
         vec![
@@ -128,48 +119,29 @@ fn serialized_state_resumes_exactly_mid_epoch() {
     // A state from other settings or other data is refused.
     let mut other_seed = Batcher::new(data.clone(), cfg(13, 3, 1)).unwrap();
     let e = other_seed.restore(&state).unwrap_err();
-    assert!(
-        matches!(e, DataError::StateMismatch { field: "seed", .. }),
-        "{e}"
-    );
+    assert!(matches!(e, DataError::StateMismatch { field: "seed", .. }), "{e}");
     let mut other_batch = Batcher::new(data, cfg(13, 2, 2024)).unwrap();
     assert!(matches!(
         other_batch.restore(&state).unwrap_err(),
         DataError::StateMismatch { field: "batch", .. }
     ));
-    let mut other_data =
-        Batcher::new(text_data(dir.path(), 13 * 10 + 1), cfg(13, 3, 2024)).unwrap();
+    let mut other_data = Batcher::new(text_data(dir.path(), 13 * 10 + 1), cfg(13, 3, 2024)).unwrap();
     // Same window count, different bytes → the fingerprint differs.
     let p = dir.path().join("other.txt");
     std::fs::write(&p, vec![b'z'; 130]).unwrap();
-    let mut changed = Batcher::new(
-        Dataset::load(&p, &Tokenizer::bytes()).unwrap(),
-        cfg(13, 3, 2024),
-    )
-    .unwrap();
+    let mut changed = Batcher::new(Dataset::load(&p, &Tokenizer::bytes()).unwrap(), cfg(13, 3, 2024)).unwrap();
     let e = changed.restore(&state).unwrap_err();
-    assert!(
-        matches!(e, DataError::StateMismatch { field: "data", .. }),
-        "{e}"
-    );
+    assert!(matches!(e, DataError::StateMismatch { field: "data", .. }), "{e}");
     assert!(e.hint().contains("same data file"));
     let e = other_data.restore(&state).unwrap_err();
-    assert!(
-        matches!(e, DataError::StateMismatch { field: "data", .. }),
-        "{e}"
-    );
+    assert!(matches!(e, DataError::StateMismatch { field: "data", .. }), "{e}");
 }
 
 #[test]
 fn jsonl_examples_are_shuffled_by_default_and_resume_too() {
     let dir = tempfile::tempdir().unwrap();
     let lines: String = (0..11)
-        .map(|i| {
-            format!(
-                "{{\"prompt\": \"q{i}\", \"completion\": \"{}\"}}\n",
-                "a".repeat(i)
-            )
-        })
+        .map(|i| format!("{{\"prompt\": \"q{i}\", \"completion\": \"{}\"}}\n", "a".repeat(i)))
         .collect();
     let p = dir.path().join("sft.jsonl");
     std::fs::write(&p, lines).unwrap();

@@ -6,17 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use lamda_runtime::checkpoint::{Checkpoint, LlamaConfig};
-use lamda_runtime::data::{
-    BatchConfig, Batcher, DataError, Dataset, Example, IGNORE_INDEX, Source, Tokenizer,
-};
+use lamda_runtime::data::{BatchConfig, Batcher, DataError, Dataset, Example, IGNORE_INDEX, Source, Tokenizer};
 use ndarray::{Array2, array};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use serde_json::json;
 
 fn golden(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/golden")
-        .join(case)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(case)
 }
 
 fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
@@ -37,10 +33,7 @@ fn no_shuffle(seq: usize, batch: usize) -> BatchConfig {
 #[test]
 fn text_is_bytes_without_a_tokenizer_and_cut_into_windows() {
     let dir = tempfile::tempdir().unwrap();
-    let text: Vec<u8> = (0..50u8)
-        .map(|i| b'a' + i % 26)
-        .chain([0xC3, 0xA9])
-        .collect(); // 52 bytes, ends in "é"
+    let text: Vec<u8> = (0..50u8).map(|i| b'a' + i % 26).chain([0xC3, 0xA9]).collect(); // 52 bytes, ends in "é"
     let p = write(dir.path(), "train.txt", &text);
     let data = Dataset::load(&p, &Tokenizer::bytes()).unwrap();
     assert!(data.is_byte_level());
@@ -55,10 +48,7 @@ fn text_is_bytes_without_a_tokenizer_and_cut_into_windows() {
     assert_eq!(b.items_per_epoch(), 3);
     for w in 0..3 {
         let batch = b.next_batch();
-        let want: Vec<i64> = text[w * 17..(w + 1) * 17]
-            .iter()
-            .map(|&x| i64::from(x))
-            .collect();
+        let want: Vec<i64> = text[w * 17..(w + 1) * 17].iter().map(|&x| i64::from(x)).collect();
         assert_eq!(batch.input_ids.row(0).to_vec(), want);
         assert_eq!(
             batch.labels.row(0).to_vec(),
@@ -76,17 +66,7 @@ fn text_errors() {
     let p = write(dir.path(), "short.txt", b"tiny");
     let data = Dataset::text(&p, &Tokenizer::bytes()).unwrap();
     let e = Batcher::new(data, no_shuffle(16, 2)).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            DataError::TooShort {
-                tokens: 4,
-                seq: 16,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, DataError::TooShort { tokens: 4, seq: 16, .. }), "{e}");
     assert!(e.hint().contains("lower `seq`"));
 
     let p = write(dir.path(), "empty.txt", b"");
@@ -156,10 +136,7 @@ fn jsonl_prompt_completion_masks_the_prompt() {
         array![[97, 98, 99, 100, 0, 0], [120, 121, 122, 0, 0, 0]]
     );
     let m = IGNORE_INDEX;
-    assert_eq!(
-        batch.labels,
-        array![[m, m, 99, 100, m, m], [120, 121, 122, m, m, m]]
-    );
+    assert_eq!(batch.labels, array![[m, m, 99, 100, m, m], [120, 121, 122, m, m, m]]);
 
     // Truncated to seq 3: the completion keeps its first token.
     let mut b = Batcher::new(data, no_shuffle(3, 1)).unwrap();
@@ -172,24 +149,14 @@ fn jsonl_prompt_completion_masks_the_prompt() {
 fn jsonl_errors_name_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, &[u8], usize, &str); 7] = [
-        (
-            "syntax",
-            b"{\"text\": \"a\"}\n{\"text\": \"b\"\n",
-            2,
-            "syntax",
-        ),
+        ("syntax", b"{\"text\": \"a\"}\n{\"text\": \"b\"\n", 2, "syntax"),
         (
             "missing_completion",
             b"{\"text\": \"a\"}\n\n{\"prompt\": \"q\"}\n",
             3,
             "but no `completion`",
         ),
-        (
-            "missing_prompt",
-            b"{\"completion\": \"c\"}\n",
-            1,
-            "but no `prompt`",
-        ),
+        ("missing_prompt", b"{\"completion\": \"c\"}\n", 1, "but no `prompt`"),
         (
             "neither",
             b"{\"question\": \"q\", \"answer\": \"a\"}\n",
@@ -215,10 +182,7 @@ fn jsonl_errors_name_the_line() {
             other => panic!("{name}: {other}"),
         }
         let shown = e.to_string();
-        assert!(
-            shown.contains(want_text) || want_text == "syntax",
-            "{name}: {shown}"
-        );
+        assert!(shown.contains(want_text) || want_text == "syntax", "{name}: {shown}");
         assert!(shown.contains(&format!("line {want_line}")), "{shown}");
         assert!(!e.hint().is_empty());
     }
@@ -231,11 +195,7 @@ fn jsonl_errors_name_the_line() {
 
 #[test]
 fn golden_inputs_are_used_as_is() {
-    for case in [
-        "lamda_qv_r4_linear03",
-        "lamda_all7_r2_never",
-        "lora_qv_r4_a8",
-    ] {
+    for case in ["lamda_qv_r4_linear03", "lamda_all7_r2_never", "lora_qv_r4_a8"] {
         let path = golden(case).join("inputs.safetensors");
         // Independent decode with the safetensors crate.
         let bytes = std::fs::read(&path).unwrap();
@@ -303,10 +263,7 @@ fn token_id_file_errors() {
             "input_ids",
             StDtype::I32,
             vec![2, 3],
-            [1i32, 2, 3, 4, 5, 6]
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect(),
+            [1i32, 2, 3, 4, 5, 6].iter().flat_map(|x| x.to_le_bytes()).collect(),
         )],
     );
     let data = Dataset::token_ids(&p).unwrap();
@@ -368,12 +325,7 @@ fn token_id_file_errors() {
         "badlabel.safetensors",
         vec![
             ("input_ids", StDtype::I64, vec![2, 3], ids.clone()),
-            (
-                "labels",
-                StDtype::I64,
-                vec![2, 3],
-                i64_bytes(&[-100, 2, 3, 4, -5, 6]),
-            ),
+            ("labels", StDtype::I64, vec![2, 3], i64_bytes(&[-100, 2, 3, 4, -5, 6])),
         ],
     );
     let e = Dataset::token_ids(&p).unwrap_err();
@@ -418,10 +370,7 @@ fn token_id_file_errors() {
             ("labels", StDtype::I64, vec![1, 2], i64_bytes(&[-100, 300])),
         ],
     );
-    let e = Dataset::token_ids(&p)
-        .unwrap()
-        .check_vocab(256)
-        .unwrap_err();
+    let e = Dataset::token_ids(&p).unwrap().check_vocab(256).unwrap_err();
     assert!(
         matches!(
             e,
@@ -487,10 +436,7 @@ fn tokenizer_json_from_the_checkpoint_folder() {
     assert_eq!(tok.pad_id(), 0); // config pad_token_id is null, tokenizer sets no padding
 
     // "hello world": BOS, hello, Ġw o r l d.
-    assert_eq!(
-        tok.encode("hello world", true).unwrap(),
-        vec![1, 14, 15, 6, 9, 5, 10]
-    );
+    assert_eq!(tok.encode("hello world", true).unwrap(), vec![1, 14, 15, 6, 9, 5, 10]);
     assert_eq!(tok.encode("hello", false).unwrap(), vec![14]);
 
     let p = write(dir.path(), "train.txt", b"hello world");
@@ -519,8 +465,7 @@ fn tokenizer_json_from_the_checkpoint_folder() {
 
     // pad_token_id from config.json when the tokenizer has no padding.
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
     cfg["pad_token_id"] = json!(2);
     let config = LlamaConfig::from_json_str(&cfg.to_string(), Path::new("config.json")).unwrap();
     let tok = Tokenizer::from_file(&dir.path().join("tokenizer.json"))

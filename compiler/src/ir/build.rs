@@ -10,12 +10,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::adapter::Factor;
 use crate::consteval::Const;
 use crate::ir::{
-    AdapterInfo, AttnDims, F64, Ir, NodeId, Op, ParamId, ParamInfo, ParamRole, PathFactor, PathTerm, TensorType,
-    Value,
+    AdapterInfo, AttnDims, F64, Ir, NodeId, Op, ParamId, ParamInfo, ParamRole, PathFactor, PathTerm, TensorType, Value,
 };
-use crate::adapter::Factor;
 use crate::model::{ModelInstance, ModuleKind};
 use crate::spec::ResolvedSpec;
 use crate::syntax::ast::{BinOp, Expr, ExprKind, Stmt};
@@ -63,7 +62,12 @@ pub fn build_forward(spec: &ResolvedSpec, batch: usize, seq: usize, with_grad: b
     let mut b = Builder {
         spec,
         ir,
-        by_path: model.modules.iter().enumerate().map(|(i, m)| (m.path_string(), i)).collect(),
+        by_path: model
+            .modules
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.path_string(), i))
+            .collect(),
         adapted: spec.modules.iter().enumerate().map(|(i, m)| (m.module, i)).collect(),
         base_params: BTreeMap::new(),
         param_nodes: BTreeMap::new(),
@@ -71,20 +75,38 @@ pub fn build_forward(spec: &ResolvedSpec, batch: usize, seq: usize, with_grad: b
         tokens: (tokens, 0),
     };
     b.declare_adapters()?;
-    let Some((_, fwd)) = &model.forward else { return err(format!("model family `{}` has no forward block", model.family)) };
+    let Some((_, fwd)) = &model.forward else {
+        return err(format!("model family `{}` has no forward block", model.family));
+    };
     let mut env: BTreeMap<String, Binding> = BTreeMap::new();
     env.insert(fwd.input.name.clone(), Binding::Tensor(b.tokens));
-    let logits = b.block(&fwd.body, &mut env)?.ok_or_else(|| BuildError("the forward block returns nothing".into()))?;
-    let lt = b.ir.ty(logits).cloned().ok_or_else(|| BuildError("logits have no type".into()))?;
+    let logits = b
+        .block(&fwd.body, &mut env)?
+        .ok_or_else(|| BuildError("the forward block returns nothing".into()))?;
+    let lt =
+        b.ir.ty(logits)
+            .cloned()
+            .ok_or_else(|| BuildError("logits have no type".into()))?;
     if lt.shape != [n, vocab] {
-        return err(format!("the forward block returns {lt}, expected logits f32[{n}, {vocab}]"));
+        return err(format!(
+            "the forward block returns {lt}, expected logits f32[{n}, {vocab}]"
+        ));
     }
     let labels = b.ir.add(Op::Labels, &[], vec![TensorType::i64(&[n])], "labels");
     let mut outs = vec![TensorType::f32(&[1])];
     if with_grad {
         outs.push(TensorType::f32(&[n, vocab]));
     }
-    let ce = b.ir.add(Op::CrossEntropy { batch, seq, grad: with_grad }, &[logits, (labels, 0)], outs, "loss");
+    let ce = b.ir.add(
+        Op::CrossEntropy {
+            batch,
+            seq,
+            grad: with_grad,
+        },
+        &[logits, (labels, 0)],
+        outs,
+        "loss",
+    );
     b.ir.loss = Some((ce, 0));
     b.ir.logits = Some(logits);
     Ok(b.ir)
@@ -104,17 +126,27 @@ impl Builder<'_> {
             let weight = format!("{}.weight", self.spec.model.modules[m.module].hf_name);
             let base = self.ir.params.len();
             let role = if method.residual {
-                ParamRole::Residual { tensor: weight.clone(), adapter: ai }
+                ParamRole::Residual {
+                    tensor: weight.clone(),
+                    adapter: ai,
+                }
             } else {
                 ParamRole::Base { tensor: weight.clone() }
             };
-            self.ir.params.push(ParamInfo { name: weight.clone(), shape: vec![m.d_out as usize, m.d_in as usize], role });
+            self.ir.params.push(ParamInfo {
+                name: weight.clone(),
+                shape: vec![m.d_out as usize, m.d_in as usize],
+                role,
+            });
             self.base_params.insert(weight, base);
             let mut tensors = Vec::new();
             for (ti, t) in method.tensors.iter().enumerate() {
-                let shape = method
-                    .shape(ti, &env)
-                    .ok_or_else(|| BuildError(format!("cannot evaluate the shape of `{}` of `{}`", t.name, method.name)))?;
+                let shape = method.shape(ti, &env).ok_or_else(|| {
+                    BuildError(format!(
+                        "cannot evaluate the shape of `{}` of `{}`",
+                        t.name, method.name
+                    ))
+                })?;
                 let column_frozen = method.freeze.map(|(f, _)| f) == Some(ti);
                 tensors.push(self.ir.params.len());
                 self.ir.params.push(ParamInfo {
@@ -186,15 +218,27 @@ impl Builder<'_> {
         if let Some(&p) = self.base_params.get(&name) {
             return p;
         }
-        let shape: Vec<usize> = model.modules[owner].kind.weight_shape().iter().map(|&d| d as usize).collect();
+        let shape: Vec<usize> = model.modules[owner]
+            .kind
+            .weight_shape()
+            .iter()
+            .map(|&d| d as usize)
+            .collect();
         let p = self.ir.params.len();
-        self.ir.params.push(ParamInfo { name: name.clone(), shape, role: ParamRole::Base { tensor: name.clone() } });
+        self.ir.params.push(ParamInfo {
+            name: name.clone(),
+            shape,
+            role: ParamRole::Base { tensor: name.clone() },
+        });
         self.base_params.insert(name, p);
         p
     }
 
     fn ty(&self, v: Value) -> R<TensorType> {
-        self.ir.ty(v).cloned().ok_or_else(|| BuildError("a value without a type".into()))
+        self.ir
+            .ty(v)
+            .cloned()
+            .ok_or_else(|| BuildError("a value without a type".into()))
     }
 
     fn block(&mut self, stmts: &[Stmt], env: &mut BTreeMap<String, Binding>) -> R<Option<Value>> {
@@ -232,9 +276,11 @@ impl Builder<'_> {
 
     fn scalar(&self, e: &Expr) -> R<Const> {
         match &e.kind {
-            ExprKind::Ref(p) if p.len() == 1 => {
-                self.params.get(&p[0].name).copied().ok_or_else(|| BuildError(format!("`{}` is not a parameter", p[0].name)))
-            }
+            ExprKind::Ref(p) if p.len() == 1 => self
+                .params
+                .get(&p[0].name)
+                .copied()
+                .ok_or_else(|| BuildError(format!("`{}` is not a parameter", p[0].name))),
             _ => crate::consteval::eval(e, &self.params).map_err(|e| BuildError(e.message())),
         }
     }
@@ -270,14 +316,23 @@ impl Builder<'_> {
                 let names: Vec<&str> = callee.iter().map(|i| i.name.as_str()).collect();
                 // A module call: `layer.attn.q(x)` or `embed(tokens)`.
                 let path = match env.get(names[0]) {
-                    Some(Binding::Group(prefix)) => Some(std::iter::once(prefix.as_str()).chain(names[1..].iter().copied()).collect::<Vec<_>>().join(".")),
+                    Some(Binding::Group(prefix)) => Some(
+                        std::iter::once(prefix.as_str())
+                            .chain(names[1..].iter().copied())
+                            .collect::<Vec<_>>()
+                            .join("."),
+                    ),
                     _ if self.by_path.contains_key(&names.join(".")) => Some(names.join(".")),
                     _ => None,
                 };
                 if let Some(path) = path {
-                    let [arg] = args.as_slice() else { return err(format!("module `{path}` takes one input")) };
+                    let [arg] = args.as_slice() else {
+                        return err(format!("module `{path}` takes one input"));
+                    };
                     let x = self.expr(&arg.value, env)?;
-                    let Some(&m) = self.by_path.get(&path) else { return err(format!("no module `{path}`")) };
+                    let Some(&m) = self.by_path.get(&path) else {
+                        return err(format!("no module `{path}`"));
+                    };
                     return self.module(m, x);
                 }
                 match (names.as_slice(), args.as_slice()) {
@@ -290,16 +345,27 @@ impl Builder<'_> {
                         let x = self.expr(&x.value, env)?;
                         let t = self.ty(x)?;
                         let head_dim = self.int(&hd.value)?;
-                        let theta = self.scalar(&theta.value)?.as_f64().ok_or_else(|| BuildError("rope theta must be a number".into()))?;
-                        if t.shape.len() != 2 || head_dim % 2 != 0 || t.shape[1] % head_dim != 0 {
+                        let theta = self
+                            .scalar(&theta.value)?
+                            .as_f64()
+                            .ok_or_else(|| BuildError("rope theta must be a number".into()))?;
+                        if t.shape.len() != 2 || !head_dim.is_multiple_of(2) || !t.shape[1].is_multiple_of(head_dim) {
                             return err(format!("rope on {t} with head_dim {head_dim}"));
                         }
                         let label = self.ir.graph[x.0].label.clone();
-                        let op = Op::Rope { head_dim, seq: self.ir.seq, theta: F64(theta) };
+                        let op = Op::Rope {
+                            head_dim,
+                            seq: self.ir.seq,
+                            theta: F64(theta),
+                        };
                         Ok((self.ir.add(op, &[x], vec![t], format!("{label}.rope")), 0))
                     }
                     (["causal_attention"], [q, k, v, h, kvh, hd]) => {
-                        let (q, k, v) = (self.expr(&q.value, env)?, self.expr(&k.value, env)?, self.expr(&v.value, env)?);
+                        let (q, k, v) = (
+                            self.expr(&q.value, env)?,
+                            self.expr(&k.value, env)?,
+                            self.expr(&v.value, env)?,
+                        );
                         let dims = AttnDims {
                             batch: self.ir.batch,
                             seq: self.ir.seq,
@@ -311,14 +377,31 @@ impl Builder<'_> {
                         let (tq, tk, tv) = (self.ty(q)?, self.ty(k)?, self.ty(v)?);
                         let qw = dims.heads * dims.head_dim;
                         let kvw = dims.kv_heads * dims.head_dim;
-                        if tq.shape != [n, qw] || tk.shape != [n, kvw] || tv.shape != [n, kvw] || dims.heads % dims.kv_heads != 0 {
-                            return err(format!("attention of {tq}, {tk}, {tv} with {} heads, {} kv heads of {}", dims.heads, dims.kv_heads, dims.head_dim));
+                        if tq.shape != [n, qw]
+                            || tk.shape != [n, kvw]
+                            || tv.shape != [n, kvw]
+                            || !dims.heads.is_multiple_of(dims.kv_heads)
+                        {
+                            return err(format!(
+                                "attention of {tq}, {tk}, {tv} with {} heads, {} kv heads of {}",
+                                dims.heads, dims.kv_heads, dims.head_dim
+                            ));
                         }
-                        let label = self.ir.graph[q.0].label.replace(".q.rope", ".attention").replace(".q", ".attention");
-                        let outs = vec![TensorType::f32(&[n, qw]), TensorType::f32(&[dims.batch, dims.heads, dims.seq])];
+                        let label = self.ir.graph[q.0]
+                            .label
+                            .replace(".q.rope", ".attention")
+                            .replace(".q", ".attention");
+                        let outs = vec![
+                            TensorType::f32(&[n, qw]),
+                            TensorType::f32(&[dims.batch, dims.heads, dims.seq]),
+                        ];
                         Ok((self.ir.add(Op::Attention(dims), &[q, k, v], outs, label), 0))
                     }
-                    _ => err(format!("cannot lower the call `{}` with {} arguments", names.join("."), args.len())),
+                    _ => err(format!(
+                        "cannot lower the call `{}` with {} arguments",
+                        names.join("."),
+                        args.len()
+                    )),
                 }
             }
             _ => err("unsupported expression in the forward block"),
@@ -339,7 +422,11 @@ impl Builder<'_> {
                 let w = self.weight(m);
                 let w = self.param(w);
                 let _ = vocab;
-                Ok((self.ir.add(Op::Embedding, &[x, w], vec![TensorType::f32(&[n, dim as usize])], label), 0))
+                Ok((
+                    self.ir
+                        .add(Op::Embedding, &[x, w], vec![TensorType::f32(&[n, dim as usize])], label),
+                    0,
+                ))
             }
             ModuleKind::RmsNorm { dim, eps } => {
                 if tx.shape != [n, dim as usize] {
@@ -362,7 +449,11 @@ impl Builder<'_> {
                 };
                 let info = self.ir.adapters[ai].clone();
                 let w = self.param(info.base);
-                let mut y = (self.ir.add_tagged(Op::Linear, &[x, w], vec![out_ty.clone()], label.clone(), Some(ai)), 0);
+                let mut y = (
+                    self.ir
+                        .add_tagged(Op::Linear, &[x, w], vec![out_ty.clone()], label.clone(), Some(ai)),
+                    0,
+                );
                 for (ti, term) in info.terms.iter().enumerate() {
                     let mut cur = x;
                     for f in term.chain.iter().rev() {
@@ -373,20 +464,56 @@ impl Builder<'_> {
                                 let name = self.ir.params[p].name.rsplit('.').next().unwrap_or("").to_string();
                                 let pv = self.param(p);
                                 let t = TensorType::f32(&[n, rows]);
-                                (self.ir.add_tagged(Op::Linear, &[cur, pv], vec![t], format!("{label}.{name}"), Some(ai)), 0)
+                                (
+                                    self.ir.add_tagged(
+                                        Op::Linear,
+                                        &[cur, pv],
+                                        vec![t],
+                                        format!("{label}.{name}"),
+                                        Some(ai),
+                                    ),
+                                    0,
+                                )
                             }
                             PathFactor::Diag(p) => {
                                 let pv = self.param(p);
-                                (self.ir.add_tagged(Op::ColScale, &[cur, pv], vec![ct], format!("{label}.diag"), Some(ai)), 0)
+                                (
+                                    self.ir.add_tagged(
+                                        Op::ColScale,
+                                        &[cur, pv],
+                                        vec![ct],
+                                        format!("{label}.diag"),
+                                        Some(ai),
+                                    ),
+                                    0,
+                                )
                             }
                         };
                     }
                     if term.coeff != 1.0 {
                         let t = self.ty(cur)?;
-                        cur = (self.ir.add_tagged(Op::Scale { c: F64(term.coeff) }, &[cur], vec![t], format!("{label}.scale"), Some(ai)), 0);
+                        cur = (
+                            self.ir.add_tagged(
+                                Op::Scale { c: F64(term.coeff) },
+                                &[cur],
+                                vec![t],
+                                format!("{label}.scale"),
+                                Some(ai),
+                            ),
+                            0,
+                        );
                     }
                     let _ = ti;
-                    y = (self.ir.add_tagged(Op::Add, &[y, cur], vec![out_ty.clone()], format!("{label}.out"), Some(ai)), 0);
+                    y = (
+                        self.ir.add_tagged(
+                            Op::Add,
+                            &[y, cur],
+                            vec![out_ty.clone()],
+                            format!("{label}.out"),
+                            Some(ai),
+                        ),
+                        0,
+                    );
                 }
                 Ok(y)
             }

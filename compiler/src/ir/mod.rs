@@ -190,10 +190,16 @@ pub struct TensorType {
 
 impl TensorType {
     pub fn f32(shape: &[usize]) -> Self {
-        TensorType { dtype: Dtype::F32, shape: shape.to_vec() }
+        TensorType {
+            dtype: Dtype::F32,
+            shape: shape.to_vec(),
+        }
     }
     pub fn i64(shape: &[usize]) -> Self {
-        TensorType { dtype: Dtype::I64, shape: shape.to_vec() }
+        TensorType {
+            dtype: Dtype::I64,
+            shape: shape.to_vec(),
+        }
     }
     pub fn numel(&self) -> u64 {
         self.shape.iter().map(|&d| d as u64).product()
@@ -246,7 +252,13 @@ pub enum ParamRole {
     /// A frozen base weight replaced by `W - path(init)` of adapter `adapter`.
     Residual { tensor: String, adapter: usize },
     /// An adapter tensor.
-    Adapter { adapter: usize, tensor: String, init: Init, trainable: bool, column_frozen: bool },
+    Adapter {
+        adapter: usize,
+        tensor: String,
+        init: Init,
+        trainable: bool,
+        column_frozen: bool,
+    },
 }
 
 /// A parameter of the step: name (unique), shape, role.
@@ -349,7 +361,13 @@ impl Ir {
         label: impl Into<String>,
         adapter: Option<usize>,
     ) -> NodeId {
-        let id = self.graph.add_node(Node { op, outputs, label: label.into(), adapter, backward: false });
+        let id = self.graph.add_node(Node {
+            op,
+            outputs,
+            label: label.into(),
+            adapter,
+            backward: false,
+        });
         for (arg, &(src, out)) in inputs.iter().enumerate() {
             self.graph.add_edge(src, id, Edge { out, arg: arg as u8 });
         }

@@ -10,7 +10,11 @@ use std::fmt::Write;
 use crate::ir::{Ir, Op, ParamRole};
 
 fn value(v: (crate::ir::NodeId, u8), multi: bool) -> String {
-    if multi { format!("%{}.{}", v.0.index(), v.1) } else { format!("%{}", v.0.index()) }
+    if multi {
+        format!("%{}.{}", v.0.index(), v.1)
+    } else {
+        format!("%{}", v.0.index())
+    }
 }
 
 fn attrs(op: &Op) -> String {
@@ -34,12 +38,25 @@ fn attrs(op: &Op) -> String {
 /// The text form.
 pub fn to_text(ir: &Ir) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# batch {} x seq {} = {} rows, vocab {}", ir.batch, ir.seq, ir.n(), ir.vocab);
+    let _ = writeln!(
+        out,
+        "# batch {} x seq {} = {} rows, vocab {}",
+        ir.batch,
+        ir.seq,
+        ir.n(),
+        ir.vocab
+    );
     for (i, p) in ir.params.iter().enumerate() {
         let role = match &p.role {
             ParamRole::Base { .. } => "base".to_string(),
             ParamRole::Residual { adapter, .. } => format!("residual of adapter {adapter}"),
-            ParamRole::Adapter { adapter, init, trainable, column_frozen, .. } => format!(
+            ParamRole::Adapter {
+                adapter,
+                init,
+                trainable,
+                column_frozen,
+                ..
+            } => format!(
                 "adapter {adapter}, {}, init {}{}",
                 if *trainable { "trainable" } else { "frozen" },
                 init.name(),
@@ -57,7 +74,11 @@ pub fn to_text(ir: &Ir) -> String {
             .map(|&v| value(v, ir.graph.node_weight(v.0).is_some_and(|n| n.outputs.len() > 1)))
             .collect();
         let outs: Vec<String> = node.outputs.iter().map(ToString::to_string).collect();
-        let lhs = if node.outputs.is_empty() { String::new() } else { format!("%{} = ", id.index()) };
+        let lhs = if node.outputs.is_empty() {
+            String::new()
+        } else {
+            format!("%{} = ", id.index())
+        };
         let mut line = format!("{lhs}{}{}", node.op.name(), attrs(&node.op));
         if !ins.is_empty() {
             let _ = write!(line, " {}", ins.join(", "));
@@ -81,7 +102,13 @@ pub fn to_dot(ir: &Ir) -> String {
     let mut out = String::from("digraph step {\n  node [shape=box, fontname=monospace];\n");
     for id in ir.order() {
         let node = &ir.graph[id];
-        let color = if node.backward { ", color=firebrick" } else if node.adapter.is_some() { ", color=royalblue" } else { "" };
+        let color = if node.backward {
+            ", color=firebrick"
+        } else if node.adapter.is_some() {
+            ", color=royalblue"
+        } else {
+            ""
+        };
         let label = format!("%{} {}{}\\n{}", id.index(), node.op.name(), attrs(&node.op), node.label).replace('"', "'");
         let _ = writeln!(out, "  n{} [label=\"{label}\"{color}];", id.index());
     }

@@ -29,15 +29,28 @@ pub struct VerifyError {
 pub fn verify(ir: &Ir) -> Result<(), VerifyError> {
     for id in ir.order() {
         let node = &ir.graph[id];
-        let fail = |msg: String| VerifyError { node: id, op: node.op.name(), msg };
+        let fail = |msg: String| VerifyError {
+            node: id,
+            op: node.op.name(),
+            msg,
+        };
         let mut args: Vec<u8> = Vec::new();
         for e in ir.graph.edges_directed(id, Direction::Incoming) {
             let src = &ir.graph[e.source()];
             if e.weight().out as usize >= src.outputs.len() {
-                return Err(fail(format!("operand {} reads output {} of a node with {}", e.weight().arg, e.weight().out, src.outputs.len())));
+                return Err(fail(format!(
+                    "operand {} reads output {} of a node with {}",
+                    e.weight().arg,
+                    e.weight().out,
+                    src.outputs.len()
+                )));
             }
             if e.source() >= id {
-                return Err(fail(format!("operand {} comes from a later node {:?}", e.weight().arg, e.source())));
+                return Err(fail(format!(
+                    "operand {} comes from a later node {:?}",
+                    e.weight().arg,
+                    e.source()
+                )));
             }
             args.push(e.weight().arg);
         }
@@ -57,9 +70,16 @@ pub fn verify(ir: &Ir) -> Result<(), VerifyError> {
         }
     }
     if let Some((id, out)) = ir.loss {
-        let ok = ir.graph.node_weight(id).is_some_and(|n| matches!(n.op, Op::CrossEntropy { .. }) && out == 0);
+        let ok = ir
+            .graph
+            .node_weight(id)
+            .is_some_and(|n| matches!(n.op, Op::CrossEntropy { .. }) && out == 0);
         if !ok {
-            return Err(VerifyError { node: id, op: "loss", msg: "the loss is not output 0 of a cross_entropy".into() });
+            return Err(VerifyError {
+                node: id,
+                op: "loss",
+                msg: "the loss is not output 0 of a cross_entropy".into(),
+            });
         }
     }
     Ok(())
@@ -79,7 +99,11 @@ pub fn infer(ir: &Ir, op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, St
         }
     };
     let same = |a: &TensorType, b: &TensorType| -> Result<(), String> {
-        if a == b { Ok(()) } else { Err(format!("operand types differ: {a} and {b}")) }
+        if a == b {
+            Ok(())
+        } else {
+            Err(format!("operand types differ: {a} and {b}"))
+        }
     };
     let n = ir.n();
     Ok(match (op, ins) {
@@ -195,6 +219,13 @@ pub fn infer(ir: &Ir, op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, St
             }
             vec![]
         }
-        (op, ins) => return Err(format!("{} takes {} operands, found {}", op.name(), op.arity(), ins.len())),
+        (op, ins) => {
+            return Err(format!(
+                "{} takes {} operands, found {}",
+                op.name(),
+                op.arity(),
+                ins.len()
+            ));
+        }
     })
 }

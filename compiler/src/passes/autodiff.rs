@@ -36,7 +36,9 @@ pub fn autodiff(mut ir: Ir, trainable: &BTreeSet<ParamId>) -> Result<Ir, Autodif
     let loss = ir.loss.ok_or_else(|| AutodiffError("the IR has no loss".into()))?;
     let ce = loss.0;
     if !matches!(ir.graph[ce].op, Op::CrossEntropy { grad: true, .. }) {
-        return Err(AutodiffError("the loss must be a cross_entropy with its gradient output".into()));
+        return Err(AutodiffError(
+            "the loss must be a cross_entropy with its gradient output".into(),
+        ));
     }
     let order = ir.order();
     // Which values depend on a trainable parameter.
@@ -52,14 +54,23 @@ pub fn autodiff(mut ir: Ir, trainable: &BTreeSet<ParamId>) -> Result<Ir, Autodif
         }
     }
     for &p in trainable {
-        let info = ir.params.get(p).ok_or_else(|| AutodiffError(format!("no parameter {p}")))?;
+        let info = ir
+            .params
+            .get(p)
+            .ok_or_else(|| AutodiffError(format!("no parameter {p}")))?;
         if !info.trainable() {
-            return Err(AutodiffError(format!("`{}` is not a trainable adapter tensor", info.name)));
+            return Err(AutodiffError(format!(
+                "`{}` is not a trainable adapter tensor",
+                info.name
+            )));
         }
     }
     // Gradient contributions per value, summed on first read.
     let mut grads: BTreeMap<Value, Vec<Value>> = BTreeMap::new();
-    grads.insert(ir.logits.ok_or_else(|| AutodiffError("the IR has no logits".into()))?, vec![(ce, 1)]);
+    grads.insert(
+        ir.logits.ok_or_else(|| AutodiffError("the IR has no logits".into()))?,
+        vec![(ce, 1)],
+    );
     for &id in order.iter().rev() {
         if !requires.contains(&id) || id == ce {
             continue;
@@ -120,13 +131,22 @@ fn backward_rule(
             if let Some(gv) = g0
                 && trainable.contains(&p)
             {
-                ir.add_backward(Op::ParamGrad(p), &[gv], vec![], format!("grad {}", ir.params[p].name), tag);
+                ir.add_backward(
+                    Op::ParamGrad(p),
+                    &[gv],
+                    vec![],
+                    format!("grad {}", ir.params[p].name),
+                    tag,
+                );
             }
         }
         Op::Tokens | Op::Labels => {}
         Op::Embedding => {
             if rg(&ins[1]) {
-                return Err(AutodiffError(format!("`{}`: embedding tables do not train", node.label)));
+                return Err(AutodiffError(format!(
+                    "`{}`: embedding tables do not train",
+                    node.label
+                )));
             }
         }
         // dx = rstd (w g - y_hat mean(y_hat w g)); the weight never trains.
@@ -224,7 +244,13 @@ fn backward_rule(
                 && ins.iter().any(rg)
             {
                 let outs = vec![ty(ir, ins[0])?, ty(ir, ins[1])?, ty(ir, ins[2])?];
-                let ag = ir.add_backward(Op::AttentionGrad(dims), &[gv, ins[0], ins[1], ins[2], (id, 1)], outs, label.clone(), tag);
+                let ag = ir.add_backward(
+                    Op::AttentionGrad(dims),
+                    &[gv, ins[0], ins[1], ins[2], (id, 1)],
+                    outs,
+                    label.clone(),
+                    tag,
+                );
                 for (i, v) in ins.iter().enumerate() {
                     if rg(v) {
                         out.push((*v, (ag, i as u8)));

@@ -43,7 +43,11 @@ pub fn phases(ir: &Ir, steps: u64) -> Vec<Phase> {
     let mut out = Vec::new();
     for (i, &from) in cuts.iter().enumerate() {
         let to = cuts.get(i + 1).copied().unwrap_or(steps.max(from + 1));
-        out.push(Phase { from, to, trainable: trainable_at(ir, from, steps) });
+        out.push(Phase {
+            from,
+            to,
+            trainable: trainable_at(ir, from, steps),
+        });
     }
     out
 }
@@ -52,7 +56,15 @@ pub fn phases(ir: &Ir, steps: u64) -> Vec<Phase> {
 pub fn trainable_at(ir: &Ir, t: u64, steps: u64) -> BTreeSet<ParamId> {
     let mut set = BTreeSet::new();
     for (p, info) in ir.params.iter().enumerate() {
-        let ParamRole::Adapter { adapter, trainable: true, column_frozen, .. } = info.role else { continue };
+        let ParamRole::Adapter {
+            adapter,
+            trainable: true,
+            column_frozen,
+            ..
+        } = info.role
+        else {
+            continue;
+        };
         if column_frozen
             && let Some((_, s)) = ir.adapters[adapter].column_frozen
             && s.all_frozen_from(steps).is_some_and(|f| t >= f)

@@ -27,7 +27,8 @@ pub struct ValueInfo {
     pub param: Option<usize>,
     /// Made by the forward part, read by the backward part.
     pub saved: bool,
-    /// The adapter module whose backward reads it (for saved values).
+    /// The adapter module whose backward reads it (for saved values; the first
+    /// of several that share it; none when the base model's backward reads it too).
     pub adapter: Option<usize>,
     /// Buffer slot (none for parameters).
     pub slot: Option<usize>,
@@ -89,8 +90,19 @@ pub fn plan_memory(ir: &Ir) -> Program {
             };
             index.insert((id, o as u8), values.len());
             outputs.push(values.len());
-            let label = if node.outputs.len() > 1 { format!("{}#{o}", node.label) } else { node.label.clone() };
-            values.push(ValueInfo { ty: ty.clone(), label, param, saved: false, adapter: None, slot: None });
+            let label = if node.outputs.len() > 1 {
+                format!("{}#{o}", node.label)
+            } else {
+                node.label.clone()
+            };
+            values.push(ValueInfo {
+                ty: ty.clone(),
+                label,
+                param,
+                saved: false,
+                adapter: None,
+                slot: None,
+            });
         }
         pos.insert(id, instrs.len());
         instrs.push(Instr {
@@ -117,6 +129,7 @@ pub fn plan_memory(ir: &Ir) -> Program {
     }
     let end = instrs.len().saturating_sub(1);
     // Saved activations and their attribution.
+    let mut base_reads = vec![false; values.len()];
     for (i, ins) in instrs.iter().enumerate() {
         if !ins.backward {
             continue;
@@ -125,15 +138,21 @@ pub fn plan_memory(ir: &Ir) -> Program {
         for &v in &ins.inputs {
             let producer = &instrs[def[v]];
             if values[v].param.is_none() && !producer.backward {
-                let vi = &mut values[v];
-                if !vi.saved {
-                    vi.saved = true;
-                    vi.adapter = tag;
-                } else if vi.adapter != tag {
-                    // Read by the base model's backward as well: the base keeps it anyway.
-                    vi.adapter = None;
+                let first = !values[v].saved;
+                values[v].saved = true;
+                match tag {
+                    // Read by the base model's backward: the base keeps it anyway.
+                    None => base_reads[v] = true,
+                    // The first adapter to read it owns it (several adapters may share an input).
+                    Some(_) if first || values[v].adapter.is_none() => values[v].adapter = tag,
+                    Some(_) => {}
                 }
             }
+        }
+    }
+    for (v, info) in values.iter_mut().enumerate() {
+        if base_reads[v] {
+            info.adapter = None;
         }
     }
     let mut memory = MemoryPlan::default();
@@ -157,8 +176,8 @@ pub fn plan_memory(ir: &Ir) -> Program {
     }
     let mut live = 0u64;
     let mut free_slots: Vec<usize> = Vec::new();
-    for i in 0..instrs.len() {
-        for &o in &instrs[i].outputs.clone() {
+    for ins in &instrs {
+        for &o in &ins.outputs {
             if values[o].param.is_some() {
                 continue;
             }
@@ -180,12 +199,18 @@ pub fn plan_memory(ir: &Ir) -> Program {
             values[o].slot = Some(slot);
         }
         memory.peak_bytes = memory.peak_bytes.max(live);
-        for &v in &instrs[i].release.clone() {
+        for &v in &ins.release {
             live -= values[v].ty.bytes();
             if let Some(s) = values[v].slot {
                 free_slots.push(s);
             }
         }
     }
-    Program { values, instrs, loss, logits, memory }
+    Program {
+        values,
+        instrs,
+        loss,
+        logits,
+        memory,
+    }
 }

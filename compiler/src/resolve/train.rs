@@ -106,7 +106,11 @@ pub fn join_clean(dir: &Path, rel: &str) -> std::path::PathBuf {
             other => out.push(other.as_os_str()),
         }
     }
-    if out.as_os_str().is_empty() { std::path::PathBuf::from(".") } else { out }
+    if out.as_os_str().is_empty() {
+        std::path::PathBuf::from(".")
+    } else {
+        out
+    }
 }
 
 /// Checks a train block; `dir` is the folder of the spec file (paths are relative to it).

@@ -89,13 +89,12 @@ impl LlamaConfig {
 
     /// Parses config.json text; `path` is only used in error messages.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self, CheckpointError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| CheckpointError::InvalidJson {
-                path: path.to_path_buf(),
-                line: e.line(),
-                column: e.column(),
-                message: strip_position(&e),
-            })?;
+        let value: Value = serde_json::from_str(text).map_err(|e| CheckpointError::InvalidJson {
+            path: path.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
+            message: strip_position(&e),
+        })?;
         let Value::Object(obj) = &value else {
             return Err(CheckpointError::WrongType {
                 path: path.to_path_buf(),
@@ -214,9 +213,7 @@ impl Parser {
         let num_key_value_heads = self
             .optional_positive(obj, "num_key_value_heads")?
             .unwrap_or(num_attention_heads);
-        if num_key_value_heads > num_attention_heads
-            || num_attention_heads % num_key_value_heads != 0
-        {
+        if num_key_value_heads > num_attention_heads || num_attention_heads % num_key_value_heads != 0 {
             return Err(self.invalid(
                 "num_key_value_heads",
                 format!(
@@ -249,9 +246,7 @@ impl Parser {
             None => DEFAULT_RMS_NORM_EPS,
         };
         let rope_theta = self.rope(obj)?;
-        let tie_word_embeddings = self
-            .optional_bool(obj, "tie_word_embeddings")?
-            .unwrap_or(false);
+        let tie_word_embeddings = self.optional_bool(obj, "tie_word_embeddings")?.unwrap_or(false);
         let max_position_embeddings = self
             .optional_positive(obj, "max_position_embeddings")?
             .unwrap_or(DEFAULT_MAX_POSITION_EMBEDDINGS);
@@ -293,10 +288,7 @@ impl Parser {
     }
 
     /// `model_type` must be `llama`; `architectures`, when given, must name a causal LM.
-    fn architecture(
-        &self,
-        obj: &Map<String, Value>,
-    ) -> Result<(String, Vec<String>), CheckpointError> {
+    fn architecture(&self, obj: &Map<String, Value>) -> Result<(String, Vec<String>), CheckpointError> {
         let architectures: Vec<String> = match obj.get("architectures") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => items
@@ -327,10 +319,7 @@ impl Parser {
                 found: model_type,
             });
         }
-        if let Some(other) = architectures
-            .iter()
-            .find(|a| a.as_str() != "LlamaForCausalLM")
-        {
+        if let Some(other) = architectures.iter().find(|a| a.as_str() != "LlamaForCausalLM") {
             return Err(CheckpointError::UnsupportedArchitecture {
                 path: self.path.clone(),
                 found: other.clone(),
@@ -357,10 +346,7 @@ impl Parser {
         match obj.get("quantization_config") {
             None | Some(Value::Null) => {}
             Some(v) => {
-                let method = v
-                    .get("quant_method")
-                    .and_then(Value::as_str)
-                    .unwrap_or("(unknown)");
+                let method = v.get("quant_method").and_then(Value::as_str).unwrap_or("(unknown)");
                 return Err(self.unsupported("quantization_config", format!("\"{method}\"")));
             }
         }
@@ -385,11 +371,7 @@ impl Parser {
                             });
                         }
                         Some(other) => {
-                            return Err(self.wrong_type(
-                                &format!("{key}.rope_type"),
-                                "a string",
-                                other,
-                            ));
+                            return Err(self.wrong_type(&format!("{key}.rope_type"), "a string", other));
                         }
                     }
                 }
@@ -420,11 +402,7 @@ impl Parser {
         Ok(theta)
     }
 
-    fn required_positive(
-        &self,
-        obj: &Map<String, Value>,
-        key: &str,
-    ) -> Result<usize, CheckpointError> {
+    fn required_positive(&self, obj: &Map<String, Value>, key: &str) -> Result<usize, CheckpointError> {
         self.optional_positive(obj, key)?
             .ok_or_else(|| CheckpointError::MissingKey {
                 path: self.path.clone(),
@@ -432,11 +410,7 @@ impl Parser {
             })
     }
 
-    fn optional_positive(
-        &self,
-        obj: &Map<String, Value>,
-        key: &str,
-    ) -> Result<Option<usize>, CheckpointError> {
+    fn optional_positive(&self, obj: &Map<String, Value>, key: &str) -> Result<Option<usize>, CheckpointError> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => {
@@ -448,11 +422,7 @@ impl Parser {
                 }
                 // Larger than any real model; rejecting it keeps shape products from
                 // overflowing and the tensor list of a hostile config small.
-                let limit = if key == "num_hidden_layers" {
-                    1 << 16
-                } else {
-                    1 << 24
-                };
+                let limit = if key == "num_hidden_layers" { 1 << 16 } else { 1 << 24 };
                 if n > limit {
                     return Err(self.invalid(key, format!("{n} is implausibly large")));
                 }
@@ -463,25 +433,14 @@ impl Parser {
         }
     }
 
-    fn optional_f64(
-        &self,
-        obj: &Map<String, Value>,
-        key: &str,
-    ) -> Result<Option<f64>, CheckpointError> {
+    fn optional_f64(&self, obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, CheckpointError> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.wrong_type(key, "a number", v)),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.wrong_type(key, "a number", v)),
         }
     }
 
-    fn optional_bool(
-        &self,
-        obj: &Map<String, Value>,
-        key: &str,
-    ) -> Result<Option<bool>, CheckpointError> {
+    fn optional_bool(&self, obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, CheckpointError> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -489,11 +448,7 @@ impl Parser {
         }
     }
 
-    fn optional_token(
-        &self,
-        obj: &Map<String, Value>,
-        key: &str,
-    ) -> Result<Option<u32>, CheckpointError> {
+    fn optional_token(&self, obj: &Map<String, Value>, key: &str) -> Result<Option<u32>, CheckpointError> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => self.token_value(v, key).map(Some),

@@ -259,8 +259,7 @@ impl CheckpointError {
                 "check the path in `use \"...\"`; it is resolved relative to the .lamda file".into()
             }
             Self::NotAFolder { .. } => {
-                "point at the folder that holds config.json and model.safetensors, not at a file"
-                    .into()
+                "point at the folder that holds config.json and model.safetensors, not at a file".into()
             }
             Self::ConfigMissing { .. } => "a Hugging Face checkpoint folder holds config.json next to its \
                  model.safetensors; download or copy it with the weights"
@@ -278,11 +277,9 @@ impl CheckpointError {
             }
             Self::WrongType { key, expected, .. } => format!("set `{key}` to {expected}"),
             Self::InvalidValue { .. } => "restore the original config.json".into(),
-            Self::UnsupportedArchitecture { .. } => {
-                "lamdac supports Llama-family models (`model_type: \"llama\"`, \
+            Self::UnsupportedArchitecture { .. } => "lamdac supports Llama-family models (`model_type: \"llama\"`, \
                  `LlamaForCausalLM`): Llama 2, TinyLlama, SmolLM2, ..."
-                    .into()
-            }
+                .into(),
             Self::UnsupportedRopeScaling { .. } => {
                 "only the default RoPE (no scaling) is implemented; use a model without \
                  `rope_scaling` / with `rope_type: \"default\"`"
@@ -310,46 +307,32 @@ impl CheckpointError {
                  from tensor names to shard file names in the same folder"
                 .into(),
             Self::MissingShard { .. } => {
-                "a shard is missing: download every model-0000x-of-0000y.safetensors the index lists"
-                    .into()
+                "a shard is missing: download every model-0000x-of-0000y.safetensors the index lists".into()
             }
             Self::MissingTensor { close, .. } => {
                 if close.is_empty() {
-                    "the checkpoint does not match its config.json, or the name is misspelled"
-                        .into()
+                    "the checkpoint does not match its config.json, or the name is misspelled".into()
                 } else {
                     format!(
                         "did you mean {}?",
-                        close
-                            .iter()
-                            .map(|c| format!("`{c}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        close.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
                     )
                 }
             }
-            Self::WrongShape { .. } => {
-                "config.json and the weights disagree: they are from different models, \
+            Self::WrongShape { .. } => "config.json and the weights disagree: they are from different models, \
                  or the weight is transposed"
-                    .into()
-            }
+                .into(),
             Self::WrongRank { expected_rank, .. } => {
                 format!("ask for a tensor with {expected_rank} dimension(s), or check the name")
             }
             Self::UnsupportedDtype { .. } => {
                 "convert the checkpoint to float32, bfloat16 or float16 safetensors".into()
             }
-            Self::Truncated { .. } => {
-                "the file was cut off (interrupted download or copy); fetch it again".into()
-            }
-            Self::Corrupt { .. } => {
-                "the file is damaged or not a safetensors file; fetch it again".into()
-            }
+            Self::Truncated { .. } => "the file was cut off (interrupted download or copy); fetch it again".into(),
+            Self::Corrupt { .. } => "the file is damaged or not a safetensors file; fetch it again".into(),
             Self::Write { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => "create the output folder first".into(),
-                std::io::ErrorKind::PermissionDenied => {
-                    "the output folder is not writable; choose another".into()
-                }
+                std::io::ErrorKind::PermissionDenied => "the output folder is not writable; choose another".into(),
                 _ => "check free disk space and that the output folder is writable".into(),
             },
             Self::WriteShape { .. } => {
@@ -389,18 +372,11 @@ impl CheckpointError {
 
 /// Up to three names from `candidates` closest to `name` (normalized Levenshtein
 /// similarity at least 0.5), closest first.
-pub(crate) fn close_names<'a>(
-    name: &str,
-    candidates: impl Iterator<Item = &'a str>,
-) -> Vec<String> {
+pub(crate) fn close_names<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Vec<String> {
     let mut scored: Vec<(f64, &str)> = candidates
         .map(|c| (strsim::normalized_levenshtein(name, c), c))
         .filter(|(s, _)| *s >= 0.5)
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    scored
-        .into_iter()
-        .take(3)
-        .map(|(_, c)| c.to_owned())
-        .collect()
+    scored.into_iter().take(3).map(|(_, c)| c.to_owned()).collect()
 }

@@ -111,8 +111,7 @@ impl Checkpoint {
     pub fn matrix(&self, name: &str) -> Result<Array2<f32>, CheckpointError> {
         let a = self.tensor(name)?;
         let found = a.shape().to_vec();
-        a.into_dimensionality()
-            .map_err(|_| self.wrong_rank(name, 2, found))
+        a.into_dimensionality().map_err(|_| self.wrong_rank(name, 2, found))
     }
 
     /// A 1-D tensor as f32, checked against the config-implied shape (or only for
@@ -120,8 +119,7 @@ impl Checkpoint {
     pub fn vector(&self, name: &str) -> Result<Array1<f32>, CheckpointError> {
         let a = self.tensor(name)?;
         let found = a.shape().to_vec();
-        a.into_dimensionality()
-            .map_err(|_| self.wrong_rank(name, 1, found))
+        a.into_dimensionality().map_err(|_| self.wrong_rank(name, 1, found))
     }
 
     fn wrong_rank(&self, name: &str, expected_rank: usize, found: Vec<usize>) -> CheckpointError {

@@ -248,8 +248,8 @@ impl SafetensorsFile {
             });
         }
         let header_bytes = bytes.get(8..data_start as usize).unwrap_or_default();
-        let header_text = std::str::from_utf8(header_bytes)
-            .map_err(|e| corrupt(None, format!("the header is not UTF-8 ({e})")))?;
+        let header_text =
+            std::str::from_utf8(header_bytes).map_err(|e| corrupt(None, format!("the header is not UTF-8 ({e})")))?;
         let header: Value = serde_json::from_str(header_text).map_err(|e| {
             corrupt(
                 None,
@@ -304,8 +304,7 @@ impl SafetensorsFile {
 
         // The tensors must tile the data section: sorted by offset, each starts where the
         // previous one ended, and the last ends at the end of the file.
-        let mut order: Vec<(&String, u64, u64)> =
-            tensors.iter().map(|(n, (_, b, e))| (n, *b, *e)).collect();
+        let mut order: Vec<(&String, u64, u64)> = tensors.iter().map(|(n, (_, b, e))| (n, *b, *e)).collect();
         order.sort_by(|a, b| (a.1, a.2, a.0).cmp(&(b.1, b.2, b.0)));
         let mut cursor = 0u64;
         for &(name, begin, end) in &order {
@@ -317,9 +316,7 @@ impl SafetensorsFile {
                 };
                 return Err(corrupt(
                     Some(name),
-                    format!(
-                        "tensor `{name}` starts at data byte {begin} and {what} (expected {cursor})"
-                    ),
+                    format!("tensor `{name}` starts at data byte {begin} and {what} (expected {cursor})"),
                 ));
             }
             cursor = end;
@@ -349,14 +346,7 @@ impl SafetensorsFile {
                 .map_err(|_| corrupt(Some(&name), "offset does not fit in memory".into()))?;
             let stop = usize::try_from(data_start + end)
                 .map_err(|_| corrupt(Some(&name), "offset does not fit in memory".into()))?;
-            entries.insert(
-                name,
-                Entry {
-                    meta,
-                    start,
-                    end: stop,
-                },
-            );
+            entries.insert(name, Entry { meta, start, end: stop });
         }
         Ok(Self {
             path,
@@ -412,14 +402,14 @@ impl SafetensorsFile {
 
     fn entry(&self, name: &str) -> Result<(&Entry, &[u8]), CheckpointError> {
         let entry = self.tensors.get(name).ok_or_else(|| self.missing(name))?;
-        let raw =
-            self.bytes
-                .get(entry.start..entry.end)
-                .ok_or_else(|| CheckpointError::Corrupt {
-                    path: self.path.clone(),
-                    tensor: Some(name.to_owned()),
-                    reason: "byte range outside the file".into(),
-                })?;
+        let raw = self
+            .bytes
+            .get(entry.start..entry.end)
+            .ok_or_else(|| CheckpointError::Corrupt {
+                path: self.path.clone(),
+                tensor: Some(name.to_owned()),
+                reason: "byte range outside the file".into(),
+            })?;
         Ok((entry, raw))
     }
 
@@ -452,22 +442,13 @@ impl SafetensorsFile {
     }
 
     /// A tensor as f32, checked against the shape the caller expects.
-    pub fn f32_shaped(
-        &self,
-        name: &str,
-        expected: &[usize],
-    ) -> Result<ArrayD<f32>, CheckpointError> {
+    pub fn f32_shaped(&self, name: &str, expected: &[usize]) -> Result<ArrayD<f32>, CheckpointError> {
         self.check_shape(name, expected)?;
         self.f32(name)
     }
 
     /// A matrix as f32, checked to be `[rows, cols]`.
-    pub fn matrix(
-        &self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Array2<f32>, CheckpointError> {
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Array2<f32>, CheckpointError> {
         self.check_shape(name, &[rows, cols])?;
         let a = self.f32(name)?;
         a.into_dimensionality().map_err(|_| self.shape_bug(name))
@@ -489,11 +470,7 @@ impl SafetensorsFile {
             Dtype::BF16 => decode::<2, f64>(raw, |b| half::bf16::from_le_bytes(b).to_f64()),
             Dtype::F16 => decode::<2, f64>(raw, |b| half::f16::from_le_bytes(b).to_f64()),
             _ => {
-                return Err(self.bad_dtype(
-                    name,
-                    &entry.meta.dtype,
-                    "f64 (from F64, F32, BF16 or F16)",
-                ));
+                return Err(self.bad_dtype(name, &entry.meta.dtype, "f64 (from F64, F32, BF16 or F16)"));
             }
         };
         self.shaped(name, &entry.meta.shape, data)
@@ -511,22 +488,13 @@ impl SafetensorsFile {
             Dtype::I8 => decode::<1, i64>(raw, |b| i64::from(i8::from_le_bytes(b))),
             Dtype::U8 => decode::<1, i64>(raw, |b| i64::from(b[0])),
             _ => {
-                return Err(self.bad_dtype(
-                    name,
-                    &entry.meta.dtype,
-                    "i64 (from a signed or 8-32 bit integer dtype)",
-                ));
+                return Err(self.bad_dtype(name, &entry.meta.dtype, "i64 (from a signed or 8-32 bit integer dtype)"));
             }
         };
         self.shaped(name, &entry.meta.shape, data)
     }
 
-    fn shaped<T>(
-        &self,
-        name: &str,
-        shape: &[usize],
-        data: Vec<T>,
-    ) -> Result<ArrayD<T>, CheckpointError> {
+    fn shaped<T>(&self, name: &str, shape: &[usize], data: Vec<T>) -> Result<ArrayD<T>, CheckpointError> {
         ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|_| self.shape_bug(name))
     }
 
@@ -599,10 +567,7 @@ fn parse_entry(value: &Value) -> Result<(TensorMeta, u64, u64), String> {
         Some(_) => return Err("`shape` is not a list".into()),
         None => return Err("its header entry has no `shape`".into()),
     };
-    let (begin, end) = match m
-        .get("data_offsets")
-        .map(|v| v.as_array().map(Vec::as_slice))
-    {
+    let (begin, end) = match m.get("data_offsets").map(|v| v.as_array().map(Vec::as_slice)) {
         Some(Some([b, e])) => (offset(b)?, offset(e)?),
         Some(_) => return Err("`data_offsets` is not a list of two integers".into()),
         None => return Err("its header entry has no `data_offsets`".into()),

@@ -65,13 +65,12 @@ impl Weights {
             path: index.to_path_buf(),
             source,
         })?;
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| CheckpointError::InvalidJson {
-                path: index.to_path_buf(),
-                line: e.line(),
-                column: e.column(),
-                message: super::config::strip_position(&e),
-            })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| CheckpointError::InvalidJson {
+            path: index.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
+            message: super::config::strip_position(&e),
+        })?;
         let invalid = |reason: String| CheckpointError::InvalidIndex {
             path: index.to_path_buf(),
             reason,
@@ -87,13 +86,9 @@ impl Weights {
         let mut wanted: Vec<(String, usize)> = Vec::with_capacity(map.len());
         for (tensor, shard) in map {
             let Value::String(shard) = shard else {
-                return Err(invalid(format!(
-                    "the shard of `{tensor}` is not a file name"
-                )));
+                return Err(invalid(format!("the shard of `{tensor}` is not a file name")));
             };
-            let plain = Path::new(shard)
-                .file_name()
-                .is_some_and(|f| f == shard.as_str());
+            let plain = Path::new(shard).file_name().is_some_and(|f| f == shard.as_str());
             if !plain {
                 return Err(invalid(format!(
                     "shard `{shard}` of `{tensor}` is not a plain file name in the same folder"
@@ -192,12 +187,7 @@ impl Weights {
     }
 
     /// A matrix as f32, checked to be `[rows, cols]`.
-    pub fn matrix(
-        &self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Array2<f32>, CheckpointError> {
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Array2<f32>, CheckpointError> {
         self.file_of(name)?.matrix(name, rows, cols)
     }
 

@@ -157,17 +157,13 @@ pub fn write_safetensors(
 }
 
 /// The 8-byte length, then the JSON header padded with spaces to a multiple of 8.
-fn header_bytes(
-    tensors: &BTreeMap<String, TensorRef<'_>>,
-    metadata: &BTreeMap<String, String>,
-) -> Vec<u8> {
+fn header_bytes(tensors: &BTreeMap<String, TensorRef<'_>>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
     let mut header = Map::new();
     let mut meta: Map<String, Value> = metadata
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
-    meta.entry("format")
-        .or_insert_with(|| Value::String("pt".into()));
+    meta.entry("format").or_insert_with(|| Value::String("pt".into()));
     header.insert("__metadata__".into(), Value::Object(meta));
     let mut offset = 0usize;
     for (name, t) in tensors {
@@ -188,11 +184,7 @@ fn header_bytes(
     out
 }
 
-fn write_file(
-    tmp: &Path,
-    header: &[u8],
-    tensors: &BTreeMap<String, TensorRef<'_>>,
-) -> std::io::Result<()> {
+fn write_file(tmp: &Path, header: &[u8], tensors: &BTreeMap<String, TensorRef<'_>>) -> std::io::Result<()> {
     let file = File::create(tmp)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     w.write_all(header)?;

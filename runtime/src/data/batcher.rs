@@ -201,12 +201,7 @@ impl Batcher {
     }
 
     /// Writes item `item` into one row of ids and one of labels.
-    fn fill(
-        &self,
-        item: usize,
-        mut ids: ndarray::ArrayViewMut1<'_, i64>,
-        mut labels: ndarray::ArrayViewMut1<'_, i64>,
-    ) {
+    fn fill(&self, item: usize, mut ids: ndarray::ArrayViewMut1<'_, i64>, mut labels: ndarray::ArrayViewMut1<'_, i64>) {
         let seq = self.seq;
         match &self.data.source {
             Source::Stream(tokens) => {
@@ -283,11 +278,7 @@ impl Batcher {
     /// followed when the state was taken. Refuses a state from other data or settings.
     pub fn restore(&mut self, state: &BatcherState) -> Result<(), DataError> {
         let mismatch = |field: &'static str, saved: String, current: String| {
-            Err(DataError::StateMismatch {
-                field,
-                saved,
-                current,
-            })
+            Err(DataError::StateMismatch { field, saved, current })
         };
         if state.seed != self.seed {
             return mismatch("seed", state.seed.to_string(), self.seed.to_string());
@@ -299,11 +290,7 @@ impl Batcher {
             return mismatch("batch", state.batch.to_string(), self.batch.to_string());
         }
         if state.shuffle != self.shuffle {
-            return mismatch(
-                "shuffle",
-                state.shuffle.to_string(),
-                self.shuffle.to_string(),
-            );
+            return mismatch("shuffle", state.shuffle.to_string(), self.shuffle.to_string());
         }
         if state.items != self.items || state.data_hash != self.data_hash {
             return mismatch(

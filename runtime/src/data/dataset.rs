@@ -86,13 +86,11 @@ impl Dataset {
             Tokenizer::Bytes => bytes.iter().map(|&b| u32::from(b)).collect(),
             Tokenizer::Hf(_) => {
                 let text = utf8(path, &bytes)?;
-                tokenizer
-                    .encode(text, true)
-                    .map_err(|message| DataError::Encode {
-                        path: path.to_path_buf(),
-                        line: 1,
-                        message,
-                    })?
+                tokenizer.encode(text, true).map_err(|message| DataError::Encode {
+                    path: path.to_path_buf(),
+                    line: 1,
+                    message,
+                })?
             }
         };
         if tokens.is_empty() {
@@ -151,11 +149,8 @@ impl Dataset {
         let matrix = |name: &str| -> Result<Array2<i64>, DataError> {
             let a = file.i64(name)?;
             let shape = a.shape().to_vec();
-            a.into_dimensionality().map_err(|_| {
-                layout(format!(
-                    "`{name}` has shape {shape:?}, expected [rows, seq]"
-                ))
-            })
+            a.into_dimensionality()
+                .map_err(|_| layout(format!("`{name}` has shape {shape:?}, expected [rows, seq]")))
         };
         if !file.contains("input_ids") {
             return Err(layout(format!(
@@ -226,18 +221,12 @@ impl Dataset {
         match &self.source {
             Source::Stream(t) => t.iter().for_each(|&v| see(i64::from(v))),
             Source::Examples { examples, pad_id } => {
-                examples
-                    .iter()
-                    .flat_map(|e| &e.ids)
-                    .for_each(|&v| see(i64::from(v)));
+                examples.iter().flat_map(|e| &e.ids).for_each(|&v| see(i64::from(v)));
                 see(i64::from(*pad_id));
             }
             Source::Rows { input_ids, labels } => {
                 input_ids.iter().for_each(|&v| see(v));
-                labels
-                    .iter()
-                    .filter(|&&v| v != IGNORE_INDEX)
-                    .for_each(|&v| see(v));
+                labels.iter().filter(|&&v| v != IGNORE_INDEX).for_each(|&v| see(v));
             }
         }
         range
@@ -308,12 +297,11 @@ fn example(path: &Path, line: usize, value: &Value, tok: &Tokenizer) -> Result<E
         }
     };
     let encode = |text: &str, special: bool| {
-        tok.encode(text, special)
-            .map_err(|message| DataError::Encode {
-                path: path.to_path_buf(),
-                line,
-                message,
-            })
+        tok.encode(text, special).map_err(|message| DataError::Encode {
+            path: path.to_path_buf(),
+            line,
+            message,
+        })
     };
     let (text, prompt, completion) = (field("text")?, field("prompt")?, field("completion")?);
     let mut ex = match (text, prompt, completion) {

@@ -133,9 +133,7 @@ pub enum DataError {
         problem: String,
     },
     /// A saved batcher state does not belong to this data and these settings.
-    #[error(
-        "cannot resume the data order: the saved state has {field} = {saved}, this run has {current}"
-    )]
+    #[error("cannot resume the data order: the saved state has {field} = {saved}, this run has {current}")]
     StateMismatch {
         /// Which setting differs.
         field: &'static str,
@@ -179,13 +177,10 @@ impl DataError {
             },
             Self::NotUtf8 { .. } => "re-encode the file as UTF-8 (a tokenizer.json works on text)".into(),
             Self::Tokenizer { .. } => {
-                "tokenizer.json must be a Hugging Face `tokenizers` file; delete it to train on bytes"
-                    .into()
+                "tokenizer.json must be a Hugging Face `tokenizers` file; delete it to train on bytes".into()
             }
             Self::Encode { .. } => "check the text on that line".into(),
-            Self::JsonlSyntax { .. } => {
-                "each line must be one JSON object, e.g. {\"text\": \"...\"}".into()
-            }
+            Self::JsonlSyntax { .. } => "each line must be one JSON object, e.g. {\"text\": \"...\"}".into(),
             Self::JsonlExample { .. } => "each line needs either `text`, or `prompt` and \
                  `completion` (loss on the completion only), as strings"
                 .into(),
@@ -201,8 +196,7 @@ impl DataError {
                     .into()
             }
             Self::TokenOutOfVocab { .. } => {
-                "the data was tokenized for another model; re-tokenize it with this model's tokenizer"
-                    .into()
+                "the data was tokenized for another model; re-tokenize it with this model's tokenizer".into()
             }
             Self::BadLabel { .. } => "use -100 for positions without loss".into(),
             Self::SeqMismatch { file_seq, .. } => format!("set `seq {file_seq}` in the train block"),

@@ -73,11 +73,29 @@ impl Executor {
         let mut loss = (f32::NAN, 0usize);
         let mut logits = None;
         for ins in &program.instrs {
-            let shapes: Vec<&[usize]> = ins.inputs.iter().map(|&v| program.values[v].ty.shape.as_slice()).collect();
-            let outs = self.step(&ins.op, &ins.inputs, &shapes, &slots, params, grads, (tokens, labels, grad_scale), &mut loss).map_err(|e| match e {
-                ExecError::Internal(m) => ExecError::Internal(format!("{}: {m}", ins.label)),
-                ExecError::Op { source, .. } => ExecError::Op { label: ins.label.clone(), source },
-            })?;
+            let shapes: Vec<&[usize]> = ins
+                .inputs
+                .iter()
+                .map(|&v| program.values[v].ty.shape.as_slice())
+                .collect();
+            let outs = self
+                .step(
+                    &ins.op,
+                    &ins.inputs,
+                    &shapes,
+                    &slots,
+                    params,
+                    grads,
+                    (tokens, labels, grad_scale),
+                    &mut loss,
+                )
+                .map_err(|e| match e {
+                    ExecError::Internal(m) => ExecError::Internal(format!("{}: {m}", ins.label)),
+                    ExecError::Op { source, .. } => ExecError::Op {
+                        label: ins.label.clone(),
+                        source,
+                    },
+                })?;
             for (&o, s) in ins.outputs.iter().zip(outs) {
                 slots[o] = s;
             }
@@ -91,15 +109,19 @@ impl Executor {
                 slots[r] = Slot::Empty;
             }
         }
-        Ok(RunOutput { loss: loss.0, count: loss.1, logits })
+        Ok(RunOutput {
+            loss: loss.0,
+            count: loss.1,
+            logits,
+        })
     }
 
     fn rope_table(&mut self, seq: usize, head_dim: usize, theta: f64) -> Result<&RopeTable, OpsError> {
         let key = (seq, head_dim, theta.to_bits());
-        if !self.rope.contains_key(&key) {
-            self.rope.insert(key, RopeTable::new(seq, head_dim, theta)?);
+        match self.rope.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(RopeTable::new(seq, head_dim, theta)?)),
         }
-        self.rope.get(&key).ok_or(OpsError::Config { op: "rope", msg: "table cache".into() })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -115,21 +137,33 @@ impl Executor {
         loss: &mut (f32, usize),
     ) -> Result<Vec<Slot>, ExecError> {
         let f = |i: usize| -> Result<&[f32], ExecError> {
-            let v = *inputs.get(i).ok_or_else(|| ExecError::Internal(format!("missing operand {i}")))?;
+            let v = *inputs
+                .get(i)
+                .ok_or_else(|| ExecError::Internal(format!("missing operand {i}")))?;
             match slots.get(v) {
                 Some(Slot::F32(x)) => Ok(x),
-                Some(Slot::Param(p)) => params.get(*p).map(Vec::as_slice).ok_or_else(|| ExecError::Internal(format!("no parameter {p}"))),
-                _ => Err(ExecError::Internal(format!("operand {i} (value {v}) is not an f32 buffer"))),
+                Some(Slot::Param(p)) => params
+                    .get(*p)
+                    .map(Vec::as_slice)
+                    .ok_or_else(|| ExecError::Internal(format!("no parameter {p}"))),
+                _ => Err(ExecError::Internal(format!(
+                    "operand {i} (value {v}) is not an f32 buffer"
+                ))),
             }
         };
         let ids = |i: usize| -> Result<&[i64], ExecError> {
-            let v = *inputs.get(i).ok_or_else(|| ExecError::Internal(format!("missing operand {i}")))?;
+            let v = *inputs
+                .get(i)
+                .ok_or_else(|| ExecError::Internal(format!("missing operand {i}")))?;
             match slots.get(v) {
                 Some(Slot::I64(x)) => Ok(x),
                 _ => Err(ExecError::Internal(format!("operand {i} is not an i64 buffer"))),
             }
         };
-        let op_err = |source: OpsError| ExecError::Op { label: String::new(), source };
+        let op_err = |source: OpsError| ExecError::Op {
+            label: String::new(),
+            source,
+        };
         // (rows, cols) of operand i.
         let dims2 = |i: usize| -> Result<(usize, usize), ExecError> {
             match shapes.get(i) {
@@ -227,7 +261,13 @@ impl Executor {
                 vec![Slot::F32(y)]
             }
             Op::Attention(d) => {
-                let shape = AttnShape { batch: d.batch, seq: d.seq, heads: d.heads, kv_heads: d.kv_heads, head_dim: d.head_dim };
+                let shape = AttnShape {
+                    batch: d.batch,
+                    seq: d.seq,
+                    heads: d.heads,
+                    kv_heads: d.kv_heads,
+                    head_dim: d.head_dim,
+                };
                 let (q, k, v) = (f(0)?, f(1)?, f(2)?);
                 let mut o = vec![0.0; q.len()];
                 let mut lse = vec![0.0; d.batch * d.heads * d.seq];
@@ -235,7 +275,13 @@ impl Executor {
                 vec![Slot::F32(o), Slot::F32(lse)]
             }
             Op::AttentionGrad(d) => {
-                let shape = AttnShape { batch: d.batch, seq: d.seq, heads: d.heads, kv_heads: d.kv_heads, head_dim: d.head_dim };
+                let shape = AttnShape {
+                    batch: d.batch,
+                    seq: d.seq,
+                    heads: d.heads,
+                    kv_heads: d.kv_heads,
+                    head_dim: d.head_dim,
+                };
                 let (g, q, k, v, lse) = (f(0)?, f(1)?, f(2)?, f(3)?, f(4)?);
                 let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
                 ops::attention_backward(&shape, q, k, v, lse, g, &mut dq, &mut dk, &mut dv).map_err(op_err)?;
@@ -253,8 +299,9 @@ impl Executor {
                 let (lg, lb) = (f(0)?, ids(1)?);
                 let vocab = lg.len() / (batch * seq).max(1);
                 let mut dl = if *grad { vec![0.0; lg.len()] } else { Vec::new() };
-                let ce = ops::causal_lm_cross_entropy(lg, lb, *batch, *seq, vocab, if *grad { Some(&mut dl) } else { None })
-                    .map_err(op_err)?;
+                let ce =
+                    ops::causal_lm_cross_entropy(lg, lb, *batch, *seq, vocab, if *grad { Some(&mut dl) } else { None })
+                        .map_err(op_err)?;
                 *loss = (ce.loss, ce.count);
                 if *grad && grad_scale != 1.0 {
                     dl.iter_mut().for_each(|v| *v *= grad_scale);
@@ -267,9 +314,15 @@ impl Executor {
             }
             Op::ParamGrad(p) => {
                 let g = f(0)?;
-                let dst = grads.get_mut(*p).ok_or_else(|| ExecError::Internal(format!("no gradient buffer for parameter {p}")))?;
+                let dst = grads
+                    .get_mut(*p)
+                    .ok_or_else(|| ExecError::Internal(format!("no gradient buffer for parameter {p}")))?;
                 if dst.len() != g.len() {
-                    return Err(ExecError::Internal(format!("gradient of parameter {p}: {} entries into {}", g.len(), dst.len())));
+                    return Err(ExecError::Internal(format!(
+                        "gradient of parameter {p}: {} entries into {}",
+                        g.len(),
+                        dst.len()
+                    )));
                 }
                 ops::add_assign(dst, g).map_err(op_err)?;
                 vec![]

@@ -10,14 +10,22 @@ use super::{OpsError, check_len};
 
 const CHUNK: usize = 1 << 14;
 
-fn zip2(op: &'static str, a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Result<(), OpsError> {
+fn zip2(
+    op: &'static str,
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<(), OpsError> {
     check_len(op, "b", b.len(), a.len())?;
     check_len(op, "out", out.len(), a.len())?;
-    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
-        for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-            *o = f(x, y);
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        });
     Ok(())
 }
 
@@ -65,7 +73,10 @@ pub fn silu_grad(g: &[f32], x: &[f32], out: &mut [f32]) -> Result<(), OpsError> 
 pub fn col_scale(x: &[f32], v: &[f32], out: &mut [f32]) -> Result<(), OpsError> {
     let k = v.len();
     if k == 0 || !x.len().is_multiple_of(k) {
-        return Err(OpsError::Config { op: "col_scale", msg: format!("{} entries are not rows of {k}", x.len()) });
+        return Err(OpsError::Config {
+            op: "col_scale",
+            msg: format!("{} entries are not rows of {k}", x.len()),
+        });
     }
     check_len("col_scale", "out", out.len(), x.len())?;
     out.par_chunks_mut(k).zip(x.par_chunks(k)).for_each(|(o, x)| {
@@ -81,7 +92,10 @@ pub fn col_scale_grad(g: &[f32], x: &[f32], dv: &mut [f32]) -> Result<(), OpsErr
     let k = dv.len();
     check_len("col_scale_grad", "x", x.len(), g.len())?;
     if k == 0 || !g.len().is_multiple_of(k) {
-        return Err(OpsError::Config { op: "col_scale_grad", msg: format!("{} entries are not rows of {k}", g.len()) });
+        return Err(OpsError::Config {
+            op: "col_scale_grad",
+            msg: format!("{} entries are not rows of {k}", g.len()),
+        });
     }
     dv.fill(0.0);
     for (gr, xr) in g.chunks_exact(k).zip(x.chunks_exact(k)) {
@@ -110,11 +124,19 @@ mod tests {
             let g = rng.vec(len);
             let mut y = vec![0.0; len];
             silu(&x, &mut y).unwrap();
-            assert_close("silu", &y, &to64(&x).iter().map(|&v| silu64(v)).collect::<Vec<_>>(), 1e-6, 1e-6);
+            assert_close(
+                "silu",
+                &y,
+                &to64(&x).iter().map(|&v| silu64(v)).collect::<Vec<_>>(),
+                1e-6,
+                1e-6,
+            );
             let mut dx = vec![0.0; len];
             silu_grad(&g, &x, &mut dx).unwrap();
             let g64 = to64(&g);
-            let want = fd_grad(&to64(&x), 1e-6, |x| dot(&g64, &x.iter().map(|&v| silu64(v)).collect::<Vec<_>>()));
+            let want = fd_grad(&to64(&x), 1e-6, |x| {
+                dot(&g64, &x.iter().map(|&v| silu64(v)).collect::<Vec<_>>())
+            });
             assert_close("silu_grad", &dx, &want, 1e-6, 1e-5);
         }
     }
@@ -127,9 +149,8 @@ mod tests {
             let v = rng.vec(k);
             let g = rng.vec(n * k);
             let g64 = to64(&g);
-            let f = |x: &[f64], v: &[f64]| -> f64 {
-                dot(&g64, &(0..n * k).map(|i| x[i] * v[i % k]).collect::<Vec<_>>())
-            };
+            let f =
+                |x: &[f64], v: &[f64]| -> f64 { dot(&g64, &(0..n * k).map(|i| x[i] * v[i % k]).collect::<Vec<_>>()) };
             let mut dx = vec![0.0; n * k];
             col_scale(&g, &v, &mut dx).unwrap();
             let want_dx = fd_grad(&to64(&x), 1e-6, |x| f(x, &to64(&v)));
@@ -149,14 +170,24 @@ mod tests {
         let g64 = to64(&g);
         let mut da = vec![0.0; 17];
         mul(&g, &b, &mut da).unwrap();
-        let want = fd_grad(&to64(&a), 1e-6, |a| dot(&g64, &a.iter().zip(to64(&b)).map(|(x, y)| x * y).collect::<Vec<_>>()));
+        let want = fd_grad(&to64(&a), 1e-6, |a| {
+            dot(&g64, &a.iter().zip(to64(&b)).map(|(x, y)| x * y).collect::<Vec<_>>())
+        });
         assert_close("mul", &da, &want, 1e-6, 1e-5);
         let mut ds = vec![0.0; 17];
         scale(&g, 0.37, &mut ds).unwrap();
-        let want = fd_grad(&to64(&a), 1e-6, |a| dot(&g64, &a.iter().map(|x| 0.37 * x).collect::<Vec<_>>()));
+        let want = fd_grad(&to64(&a), 1e-6, |a| {
+            dot(&g64, &a.iter().map(|x| 0.37 * x).collect::<Vec<_>>())
+        });
         assert_close("scale", &ds, &want, 1e-6, 1e-5);
         let mut s = vec![0.0; 17];
         add(&a, &b, &mut s).unwrap();
-        assert_close("add", &s, &to64(&a).iter().zip(to64(&b)).map(|(x, y)| x + y).collect::<Vec<_>>(), 1e-7, 0.0);
+        assert_close(
+            "add",
+            &s,
+            &to64(&a).iter().zip(to64(&b)).map(|(x, y)| x + y).collect::<Vec<_>>(),
+            1e-7,
+            0.0,
+        );
     }
 }

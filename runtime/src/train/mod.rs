@@ -62,7 +62,11 @@ pub fn lr_at(plan_lr: f64, warmup: u64, schedule: LrSchedule, t: u64, steps: u64
 
 /// Positions of a (batch, seq) label block that count for the loss.
 pub fn count_targets(labels: &[i64], seq: usize) -> usize {
-    labels.iter().enumerate().filter(|(i, l)| i % seq != 0 && **l != IGNORE_INDEX).count()
+    labels
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| i % seq != 0 && **l != IGNORE_INDEX)
+        .count()
 }
 
 /// The live state of a run.
@@ -85,12 +89,32 @@ impl Trainer {
         let ever: std::collections::BTreeSet<usize> =
             plan.phases.iter().flat_map(|p| p.trainable.iter().copied()).collect();
         let grads = (0..plan.params.len())
-            .map(|i| if ever.contains(&i) { vec![0.0; params[i].len()] } else { Vec::new() })
+            .map(|i| {
+                if ever.contains(&i) {
+                    vec![0.0; params[i].len()]
+                } else {
+                    Vec::new()
+                }
+            })
             .collect();
         let adam = (0..plan.params.len())
-            .map(|i| if ever.contains(&i) { AdamState::new(params[i].len()) } else { AdamState::new(0) })
+            .map(|i| {
+                if ever.contains(&i) {
+                    AdamState::new(params[i].len())
+                } else {
+                    AdamState::new(0)
+                }
+            })
             .collect();
-        Trainer { plan, params, grads, adam, step: 0, data, exec: Executor::new() }
+        Trainer {
+            plan,
+            params,
+            grads,
+            adam,
+            step: 0,
+            data,
+            exec: Executor::new(),
+        }
     }
 
     pub fn total_steps(&self) -> u64 {
@@ -100,8 +124,17 @@ impl Trainer {
     /// Frozen leading columns of parameter `p` at step `t` (0 for tensors that do not freeze by columns).
     pub fn frozen_cols(&self, p: usize, t: u64) -> usize {
         let info = &self.plan.params[p];
-        let ParamRole::Adapter { adapter, column_frozen: true, .. } = info.role else { return 0 };
-        let Some((_, schedule)) = self.plan.adapters[adapter].column_frozen else { return 0 };
+        let ParamRole::Adapter {
+            adapter,
+            column_frozen: true,
+            ..
+        } = info.role
+        else {
+            return 0;
+        };
+        let Some((_, schedule)) = self.plan.adapters[adapter].column_frozen else {
+            return 0;
+        };
         let r = info.shape.get(1).copied().unwrap_or(1) as u64;
         schedule.frozen_cols(t, self.total_steps(), r) as usize
     }
@@ -117,8 +150,10 @@ impl Trainer {
         let accumulate = self.plan.train.accumulate.max(1) as usize;
         let batches: Vec<Batch> = (0..accumulate).map(|_| self.data.next_batch()).collect();
         let seq = self.plan.seq;
-        let counts: Vec<usize> =
-            batches.iter().map(|b| count_targets(b.labels.as_slice().unwrap_or(&[]), seq)).collect();
+        let counts: Vec<usize> = batches
+            .iter()
+            .map(|b| count_targets(b.labels.as_slice().unwrap_or(&[]), seq))
+            .collect();
         let total: usize = counts.iter().sum();
         if total == 0 {
             return Err(StepError::NoTargets { step: t });
@@ -130,7 +165,15 @@ impl Trainer {
             let labels: Vec<i64> = b.labels.iter().copied().collect();
             tokens += ids.len();
             let scale = c as f32 / total as f32;
-            let out = self.exec.run(&phase.program, &self.params, &mut self.grads, &ids, &labels, scale, false)?;
+            let out = self.exec.run(
+                &phase.program,
+                &self.params,
+                &mut self.grads,
+                &ids,
+                &labels,
+                scale,
+                false,
+            )?;
             loss_sum += f64::from(out.loss) * c as f64;
         }
         let loss = (loss_sum / total as f64) as f32;
@@ -175,17 +218,30 @@ impl Trainer {
         for &p in &phase.trainable {
             let cols = self.plan.params[p].shape.get(1).copied().unwrap_or(1);
             let f = self.frozen_cols(p, t);
-            adamw_step(&cfg, &mut self.params[p], &self.grads[p], &mut self.adam[p], cols, f)
-                .map_err(|source| StepError::Optimizer { name: self.plan.params[p].name.clone(), source })?;
+            adamw_step(&cfg, &mut self.params[p], &self.grads[p], &mut self.adam[p], cols, f).map_err(|source| {
+                StepError::Optimizer {
+                    name: self.plan.params[p].name.clone(),
+                    source,
+                }
+            })?;
         }
         self.step += 1;
-        Ok(StepStats { step: t, loss, lr, grad_norm: norm, tokens, trainable })
+        Ok(StepStats {
+            step: t,
+            loss,
+            lr,
+            grad_norm: norm,
+            tokens,
+            trainable,
+        })
     }
 
     /// The loss (and logits) of the current parameters on `batch`, forward only.
     pub fn evaluate(&mut self, batch: &Batch, logits: bool) -> Result<RunOutput, StepError> {
         let ids: Vec<i64> = batch.input_ids.iter().copied().collect();
         let labels: Vec<i64> = batch.labels.iter().copied().collect();
-        Ok(self.exec.run(&self.plan.eval, &self.params, &mut [], &ids, &labels, 1.0, logits)?)
+        Ok(self
+            .exec
+            .run(&self.plan.eval, &self.params, &mut [], &ids, &labels, 1.0, logits)?)
     }
 }

@@ -52,7 +52,10 @@ pub struct StateMeta {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io { path: path.to_path_buf(), source }
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes `text` to `path` atomically (temporary file, fsync, rename).
@@ -82,8 +85,14 @@ pub fn save(tr: &Trainer, root: &Path, spec_hash: &str, losses: &[f32]) -> Resul
         }
         tensors.insert(p.name.clone(), TensorRef::f32(&p.shape, &tr.params[i]));
         if !tr.grads[i].is_empty() {
-            tensors.insert(format!("{}.exp_avg", p.name), TensorRef::f32(&p.shape, &tr.adam[i].exp_avg));
-            tensors.insert(format!("{}.exp_avg_sq", p.name), TensorRef::f32(&p.shape, &tr.adam[i].exp_avg_sq));
+            tensors.insert(
+                format!("{}.exp_avg", p.name),
+                TensorRef::f32(&p.shape, &tr.adam[i].exp_avg),
+            );
+            tensors.insert(
+                format!("{}.exp_avg_sq", p.name),
+                TensorRef::f32(&p.shape, &tr.adam[i].exp_avg_sq),
+            );
             adam_steps.insert(p.name.clone(), tr.adam[i].step);
         }
     }
@@ -97,7 +106,10 @@ pub fn save(tr: &Trainer, root: &Path, spec_hash: &str, losses: &[f32]) -> Resul
         batcher: tr.data.state(),
         losses: losses.to_vec(),
     };
-    let json = serde_json::to_vec_pretty(&meta).map_err(|e| StateError::Invalid { path: tmp.clone(), msg: e.to_string() })?;
+    let json = serde_json::to_vec_pretty(&meta).map_err(|e| StateError::Invalid {
+        path: tmp.clone(),
+        msg: e.to_string(),
+    })?;
     write_atomic(&tmp.join("state.json"), &json)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
@@ -140,7 +152,8 @@ pub fn locate(path: &Path) -> Result<PathBuf, StateError> {
     }
     Err(StateError::Invalid {
         path: path.to_path_buf(),
-        msg: "no state.json here and no checkpoints/latest (pass the run's output folder or a checkpoint folder)".into(),
+        msg: "no state.json here and no checkpoints/latest (pass the run's output folder or a checkpoint folder)"
+            .into(),
     })
 }
 
@@ -148,13 +161,21 @@ pub fn locate(path: &Path) -> Result<PathBuf, StateError> {
 pub fn load(tr: &mut Trainer, dir: &Path, spec_hash: &str) -> Result<Vec<f32>, StateError> {
     let meta_path = dir.join("state.json");
     let text = std::fs::read_to_string(&meta_path).map_err(io(&meta_path))?;
-    let meta: StateMeta =
-        serde_json::from_str(&text).map_err(|e| StateError::Invalid { path: meta_path.clone(), msg: e.to_string() })?;
+    let meta: StateMeta = serde_json::from_str(&text).map_err(|e| StateError::Invalid {
+        path: meta_path.clone(),
+        msg: e.to_string(),
+    })?;
     if meta.format != FORMAT {
-        return Err(StateError::Invalid { path: meta_path, msg: format!("format {} (this lamdac reads {FORMAT})", meta.format) });
+        return Err(StateError::Invalid {
+            path: meta_path,
+            msg: format!("format {} (this lamdac reads {FORMAT})", meta.format),
+        });
     }
     if meta.spec_hash != spec_hash {
-        return Err(StateError::Mismatch { path: meta_path, msg: "the spec or the model differs".into() });
+        return Err(StateError::Mismatch {
+            path: meta_path,
+            msg: "the spec or the model differs".into(),
+        });
     }
     if meta.total_steps != tr.total_steps() {
         return Err(StateError::Mismatch {
@@ -175,9 +196,10 @@ pub fn load(tr: &mut Trainer, dir: &Path, spec_hash: &str) -> Result<Vec<f32>, S
             tr.adam[i].step = meta.adam_steps.get(&p.name).copied().unwrap_or(0);
         }
     }
-    tr.data
-        .restore(&meta.batcher)
-        .map_err(|e| StateError::Mismatch { path: dir.to_path_buf(), msg: e.to_string() })?;
+    tr.data.restore(&meta.batcher).map_err(|e| StateError::Mismatch {
+        path: dir.to_path_buf(),
+        msg: e.to_string(),
+    })?;
     tr.step = meta.step;
     Ok(meta.losses)
 }
@@ -196,7 +218,12 @@ fn read(file: &SafetensorsFile, name: &str, len: usize) -> Result<Vec<f32>, Stat
 /// Writes `adapter.safetensors`: every adapter tensor as `<module>.<tensor>`,
 /// the initial value of every trainable one as `<module>.<tensor>.init` (what
 /// export needs: `lora_B = alpha (B S - B0 S0)`), and per-module metadata.
-pub fn write_adapter(tr: &Trainer, init: &BTreeMap<usize, Vec<f32>>, path: &Path, spec: &str) -> Result<(), StateError> {
+pub fn write_adapter(
+    tr: &Trainer,
+    init: &BTreeMap<usize, Vec<f32>>,
+    path: &Path,
+    spec: &str,
+) -> Result<(), StateError> {
     let mut tensors: BTreeMap<String, TensorRef<'_>> = BTreeMap::new();
     for (i, p) in tr.plan.params.iter().enumerate() {
         if let ParamRole::Adapter { .. } = p.role {
@@ -224,7 +251,10 @@ pub fn write_adapter(tr: &Trainer, init: &BTreeMap<usize, Vec<f32>>, path: &Path
         })
         .collect();
     let mut meta = BTreeMap::new();
-    meta.insert("lamdac.modules".to_string(), serde_json::Value::Array(modules).to_string());
+    meta.insert(
+        "lamdac.modules".to_string(),
+        serde_json::Value::Array(modules).to_string(),
+    );
     meta.insert("lamdac.step".to_string(), tr.step.to_string());
     meta.insert("lamdac.spec".to_string(), spec.to_string());
     write_safetensors(path, &tensors, &meta)?;
