@@ -138,11 +138,12 @@ fn jsonl_prompt_completion_masks_the_prompt() {
     let m = IGNORE_INDEX;
     assert_eq!(batch.labels, array![[m, m, 99, 100, m, m], [120, 121, 122, m, m, m]]);
 
-    // Truncated to seq 3: the completion keeps its first token.
+    // Longer than seq 3: the row keeps the end of the prompt (at least half a
+    // row, here 1 token) and the start of the completion.
     let mut b = Batcher::new(data, no_shuffle(3, 1)).unwrap();
     let batch = b.next_batch();
-    assert_eq!(batch.input_ids, array![[97, 98, 99]]);
-    assert_eq!(batch.labels, array![[m, m, 99]]);
+    assert_eq!(batch.input_ids, array![[98, 99, 100]]);
+    assert_eq!(batch.labels, array![[m, 99, 100]]);
 }
 
 #[test]
