@@ -4,6 +4,7 @@ pub mod adapter;
 pub mod consteval;
 pub mod diag;
 pub mod ir;
+pub mod kernel;
 pub mod model;
 pub mod passes;
 pub mod pipeline;

@@ -1,5 +1,6 @@
 //! lamda-runtime: checkpoints, data and the execution of a compiled Plan.
 
+pub mod backend;
 pub mod checkpoint;
 pub mod data;
 pub mod describe;

@@ -48,7 +48,7 @@ pub mod rmsnorm;
 pub mod rope;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use adamw::{AdamState, AdamW, adamw_step};
 pub use adapters::{AdapterShape, lamda_backward, lamda_forward, lora_backward, lora_forward};

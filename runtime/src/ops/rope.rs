@@ -29,6 +29,14 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
+    /// cos of every (position, frequency): (seq, head_dim / 2).
+    pub fn cos(&self) -> &[f32] {
+        &self.cos
+    }
+    /// sin of every (position, frequency): (seq, head_dim / 2).
+    pub fn sin(&self) -> &[f32] {
+        &self.sin
+    }
     /// Tables for positions `0 .. seq`, even `head_dim`, base `theta`.
     pub fn new(seq: usize, head_dim: usize, theta: f64) -> Result<Self, OpsError> {
         const OP: &str = "RopeTable::new";
