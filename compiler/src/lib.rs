@@ -1,6 +1,7 @@
 //! lamda-compiler: the .lamda front end, the training-step IR, its passes and the Plan.
 
 pub mod adapter;
+pub mod codegen;
 pub mod consteval;
 pub mod diag;
 pub mod ir;

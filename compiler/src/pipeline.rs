@@ -174,7 +174,9 @@ fn summarize(forward: &Ir, phases: &[PhasePlan]) -> MemorySummary {
     for p in &forward.params {
         let b = p.numel() * 4;
         match p.role {
-            ParamRole::Base { .. } | ParamRole::Residual { .. } => m.weights += b,
+            ParamRole::Base { .. } | ParamRole::Residual { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => {
+                m.weights += b
+            }
             ParamRole::Adapter { .. } => m.adapters += b,
         }
     }

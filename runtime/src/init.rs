@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use faer::Mat;
 use lamda_compiler::adapter::Init;
-use lamda_compiler::ir::{ParamRole, PathFactor};
+use lamda_compiler::ir::{ParamRole, PathFactor, TableKind};
 use lamda_compiler::plan::Plan;
 
 use crate::checkpoint::{CheckpointError, Weights};
@@ -54,7 +54,7 @@ pub fn initialize(
             ParamRole::Base { tensor } | ParamRole::Residual { tensor, .. } => {
                 params[i] = weights.load(tensor, &p.shape)?;
             }
-            ParamRole::Adapter { .. } => {}
+            ParamRole::Adapter { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => {}
         }
     }
     for recipe in &plan.init {
@@ -173,6 +173,37 @@ pub fn initialize(
                 w -= faer::Scale(term.coeff) * &m;
             }
             params[a.base] = (0..d_out * d_in).map(|k| w[(k / d_in, k % d_in)] as f32).collect();
+        }
+    }
+    // Derived parameters: stacked weights and constant tables (after every residual is final).
+    for (i, p) in plan.params.iter().enumerate() {
+        match &p.role {
+            ParamRole::Concat { parts } => {
+                params[i] = parts.iter().flat_map(|&q| params[q].iter().copied()).collect();
+            }
+            ParamRole::Table(t) => {
+                let (seq, hd, theta, cos) = match *t {
+                    TableKind::RopeCos { seq, head_dim, theta } => (seq, head_dim, theta, true),
+                    TableKind::RopeSin { seq, head_dim, theta } => (seq, head_dim, theta, false),
+                };
+                let table = crate::ops::RopeTable::new(seq, hd, theta).map_err(|e| InitError::Other {
+                    name: p.name.clone(),
+                    msg: e.to_string(),
+                })?;
+                params[i] = if cos {
+                    table.cos().to_vec()
+                } else {
+                    table.sin().to_vec()
+                };
+            }
+            _ => {}
+        }
+        let want: usize = p.shape.iter().product();
+        if params[i].len() != want {
+            return Err(InitError::Other {
+                name: p.name.clone(),
+                msg: format!("{} values for shape {:?}", params[i].len(), p.shape),
+            });
         }
     }
     Ok(params)

@@ -113,6 +113,19 @@ pub enum Op {
     // ---- sinks
     /// Accumulates its operand into the gradient of a parameter.
     ParamGrad(ParamId),
+    // ---- made by the fusion pass
+    /// A generated kernel: operands are the kernel's read arguments
+    /// ([`crate::kernel::Kernel::inputs`]) in order, outputs its written ones;
+    /// scalar arguments are launch parameters the runtime supplies by name.
+    Fused(std::sync::Arc<crate::kernel::Kernel>),
+    /// (x (n, sum w)) -> column blocks (n, w_0), (n, w_1), ...
+    Split { widths: Vec<usize> },
+    /// (x_0 (n, w_0), x_1 (n, w_1), ...) -> (n, sum w).
+    Concat { widths: Vec<usize> },
+    /// (r (n, m), x (n, k), w (m, k)) -> r + x w^T: a residual add folded into the GEMM.
+    LinearAdd,
+    /// (labels (n)) -> i64 targets (n): `labels[i + 1]`, or -100 at the last position of a sequence.
+    ShiftLabels { seq: usize },
 }
 
 impl Op {
@@ -141,13 +154,27 @@ impl Op {
             Op::AttentionGrad(_) => "attention_grad",
             Op::ColScaleGrad => "col_scale_grad",
             Op::ParamGrad(_) => "param_grad",
+            Op::Fused(_) => "fused",
+            Op::Split { .. } => "split",
+            Op::Concat { .. } => "concat",
+            Op::LinearAdd => "linear_add",
+            Op::ShiftLabels { .. } => "shift_labels",
         }
     }
     /// Number of operands.
     pub fn arity(&self) -> usize {
         match self {
             Op::Tokens | Op::Labels | Op::Param(_) => 0,
-            Op::Scale { .. } | Op::Silu | Op::Rope { .. } | Op::RopeGrad { .. } | Op::ParamGrad(_) => 1,
+            Op::Scale { .. }
+            | Op::Silu
+            | Op::Rope { .. }
+            | Op::RopeGrad { .. }
+            | Op::ParamGrad(_)
+            | Op::Split { .. }
+            | Op::ShiftLabels { .. } => 1,
+            Op::Fused(k) => k.inputs().len(),
+            Op::Concat { widths } => widths.len(),
+            Op::LinearAdd => 3,
             Op::Embedding
             | Op::RmsNorm { .. }
             | Op::Linear
@@ -259,6 +286,19 @@ pub enum ParamRole {
         trainable: bool,
         column_frozen: bool,
     },
+    /// Frozen parameters stacked by rows (made by fusion: one GEMM for several).
+    Concat { parts: Vec<ParamId> },
+    /// A constant table the runtime computes.
+    Table(TableKind),
+}
+
+/// Constant tables of fused kernels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TableKind {
+    /// cos of RoPE angles: (seq, head_dim / 2).
+    RopeCos { seq: usize, head_dim: usize, theta: f64 },
+    /// sin of RoPE angles: (seq, head_dim / 2).
+    RopeSin { seq: usize, head_dim: usize, theta: f64 },
 }
 
 /// A parameter of the step: name (unique), shape, role.

@@ -31,6 +31,9 @@ fn attrs(op: &Op) -> String {
             d.batch, d.seq, d.heads, d.kv_heads, d.head_dim
         ),
         Op::CrossEntropy { batch, seq, grad } => format!("[batch={batch}, seq={seq}, grad={grad}]"),
+        Op::Fused(k) => format!("[{}]", k.name),
+        Op::Split { widths } | Op::Concat { widths } => format!("{widths:?}"),
+        Op::ShiftLabels { seq } => format!("[seq={seq}]"),
         _ => String::new(),
     }
 }
@@ -50,6 +53,13 @@ pub fn to_text(ir: &Ir) -> String {
         let role = match &p.role {
             ParamRole::Base { .. } => "base".to_string(),
             ParamRole::Residual { adapter, .. } => format!("residual of adapter {adapter}"),
+            ParamRole::Concat { parts } => {
+                format!(
+                    "rows of {}",
+                    parts.iter().map(|p| format!("@{p}")).collect::<Vec<_>>().join(", ")
+                )
+            }
+            ParamRole::Table(t) => format!("table {t:?}"),
             ParamRole::Adapter {
                 adapter,
                 init,

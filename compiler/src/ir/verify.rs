@@ -85,6 +85,19 @@ pub fn verify(ir: &Ir) -> Result<(), VerifyError> {
     Ok(())
 }
 
+/// The tensor type of a kernel argument with `rows` rows.
+fn arg_type(ty: crate::kernel::ArgTy, rows: usize) -> TensorType {
+    use crate::kernel::ArgTy;
+    match ty {
+        ArgTy::Rows { cols } => TensorType::f32(&[rows, cols]),
+        ArgTy::Vector { len } => TensorType::f32(&[len]),
+        ArgTy::PerRow => TensorType::f32(&[rows]),
+        ArgTy::PerRowI64 => TensorType::i64(&[rows]),
+        ArgTy::Scalar => TensorType::f32(&[1]),
+        ArgTy::Periodic { period, cols } => TensorType::f32(&[period, cols]),
+    }
+}
+
 fn show(ts: &[TensorType]) -> String {
     ts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
@@ -218,6 +231,62 @@ pub fn infer(ir: &Ir, op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, St
                 return Err(format!("gradient {g} for {} of shape {:?}", info.name, info.shape));
             }
             vec![]
+        }
+        (Op::Fused(k), ins) => {
+            crate::kernel::verify_kernel(k)?;
+            let reads = k.inputs();
+            if reads.len() != ins.len() {
+                return Err(format!(
+                    "{} takes {} operands, found {}",
+                    k.name,
+                    reads.len(),
+                    ins.len()
+                ));
+            }
+            let rows = ins
+                .iter()
+                .find_map(|t| if t.shape.len() == 2 { Some(t.shape[0]) } else { None })
+                .unwrap_or(n);
+            for (&a, t) in reads.iter().zip(ins) {
+                let want = arg_type(k.args[a].ty, rows);
+                if *t != want {
+                    return Err(format!("{}: `{}` is {t}, expected {want}", k.name, k.args[a].name));
+                }
+            }
+            k.outputs().iter().map(|&a| arg_type(k.args[a].ty, rows)).collect()
+        }
+        (Op::Split { widths }, [x]) => {
+            let (rows, w) = mat(x)?;
+            if widths.iter().sum::<usize>() != w {
+                return Err(format!("split of {x} into {widths:?}"));
+            }
+            widths.iter().map(|&c| TensorType::f32(&[rows, c])).collect()
+        }
+        (Op::Concat { widths }, ins) => {
+            let rows = ins.first().map(|t| t.shape.first().copied().unwrap_or(0)).unwrap_or(0);
+            if ins.len() != widths.len() {
+                return Err(format!("concat of {} operands as {widths:?}", ins.len()));
+            }
+            for (t, &w) in ins.iter().zip(widths) {
+                if *t != TensorType::f32(&[rows, w]) {
+                    return Err(format!("concat of {t} as a block of {w}"));
+                }
+            }
+            vec![TensorType::f32(&[rows, widths.iter().sum()])]
+        }
+        (Op::LinearAdd, [r, x, w]) => {
+            let (rows, k) = mat(x)?;
+            let (m, k2) = mat(w)?;
+            if k != k2 || r.shape != [rows, m] {
+                return Err(format!("linear_add of {r} + {x} by {w}"));
+            }
+            vec![r.clone()]
+        }
+        (Op::ShiftLabels { .. }, [l]) => {
+            if l.dtype != Dtype::I64 {
+                return Err(format!("shift_labels of {l}"));
+            }
+            vec![l.clone()]
         }
         (op, ins) => {
             return Err(format!(

@@ -5,7 +5,11 @@
 use super::{Access, Arg, ArgTy, Col, Cond, Expr, Kernel, Reduce, Stmt};
 
 fn arg(name: &str, ty: ArgTy, access: Access) -> Arg {
-    Arg { name: name.to_string(), ty, access }
+    Arg {
+        name: name.to_string(),
+        ty,
+        access,
+    }
 }
 
 fn rows(cols: usize) -> ArgTy {
@@ -24,10 +28,26 @@ pub fn rmsnorm(d: usize, eps: f64) -> Kernel {
             arg("rstd", ArgTy::PerRow, Access::Write),
         ],
         body: vec![
-            Stmt::Reduce { var: 0, op: Reduce::Sum, cols: d, value: Expr::load(0) * Expr::load(0) },
-            Stmt::Let { var: 1, value: (Expr::var(0) / Expr::c(d as f64) + Expr::c(eps)).rsqrt() },
-            Stmt::StoreRow { arg: 3, value: Expr::var(1) },
-            Stmt::Store { arg: 2, cols: d, value: Expr::load(1) * (Expr::load(0) * Expr::var(1)), accumulate: false },
+            Stmt::Reduce {
+                var: 0,
+                op: Reduce::Sum,
+                cols: d,
+                value: Expr::load(0) * Expr::load(0),
+            },
+            Stmt::Let {
+                var: 1,
+                value: (Expr::var(0) / Expr::c(d as f64) + Expr::c(eps)).rsqrt(),
+            },
+            Stmt::StoreRow {
+                arg: 3,
+                value: Expr::var(1),
+            },
+            Stmt::Store {
+                arg: 2,
+                cols: d,
+                value: Expr::load(1) * (Expr::load(0) * Expr::var(1)),
+                accumulate: false,
+            },
         ],
     }
 }
@@ -47,10 +67,26 @@ pub fn rmsnorm_grad(d: usize) -> Kernel {
             arg("dx", rows(d), Access::Write),
         ],
         body: vec![
-            Stmt::Reduce { var: 0, op: Reduce::Sum, cols: d, value: gw() * Expr::load(1) },
-            Stmt::Let { var: 1, value: Expr::load(3) },
-            Stmt::Let { var: 2, value: Expr::var(1) * Expr::var(1) * Expr::var(1) * Expr::c(1.0 / d as f64) * Expr::var(0) },
-            Stmt::Store { arg: 4, cols: d, value: Expr::var(1) * gw() - Expr::load(1) * Expr::var(2), accumulate: false },
+            Stmt::Reduce {
+                var: 0,
+                op: Reduce::Sum,
+                cols: d,
+                value: gw() * Expr::load(1),
+            },
+            Stmt::Let {
+                var: 1,
+                value: Expr::load(3),
+            },
+            Stmt::Let {
+                var: 2,
+                value: Expr::var(1) * Expr::var(1) * Expr::var(1) * Expr::c(1.0 / d as f64) * Expr::var(0),
+            },
+            Stmt::Store {
+                arg: 4,
+                cols: d,
+                value: Expr::var(1) * gw() - Expr::load(1) * Expr::var(2),
+                accumulate: false,
+            },
         ],
     }
 }
@@ -64,7 +100,11 @@ fn sigmoid(x: Expr) -> Expr {
 pub fn swiglu(f: usize) -> Kernel {
     Kernel {
         name: format!("swiglu_f{f}"),
-        args: vec![arg("gate", rows(f), Access::Read), arg("up", rows(f), Access::Read), arg("h", rows(f), Access::Write)],
+        args: vec![
+            arg("gate", rows(f), Access::Read),
+            arg("up", rows(f), Access::Read),
+            arg("h", rows(f), Access::Write),
+        ],
         body: vec![Stmt::Store {
             arg: 2,
             cols: f,
@@ -110,7 +150,16 @@ pub fn add_n(d: usize, k: usize) -> Kernel {
     let mut args: Vec<Arg> = (0..k).map(|i| arg(&format!("x{i}"), rows(d), Access::Read)).collect();
     args.push(arg("y", rows(d), Access::Write));
     let value = (1..k).fold(Expr::load(0), |acc, i| acc + Expr::load(i));
-    Kernel { name: format!("add{k}_d{d}"), args, body: vec![Stmt::Store { arg: k, cols: d, value, accumulate: false }] }
+    Kernel {
+        name: format!("add{k}_d{d}"),
+        args,
+        body: vec![Stmt::Store {
+            arg: k,
+            cols: d,
+            value,
+            accumulate: false,
+        }],
+    }
 }
 
 /// Rotate-half RoPE forward on rows of `width = heads * head_dim`, positions `row % seq`:
@@ -129,14 +178,24 @@ pub fn rope_grad(width: usize, head_dim: usize, seq: usize) -> Kernel {
 
 fn rope_kernel(width: usize, head_dim: usize, seq: usize, inverse: bool) -> Kernel {
     let half = head_dim / 2;
-    let table = ArgTy::Periodic { period: seq, cols: half };
+    let table = ArgTy::Periodic {
+        period: seq,
+        cols: half,
+    };
     let partner = Expr::at(0, Col::RopePartner { head_dim });
     // rotate_half: -x2 in the first half, x1 in the second; the inverse flips the sign.
-    let (first, second) = if inverse { (partner.clone(), -partner) } else { (-partner.clone(), partner) };
+    let (first, second) = if inverse {
+        (partner.clone(), -partner)
+    } else {
+        (-partner.clone(), partner)
+    };
     let rot = Expr::select(Cond::FirstHalf { head_dim }, first, second);
     let f = Col::HalfIndex { head_dim };
     Kernel {
-        name: format!("rope{}_w{width}_hd{head_dim}_s{seq}", if inverse { "_grad" } else { "" }),
+        name: format!(
+            "rope{}_w{width}_hd{head_dim}_s{seq}",
+            if inverse { "_grad" } else { "" }
+        ),
         args: vec![
             arg(if inverse { "g" } else { "x" }, rows(width), Access::Read),
             arg("cos", table, Access::Read),
@@ -167,11 +226,28 @@ pub fn lamda_epilogue(d_out: usize, r: usize, alpha: f64) -> Kernel {
             arg("y", rows(d_out), Access::Write),
         ],
         body: vec![
-            Stmt::Store { arg: 4, cols: r, value: Expr::RowDot { a: 1, b: 2, len: r, bt: false }, accumulate: false },
+            Stmt::Store {
+                arg: 4,
+                cols: r,
+                value: Expr::RowDot {
+                    a: 1,
+                    b: 2,
+                    len: r,
+                    bt: false,
+                },
+                accumulate: false,
+            },
             Stmt::Store {
                 arg: 5,
                 cols: d_out,
-                value: Expr::load(0) + Expr::c(alpha) * Expr::RowDot { a: 4, b: 3, len: r, bt: false },
+                value: Expr::load(0)
+                    + Expr::c(alpha)
+                        * Expr::RowDot {
+                            a: 4,
+                            b: 3,
+                            len: r,
+                            bt: false,
+                        },
                 accumulate: false,
             },
         ],
@@ -192,7 +268,14 @@ pub fn lowrank_epilogue(d_out: usize, r: usize, scale: f64) -> Kernel {
         body: vec![Stmt::Store {
             arg: 3,
             cols: d_out,
-            value: Expr::load(0) + Expr::c(scale) * Expr::RowDot { a: 1, b: 2, len: r, bt: false },
+            value: Expr::load(0)
+                + Expr::c(scale)
+                    * Expr::RowDot {
+                        a: 1,
+                        b: 2,
+                        len: r,
+                        bt: false,
+                    },
             accumulate: false,
         }],
     }
@@ -208,7 +291,17 @@ pub fn small_matmul(r: usize) -> Kernel {
             arg("S", ArgTy::Vector { len: r * r }, Access::Read),
             arg("gz", rows(r), Access::Write),
         ],
-        body: vec![Stmt::Store { arg: 2, cols: r, value: Expr::RowDot { a: 0, b: 1, len: r, bt: true }, accumulate: false }],
+        body: vec![Stmt::Store {
+            arg: 2,
+            cols: r,
+            value: Expr::RowDot {
+                a: 0,
+                b: 1,
+                len: r,
+                bt: true,
+            },
+            accumulate: false,
+        }],
     }
 }
 
@@ -224,13 +317,33 @@ pub fn cross_entropy(vocab: usize, grad: bool) -> Kernel {
         arg("loss", ArgTy::PerRow, Access::Write),
     ];
     let mut body = vec![
-        Stmt::Reduce { var: 0, op: Reduce::Max, cols: vocab, value: Expr::load(0) },
-        Stmt::Reduce { var: 1, op: Reduce::Sum, cols: vocab, value: (Expr::load(0) - Expr::var(0)).exp() },
-        Stmt::Let { var: 2, value: Expr::var(0) + Expr::var(1).log() },
-        Stmt::Let { var: 3, value: Expr::load(1) },
+        Stmt::Reduce {
+            var: 0,
+            op: Reduce::Max,
+            cols: vocab,
+            value: Expr::load(0),
+        },
+        Stmt::Reduce {
+            var: 1,
+            op: Reduce::Sum,
+            cols: vocab,
+            value: (Expr::load(0) - Expr::var(0)).exp(),
+        },
+        Stmt::Let {
+            var: 2,
+            value: Expr::var(0) + Expr::var(1).log(),
+        },
+        Stmt::Let {
+            var: 3,
+            value: Expr::load(1),
+        },
         Stmt::StoreRow {
             arg: 2,
-            value: Expr::select(Cond::NonNegative(3), Expr::var(2) - Expr::at(0, Col::Var(3)), Expr::c(0.0)),
+            value: Expr::select(
+                Cond::NonNegative(3),
+                Expr::var(2) - Expr::at(0, Col::Var(3)),
+                Expr::c(0.0),
+            ),
         },
     ];
     if grad {
@@ -245,7 +358,11 @@ pub fn cross_entropy(vocab: usize, grad: bool) -> Kernel {
             accumulate: false,
         });
     }
-    Kernel { name: format!("cross_entropy{}_v{vocab}", if grad { "_grad" } else { "" }), args, body }
+    Kernel {
+        name: format!("cross_entropy{}_v{vocab}", if grad { "_grad" } else { "" }),
+        args,
+        body,
+    }
 }
 
 /// AdamW (PyTorch semantics, SEMANTICS §6) on the trainable columns `j >= frozen`;
@@ -268,8 +385,18 @@ pub fn adamw(cols: usize) -> Kernel {
         name: format!("adamw_c{cols}"),
         args,
         body: vec![
-            Stmt::Store { arg: 0, cols, value: keep(0, Expr::load(0) * s("decay")), accumulate: false },
-            Stmt::Store { arg: 2, cols, value: keep(2, s("b1") * Expr::load(2) + s("c1") * Expr::load(1)), accumulate: false },
+            Stmt::Store {
+                arg: 0,
+                cols,
+                value: keep(0, Expr::load(0) * s("decay")),
+                accumulate: false,
+            },
+            Stmt::Store {
+                arg: 2,
+                cols,
+                value: keep(2, s("b1") * Expr::load(2) + s("c1") * Expr::load(1)),
+                accumulate: false,
+            },
             Stmt::Store {
                 arg: 3,
                 cols,
@@ -279,7 +406,10 @@ pub fn adamw(cols: usize) -> Kernel {
             Stmt::Store {
                 arg: 0,
                 cols,
-                value: keep(0, Expr::load(0) - s("step") * (Expr::load(2) / (Expr::load(3).sqrt() / s("bc2") + s("eps")))),
+                value: keep(
+                    0,
+                    Expr::load(0) - s("step") * (Expr::load(2) / (Expr::load(3).sqrt() / s("bc2") + s("eps"))),
+                ),
                 accumulate: false,
             },
         ],

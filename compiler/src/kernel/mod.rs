@@ -126,12 +126,20 @@ pub enum Reduce {
 pub enum Expr {
     Const(F64),
     Var(Var),
-    Load { arg: usize, col: Col },
+    Load {
+        arg: usize,
+        col: Col,
+    },
     /// `sum_{c < len} a[i, c] * b[j, c]`, or with `bt` `sum_{c < len} a[i, c] * b[c, j]`.
     /// `a` is a `Rows { cols: len }` argument; `b` a `Vector` holding a
     /// row-major matrix shared by every row, (C, len) or with `bt` (len, C),
     /// where C is the column count of the enclosing loop.
-    RowDot { a: usize, b: usize, len: usize, bt: bool },
+    RowDot {
+        a: usize,
+        b: usize,
+        len: usize,
+        bt: bool,
+    },
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     Select(Cond, Box<Expr>, Box<Expr>),
@@ -139,10 +147,26 @@ pub enum Expr {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Stmt {
-    Let { var: Var, value: Expr },
-    Reduce { var: Var, op: Reduce, cols: usize, value: Expr },
-    Store { arg: usize, cols: usize, value: Expr, accumulate: bool },
-    StoreRow { arg: usize, value: Expr },
+    Let {
+        var: Var,
+        value: Expr,
+    },
+    Reduce {
+        var: Var,
+        op: Reduce,
+        cols: usize,
+        value: Expr,
+    },
+    Store {
+        arg: usize,
+        cols: usize,
+        value: Expr,
+        accumulate: bool,
+    },
+    StoreRow {
+        arg: usize,
+        value: Expr,
+    },
 }
 
 /// A fused kernel.
@@ -157,15 +181,21 @@ pub struct Kernel {
 impl Kernel {
     /// Indices of the arguments the kernel reads from the graph (everything but `Write`).
     pub fn inputs(&self) -> Vec<usize> {
-        (0..self.args.len()).filter(|&a| self.args[a].access != Access::Write && self.args[a].ty != ArgTy::Scalar).collect()
+        (0..self.args.len())
+            .filter(|&a| self.args[a].access != Access::Write && self.args[a].ty != ArgTy::Scalar)
+            .collect()
     }
     /// Indices of the arguments it produces (`Write`).
     pub fn outputs(&self) -> Vec<usize> {
-        (0..self.args.len()).filter(|&a| self.args[a].access == Access::Write).collect()
+        (0..self.args.len())
+            .filter(|&a| self.args[a].access == Access::Write)
+            .collect()
     }
     /// Indices of its scalar launch parameters.
     pub fn scalars(&self) -> Vec<usize> {
-        (0..self.args.len()).filter(|&a| self.args[a].ty == ArgTy::Scalar).collect()
+        (0..self.args.len())
+            .filter(|&a| self.args[a].ty == ArgTy::Scalar)
+            .collect()
     }
     /// Row variables used (one past the largest).
     pub fn vars(&self) -> usize {
@@ -278,14 +308,22 @@ pub fn verify_kernel(k: &Kernel) -> Result<(), String> {
             }
             Stmt::Store { arg, cols, value, .. } => {
                 match k.args.get(*arg) {
-                    Some(Arg { ty: ArgTy::Rows { cols: c }, access: Access::Write | Access::ReadWrite, .. }) if c == cols => {}
+                    Some(Arg {
+                        ty: ArgTy::Rows { cols: c },
+                        access: Access::Write | Access::ReadWrite,
+                        ..
+                    }) if c == cols => {}
                     other => return fail(format!("statement {si}: store of {cols} columns into {other:?}")),
                 }
                 check_expr(k, value, &defined, true).or_else(|m| fail(format!("statement {si}: {m}")))?;
             }
             Stmt::StoreRow { arg, value } => {
                 match k.args.get(*arg) {
-                    Some(Arg { ty: ArgTy::PerRow, access: Access::Write | Access::ReadWrite, .. }) => {}
+                    Some(Arg {
+                        ty: ArgTy::PerRow,
+                        access: Access::Write | Access::ReadWrite,
+                        ..
+                    }) => {}
                     other => return fail(format!("statement {si}: row store into {other:?}")),
                 }
                 check_expr(k, value, &defined, false).or_else(|m| fail(format!("statement {si}: {m}")))?;
@@ -296,7 +334,13 @@ pub fn verify_kernel(k: &Kernel) -> Result<(), String> {
 }
 
 fn check_expr(k: &Kernel, e: &Expr, defined: &[bool], in_loop: bool) -> Result<(), String> {
-    let var_ok = |v: &Var| if defined.get(*v as usize).copied().unwrap_or(false) { Ok(()) } else { Err(format!("v{v} used before it is defined")) };
+    let var_ok = |v: &Var| {
+        if defined.get(*v as usize).copied().unwrap_or(false) {
+            Ok(())
+        } else {
+            Err(format!("v{v} used before it is defined"))
+        }
+    };
     match e {
         Expr::Const(_) => Ok(()),
         Expr::Var(v) => var_ok(v),
@@ -316,12 +360,18 @@ fn check_expr(k: &Kernel, e: &Expr, defined: &[bool], in_loop: bool) -> Result<(
                 return Err("row_dot outside a column loop".into());
             }
             match k.args.get(*a) {
-                Some(Arg { ty: ArgTy::Rows { cols }, .. }) if cols == len => {}
+                Some(Arg {
+                    ty: ArgTy::Rows { cols },
+                    ..
+                }) if cols == len => {}
                 other => return Err(format!("row_dot over {len} of {other:?}")),
             }
             // b is a matrix shared by all rows: (cols of the loop, len), or (len, cols) with bt.
             match k.args.get(*b) {
-                Some(Arg { ty: ArgTy::Vector { .. }, .. }) => Ok(()),
+                Some(Arg {
+                    ty: ArgTy::Vector { .. },
+                    ..
+                }) => Ok(()),
                 other => Err(format!("row_dot needs a shared matrix as b, found {other:?}")),
             }
         }
@@ -398,12 +448,21 @@ impl fmt::Display for Kernel {
         for s in &self.body {
             match s {
                 Stmt::Let { var, value } => writeln!(f, "  v{var} = {value}")?,
-                Stmt::Reduce { var, op, cols, value } => {
-                    writeln!(f, "  v{var} = {}_{{j<{cols}}} {value}", format!("{op:?}").to_lowercase())?
-                }
-                Stmt::Store { arg, cols, value, accumulate } => {
-                    writeln!(f, "  for j<{cols}: a{arg}[j] {}= {value}", if *accumulate { "+" } else { "" })?
-                }
+                Stmt::Reduce { var, op, cols, value } => writeln!(
+                    f,
+                    "  v{var} = {}_{{j<{cols}}} {value}",
+                    format!("{op:?}").to_lowercase()
+                )?,
+                Stmt::Store {
+                    arg,
+                    cols,
+                    value,
+                    accumulate,
+                } => writeln!(
+                    f,
+                    "  for j<{cols}: a{arg}[j] {}= {value}",
+                    if *accumulate { "+" } else { "" }
+                )?,
                 Stmt::StoreRow { arg, value } => writeln!(f, "  a{arg} = {value}")?,
             }
         }

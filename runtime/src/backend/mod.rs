@@ -1,3 +1,4 @@
-//! Execution backends: the CPU (reference ops, the kernel-IR interpreter, JIT-compiled fused kernels).
+//! Execution backends: the CPU (reference ops, the kernel-IR interpreter, JIT-compiled fused kernels) and CUDA.
 
 pub mod cpu;
+pub mod cuda;

@@ -327,6 +327,111 @@ impl Executor {
                 ops::add_assign(dst, g).map_err(op_err)?;
                 vec![]
             }
+            Op::Split { widths } => {
+                let x = f(0)?;
+                let (n, w) = dims2(0)?;
+                let mut outs: Vec<Vec<f32>> = widths.iter().map(|&c| Vec::with_capacity(n * c)).collect();
+                for row in x.chunks_exact(w.max(1)) {
+                    let mut at = 0;
+                    for (o, &c) in outs.iter_mut().zip(widths) {
+                        o.extend_from_slice(&row[at..at + c]);
+                        at += c;
+                    }
+                }
+                outs.into_iter().map(Slot::F32).collect()
+            }
+            Op::Concat { widths } => {
+                let total: usize = widths.iter().sum();
+                let n = shapes.first().and_then(|s| s.first()).copied().unwrap_or(0);
+                let mut y = vec![0.0; n * total];
+                let mut at = 0;
+                for (k, &c) in widths.iter().enumerate() {
+                    let x = f(k)?;
+                    for (dst, src) in y.chunks_exact_mut(total.max(1)).zip(x.chunks_exact(c.max(1))) {
+                        dst[at..at + c].copy_from_slice(src);
+                    }
+                    at += c;
+                }
+                vec![Slot::F32(y)]
+            }
+            Op::LinearAdd => {
+                let (r, x, w) = (f(0)?, f(1)?, f(2)?);
+                let ((n, k), (m, _)) = (dims2(1)?, dims2(2)?);
+                let mut y = r.to_vec();
+                ops::linear_forward(x, w, n, k, m, &mut y, Store::Accumulate).map_err(op_err)?;
+                vec![Slot::F32(y)]
+            }
+            Op::ShiftLabels { seq } => {
+                let l = ids(0)?;
+                let t: Vec<i64> = (0..l.len())
+                    .map(|i| {
+                        if i % seq == seq - 1 {
+                            crate::data::IGNORE_INDEX
+                        } else {
+                            l[i + 1]
+                        }
+                    })
+                    .collect();
+                vec![Slot::I64(t)]
+            }
+            Op::Fused(k) => {
+                use crate::backend::cpu::interp::{self, KArg};
+                use lamda_compiler::kernel::{Access, ArgTy};
+                let reads = k.inputs();
+                let rows = shapes
+                    .iter()
+                    .find_map(|s| if s.len() == 2 { Some(s[0]) } else { None })
+                    .unwrap_or(tokens.len());
+                let count = (0..reads.len())
+                    .find(|&i| k.args[reads[i]].ty == ArgTy::PerRowI64)
+                    .and_then(|i| ids(i).ok())
+                    .map_or(0, |t| t.iter().filter(|&&v| v >= 0).count());
+                let mut outs: Vec<Vec<f32>> = k
+                    .outputs()
+                    .iter()
+                    .map(|&a| match k.args[a].ty {
+                        ArgTy::Rows { cols } => vec![0.0; rows * cols],
+                        ArgTy::PerRow => vec![0.0; rows],
+                        ArgTy::Vector { len } => vec![0.0; len],
+                        ArgTy::Periodic { period, cols } => vec![0.0; period * cols],
+                        ArgTy::PerRowI64 | ArgTy::Scalar => Vec::new(),
+                    })
+                    .collect();
+                {
+                    let mut out_iter = outs.iter_mut();
+                    let mut args: Vec<KArg<'_>> = Vec::with_capacity(k.args.len());
+                    let mut read_at = 0;
+                    for a in &k.args {
+                        args.push(match (a.access, a.ty) {
+                            (_, ArgTy::Scalar) => KArg::Scalar(match a.name.as_str() {
+                                "grad_scale" => grad_scale / count.max(1) as f32,
+                                other => return Err(ExecError::Internal(format!("no value for scalar `{other}`"))),
+                            }),
+                            (Access::Write, _) => KArg::F32Mut(
+                                out_iter
+                                    .next()
+                                    .ok_or_else(|| ExecError::Internal("outputs".into()))?
+                                    .as_mut_slice(),
+                            ),
+                            (_, ArgTy::PerRowI64) => {
+                                read_at += 1;
+                                KArg::I64(ids(read_at - 1)?)
+                            }
+                            _ => {
+                                read_at += 1;
+                                KArg::F32(f(read_at - 1)?)
+                            }
+                        });
+                    }
+                    interp::run(k, &mut args, rows).map_err(|e| ExecError::Internal(e.to_string()))?;
+                }
+                // A fused cross-entropy reports per-row losses: the step's loss is their mean.
+                if let Some(pos) = k.outputs().iter().position(|&a| k.args[a].name == "loss") {
+                    let total: f64 = outs[pos].iter().map(|&v| f64::from(v)).sum();
+                    *loss = ((total / count.max(1) as f64) as f32, count);
+                }
+                outs.into_iter().map(Slot::F32).collect()
+            }
         };
         Ok(out)
     }

@@ -27,7 +27,12 @@ pub struct KernelError {
 
 /// Checks the launch arguments against the kernel's signature for `rows` rows.
 pub fn check_launch(k: &Kernel, args: &[KArg<'_>], rows: usize) -> Result<(), KernelError> {
-    let fail = |msg: String| Err(KernelError { kernel: k.name.clone(), msg });
+    let fail = |msg: String| {
+        Err(KernelError {
+            kernel: k.name.clone(),
+            msg,
+        })
+    };
     if args.len() != k.args.len() {
         return fail(format!("{} arguments, expected {}", args.len(), k.args.len()));
     }
@@ -133,7 +138,11 @@ impl Row<'_, '_> {
                     Cond::ColIs(v) => j as f32 == self.vars[v as usize],
                     Cond::NonNegative(v) => self.vars[v as usize] >= 0.0,
                 };
-                if take { self.eval(a, j, loop_cols) } else { self.eval(b, j, loop_cols) }
+                if take {
+                    self.eval(a, j, loop_cols)
+                } else {
+                    self.eval(b, j, loop_cols)
+                }
             }
         }
     }
@@ -147,11 +156,22 @@ pub fn run(k: &Kernel, args: &mut [KArg<'_>], rows: usize) -> Result<(), KernelE
         for s in &k.body {
             match s {
                 Stmt::Let { var, value } => {
-                    let v = Row { k, args, i, vars: &vars }.eval(value, 0, 0);
+                    let v = Row {
+                        k,
+                        args,
+                        i,
+                        vars: &vars,
+                    }
+                    .eval(value, 0, 0);
                     vars[*var as usize] = v;
                 }
                 Stmt::Reduce { var, op, cols, value } => {
-                    let row = Row { k, args, i, vars: &vars };
+                    let row = Row {
+                        k,
+                        args,
+                        i,
+                        vars: &vars,
+                    };
                     let mut acc = match op {
                         Reduce::Sum => 0.0f32,
                         Reduce::Max => f32::NEG_INFINITY,
@@ -165,9 +185,19 @@ pub fn run(k: &Kernel, args: &mut [KArg<'_>], rows: usize) -> Result<(), KernelE
                     }
                     vars[*var as usize] = acc;
                 }
-                Stmt::Store { arg, cols, value, accumulate } => {
+                Stmt::Store {
+                    arg,
+                    cols,
+                    value,
+                    accumulate,
+                } => {
                     let vals: Vec<f32> = {
-                        let row = Row { k, args, i, vars: &vars };
+                        let row = Row {
+                            k,
+                            args,
+                            i,
+                            vars: &vars,
+                        };
                         (0..*cols).map(|j| row.eval(value, j, *cols)).collect()
                     };
                     if let KArg::F32Mut(b) = &mut args[*arg] {
@@ -178,7 +208,13 @@ pub fn run(k: &Kernel, args: &mut [KArg<'_>], rows: usize) -> Result<(), KernelE
                     }
                 }
                 Stmt::StoreRow { arg, value } => {
-                    let v = Row { k, args, i, vars: &vars }.eval(value, 0, 0);
+                    let v = Row {
+                        k,
+                        args,
+                        i,
+                        vars: &vars,
+                    }
+                    .eval(value, 0, 0);
                     if let KArg::F32Mut(b) = &mut args[*arg] {
                         b[i] = v;
                     }
@@ -206,14 +242,34 @@ mod tests {
         let (mut y, mut rstd) = (vec![0.0; n * d], vec![0.0; n]);
         ops::rmsnorm_forward(&x, &w, n, d, 1e-5, &mut y, &mut rstd).unwrap();
         let (mut ky, mut kr) = (vec![0.0; n * d], vec![0.0; n]);
-        run(&lib::rmsnorm(d, 1e-5), &mut [KArg::F32(&x), KArg::F32(&w), KArg::F32Mut(&mut ky), KArg::F32Mut(&mut kr)], n).unwrap();
+        run(
+            &lib::rmsnorm(d, 1e-5),
+            &mut [
+                KArg::F32(&x),
+                KArg::F32(&w),
+                KArg::F32Mut(&mut ky),
+                KArg::F32Mut(&mut kr),
+            ],
+            n,
+        )
+        .unwrap();
         assert_close("y", &ky, &to64(&y), 1e-6, 1e-5);
         assert_close("rstd", &kr, &to64(&rstd), 1e-6, 1e-5);
         let mut dx = vec![0.0; n * d];
         ops::rmsnorm_backward(&x, &w, &rstd, &g, n, d, &mut dx, None).unwrap();
         let mut kdx = vec![0.0; n * d];
-        run(&lib::rmsnorm_grad(d), &mut [KArg::F32(&g), KArg::F32(&x), KArg::F32(&w), KArg::F32(&rstd), KArg::F32Mut(&mut kdx)], n)
-            .unwrap();
+        run(
+            &lib::rmsnorm_grad(d),
+            &mut [
+                KArg::F32(&g),
+                KArg::F32(&x),
+                KArg::F32(&w),
+                KArg::F32(&rstd),
+                KArg::F32Mut(&mut kdx),
+            ],
+            n,
+        )
+        .unwrap();
         assert_close("dx", &kdx, &to64(&dx), 1e-6, 1e-5);
     }
 
@@ -225,14 +281,25 @@ mod tests {
         let mut h = vec![0.0; n * f];
         ops::swiglu_forward(&gate, &up, &mut h).unwrap();
         let mut kh = vec![0.0; n * f];
-        run(&lib::swiglu(f), &mut [KArg::F32(&gate), KArg::F32(&up), KArg::F32Mut(&mut kh)], n).unwrap();
+        run(
+            &lib::swiglu(f),
+            &mut [KArg::F32(&gate), KArg::F32(&up), KArg::F32Mut(&mut kh)],
+            n,
+        )
+        .unwrap();
         assert_close("h", &kh, &to64(&h), 1e-6, 1e-5);
         let (mut dg, mut du) = (vec![0.0; n * f], vec![0.0; n * f]);
         ops::swiglu_backward(&gate, &up, &dh, &mut dg, &mut du).unwrap();
         let (mut kdg, mut kdu) = (vec![0.0; n * f], vec![0.0; n * f]);
         run(
             &lib::swiglu_grad(f),
-            &mut [KArg::F32(&gate), KArg::F32(&up), KArg::F32(&dh), KArg::F32Mut(&mut kdg), KArg::F32Mut(&mut kdu)],
+            &mut [
+                KArg::F32(&gate),
+                KArg::F32(&up),
+                KArg::F32(&dh),
+                KArg::F32Mut(&mut kdg),
+                KArg::F32Mut(&mut kdu),
+            ],
             n,
         )
         .unwrap();
@@ -251,14 +318,32 @@ mod tests {
         let mut y = x.clone();
         ops::rope_forward(&table, &mut y, n, heads).unwrap();
         let mut ky = vec![0.0; n * width];
-        run(&lib::rope(width, hd, seq), &mut [KArg::F32(&x), KArg::F32(table.cos()), KArg::F32(table.sin()), KArg::F32Mut(&mut ky)], n)
-            .unwrap();
+        run(
+            &lib::rope(width, hd, seq),
+            &mut [
+                KArg::F32(&x),
+                KArg::F32(table.cos()),
+                KArg::F32(table.sin()),
+                KArg::F32Mut(&mut ky),
+            ],
+            n,
+        )
+        .unwrap();
         assert_close("rope", &ky, &to64(&y), 1e-6, 1e-5);
         let mut back = y.clone();
         ops::rope_backward(&table, &mut back, n, heads).unwrap();
         let mut kb = vec![0.0; n * width];
-        run(&lib::rope_grad(width, hd, seq), &mut [KArg::F32(&y), KArg::F32(table.cos()), KArg::F32(table.sin()), KArg::F32Mut(&mut kb)], n)
-            .unwrap();
+        run(
+            &lib::rope_grad(width, hd, seq),
+            &mut [
+                KArg::F32(&y),
+                KArg::F32(table.cos()),
+                KArg::F32(table.sin()),
+                KArg::F32Mut(&mut kb),
+            ],
+            n,
+        )
+        .unwrap();
         assert_close("rope_grad", &kb, &to64(&back), 1e-6, 1e-5);
         assert_close("inverse", &kb, &to64(&x), 1e-5, 1e-5);
     }
@@ -275,7 +360,14 @@ mod tests {
         let (mut ku, mut ky) = (vec![0.0; n * r], vec![0.0; n * d_out]);
         run(
             &lib::lamda_epilogue(d_out, r, 0.5),
-            &mut [KArg::F32(&base), KArg::F32(&z), KArg::F32(&s), KArg::F32(&b), KArg::F32Mut(&mut ku), KArg::F32Mut(&mut ky)],
+            &mut [
+                KArg::F32(&base),
+                KArg::F32(&z),
+                KArg::F32(&s),
+                KArg::F32(&b),
+                KArg::F32Mut(&mut ku),
+                KArg::F32Mut(&mut ky),
+            ],
             n,
         )
         .unwrap();
@@ -289,15 +381,24 @@ mod tests {
         let n = batch * seq;
         let mut rng = Rng::new(5);
         let logits = rng.vec_scaled(n * vocab, 3.0);
-        let labels: Vec<i64> = (0..n).map(|i| if i == 3 { -100 } else { (i * 7 % vocab) as i64 }).collect();
+        let labels: Vec<i64> = (0..n)
+            .map(|i| if i == 3 { -100 } else { (i * 7 % vocab) as i64 })
+            .collect();
         let mut dl = vec![0.0; n * vocab];
         let ce = ops::causal_lm_cross_entropy(&logits, &labels, batch, seq, vocab, Some(&mut dl)).unwrap();
-        let target: Vec<i64> =
-            (0..n).map(|i| if i % seq == seq - 1 { -100 } else { labels[i + 1] }).collect();
+        let target: Vec<i64> = (0..n)
+            .map(|i| if i % seq == seq - 1 { -100 } else { labels[i + 1] })
+            .collect();
         let (mut loss, mut kdl) = (vec![0.0; n], vec![0.0; n * vocab]);
         run(
             &lib::cross_entropy(vocab, true),
-            &mut [KArg::F32(&logits), KArg::I64(&target), KArg::F32Mut(&mut loss), KArg::Scalar(1.0 / ce.count as f32), KArg::F32Mut(&mut kdl)],
+            &mut [
+                KArg::F32(&logits),
+                KArg::I64(&target),
+                KArg::F32Mut(&mut loss),
+                KArg::Scalar(1.0 / ce.count as f32),
+                KArg::F32Mut(&mut kdl),
+            ],
             n,
         )
         .unwrap();
@@ -310,7 +411,13 @@ mod tests {
     fn adamw_matches_the_op_with_frozen_columns() {
         let (rows, cols) = (3, 5);
         let mut rng = Rng::new(6);
-        let cfg = ops::AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
+        let cfg = ops::AdamW {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
         let p0 = rng.vec(rows * cols);
         let mut p = p0.clone();
         let mut st = ops::AdamState::new(rows * cols);
@@ -330,7 +437,12 @@ mod tests {
                 cfg.eps as f32,
                 frozen as f32,
             ];
-            let mut args = vec![KArg::F32Mut(&mut kp), KArg::F32(&g), KArg::F32Mut(&mut km), KArg::F32Mut(&mut kv)];
+            let mut args = vec![
+                KArg::F32Mut(&mut kp),
+                KArg::F32(&g),
+                KArg::F32Mut(&mut km),
+                KArg::F32Mut(&mut kv),
+            ];
             args.extend(scalars.iter().map(|&s| KArg::Scalar(s)));
             run(&lib::adamw(cols), &mut args, rows).unwrap();
         }

@@ -1,3 +1,4 @@
-//! The CPU backend: the reference interpreter of fused kernels (and, with the JIT, compiled ones).
+//! The CPU backend: the reference interpreter of fused kernels and the Cranelift JIT.
 
 pub mod interp;
+pub mod jit;

@@ -1,0 +1,1 @@
+//! Cranelift IR for fused kernels (being written).

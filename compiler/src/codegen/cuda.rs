@@ -1,0 +1,1 @@
+//! CUDA C for fused kernels (being written).

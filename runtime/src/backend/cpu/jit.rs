@@ -1,0 +1,1 @@
+//! The Cranelift JIT for fused kernels (being written).
