@@ -62,6 +62,9 @@ enum Command {
         /// Only the forward graph (default: forward and backward of the first phase).
         #[arg(long)]
         forward_only: bool,
+        /// After the fusion pass.
+        #[arg(long)]
+        fused: bool,
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
@@ -137,12 +140,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { file, format, color } => check(&file, format, style(color)),
         Command::Plan { file, weights, color } => plan(&file, weights.as_deref(), style(color)),
-        Command::Emit {
-            file,
-            target,
-            forward_only,
-            color,
-        } => emit(&file, target, forward_only, style(color)),
+        Command::Emit { file, target, forward_only, fused, color } => {
+            emit(&file, target, forward_only, fused, style(color))
+        }
         Command::Convert { gguf, out } => convert(&gguf, &out),
         Command::Train {
             file,
@@ -289,7 +289,7 @@ fn plan(path: &Path, weights: Option<&Path>, style: Style) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn emit(path: &Path, target: Target, forward_only: bool, style: Style) -> ExitCode {
+fn emit(path: &Path, target: Target, forward_only: bool, fused: bool, style: Style) -> ExitCode {
     let checked = match checked(path, style) {
         Ok(c) => c,
         Err(code) => return code,
@@ -304,11 +304,13 @@ fn emit(path: &Path, target: Target, forward_only: bool, style: Style) -> ExitCo
         );
         return ExitCode::from(2);
     }
-    let ir = match lamda_compiler::pipeline::emit_ir(
+    let options = lamda_compiler::pipeline::Options { fuse: fused };
+    let ir = match lamda_compiler::pipeline::emit_ir_with(
         &spec,
         spec.train.batch as usize,
         spec.train.seq as usize,
         !forward_only,
+        options,
     ) {
         Ok(ir) => ir,
         Err(e) => {

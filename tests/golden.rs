@@ -85,7 +85,7 @@ impl Observer for Recorder {
     }
 }
 
-fn training_case(case: &str) {
+fn training_case(case: &str, fuse: bool) {
     let exp = expected(case);
     let mods = modules(case);
     let lora = case.starts_with("lora");
@@ -97,11 +97,12 @@ fn training_case(case: &str) {
             overrides.insert(format!("{name}.A"), f32s(&exp, &format!("init.{name}.A")));
         }
     }
-    let out = std::env::temp_dir().join(format!("lamdac-golden-{case}-{}", std::process::id()));
+    let out = std::env::temp_dir().join(format!("lamdac-golden-{case}-{fuse}-{}", std::process::id()));
     let opts = RunOptions {
         spec: PathBuf::from(format!("tests/golden_specs/{case}.lamda")),
         out: Some(out.clone()),
         init_overrides: overrides,
+        fuse,
         ..RunOptions::default()
     };
     let mut session = prepare(&opts).unwrap_or_else(|e| panic!("{case}: {e}"));
@@ -236,17 +237,32 @@ fn training_case(case: &str) {
 
 #[test]
 fn golden_lamda_qv_r4_linear03() {
-    training_case("lamda_qv_r4_linear03");
+    training_case("lamda_qv_r4_linear03", false);
+}
+
+#[test]
+fn golden_lamda_qv_r4_linear03_fused() {
+    training_case("lamda_qv_r4_linear03", true);
 }
 
 #[test]
 fn golden_lamda_all7_r2_never() {
-    training_case("lamda_all7_r2_never");
+    training_case("lamda_all7_r2_never", false);
+}
+
+#[test]
+fn golden_lamda_all7_r2_never_fused() {
+    training_case("lamda_all7_r2_never", true);
 }
 
 #[test]
 fn golden_lora_qv_r4_a8() {
-    training_case("lora_qv_r4_a8");
+    training_case("lora_qv_r4_a8", false);
+}
+
+#[test]
+fn golden_lora_qv_r4_a8_fused() {
+    training_case("lora_qv_r4_a8", true);
 }
 
 /// LaMDA++ through the compiler pipeline, with energies from the case's weights.

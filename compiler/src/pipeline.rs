@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use crate::ir::build::build_forward;
 use crate::ir::verify::verify;
 use crate::ir::{Ir, ParamRole};
-use crate::passes::{adapter_init, autodiff, freeze, memory_plan, rank_alloc};
+use crate::passes::{adapter_init, autodiff, freeze, fusion, memory_plan, rank_alloc};
 use crate::plan::{MemorySummary, PhasePlan, Plan, RuleAllocation};
 use crate::spec::{RankChoice, ResolvedSpec};
 
@@ -38,7 +38,14 @@ fn checked(ir: Ir) -> Result<Ir, CompileError> {
     Ok(ir)
 }
 
-/// Compiles a spec for micro-batches of `batch` x `seq` tokens. With
+/// How to compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    /// Run the fusion pass (generated kernels; needs a backend that runs them).
+    pub fuse: bool,
+}
+
+/// Compiles a spec for micro-batches of `batch` x `seq` tokens, unfused. With
 /// `spectra`, `rank auto` rules get their LaMDA++ ranks; without, they stay
 /// at the uniform r0 (and the plan says so).
 pub fn compile(
@@ -46,6 +53,17 @@ pub fn compile(
     batch: usize,
     seq: usize,
     spectra: Option<&mut dyn Spectra>,
+) -> Result<Plan, CompileError> {
+    compile_with(spec, batch, seq, spectra, Options::default())
+}
+
+/// [`compile`] with options.
+pub fn compile_with(
+    spec: &ResolvedSpec,
+    batch: usize,
+    seq: usize,
+    spectra: Option<&mut dyn Spectra>,
+    options: Options,
 ) -> Result<Plan, CompileError> {
     let mut spec = spec.clone();
     // 1. rank_alloc: ranks first, since they fix every adapter shape.
@@ -57,9 +75,20 @@ pub fn compile(
     // 4. freeze: the phases of the run, each with its trainable set.
     let phases = freeze::phases(&forward, spec.train.steps);
     // 5. autodiff + memory_plan per phase: backward for what trains, then buffers.
+    let ever_trainable: BTreeSet<usize> = phases.iter().flat_map(|p| p.trainable.iter().copied()).collect();
     let mut planned = Vec::new();
+    // Fusion adds derived parameters (stacked weights, tables): the plan's table is their union.
+    let mut params = forward.params.clone();
     for ph in &phases {
-        let ir = checked(autodiff::autodiff(forward.clone(), &ph.trainable)?)?;
+        let mut ir = checked(autodiff::autodiff(forward.clone(), &ph.trainable)?)?;
+        // fusion: after autodiff, so backward kernels fuse too; before the memory plan.
+        // Derived parameters are found by name, so programs share them.
+        if options.fuse {
+            ir.params = params.clone();
+            fusion::fuse(&mut ir, &ever_trainable);
+            ir = checked(ir)?;
+            params = ir.params.clone();
+        }
         planned.push(PhasePlan {
             from: ph.from,
             to: ph.to,
@@ -68,7 +97,13 @@ pub fn compile(
         });
     }
     // 6. eval: forward only (loss and logits), planned the same way.
-    let eval_ir = checked(build_forward(&spec, batch, seq, false)?)?;
+    let mut eval_ir = checked(build_forward(&spec, batch, seq, false)?)?;
+    if options.fuse {
+        eval_ir.params = params.clone();
+        fusion::fuse(&mut eval_ir, &ever_trainable);
+        eval_ir = checked(eval_ir)?;
+        params = eval_ir.params.clone();
+    }
     let eval = memory_plan::plan_memory(&eval_ir);
     let memory = summarize(&forward, &planned);
     Ok(Plan {
@@ -79,7 +114,7 @@ pub fn compile(
         batch,
         seq,
         vocab: forward.vocab,
-        params: forward.params.clone(),
+        params,
         adapters: forward.adapters.clone(),
         init,
         phases: planned,
@@ -90,16 +125,28 @@ pub fn compile(
     })
 }
 
-/// Builds only the forward IR (for `lamdac emit`): with `grad`, also the
-/// backward of the first phase.
+/// The IR of the first phase (for `lamdac emit`): the forward graph, with
+/// `backward` also its backward, with `fuse` after the fusion pass.
 pub fn emit_ir(spec: &ResolvedSpec, batch: usize, seq: usize, backward: bool) -> Result<Ir, CompileError> {
+    emit_ir_with(spec, batch, seq, backward, Options::default())
+}
+
+/// [`emit_ir`] with options.
+pub fn emit_ir_with(spec: &ResolvedSpec, batch: usize, seq: usize, backward: bool, options: Options) -> Result<Ir, CompileError> {
     let forward = checked(build_forward(spec, batch, seq, backward)?)?;
-    if !backward {
-        return Ok(forward);
-    }
     let phases = freeze::phases(&forward, spec.train.steps);
-    let trainable = phases.first().map(|p| p.trainable.clone()).unwrap_or_default();
-    checked(autodiff::autodiff(forward, &trainable)?)
+    let ever: BTreeSet<usize> = phases.iter().flat_map(|p| p.trainable.iter().copied()).collect();
+    let mut ir = if backward {
+        let trainable = phases.first().map(|p| p.trainable.clone()).unwrap_or_default();
+        checked(autodiff::autodiff(forward, &trainable)?)?
+    } else {
+        forward
+    };
+    if options.fuse {
+        fusion::fuse(&mut ir, &ever);
+        ir = checked(ir)?;
+    }
+    Ok(ir)
 }
 
 fn allocate_ranks(

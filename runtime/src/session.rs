@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use lamda_compiler::diag::{Style, render};
 use lamda_compiler::ir::ParamRole;
 use lamda_compiler::model::ModelSource;
-use lamda_compiler::pipeline::{CompileError, Spectra, compile};
+use lamda_compiler::pipeline::{CompileError, Options, Spectra, compile_with};
 use lamda_compiler::resolve::check_path;
 use lamda_compiler::spec::Device;
 
@@ -117,6 +117,8 @@ pub struct RunOptions {
     pub device: Option<Device>,
     /// Initial values of adapter tensors, by name (instead of their initialisers).
     pub init_overrides: BTreeMap<String, Vec<f32>>,
+    /// Compile with the fusion pass (generated kernels).
+    pub fuse: bool,
 }
 
 /// Hooks for progress display and tests. Every method has a default.
@@ -206,11 +208,12 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     };
     let ckpt = Checkpoint::open(dir)?;
     let data_path = spec.train.data.clone().ok_or(SessionError::NoData)?;
-    let plan = compile(
+    let plan = compile_with(
         &spec,
         spec.train.batch as usize,
         spec.train.seq as usize,
         Some(&mut CheckpointSpectra { ckpt: &ckpt }),
+        Options { fuse: opts.fuse },
     )?;
     let params = initialize(&plan, &ckpt.weights, &opts.init_overrides)?;
     let init: BTreeMap<usize, Vec<f32>> = plan

@@ -12,6 +12,7 @@
 //! `verify.rs` lists the invariants every pass must keep.
 
 pub mod build;
+pub mod edit;
 pub mod print;
 pub mod verify;
 

@@ -70,10 +70,11 @@ pub fn verify(ir: &Ir) -> Result<(), VerifyError> {
         }
     }
     if let Some((id, out)) = ir.loss {
-        let ok = ir
-            .graph
-            .node_weight(id)
-            .is_some_and(|n| matches!(n.op, Op::CrossEntropy { .. }) && out == 0);
+        let ok = ir.graph.node_weight(id).is_some_and(|n| match &n.op {
+            Op::CrossEntropy { .. } => out == 0,
+            Op::Fused(k) => k.name.starts_with("cross_entropy") && out == 0,
+            _ => false,
+        });
         if !ok {
             return Err(VerifyError {
                 node: id,
@@ -249,7 +250,11 @@ pub fn infer(ir: &Ir, op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, St
                 .unwrap_or(n);
             for (&a, t) in reads.iter().zip(ins) {
                 let want = arg_type(k.args[a].ty, rows);
-                if *t != want {
+                // A vector argument may be any tensor with that many values (a shared matrix, flattened).
+                let flat = matches!(k.args[a].ty, crate::kernel::ArgTy::Vector { .. })
+                    && t.dtype == want.dtype
+                    && t.numel() == want.numel();
+                if *t != want && !flat {
                     return Err(format!("{}: `{}` is {t}, expected {want}", k.name, k.args[a].name));
                 }
             }

@@ -3,5 +3,6 @@
 pub mod adapter_init;
 pub mod autodiff;
 pub mod freeze;
+pub mod fusion;
 pub mod memory_plan;
 pub mod rank_alloc;

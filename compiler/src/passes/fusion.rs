@@ -1,0 +1,392 @@
+//! Fusion: fewer, larger kernels for the same math.
+//!
+//! Expects a verified IR after autodiff (or a forward-only one). Rewrites,
+//! in this order:
+//!
+//! 1. **Shared-input GEMMs**: frozen-weight `linear`s of the forward program
+//!    that read the same value (q, k, v of a layer; gate and up; the frozen
+//!    A of a LaMDA adapter next to its base weight, and the A's of siblings)
+//!    become one `linear` against the weights stacked by rows (a derived
+//!    `Concat` parameter) and a `split` of its columns. One GEMM over
+//!    `[W_q; W_k; W_v; A_q; A_v]` yields every projection and every z = A x.
+//! 2. **Adapter epilogues** (small r): `base + c u B^T` with `u = z S^T`
+//!    (LaMDA) becomes one kernel that writes u (kept for dB) and y; LoRA's
+//!    `base + c (x A^T) B^T` becomes one kernel after the `x A^T` GEMM; the
+//!    backward product `(g B) S` of LaMDA becomes one small kernel.
+//! 3. **Row kernels**: RMSNorm and its backward, RoPE and its inverse (with
+//!    cos/sin tables as derived parameters), SwiGLU (`silu(gate) * up`, whose
+//!    backward then needs gate and up, not silu(gate)) and its backward, the
+//!    cross-entropy with its softmax and gradient (on targets shifted once).
+//! 4. **Residual adds**: `r + x W^T` becomes a GEMM accumulating into a copy
+//!    of r (`linear_add`); chains of adds (gradient sums) become one n-ary add.
+//!
+//! Guarantees: the result verifies; every rewrite computes the same math up
+//! to float rounding (tests run fused and unfused plans on the golden cases
+//! and on seeded random inputs); parameters that train are never stacked
+//! (their gradients stay where autodiff put them). It does not fuse across
+//! GEMMs other than the epilogues above, and it does not merge the backward
+//! `g W` products of stacked weights (a later step: concatenate the
+//! gradients and run one GEMM against the stacked weight).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::ir::{F64, Ir, NodeId, Op, ParamInfo, ParamRole, TableKind, TensorType, Value};
+use crate::kernel::{Kernel, lib};
+
+/// The largest rank whose adapter epilogue is fused (r multiply-adds per output).
+pub const MAX_EPILOGUE_RANK: usize = 64;
+
+/// What fusion did, for tests and `lamdac plan`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FusionStats {
+    pub stacked_gemms: usize,
+    pub epilogues: usize,
+    pub row_kernels: usize,
+    pub linear_adds: usize,
+    pub add_chains: usize,
+}
+
+/// Fuses `ir` in place. `trainable`: every parameter that trains in some
+/// phase of the run (never stacked: a stacked copy would go stale).
+pub fn fuse(ir: &mut Ir, trainable: &BTreeSet<usize>) -> FusionStats {
+    let mut st = FusionStats::default();
+    stack_gemms(ir, trainable, &mut st);
+    epilogues(ir, &mut st);
+    row_kernels(ir, &mut st);
+    residual_adds(ir, &mut st);
+    add_chains(ir, &mut st);
+    ir.remove_dead();
+    ir.canonicalize();
+    st
+}
+
+fn op_at(ir: &Ir, v: Value) -> Option<&Op> {
+    ir.graph.node_weight(v.0).map(|n| &n.op)
+}
+
+fn param_of(ir: &Ir, v: Value) -> Option<usize> {
+    match op_at(ir, v) {
+        Some(Op::Param(p)) => Some(*p),
+        _ => None,
+    }
+}
+
+fn ty(ir: &Ir, v: Value) -> TensorType {
+    ir.ty(v).cloned().unwrap_or(TensorType::f32(&[]))
+}
+
+fn param_node(ir: &mut Ir, p: usize) -> Value {
+    let existing = ir.graph.node_indices().find(|&i| ir.graph[i].op == Op::Param(p));
+    match existing {
+        Some(id) => (id, 0),
+        None => {
+            let t = TensorType::f32(&ir.params[p].shape);
+            let label = ir.params[p].name.clone();
+            (ir.add(Op::Param(p), &[], vec![t], label), 0)
+        }
+    }
+}
+
+/// Turns node `id` into a fused kernel with `inputs`, keeping its identity.
+fn become_kernel(ir: &mut Ir, id: NodeId, k: Kernel, inputs: &[Value]) {
+    let rows = inputs.iter().find_map(|&v| ir.ty(v).filter(|t| t.shape.len() == 2).map(|t| t.shape[0])).unwrap_or(ir.n());
+    let outputs: Vec<TensorType> = k
+        .outputs()
+        .iter()
+        .map(|&a| match k.args[a].ty {
+            crate::kernel::ArgTy::Rows { cols } => TensorType::f32(&[rows, cols]),
+            crate::kernel::ArgTy::PerRow => TensorType::f32(&[rows]),
+            crate::kernel::ArgTy::Vector { len } => TensorType::f32(&[len]),
+            crate::kernel::ArgTy::Periodic { period, cols } => TensorType::f32(&[period, cols]),
+            crate::kernel::ArgTy::PerRowI64 => TensorType::i64(&[rows]),
+            crate::kernel::ArgTy::Scalar => TensorType::f32(&[1]),
+        })
+        .collect();
+    ir.set_inputs(id, inputs);
+    let node = &mut ir.graph[id];
+    node.op = Op::Fused(Arc::new(k));
+    node.outputs = outputs;
+}
+
+// ------------------------------------------------------------------ 1. stacked GEMMs
+
+fn stack_gemms(ir: &mut Ir, trainable: &BTreeSet<usize>, st: &mut FusionStats) {
+    // Forward linears with a frozen parameter weight, grouped by input.
+    let mut groups: BTreeMap<Value, Vec<NodeId>> = BTreeMap::new();
+    for id in ir.order() {
+        let node = &ir.graph[id];
+        if node.op != Op::Linear || node.backward {
+            continue;
+        }
+        let ins = ir.inputs(id);
+        let Some(p) = param_of(ir, ins[1]) else { continue };
+        if trainable.contains(&p) || matches!(ir.params[p].role, ParamRole::Table(_)) {
+            continue;
+        }
+        groups.entry(ins[0]).or_default().push(id);
+    }
+    for (x, members) in groups {
+        if members.len() < 2 {
+            continue;
+        }
+        let weights: Vec<usize> = members.iter().filter_map(|&m| param_of(ir, ir.inputs(m)[1])).collect();
+        let widths: Vec<usize> = weights.iter().map(|&p| ir.params[p].shape[0]).collect();
+        let k = ir.params[weights[0]].shape[1];
+        let rows: usize = widths.iter().sum();
+        let name = format!("stack({})", weights.iter().map(|&p| ir.params[p].name.clone()).collect::<Vec<_>>().join(", "));
+        let p = match ir.params.iter().position(|q| q.name == name) {
+            Some(p) => p,
+            None => {
+                ir.params.push(ParamInfo { name: name.clone(), shape: vec![rows, k], role: ParamRole::Concat { parts: weights } });
+                ir.params.len() - 1
+            }
+        };
+        let w = param_node(ir, p);
+        let n = ty(ir, x).shape[0];
+        let label = ir.graph[members[0]].label.clone();
+        let lin = ir.add(Op::Linear, &[x, w], vec![TensorType::f32(&[n, rows])], format!("{label} (stacked)"));
+        let outs = widths.iter().map(|&c| TensorType::f32(&[n, c])).collect();
+        let split = ir.add(Op::Split { widths: widths.clone() }, &[(lin, 0)], outs, format!("{label} (split)"));
+        for (i, &m) in members.iter().enumerate() {
+            ir.replace_uses((m, 0), (split, i as u8));
+        }
+        st.stacked_gemms += 1;
+    }
+}
+
+// ------------------------------------------------------------------ 2. epilogues
+
+/// `(v, c)`: v with a scale peeled off (`scale[c](w)` -> `(w, c)`).
+fn peel_scale(ir: &Ir, v: Value) -> (Value, f64) {
+    match op_at(ir, v) {
+        Some(Op::Scale { c }) => (ir.inputs(v.0)[0], c.0),
+        _ => (v, 1.0),
+    }
+}
+
+fn epilogues(ir: &mut Ir, st: &mut FusionStats) {
+    for id in ir.order() {
+        // Only the adds of adapter subgraphs (a base layer's GEMM stays a GEMM).
+        if ir.graph[id].op != Op::Add || ir.graph[id].backward || ir.graph[id].adapter.is_none() {
+            continue;
+        }
+        let ins = ir.inputs(id);
+        for side in [1usize, 0] {
+            let (base, v) = (ins[1 - side], ins[side]);
+            let (v, c) = peel_scale(ir, v);
+            if op_at(ir, v) != Some(&Op::Linear) || ir.graph[v.0].backward {
+                continue;
+            }
+            let lin = ir.inputs(v.0);
+            let (u, b) = (lin[0], lin[1]);
+            let Some(bp) = param_of(ir, b) else { continue };
+            let (d_out, r) = (ir.params[bp].shape[0], ir.params[bp].shape[1]);
+            if r > MAX_EPILOGUE_RANK || ty(ir, base).shape.get(1) != Some(&d_out) {
+                continue;
+            }
+            // LaMDA: u = z S^T with S a square parameter.
+            let lamda = match op_at(ir, u) {
+                Some(Op::Linear) if !ir.graph[u.0].backward => {
+                    let ui = ir.inputs(u.0);
+                    param_of(ir, ui[1]).filter(|&sp| ir.params[sp].shape == [r, r]).map(|_| (ui[0], ui[1]))
+                }
+                _ => None,
+            };
+            match lamda {
+                Some((z, s)) => {
+                    become_kernel(ir, id, lib::lamda_epilogue(d_out, r, c), &[base, z, s, b]);
+                    // The old u (read by dB) is the kernel's output 0 now; y is output 1.
+                    let readers = ir.users((id, 0));
+                    ir.replace_uses(u, (id, 0));
+                    for (node, arg) in readers {
+                        let mut ins = ir.inputs(node);
+                        ins[arg as usize] = (id, 1);
+                        ir.set_inputs(node, &ins);
+                    }
+                }
+                None => {
+                    become_kernel(ir, id, lib::lowrank_epilogue(d_out, r, c), &[base, u, b]);
+                }
+            }
+            st.epilogues += 1;
+            break;
+        }
+    }
+    // The small backward product of LaMDA: g_z = (g B) S, an r x r product.
+    for id in ir.order() {
+        let node = &ir.graph[id];
+        if node.op != Op::LinearGradInput || !node.backward || node.adapter.is_none() {
+            continue;
+        }
+        let ins = ir.inputs(id);
+        let Some(sp) = param_of(ir, ins[1]) else { continue };
+        let shape = ir.params[sp].shape.clone();
+        if shape.len() == 2 && shape[0] == shape[1] && shape[0] <= MAX_EPILOGUE_RANK && ty(ir, ins[0]).shape.get(1) == Some(&shape[0]) {
+            become_kernel(ir, id, lib::small_matmul(shape[0]), &ins);
+            st.epilogues += 1;
+        }
+    }
+}
+
+// ------------------------------------------------------------------ 3. row kernels
+
+fn table(ir: &mut Ir, kind: TableKind, seq: usize, half: usize) -> Value {
+    let name = format!("{kind:?}");
+    let p = match ir.params.iter().position(|p| p.name == name) {
+        Some(p) => p,
+        None => {
+            ir.params.push(ParamInfo { name, shape: vec![seq, half], role: ParamRole::Table(kind) });
+            ir.params.len() - 1
+        }
+    };
+    param_node(ir, p)
+}
+
+fn row_kernels(ir: &mut Ir, st: &mut FusionStats) {
+    let mut targets: Option<Value> = None;
+    for id in ir.order() {
+        let node = ir.graph[id].clone();
+        let ins = ir.inputs(id);
+        match node.op {
+            Op::RmsNorm { eps } => {
+                let d = ty(ir, ins[0]).shape[1];
+                become_kernel(ir, id, lib::rmsnorm(d, eps.0), &ins);
+            }
+            Op::RmsNormGrad => {
+                let d = ty(ir, ins[0]).shape[1];
+                become_kernel(ir, id, lib::rmsnorm_grad(d), &ins);
+            }
+            Op::Rope { head_dim, seq, theta } | Op::RopeGrad { head_dim, seq, theta } => {
+                let width = ty(ir, ins[0]).shape[1];
+                let cos = table(ir, TableKind::RopeCos { seq, head_dim, theta: theta.0 }, seq, head_dim / 2);
+                let sin = table(ir, TableKind::RopeSin { seq, head_dim, theta: theta.0 }, seq, head_dim / 2);
+                let k = if matches!(node.op, Op::Rope { .. }) {
+                    lib::rope(width, head_dim, seq)
+                } else {
+                    lib::rope_grad(width, head_dim, seq)
+                };
+                become_kernel(ir, id, k, &[ins[0], cos, sin]);
+            }
+            Op::CrossEntropy { seq, grad, .. } => {
+                let vocab = ty(ir, ins[0]).shape[1];
+                let t = match targets {
+                    Some(t) => t,
+                    None => {
+                        let n = ty(ir, ins[1]).shape[0];
+                        let s = ir.add(Op::ShiftLabels { seq }, &[ins[1]], vec![TensorType::i64(&[n])], "targets");
+                        targets = Some((s, 0));
+                        (s, 0)
+                    }
+                };
+                become_kernel(ir, id, lib::cross_entropy(vocab, grad), &[ins[0], t]);
+            }
+            _ => continue,
+        }
+        st.row_kernels += 1;
+    }
+    swiglu(ir, st);
+}
+
+/// `silu(gate) * up` and its backward.
+fn swiglu(ir: &mut Ir, st: &mut FusionStats) {
+    for id in ir.order() {
+        if ir.graph.node_weight(id).map(|n| &n.op) != Some(&Op::Silu) {
+            continue;
+        }
+        let gate = ir.inputs(id)[0];
+        let s = (id, 0);
+        let users = ir.users(s);
+        let fwd: Vec<NodeId> = users.iter().map(|u| u.0).filter(|&u| !ir.graph[u].backward && ir.graph[u].op == Op::Mul).collect();
+        let [mul] = fwd.as_slice() else { continue };
+        let mins = ir.inputs(*mul);
+        let up = if mins[0] == s { mins[1] } else { mins[0] };
+        let f = ty(ir, gate).shape[1];
+        // Backward: dup = dh * s (a reader of s), dgate = silu_grad(dh * up, gate).
+        let bwd_dup: Vec<NodeId> = users.iter().map(|u| u.0).filter(|&u| ir.graph[u].backward && ir.graph[u].op == Op::Mul).collect();
+        let mut grad_pattern = None;
+        if let [dup_node] = bwd_dup.as_slice() {
+            let di = ir.inputs(*dup_node);
+            let dh = if di[0] == s { di[1] } else { di[0] };
+            let sg = ir.users(gate).into_iter().map(|u| u.0).find(|&u| ir.graph[u].op == Op::SiluGrad);
+            if let Some(sg) = sg {
+                let ds = ir.inputs(sg)[0];
+                let ok = op_at(ir, ds) == Some(&Op::Mul) && {
+                    let x = ir.inputs(ds.0);
+                    (x[0] == dh && x[1] == up) || (x[0] == up && x[1] == dh)
+                };
+                if ok {
+                    grad_pattern = Some((sg, *dup_node, dh));
+                }
+            }
+        }
+        let all_readers_known = users.iter().all(|u| u.0 == *mul || grad_pattern.is_some_and(|g| g.1 == u.0));
+        if !all_readers_known {
+            continue;
+        }
+        become_kernel(ir, *mul, lib::swiglu(f), &[gate, up]);
+        if let Some((sg, dup_node, dh)) = grad_pattern {
+            become_kernel(ir, sg, lib::swiglu_grad(f), &[gate, up, dh]);
+            ir.replace_uses((dup_node, 0), (sg, 1));
+        }
+        st.row_kernels += 1;
+    }
+}
+
+// ------------------------------------------------------------------ 4. adds
+
+fn residual_adds(ir: &mut Ir, st: &mut FusionStats) {
+    for id in ir.order() {
+        if ir.graph[id].op != Op::Add {
+            continue;
+        }
+        let ins = ir.inputs(id);
+        for side in [1usize, 0] {
+            let (r, y) = (ins[1 - side], ins[side]);
+            if op_at(ir, y) != Some(&Op::Linear) || ir.users(y).len() != 1 || y == r {
+                continue;
+            }
+            let lin = ir.inputs(y.0);
+            ir.set_inputs(id, &[r, lin[0], lin[1]]);
+            ir.graph[id].op = Op::LinearAdd;
+            st.linear_adds += 1;
+            break;
+        }
+    }
+}
+
+fn add_chains(ir: &mut Ir, st: &mut FusionStats) {
+    // The root of a chain: an add whose result is not consumed by another add that absorbs it.
+    for id in ir.order().into_iter().rev() {
+        if ir.graph.node_weight(id).map(|n| &n.op) != Some(&Op::Add) {
+            continue;
+        }
+        let mut leaves = Vec::new();
+        let mut stack = ir.inputs(id);
+        let mut absorbed = 0;
+        while let Some(v) = stack.pop() {
+            let inner = op_at(ir, v) == Some(&Op::Add) && ir.users(v).len() == 1 && leaves.len() + stack.len() < 8;
+            if inner {
+                stack.extend(ir.inputs(v.0));
+                absorbed += 1;
+            } else {
+                leaves.push(v);
+            }
+        }
+        if absorbed == 0 {
+            continue;
+        }
+        leaves.reverse();
+        let t = ty(ir, leaves[0]);
+        if t.shape.len() != 2 {
+            continue;
+        }
+        become_kernel(ir, id, lib::add_n(t.shape[1], leaves.len()), &leaves);
+        st.add_chains += 1;
+    }
+}
+
+/// A stable name for a float, used in kernel names.
+pub fn float_name(x: F64) -> String {
+    format!("{:e}", x.0)
+}
