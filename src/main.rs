@@ -68,6 +68,22 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
+    /// Time a training step of the spec side by side: this spec vs LoRA at the
+    /// same ranks, reference ops vs fused kernels.
+    Bench {
+        file: PathBuf,
+        /// Timed steps per variant.
+        #[arg(long, default_value_t = 10)]
+        steps: u64,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_enum, default_value_t = Color::Auto)]
+        color: Color,
+    },
     /// Convert a GGUF model (F32/F16/BF16/Q8_0/Q4_1) into a Hugging Face checkpoint folder.
     Convert {
         /// The .gguf file.
@@ -144,6 +160,7 @@ fn main() -> ExitCode {
             emit(&file, target, forward_only, fused, style(color))
         }
         Command::Convert { gguf, out } => convert(&gguf, &out),
+        Command::Bench { file, steps, warmup, json, color } => bench(&file, steps, warmup, json, style(color)),
         Command::Train {
             file,
             steps,
@@ -323,6 +340,33 @@ fn emit(path: &Path, target: Target, forward_only: bool, fused: bool, style: Sty
         _ => print!("{}", lamda_compiler::ir::print::to_dot(&ir)),
     }
     ExitCode::SUCCESS
+}
+
+fn bench(path: &Path, steps: u64, warmup: u64, json: bool, style: Style) -> ExitCode {
+    if let Err(code) = checked(path, style) {
+        return code;
+    }
+    use lamda_runtime::bench::{Variant, bench, render};
+    let variants = [
+        Variant { lora: false, fuse: false },
+        Variant { lora: false, fuse: true },
+        Variant { lora: true, fuse: false },
+        Variant { lora: true, fuse: true },
+    ];
+    match bench(path, warmup, steps, &variants) {
+        Ok(rows) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+            } else {
+                print!("{}", render(&rows));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error[{}]: {e}", e.code());
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 fn convert(gguf: &Path, out: &Path) -> ExitCode {

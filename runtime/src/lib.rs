@@ -1,6 +1,7 @@
 //! lamda-runtime: checkpoints, data and the execution of a compiled Plan.
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod describe;

@@ -119,6 +119,8 @@ pub struct RunOptions {
     pub init_overrides: BTreeMap<String, Vec<f32>>,
     /// Compile with the fusion pass (generated kernels).
     pub fuse: bool,
+    /// Train the same spec with LoRA (stdlib defaults) at the same ranks instead (for benchmarks).
+    pub lora_twin: bool,
 }
 
 /// Hooks for progress display and tests. Every method has a default.
@@ -192,6 +194,10 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     };
     if let Some(steps) = opts.steps {
         spec.train.steps = steps.max(1);
+    }
+    if opts.lora_twin {
+        spec = lamda_compiler::report::lora_twin(&spec)
+            .ok_or_else(|| SessionError::Device("the stdlib LoRA method does not check".into()))?;
     }
     match opts.device.unwrap_or(spec.train.device) {
         Device::Cuda => {
