@@ -1,0 +1,407 @@
+//! Device buffers, kernel launches, cuBLAS SGEMM and the NVRTC module of a Plan.
+//!
+//! # Design
+//!
+//! Buffers are handed to kernels as raw device addresses (`u64`), not as
+//! borrowed cudarc slices: an instruction reads several values of one table
+//! and writes fresh ones, which Rust's borrows of a `Vec` of slices would not
+//! allow, and with one stream and event tracking off the addresses are all
+//! cudarc would pass anyway. Every launch goes through [`Gpu::launch`], which
+//! finds the function by name in the Plan's module and checks the grid.
+//!
+//! GEMMs are row-major on our side and column-major in cuBLAS. A row-major
+//! `(r, c)` buffer is the column-major `(c, r)` matrix, its transpose, so
+//! `Y = X W^T` (row-major) is `Y^T = W X^T` (column-major) with W read
+//! transposed: `sgemm(T, N, m, n, k, W, ld k, X, ld k, Y, ld m)`. The other
+//! two products follow the same way (see [`Gpu::linear`] and friends).
+//!
+//! The module is compiled once per process for a given architecture and set
+//! of fused kernels (a cache keyed by the sorted kernel names); the PTX is
+//! then loaded into the context, where the driver compiles it for the GPU.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t, cublasStatus_t};
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use lamda_compiler::codegen::cuda::{c_ident, module_source, support};
+use lamda_compiler::kernel::Kernel;
+
+use super::{CudaDevice, CudaError, compile_ptx, cublas_available};
+
+/// A device buffer of `len` elements (no allocation when empty).
+pub struct DevBuf<T> {
+    slice: Option<CudaSlice<T>>,
+    len: usize,
+}
+
+impl<T> DevBuf<T> {
+    /// Elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// No elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The device address (0 when empty).
+    pub(crate) fn ptr(&self, gpu: &Gpu) -> u64 {
+        match &self.slice {
+            Some(s) => s.device_ptr(&gpu.dev.stream).0,
+            None => 0,
+        }
+    }
+}
+
+/// A kernel argument by value.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum KArg {
+    Ptr(u64),
+    F32(f32),
+    I32(i32),
+    I64(i64),
+}
+
+/// Threads of a grid-stride elementwise launch.
+const ELEM_THREADS: u32 = 256;
+
+/// `x` as a kernel's `int`.
+pub(crate) fn int(x: usize, what: &str) -> Result<KArg, CudaError> {
+    i32::try_from(x)
+        .map(KArg::I32)
+        .map_err(|_| CudaError::Program(format!("{what} = {x} does not fit a 32-bit int")))
+}
+
+/// `x` as a kernel's `long long`.
+pub(crate) fn long(x: usize) -> KArg {
+    KArg::I64(x as i64)
+}
+
+/// Threads per block for a kernel that gives a block one row of `cols`.
+pub(crate) fn row_threads(cols: usize) -> u32 {
+    (cols.div_ceil(32) * 32).clamp(32, 256) as u32
+}
+
+/// The device, its module of kernels and its cuBLAS handle.
+pub struct Gpu {
+    pub(crate) dev: CudaDevice,
+    blas: CudaBlas,
+    funcs: HashMap<String, CudaFunction>,
+    _module: Arc<CudaModule>,
+    arch: &'static str,
+}
+
+type PtxCache = Mutex<HashMap<(&'static str, Vec<String>), String>>;
+
+fn ptx_cache() -> &'static PtxCache {
+    static CACHE: OnceLock<PtxCache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// PTX of the support kernels plus `kernels`, for the first of `archs` NVRTC accepts.
+fn module_ptx(kernels: &[Kernel], archs: &[&'static str]) -> Result<(String, &'static str), CudaError> {
+    let names: Vec<String> = kernels
+        .iter()
+        .map(|k| k.name.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let src = module_source(kernels)?;
+    let mut first_err = None;
+    for &arch in archs {
+        let key = (arch, names.clone());
+        if let Some(ptx) = ptx_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok((ptx.clone(), arch));
+        }
+        match compile_ptx(&src, arch) {
+            Ok(ptx) => {
+                ptx_cache()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, ptx.clone());
+                return Ok((ptx, arch));
+            }
+            // An NVRTC older than the GPU: try an older virtual architecture.
+            Err(CudaError::Compile { msg, .. }) if msg.contains("architecture") => {
+                first_err.get_or_insert(CudaError::Compile {
+                    arch: arch.to_string(),
+                    msg,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(first_err.unwrap_or_else(|| CudaError::Program("no NVRTC architecture to compile for".into())))
+}
+
+impl Gpu {
+    /// Compiles and loads the module (support kernels and `kernels`) on `dev`
+    /// and opens cuBLAS; `tf32` lets cuBLAS use TF32 tensor cores for SGEMM.
+    pub fn new(dev: CudaDevice, kernels: &[Kernel], tf32: bool) -> Result<Gpu, CudaError> {
+        if !cublas_available() {
+            return Err(CudaError::NoCublas);
+        }
+        let (ptx, arch) = module_ptx(kernels, &dev.archs())?;
+        let module = dev.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))?;
+        let mut funcs = HashMap::new();
+        let names = support::ALL
+            .iter()
+            .map(|s| s.to_string())
+            .chain(kernels.iter().map(|k| c_ident(&k.name)));
+        for name in names {
+            if let std::collections::hash_map::Entry::Vacant(e) = funcs.entry(name) {
+                let f = module.load_function(e.key())?;
+                e.insert(f);
+            }
+        }
+        let blas = CudaBlas::new(dev.stream.clone()).map_err(|e| CudaError::Blas(e.to_string()))?;
+        if tf32 {
+            // SAFETY: a valid handle and a mode of the enum.
+            let st = unsafe {
+                cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH)
+            };
+            if st != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(CudaError::Blas(format!("cublasSetMathMode: {st:?}")));
+            }
+        }
+        Ok(Gpu {
+            dev,
+            blas,
+            funcs,
+            _module: module,
+            arch,
+        })
+    }
+
+    /// The NVRTC architecture the module was compiled for.
+    pub fn arch(&self) -> &'static str {
+        self.arch
+    }
+
+    /// An uninitialised buffer of `len` elements.
+    pub(crate) fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<DevBuf<T>, CudaError> {
+        if len == 0 {
+            return Ok(DevBuf { slice: None, len });
+        }
+        // SAFETY: every caller writes the whole buffer before reading it.
+        let slice = unsafe { self.dev.stream.alloc::<T>(len) }?;
+        Ok(DevBuf {
+            slice: Some(slice),
+            len,
+        })
+    }
+
+    /// A zeroed buffer.
+    pub(crate) fn zeros<T: DeviceRepr>(&self, len: usize) -> Result<DevBuf<T>, CudaError> {
+        let b = self.alloc::<T>(len)?;
+        self.memset_zero(b.ptr(self), len * std::mem::size_of::<T>())?;
+        Ok(b)
+    }
+
+    /// A buffer holding `data`.
+    pub(crate) fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<DevBuf<T>, CudaError> {
+        if data.is_empty() {
+            return Ok(DevBuf { slice: None, len: 0 });
+        }
+        let slice = self.dev.stream.clone_htod(data)?;
+        Ok(DevBuf {
+            slice: Some(slice),
+            len: data.len(),
+        })
+    }
+
+    /// Overwrites `dst` with `data` (same length).
+    pub(crate) fn write<T: DeviceRepr>(&self, dst: &mut DevBuf<T>, data: &[T]) -> Result<(), CudaError> {
+        if data.len() != dst.len {
+            return Err(CudaError::Program(format!(
+                "writing {} values into a buffer of {}",
+                data.len(),
+                dst.len
+            )));
+        }
+        if let Some(s) = &mut dst.slice {
+            self.dev.stream.memcpy_htod(data, s)?;
+        }
+        Ok(())
+    }
+
+    /// The contents of `b` (waits for the stream).
+    pub(crate) fn download<T: DeviceRepr>(&self, b: &DevBuf<T>) -> Result<Vec<T>, CudaError> {
+        match &b.slice {
+            Some(s) => Ok(self.dev.stream.clone_dtoh(s)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// `bytes` zero bytes at `ptr`.
+    pub(crate) fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<(), CudaError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: `ptr` is the start of a live buffer of at least `bytes` bytes.
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, bytes, self.dev.stream.cu_stream()) }?;
+        Ok(())
+    }
+
+    /// Copies `bytes` bytes from `src` to `dst` on the device.
+    pub(crate) fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), CudaError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: both are live buffers of at least `bytes` bytes, and do not overlap.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.dev.stream.cu_stream()) }?;
+        Ok(())
+    }
+
+    /// Launches kernel `name` on a grid of `grid` blocks of `block` threads.
+    pub(crate) fn launch(
+        &self,
+        name: &str,
+        grid: u32,
+        block: u32,
+        shared: u32,
+        args: &[KArg],
+    ) -> Result<(), CudaError> {
+        if grid == 0 {
+            return Ok(());
+        }
+        let f = self
+            .funcs
+            .get(name)
+            .ok_or_else(|| CudaError::Program(format!("kernel `{name}` is not in the module")))?;
+        let mut b = self.dev.stream.launch_builder(f);
+        for a in args {
+            match a {
+                KArg::Ptr(p) => b.arg(p),
+                KArg::F32(x) => b.arg(x),
+                KArg::I32(x) => b.arg(x),
+                KArg::I64(x) => b.arg(x),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: shared,
+        };
+        // SAFETY: the arguments follow the kernel's signature (`support` in
+        // codegen/cuda.rs, or the fused kernel's argument list), every pointer
+        // is a live buffer of the length the kernel indexes (the callers check
+        // lengths against the program's shapes), and the grid loops cover
+        // exactly the launch's elements.
+        unsafe { b.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// A grid-stride launch over `len` elements.
+    pub(crate) fn launch_elems(&self, name: &str, len: usize, args: &[KArg]) -> Result<(), CudaError> {
+        let grid = len.div_ceil(ELEM_THREADS as usize).min(4096) as u32;
+        self.launch(name, grid, ELEM_THREADS, 0, args)
+    }
+
+    /// A block-per-row launch over `rows` rows of `cols` columns.
+    pub(crate) fn launch_rows(&self, name: &str, rows: usize, cols: usize, args: &[KArg]) -> Result<(), CudaError> {
+        let grid = rows.min(1 << 16) as u32;
+        self.launch(name, grid, row_threads(cols), 0, args)
+    }
+
+    /// Column-major SGEMM `C = op(A) op(B) + beta C`, `C` (m, n).
+    #[allow(clippy::too_many_arguments)]
+    fn sgemm(
+        &self,
+        (ta, tb): (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        (a, lda): (u64, usize),
+        (b, ldb): (u64, usize),
+        beta: f32,
+        (c, ldc): (u64, usize),
+    ) -> Result<(), CudaError> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            if beta == 0.0 {
+                self.memset_zero(c, m * n * 4)?;
+            }
+            return Ok(());
+        }
+        let i = |x: usize| {
+            i32::try_from(x).map_err(|_| CudaError::Program(format!("GEMM dimension {x} does not fit cuBLAS's int")))
+        };
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let alpha = 1.0f32;
+        // SAFETY: a, b, c are live device buffers holding the (lda x ..),
+        // (ldb x ..) and (ldc x n) column-major matrices the dimensions imply
+        // (checked by the callers); alpha and beta are host scalars.
+        unsafe {
+            cudarc::cublas::result::sgemm(
+                *self.blas.handle(),
+                op(ta),
+                op(tb),
+                i(m)?,
+                i(n)?,
+                i(k)?,
+                &alpha,
+                a as *const f32,
+                i(lda)?,
+                b as *const f32,
+                i(ldb)?,
+                &beta,
+                c as *mut f32,
+                i(ldc)?,
+            )
+        }
+        .map_err(|e| CudaError::Blas(format!("{e:?}")))
+    }
+
+    /// `y (n, m) = x (n, k) w^T` (+ y when `accumulate`), row-major; w is (m, k).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn linear(
+        &self,
+        x: u64,
+        w: u64,
+        y: u64,
+        n: usize,
+        k: usize,
+        m: usize,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
+        // Y^T (m, n) = W (m, k) X^T (k, n); W's buffer is W^T column-major.
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        self.sgemm((true, false), (m, n, k), (w, k), (x, k), beta, (y, m))
+    }
+
+    /// `dx (n, k) = g (n, m) w (m, k)`, row-major.
+    pub(crate) fn linear_grad_input(
+        &self,
+        g: u64,
+        w: u64,
+        dx: u64,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<(), CudaError> {
+        // dX^T (k, n) = W^T (k, m) G^T (m, n): both buffers as they are.
+        self.sgemm((false, false), (k, n, m), (w, k), (g, m), 0.0, (dx, k))
+    }
+
+    /// `dw (m, k) = g^T (m, n) x (n, k)`, row-major.
+    pub(crate) fn linear_grad_weight(
+        &self,
+        g: u64,
+        x: u64,
+        dw: u64,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<(), CudaError> {
+        // dW^T (k, m) = X^T (k, n) G (n, m): G's buffer is G^T, read transposed.
+        self.sgemm((false, true), (k, m, n), (x, k), (g, m), 0.0, (dw, k))
+    }
+}

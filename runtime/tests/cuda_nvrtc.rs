@@ -1,0 +1,67 @@
+//! NVRTC compiles the generated CUDA C: the support kernels and every library
+//! kernel of `kernel::lib::examples()`, for compute_90 (H100/H200) and
+//! compute_80 (A100). Needs only libnvrtc, no GPU; skips with a message when
+//! the library cannot be loaded (`.ci/run` installs it from PyPI and puts it
+//! on `LD_LIBRARY_PATH`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use lamda_compiler::codegen::cuda::{c_ident, cuda_source, module_source, prelude, support, support_source};
+use lamda_compiler::kernel::lib;
+use lamda_runtime::backend::cuda::{compile_ptx, nvrtc_available};
+
+const ARCHS: [&str; 2] = ["compute_90", "compute_80"];
+
+fn skip() -> bool {
+    if nvrtc_available() {
+        return false;
+    }
+    eprintln!(
+        "skipping: libnvrtc cannot be loaded (install nvidia-cuda-nvrtc-cu12 and add its lib dir to LD_LIBRARY_PATH)"
+    );
+    true
+}
+
+#[test]
+fn the_whole_module_compiles_for_every_arch() {
+    if skip() {
+        return;
+    }
+    let kernels = lib::examples();
+    let src = module_source(&kernels).unwrap();
+    for arch in ARCHS {
+        let ptx = compile_ptx(&src, arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        for k in &kernels {
+            let entry = format!(".entry {}(", c_ident(&k.name));
+            assert!(ptx.contains(&entry), "{arch}: no {entry} in the PTX");
+        }
+        for name in support::ALL {
+            assert!(ptx.contains(&format!(".entry {name}(")), "{arch}: no {name} in the PTX");
+        }
+    }
+    eprintln!(
+        "NVRTC: {} fused + {} support kernels compile for {ARCHS:?}",
+        kernels.len(),
+        support::ALL.len()
+    );
+}
+
+#[test]
+fn each_kernel_compiles_alone() {
+    if skip() {
+        return;
+    }
+    for k in lib::examples() {
+        let src = format!("{}\n{}", prelude(), cuda_source(&k).unwrap());
+        compile_ptx(&src, "compute_90").unwrap_or_else(|e| panic!("{}: {e}\n{src}", k.name));
+    }
+    compile_ptx(&support_source(), "compute_80").unwrap();
+}
+
+#[test]
+fn a_syntax_error_is_an_error_with_the_log() {
+    if skip() {
+        return;
+    }
+    let err = compile_ptx("extern \"C\" __global__ void broken( { }", "compute_90").unwrap_err();
+    assert!(err.to_string().contains("error"), "{err}");
+}
