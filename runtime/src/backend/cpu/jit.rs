@@ -84,6 +84,10 @@ impl Drop for SharedModule {
 pub struct Jit {
     shared: Arc<SharedModule>,
     cache: HashMap<String, CompiledKernel>,
+    /// Functions declared so far (the next symbol's number).
+    declared: usize,
+    /// Set when Cranelift panicked mid-definition.
+    broken: bool,
 }
 
 /// A kernel compiled for the host: cheap to clone, `Send + Sync`.
@@ -121,6 +125,8 @@ impl Jit {
                 module: Mutex::new(Some(JITModule::new(builder))),
             }),
             cache: HashMap::new(),
+            declared: 0,
+            broken: false,
         })
     }
 
@@ -138,20 +144,30 @@ impl Jit {
             kernel: k.name.clone(),
             msg,
         };
+        if self.broken {
+            return Err(JitError::Poisoned);
+        }
         let mut guard = self.shared.module.lock().map_err(|_| JitError::Poisoned)?;
         let module = guard.as_mut().ok_or(JitError::Poisoned)?;
         let func = clif::lower(k, module.target_config())?;
-        // Symbols are local to this module; the index keeps them unique.
-        let name = format!("lamdac_{}_{}", self.cache.len(), clif::symbol(k));
+        // Symbols are local to this module; the counter keeps them unique.
+        let name = format!("lamdac_{}_{}", self.declared, clif::symbol(k));
+        self.declared += 1;
         let id = module
             .declare_function(&name, Linkage::Local, &func.signature)
             .map_err(|e| fail(e.to_string()))?;
         let mut ctx = cranelift_codegen::Context::for_function(func);
         // Cranelift reports errors as values, but a kernel is untrusted input:
         // a panic inside the compiler becomes an error here, not an abort.
-        let defined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| module.define_function(id, &mut ctx)))
-            .map_err(|_| fail("Cranelift panicked".into()))?;
-        defined.map_err(|e| fail(format!("{e:?}")))?;
+        // The module may be half-updated after a panic: no more kernels go into it.
+        let defined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            module.define_function(id, &mut ctx).map_err(|e| format!("{e:?}"))
+        }))
+        .map_err(|_| {
+            self.broken = true;
+            fail("Cranelift panicked".into())
+        })?;
+        defined.map_err(fail)?;
         module.finalize_definitions().map_err(|e| fail(e.to_string()))?;
         let code = module.get_finalized_function(id);
         drop(guard);
