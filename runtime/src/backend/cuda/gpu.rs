@@ -335,6 +335,8 @@ impl Gpu {
                 cublasOperation_t::CUBLAS_OP_N
             }
         };
+        // cuBLAS uses the calling thread's current context (cudarc binds it for its own calls only).
+        self.dev.ctx.bind_to_thread()?;
         let alpha = 1.0f32;
         // SAFETY: a, b, c are live device buffers holding the (lda x ..),
         // (ldb x ..) and (ldc x n) column-major matrices the dimensions imply
@@ -372,9 +374,9 @@ impl Gpu {
         m: usize,
         accumulate: bool,
     ) -> Result<(), CudaError> {
-        // Y^T (m, n) = W (m, k) X^T (k, n); W's buffer is W^T column-major.
+        let c = gemm_call(RowMajor::Linear, n, k, m);
         let beta = if accumulate { 1.0 } else { 0.0 };
-        self.sgemm((true, false), (m, n, k), (w, k), (x, k), beta, (y, m))
+        self.sgemm(c.trans, c.dims, (w, c.lda), (x, c.ldb), beta, (y, c.ldc))
     }
 
     /// `dx (n, k) = g (n, m) w (m, k)`, row-major.
@@ -387,8 +389,8 @@ impl Gpu {
         k: usize,
         m: usize,
     ) -> Result<(), CudaError> {
-        // dX^T (k, n) = W^T (k, m) G^T (m, n): both buffers as they are.
-        self.sgemm((false, false), (k, n, m), (w, k), (g, m), 0.0, (dx, k))
+        let c = gemm_call(RowMajor::GradInput, n, k, m);
+        self.sgemm(c.trans, c.dims, (w, c.lda), (g, c.ldb), 0.0, (dx, c.ldc))
     }
 
     /// `dw (m, k) = g^T (m, n) x (n, k)`, row-major.
@@ -401,7 +403,105 @@ impl Gpu {
         k: usize,
         m: usize,
     ) -> Result<(), CudaError> {
-        // dW^T (k, m) = X^T (k, n) G (n, m): G's buffer is G^T, read transposed.
-        self.sgemm((false, true), (k, m, n), (x, k), (g, m), 0.0, (dw, k))
+        let c = gemm_call(RowMajor::GradWeight, n, k, m);
+        self.sgemm(c.trans, c.dims, (x, c.lda), (g, c.ldb), 0.0, (dw, c.ldc))
+    }
+}
+
+/// The three row-major products of a linear layer (x (n, k), w (m, k), g (n, m)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowMajor {
+    /// `y = x w^T`: A = w, B = x.
+    Linear,
+    /// `dx = g w`: A = w, B = g.
+    GradInput,
+    /// `dw = g^T x`: A = x, B = g.
+    GradWeight,
+}
+
+/// A column-major SGEMM `C (m', n') = op(A) op(B)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GemmCall {
+    /// (transpose A, transpose B)
+    trans: (bool, bool),
+    /// (m', n', k')
+    dims: (usize, usize, usize),
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+}
+
+/// The cuBLAS call computing a row-major product: a row-major (r, c) buffer
+/// is the column-major (c, r) matrix, so each product is computed transposed.
+fn gemm_call(kind: RowMajor, n: usize, k: usize, m: usize) -> GemmCall {
+    match kind {
+        // Y^T (m, n) = W (m, k) X^T (k, n): w's buffer is W^T, read transposed.
+        RowMajor::Linear => GemmCall {
+            trans: (true, false),
+            dims: (m, n, k),
+            lda: k,
+            ldb: k,
+            ldc: m,
+        },
+        // dX^T (k, n) = W^T (k, m) G^T (m, n): both buffers as they are.
+        RowMajor::GradInput => GemmCall {
+            trans: (false, false),
+            dims: (k, n, m),
+            lda: k,
+            ldb: m,
+            ldc: k,
+        },
+        // dW^T (k, m) = X^T (k, n) G (n, m): g's buffer is G^T, read transposed.
+        RowMajor::GradWeight => GemmCall {
+            trans: (false, true),
+            dims: (k, m, n),
+            lda: k,
+            ldb: m,
+            ldc: k,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The cuBLAS argument mapping, checked with a column-major reference SGEMM on the CPU.
+    use super::*;
+
+    /// BLAS semantics: C = op(A) op(B), column-major with leading dimensions.
+    fn col_major_sgemm(c: &GemmCall, a: &[f64], b: &[f64]) -> Vec<f64> {
+        let (m, n, k) = c.dims;
+        let at = |i: usize, l: usize| if c.trans.0 { a[i * c.lda + l] } else { a[l * c.lda + i] };
+        let bt = |l: usize, j: usize| if c.trans.1 { b[l * c.ldb + j] } else { b[j * c.ldb + l] };
+        let mut out = vec![0.0; c.ldc * n];
+        for j in 0..n {
+            for i in 0..m {
+                out[j * c.ldc + i] = (0..k).map(|l| at(i, l) * bt(l, j)).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn row_major_products_map_to_column_major_calls() {
+        let (n, k, m) = (5, 7, 3);
+        let val = |s: usize, i: usize| ((i * 37 + s * 11) % 17) as f64 - 8.0;
+        let x: Vec<f64> = (0..n * k).map(|i| val(1, i)).collect();
+        let w: Vec<f64> = (0..m * k).map(|i| val(2, i)).collect();
+        let g: Vec<f64> = (0..n * m).map(|i| val(3, i)).collect();
+        // y[i, j] = sum_l x[i, l] w[j, l]
+        let y: Vec<f64> = (0..n * m)
+            .map(|e| (0..k).map(|l| x[(e / m) * k + l] * w[(e % m) * k + l]).sum())
+            .collect();
+        assert_eq!(col_major_sgemm(&gemm_call(RowMajor::Linear, n, k, m), &w, &x), y);
+        // dx[i, l] = sum_j g[i, j] w[j, l]
+        let dx: Vec<f64> = (0..n * k)
+            .map(|e| (0..m).map(|j| g[(e / k) * m + j] * w[j * k + e % k]).sum())
+            .collect();
+        assert_eq!(col_major_sgemm(&gemm_call(RowMajor::GradInput, n, k, m), &w, &g), dx);
+        // dw[j, l] = sum_i g[i, j] x[i, l]
+        let dw: Vec<f64> = (0..m * k)
+            .map(|e| (0..n).map(|i| g[i * m + e / k] * x[i * k + e % k]).sum())
+            .collect();
+        assert_eq!(col_major_sgemm(&gemm_call(RowMajor::GradWeight, n, k, m), &x, &g), dw);
     }
 }
