@@ -9,8 +9,8 @@
 //! when every column-dependent part of its expression reads four neighbouring
 //! columns (`j`, and the RoPE forms when `head_dim % 8 == 0`, so the four lanes
 //! stay inside one half of a head; `row_dot` with `bt`, whose `b[c, j]` is
-//! contiguous in j); other loops (gathers, `row_dot` without `bt`, RoPE with
-//! odd half heads) run one column at a time. The vector loop is unrolled by two
+//! contiguous in j); other loops (`row_dot` without `bt`, RoPE forms whose
+//! half head is not a multiple of four) run one column at a time. The vector loop is unrolled by two
 //! (two f32x4 per iteration, two accumulators for reductions) and followed by at
 //! most one f32x4 chunk and at most three scalar columns at constant columns:
 //! the column count is a compile-time constant, so there is no remainder loop.
@@ -46,13 +46,16 @@
 //! combined at the end; their order differs from the interpreter's (the kernel
 //! IR leaves it unspecified), so results differ by float rounding only.
 //!
-//! Two deliberate deviations from the interpreter, both on malformed input: a
-//! gather `a[v]` with `v` past the argument's columns reads NaN (the
-//! interpreter reads `a[i * cols + v]`, another row's value, while it is in the
-//! buffer), and kernels the interpreter would panic on (a zero `head_dim` or
-//! period) or that this lowering cannot make race-free (a store whose value
-//! reads its own destination at another column, which the interpreter handles
-//! by buffering the whole row) are rejected with a [`CodegenError`].
+//! Deliberate deviations from the interpreter, all on malformed kernels or
+//! input. A gather `a[v]` with `v` past the argument's columns reads NaN (the
+//! interpreter reads `a[i * cols + v]`, another row's value, while that is in
+//! the buffer: with rows split across threads it could be racing a write).
+//! Rejected with a [`CodegenError`]: what the interpreter would panic on (a
+//! zero `head_dim` or period); column reads past an argument's columns (it
+//! reads another row or NaN); a store whose value reads its own destination at
+//! another column (it buffers the whole row first; this lowering stores as it
+//! goes); a writable i64 argument (check_launch would accept an f32 buffer for
+//! it); more than `i32::MAX` columns.
 
 use std::collections::HashMap;
 
