@@ -109,6 +109,9 @@ enum Command {
         /// No progress bar; one log line per tenth of the run.
         #[arg(long)]
         quiet: bool,
+        /// Run the unfused reference ops instead of fused, JIT-compiled kernels.
+        #[arg(long)]
+        no_jit: bool,
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
@@ -168,6 +171,7 @@ fn main() -> ExitCode {
             resume,
             device,
             quiet,
+            no_jit,
             color,
         } => {
             let device = device.map(|d| match d {
@@ -181,11 +185,19 @@ fn main() -> ExitCode {
                 out,
                 resume,
                 device,
+                fuse: !no_jit,
                 ..RunOptions::default()
             };
             train(&opts, quiet || !std::io::stderr().is_terminal(), style(color))
         }
     }
+}
+
+/// Writes to stdout; a closed pipe (`lamdac emit ... | head`) is not an error.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }
 
 fn io_error(path: &Path, e: &std::io::Error) -> ExitCode {
@@ -230,9 +242,9 @@ fn check(path: &Path, format: Format, style: Style) -> ExitCode {
     let peak = report::peak_memory(&spec);
     match format {
         Format::Text => {
-            print!("{}", report::render_text(&rep));
+            out(&report::render_text(&rep));
             if let Some(p) = &peak {
-                print!("{}", report::render_peak(p));
+                out(&report::render_peak(p));
             }
         }
         Format::Json => {
@@ -246,7 +258,7 @@ fn check(path: &Path, format: Format, style: Style) -> ExitCode {
             if let (Some(obj), Some(p)) = (v.as_object_mut(), &peak) {
                 obj.insert("peak_memory".into(), serde_json::to_value(p).unwrap_or_default());
             }
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            out(&format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()));
         }
     }
     ExitCode::SUCCESS
@@ -302,7 +314,7 @@ fn plan(path: &Path, weights: Option<&Path>, style: Style) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    print!("{}", lamda_runtime::describe::plan_text(&plan));
+    out(&lamda_runtime::describe::plan_text(&plan));
     ExitCode::SUCCESS
 }
 
@@ -315,11 +327,7 @@ fn emit(path: &Path, target: Target, forward_only: bool, fused: bool, style: Sty
         return ExitCode::from(1);
     };
     if matches!(target, Target::Clif | Target::Cuda) {
-        eprintln!(
-            "error[lamda::emit::unsupported]: `--target {}` is not implemented yet: the fusion pass and code generators are the next milestone\n  help: `--target ir` and `--target dot` print the training step",
-            if matches!(target, Target::Clif) { "clif" } else { "cuda" }
-        );
-        return ExitCode::from(2);
+        return emit_kernels(&spec, target);
     }
     let options = lamda_compiler::pipeline::Options { fuse: fused };
     let ir = match lamda_compiler::pipeline::emit_ir_with(
@@ -336,8 +344,8 @@ fn emit(path: &Path, target: Target, forward_only: bool, fused: bool, style: Sty
         }
     };
     match target {
-        Target::Ir => print!("{}", lamda_compiler::ir::print::to_text(&ir)),
-        _ => print!("{}", lamda_compiler::ir::print::to_dot(&ir)),
+        Target::Ir => out(&lamda_compiler::ir::print::to_text(&ir)),
+        _ => out(&lamda_compiler::ir::print::to_dot(&ir)),
     }
     ExitCode::SUCCESS
 }
@@ -356,9 +364,9 @@ fn bench(path: &Path, steps: u64, warmup: u64, json: bool, style: Style) -> Exit
     match bench(path, warmup, steps, &variants) {
         Ok(rows) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                out(&format!("{}\n", serde_json::to_string_pretty(&rows).unwrap_or_default()));
             } else {
-                print!("{}", render(&rows));
+                out(&render(&rows));
             }
             ExitCode::SUCCESS
         }
@@ -388,6 +396,68 @@ fn convert(gguf: &Path, out: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error[{}]: {e}\n  help: {}", e.code(), e.hint());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Every fused kernel of the compiled spec (all phases, the evaluation, AdamW),
+/// in first-use order, deduplicated by name.
+fn plan_kernels(plan: &lamda_compiler::plan::Plan) -> Vec<lamda_compiler::kernel::Kernel> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let programs = plan.phases.iter().map(|p| &p.program).chain(std::iter::once(&plan.eval));
+    for prog in programs {
+        for ins in &prog.instrs {
+            if let lamda_compiler::ir::Op::Fused(k) = &ins.op
+                && seen.insert(k.name.clone())
+            {
+                out.push((**k).clone());
+            }
+        }
+    }
+    for p in plan.phases.iter().flat_map(|p| p.trainable.iter()) {
+        let cols = plan.params[*p].shape.get(1).copied().unwrap_or(1);
+        let k = lamda_compiler::kernel::lib::adamw(cols);
+        if seen.insert(k.name.clone()) {
+            out.push(k);
+        }
+    }
+    out
+}
+
+fn emit_kernels(spec: &lamda_compiler::spec::ResolvedSpec, target: Target) -> ExitCode {
+    let options = lamda_compiler::pipeline::Options { fuse: true };
+    let plan = match lamda_compiler::pipeline::compile_with(
+        spec,
+        spec.train.batch as usize,
+        spec.train.seq as usize,
+        None,
+        options,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error[lamda::compile]: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let kernels = plan_kernels(&plan);
+    let text = match target {
+        Target::Cuda => lamda_compiler::codegen::cuda::module_source(&kernels).map_err(|e| e.to_string()),
+        _ => kernels
+            .iter()
+            .map(|k| lamda_compiler::codegen::clif::clif_text(k).map(|t| format!("; {}\n{t}", k.name)))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.join("\n"))
+            .map_err(|e| e.to_string()),
+    };
+    match text {
+        Ok(t) => {
+            out(&t);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error[lamda::emit]: {e}");
             ExitCode::from(1)
         }
     }

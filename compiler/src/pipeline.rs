@@ -122,6 +122,7 @@ pub fn compile_with(
         train: spec.train.clone(),
         allocation,
         memory,
+        fused: options.fuse,
     })
 }
 

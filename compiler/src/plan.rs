@@ -72,6 +72,8 @@ pub struct Plan {
     pub train: TrainConfig,
     pub allocation: Vec<RuleAllocation>,
     pub memory: MemorySummary,
+    /// Whether the programs were fused (they contain generated kernels).
+    pub fused: bool,
 }
 
 impl Plan {

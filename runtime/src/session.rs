@@ -23,7 +23,7 @@ use crate::data::{Batch, BatchConfig, Batcher, DataError, Dataset, Tokenizer};
 use crate::init::{InitError, initialize};
 use crate::linalg::{LinalgError, MatF32Ref};
 use crate::train::state::{self, StateError};
-use crate::train::{StepError, StepStats, Trainer};
+use crate::train::{Backend, StepError, StepStats, Trainer};
 
 /// Everything that can stop a session, each with a code and a hint.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,7 @@ impl SessionError {
                 "bind a Hugging Face checkpoint folder: `use \"path/to/folder\" as {model}` (see examples/quickstart.lamda)"
             ),
             SessionError::NoData => "add `data \"file.txt\"` (or .jsonl, .safetensors) to the train block".into(),
-            SessionError::Device(_) => "run with `--device cpu`".into(),
+            SessionError::Device(_) => "run with `--device cpu` (or `auto`, which uses a GPU only when one is present)".into(),
             SessionError::Checkpoint(e) => e.hint(),
             SessionError::Data(e) => e.hint(),
             SessionError::Step(StepError::NonFinite { .. }) => {
@@ -121,6 +121,8 @@ pub struct RunOptions {
     pub fuse: bool,
     /// Train the same spec with LoRA (stdlib defaults) at the same ranks instead (for benchmarks).
     pub lora_twin: bool,
+    /// How fused kernels run on the CPU.
+    pub kernels: crate::exec::KernelMode,
 }
 
 /// Hooks for progress display and tests. Every method has a default.
@@ -199,14 +201,16 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         spec = lamda_compiler::report::lora_twin(&spec)
             .ok_or_else(|| SessionError::Device("the stdlib LoRA method does not check".into()))?;
     }
-    match opts.device.unwrap_or(spec.train.device) {
+    // The device: a GPU only when asked for one, or on `auto` when one is present.
+    let device = match opts.device.unwrap_or(spec.train.device) {
+        Device::Cpu => Device::Cpu,
         Device::Cuda => {
-            return Err(SessionError::Device(
-                "the CUDA backend is not built yet (generated kernels are the next milestone)".into(),
-            ));
+            crate::backend::cuda::CudaDevice::detect().map_err(|e| SessionError::Device(format!("--device cuda: {e}")))?;
+            Device::Cuda
         }
-        Device::Cpu | Device::Auto => {}
-    }
+        Device::Auto if crate::backend::cuda::CudaDevice::detect().is_ok() => Device::Cuda,
+        Device::Auto => Device::Cpu,
+    };
     let ModelSource::Checkpoint(dir) = &spec.model.source else {
         return Err(SessionError::NoWeights {
             model: spec.model_name.clone(),
@@ -251,7 +255,13 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
             .unwrap_or_else(|| "run".into());
         PathBuf::from("runs").join(stem)
     });
-    let mut trainer = Trainer::new(plan, params, batcher);
+    let backend = match device {
+        Device::Cuda => Backend::Cuda(Box::new(
+            crate::backend::cuda::CudaExecutor::new(&plan, &params).map_err(|e| SessionError::Device(e.to_string()))?,
+        )),
+        _ => Backend::Cpu(crate::exec::Executor::with_mode(opts.kernels)),
+    };
+    let mut trainer = Trainer::with_backend(plan, params, batcher, backend);
     let mut losses = Vec::new();
     let mut resumed_from = None;
     if let Some(r) = &opts.resume {

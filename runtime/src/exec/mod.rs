@@ -42,15 +42,56 @@ pub struct RunOutput {
     pub logits: Option<Vec<f32>>,
 }
 
-/// Runs programs; caches RoPE tables across runs.
+/// How fused kernels run on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelMode {
+    /// Compiled with Cranelift at first use (the default).
+    #[default]
+    Jit,
+    /// The reference interpreter (slow; for tests).
+    Interpret,
+}
+
+/// Runs programs; caches RoPE tables and compiled kernels across runs.
 #[derive(Default)]
 pub struct Executor {
     rope: HashMap<(usize, usize, u64), RopeTable>,
+    mode: KernelMode,
+    jit: Option<crate::backend::cpu::jit::Jit>,
 }
 
 impl Executor {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An executor running fused kernels as `mode` says.
+    pub fn with_mode(mode: KernelMode) -> Self {
+        Executor { mode, ..Self::default() }
+    }
+
+    /// Runs one fused kernel over `rows` rows (JIT or interpreter, by mode).
+    pub fn launch(
+        &mut self,
+        k: &lamda_compiler::kernel::Kernel,
+        args: &mut [crate::backend::cpu::interp::KArg<'_>],
+        rows: usize,
+    ) -> Result<(), ExecError> {
+        match self.mode {
+            KernelMode::Interpret => {
+                crate::backend::cpu::interp::run(k, args, rows).map_err(|e| ExecError::Internal(e.to_string()))
+            }
+            KernelMode::Jit => {
+                if self.jit.is_none() {
+                    self.jit = Some(
+                        crate::backend::cpu::jit::Jit::new().map_err(|e| ExecError::Internal(format!("JIT: {e}")))?,
+                    );
+                }
+                let jit = self.jit.as_mut().ok_or_else(|| ExecError::Internal("JIT".into()))?;
+                let compiled = jit.compile(k).map_err(|e| ExecError::Internal(format!("JIT: {e}")))?;
+                compiled.launch(args, rows).map_err(|e| ExecError::Internal(e.to_string()))
+            }
+        }
     }
 
     /// Runs `program` on one micro-batch. `params[i]` holds parameter i;
@@ -375,7 +416,7 @@ impl Executor {
                 vec![Slot::I64(t)]
             }
             Op::Fused(k) => {
-                use crate::backend::cpu::interp::{self, KArg};
+                use crate::backend::cpu::interp::KArg;
                 use lamda_compiler::kernel::{Access, ArgTy};
                 let reads = k.inputs();
                 let rows = shapes
@@ -423,7 +464,7 @@ impl Executor {
                             }
                         });
                     }
-                    interp::run(k, &mut args, rows).map_err(|e| ExecError::Internal(e.to_string()))?;
+                    self.launch(k, &mut args, rows)?;
                 }
                 // A fused cross-entropy reports per-row losses: the step's loss is their mean.
                 if let Some(pos) = k.outputs().iter().position(|&a| k.args[a].name == "loss") {

@@ -80,7 +80,41 @@ pub struct Trainer {
     /// The next step to run (0-based).
     pub step: u64,
     pub data: Batcher,
-    exec: Executor,
+    backend: Backend,
+}
+
+/// Where programs run.
+pub enum Backend {
+    Cpu(Executor),
+    Cuda(Box<crate::backend::cuda::CudaExecutor>),
+}
+
+impl Backend {
+    /// Runs one program (see [`Executor::run`]).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        program: &lamda_compiler::passes::memory_plan::Program,
+        params: &[Vec<f32>],
+        grads: &mut [Vec<f32>],
+        tokens: &[i64],
+        labels: &[i64],
+        grad_scale: f32,
+        want_logits: bool,
+    ) -> Result<RunOutput, ExecError> {
+        match self {
+            Backend::Cpu(e) => e.run(program, params, grads, tokens, labels, grad_scale, want_logits),
+            Backend::Cuda(e) => e.run(program, params, grads, tokens, labels, grad_scale, want_logits),
+        }
+    }
+
+    /// The device, in words.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Cpu(_) => "cpu",
+            Backend::Cuda(_) => "cuda",
+        }
+    }
 }
 
 impl Trainer {
@@ -113,8 +147,18 @@ impl Trainer {
             adam,
             step: 0,
             data,
-            exec: Executor::new(),
+            backend: Backend::Cpu(Executor::new()),
         }
+    }
+
+    /// The same, running programs on `backend`.
+    pub fn with_backend(plan: Plan, params: Vec<Vec<f32>>, data: Batcher, backend: Backend) -> Self {
+        Trainer { backend, ..Trainer::new(plan, params, data) }
+    }
+
+    /// Where the programs run.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     pub fn total_steps(&self) -> u64 {
@@ -165,7 +209,7 @@ impl Trainer {
             let labels: Vec<i64> = b.labels.iter().copied().collect();
             tokens += ids.len();
             let scale = c as f32 / total as f32;
-            let out = self.exec.run(
+            let out = self.backend.run(
                 &phase.program,
                 &self.params,
                 &mut self.grads,
@@ -218,12 +262,12 @@ impl Trainer {
         for &p in &phase.trainable {
             let cols = self.plan.params[p].shape.get(1).copied().unwrap_or(1);
             let f = self.frozen_cols(p, t);
-            adamw_step(&cfg, &mut self.params[p], &self.grads[p], &mut self.adam[p], cols, f).map_err(|source| {
-                StepError::Optimizer {
-                    name: self.plan.params[p].name.clone(),
-                    source,
-                }
-            })?;
+            if self.plan.fused && matches!(self.backend, Backend::Cpu(_)) {
+                self.fused_adamw(p, &cfg, cols, f)?;
+            } else {
+                adamw_step(&cfg, &mut self.params[p], &self.grads[p], &mut self.adam[p], cols, f)
+                    .map_err(|source| StepError::Optimizer { name: self.plan.params[p].name.clone(), source })?;
+            }
         }
         self.step += 1;
         Ok(StepStats {
@@ -236,12 +280,45 @@ impl Trainer {
         })
     }
 
+    /// AdamW as the generated kernel (`kernel::lib::adamw`), same semantics as `ops::adamw_step`.
+    fn fused_adamw(&mut self, p: usize, cfg: &AdamW, cols: usize, frozen: usize) -> Result<(), StepError> {
+        use crate::backend::cpu::interp::KArg;
+        let len = self.params[p].len();
+        if frozen >= cols || len == 0 {
+            return Ok(());
+        }
+        let st = &mut self.adam[p];
+        st.step += 1;
+        let k = i32::try_from(st.step).unwrap_or(i32::MAX);
+        let scalars = [
+            (1.0 - cfg.lr * cfg.weight_decay) as f32,
+            (cfg.lr / (1.0 - cfg.beta1.powi(k))) as f32,
+            cfg.beta1 as f32,
+            (1.0 - cfg.beta1) as f32,
+            cfg.beta2 as f32,
+            (1.0 - cfg.beta2) as f32,
+            (1.0 - cfg.beta2.powi(k)).sqrt() as f32,
+            cfg.eps as f32,
+            frozen as f32,
+        ];
+        let kernel = lamda_compiler::kernel::lib::adamw(cols);
+        let Backend::Cpu(exec) = &mut self.backend else { return Ok(()) };
+        let mut args = vec![
+            KArg::F32Mut(&mut self.params[p]),
+            KArg::F32(&self.grads[p]),
+            KArg::F32Mut(&mut st.exp_avg),
+            KArg::F32Mut(&mut st.exp_avg_sq),
+        ];
+        args.extend(scalars.iter().map(|&x| KArg::Scalar(x)));
+        exec.launch(&kernel, &mut args, len / cols).map_err(StepError::Exec)
+    }
+
     /// The loss (and logits) of the current parameters on `batch`, forward only.
     pub fn evaluate(&mut self, batch: &Batch, logits: bool) -> Result<RunOutput, StepError> {
         let ids: Vec<i64> = batch.input_ids.iter().copied().collect();
         let labels: Vec<i64> = batch.labels.iter().copied().collect();
         Ok(self
-            .exec
+            .backend
             .run(&self.plan.eval, &self.params, &mut [], &ids, &labels, 1.0, logits)?)
     }
 }
