@@ -159,11 +159,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { file, format, color } => check(&file, format, style(color)),
         Command::Plan { file, weights, color } => plan(&file, weights.as_deref(), style(color)),
-        Command::Emit { file, target, forward_only, fused, color } => {
-            emit(&file, target, forward_only, fused, style(color))
-        }
+        Command::Emit {
+            file,
+            target,
+            forward_only,
+            fused,
+            color,
+        } => emit(&file, target, forward_only, fused, style(color)),
         Command::Convert { gguf, out } => convert(&gguf, &out),
-        Command::Bench { file, steps, warmup, json, color } => bench(&file, steps, warmup, json, style(color)),
+        Command::Bench {
+            file,
+            steps,
+            warmup,
+            json,
+            color,
+        } => bench(&file, steps, warmup, json, style(color)),
         Command::Train {
             file,
             steps,
@@ -356,15 +366,27 @@ fn bench(path: &Path, steps: u64, warmup: u64, json: bool, style: Style) -> Exit
     }
     use lamda_runtime::bench::{Variant, bench, render};
     let variants = [
-        Variant { lora: false, fuse: false },
-        Variant { lora: false, fuse: true },
-        Variant { lora: true, fuse: false },
+        Variant {
+            lora: false,
+            fuse: false,
+        },
+        Variant {
+            lora: false,
+            fuse: true,
+        },
+        Variant {
+            lora: true,
+            fuse: false,
+        },
         Variant { lora: true, fuse: true },
     ];
     match bench(path, warmup, steps, &variants) {
         Ok(rows) => {
             if json {
-                out(&format!("{}\n", serde_json::to_string_pretty(&rows).unwrap_or_default()));
+                out(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&rows).unwrap_or_default()
+                ));
             } else {
                 out(&render(&rows));
             }
@@ -401,31 +423,6 @@ fn convert(gguf: &Path, out: &Path) -> ExitCode {
     }
 }
 
-/// Every fused kernel of the compiled spec (all phases, the evaluation, AdamW),
-/// in first-use order, deduplicated by name.
-fn plan_kernels(plan: &lamda_compiler::plan::Plan) -> Vec<lamda_compiler::kernel::Kernel> {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    let programs = plan.phases.iter().map(|p| &p.program).chain(std::iter::once(&plan.eval));
-    for prog in programs {
-        for ins in &prog.instrs {
-            if let lamda_compiler::ir::Op::Fused(k) = &ins.op
-                && seen.insert(k.name.clone())
-            {
-                out.push((**k).clone());
-            }
-        }
-    }
-    for p in plan.phases.iter().flat_map(|p| p.trainable.iter()) {
-        let cols = plan.params[*p].shape.get(1).copied().unwrap_or(1);
-        let k = lamda_compiler::kernel::lib::adamw(cols);
-        if seen.insert(k.name.clone()) {
-            out.push(k);
-        }
-    }
-    out
-}
-
 fn emit_kernels(spec: &lamda_compiler::spec::ResolvedSpec, target: Target) -> ExitCode {
     let options = lamda_compiler::pipeline::Options { fuse: true };
     let plan = match lamda_compiler::pipeline::compile_with(
@@ -441,7 +438,7 @@ fn emit_kernels(spec: &lamda_compiler::spec::ResolvedSpec, target: Target) -> Ex
             return ExitCode::from(1);
         }
     };
-    let kernels = plan_kernels(&plan);
+    let kernels = plan.kernels();
     let text = match target {
         Target::Cuda => lamda_compiler::codegen::cuda::module_source(&kernels).map_err(|e| e.to_string()),
         _ => kernels

@@ -133,7 +133,13 @@ pub fn emit_ir(spec: &ResolvedSpec, batch: usize, seq: usize, backward: bool) ->
 }
 
 /// [`emit_ir`] with options.
-pub fn emit_ir_with(spec: &ResolvedSpec, batch: usize, seq: usize, backward: bool, options: Options) -> Result<Ir, CompileError> {
+pub fn emit_ir_with(
+    spec: &ResolvedSpec,
+    batch: usize,
+    seq: usize,
+    backward: bool,
+    options: Options,
+) -> Result<Ir, CompileError> {
     let forward = checked(build_forward(spec, batch, seq, backward)?)?;
     let phases = freeze::phases(&forward, spec.train.steps);
     let ever: BTreeSet<usize> = phases.iter().flat_map(|p| p.trainable.iter().copied()).collect();

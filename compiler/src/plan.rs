@@ -77,6 +77,38 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Every generated kernel the plan runs (all phases, the evaluation, and
+    /// AdamW for each trainable width when fused), in first-use order,
+    /// deduplicated by name.
+    pub fn kernels(&self) -> Vec<crate::kernel::Kernel> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        let programs = self
+            .phases
+            .iter()
+            .map(|p| &p.program)
+            .chain(std::iter::once(&self.eval));
+        for prog in programs {
+            for ins in &prog.instrs {
+                if let crate::ir::Op::Fused(k) = &ins.op
+                    && seen.insert(k.name.clone())
+                {
+                    out.push((**k).clone());
+                }
+            }
+        }
+        if self.fused {
+            for p in self.phases.iter().flat_map(|p| p.trainable.iter()) {
+                let cols = self.params[*p].shape.get(1).copied().unwrap_or(1);
+                let k = crate::kernel::lib::adamw(cols);
+                if seen.insert(k.name.clone()) {
+                    out.push(k);
+                }
+            }
+        }
+        out
+    }
+
     /// The phase that covers step `t`.
     pub fn phase_at(&self, t: u64) -> Option<&PhasePlan> {
         self.phases

@@ -26,7 +26,13 @@ fn lamda_fusion_structure() {
     let s = spec(SRC);
     let mut ir = emit_ir(&s, 1, 4, true).unwrap();
     let before = ir.graph.node_count();
-    let trainable: BTreeSet<usize> = ir.params.iter().enumerate().filter(|(_, p)| p.trainable()).map(|(i, _)| i).collect();
+    let trainable: BTreeSet<usize> = ir
+        .params
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.trainable())
+        .map(|(i, _)| i)
+        .collect();
     let st = fuse(&mut ir, &trainable);
     lamda_compiler::ir::verify::verify(&ir).unwrap();
     assert!(ir.graph.node_count() < before);
@@ -35,19 +41,38 @@ fn lamda_fusion_structure() {
     let stacks: Vec<&Vec<usize>> = ir
         .params
         .iter()
-        .filter_map(|p| if let ParamRole::Concat { parts } = &p.role { Some(parts) } else { None })
+        .filter_map(|p| {
+            if let ParamRole::Concat { parts } = &p.role {
+                Some(parts)
+            } else {
+                None
+            }
+        })
         .collect();
-    let qkv = stacks.iter().find(|parts| parts.len() == 5).expect("a stack of W_q, A_q, W_k, W_v, A_v");
+    let qkv = stacks
+        .iter()
+        .find(|parts| parts.len() == 5)
+        .expect("a stack of W_q, A_q, W_k, W_v, A_v");
     let names: Vec<&str> = qkv.iter().map(|&p| ir.params[p].name.as_str()).collect();
-    assert!(names.iter().any(|n| n.ends_with("q_proj.A")) && names.iter().any(|n| n.ends_with("v_proj.A")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("q_proj.A")) && names.iter().any(|n| n.ends_with("v_proj.A")),
+        "{names:?}"
+    );
     // Two LaMDA epilogues per layer, no trainable tensor stacked.
-    let epilogues = ir.graph.node_indices().filter(|&i| matches!(&ir.graph[i].op, Op::Fused(k) if k.name.starts_with("lamda_epilogue"))).count();
+    let epilogues = ir
+        .graph
+        .node_indices()
+        .filter(|&i| matches!(&ir.graph[i].op, Op::Fused(k) if k.name.starts_with("lamda_epilogue")))
+        .count();
     assert_eq!(epilogues, 4);
     for parts in &stacks {
         assert!(parts.iter().all(|p| !trainable.contains(p)));
     }
     // Row kernels replaced every norm, rope and the loss.
-    assert!(ir.graph.node_indices().all(|i| !matches!(ir.graph[i].op, Op::RmsNorm { .. } | Op::Rope { .. } | Op::CrossEntropy { .. } | Op::Silu)));
+    assert!(ir.graph.node_indices().all(|i| !matches!(
+        ir.graph[i].op,
+        Op::RmsNorm { .. } | Op::Rope { .. } | Op::CrossEntropy { .. } | Op::Silu
+    )));
 }
 
 #[test]
@@ -66,9 +91,19 @@ fn snapshot_ir_before_and_after_fusion() {
     let s = spec(SRC);
     let before = emit_ir(&s, 1, 4, true).unwrap();
     let mut after = before.clone();
-    let trainable: BTreeSet<usize> = after.params.iter().enumerate().filter(|(_, p)| p.trainable()).map(|(i, _)| i).collect();
+    let trainable: BTreeSet<usize> = after
+        .params
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.trainable())
+        .map(|(i, _)| i)
+        .collect();
     fuse(&mut after, &trainable);
-    let text = format!("{SRC}\n\n===== before fusion =====\n{}\n===== after fusion =====\n{}", to_text(&before), to_text(&after));
+    let text = format!(
+        "{SRC}\n\n===== before fusion =====\n{}\n===== after fusion =====\n{}",
+        to_text(&before),
+        to_text(&after)
+    );
     insta::assert_snapshot!("tiny_lamda_qv_r2_fusion", text);
 }
 

@@ -81,7 +81,9 @@ impl SessionError {
                 "bind a Hugging Face checkpoint folder: `use \"path/to/folder\" as {model}` (see examples/quickstart.lamda)"
             ),
             SessionError::NoData => "add `data \"file.txt\"` (or .jsonl, .safetensors) to the train block".into(),
-            SessionError::Device(_) => "run with `--device cpu` (or `auto`, which uses a GPU only when one is present)".into(),
+            SessionError::Device(_) => {
+                "run with `--device cpu` (or `auto`, which uses a GPU only when one is present)".into()
+            }
             SessionError::Checkpoint(e) => e.hint(),
             SessionError::Data(e) => e.hint(),
             SessionError::Step(StepError::NonFinite { .. }) => {
@@ -205,7 +207,8 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     let device = match opts.device.unwrap_or(spec.train.device) {
         Device::Cpu => Device::Cpu,
         Device::Cuda => {
-            crate::backend::cuda::CudaDevice::detect().map_err(|e| SessionError::Device(format!("--device cuda: {e}")))?;
+            crate::backend::cuda::CudaDevice::detect()
+                .map_err(|e| SessionError::Device(format!("--device cuda: {e}")))?;
             Device::Cuda
         }
         Device::Auto if crate::backend::cuda::CudaDevice::detect().is_ok() => Device::Cuda,
@@ -259,7 +262,12 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         Device::Cuda => Backend::Cuda(Box::new(
             crate::backend::cuda::CudaExecutor::new(&plan, &params).map_err(|e| SessionError::Device(e.to_string()))?,
         )),
-        _ => Backend::Cpu(crate::exec::Executor::with_mode(opts.kernels)),
+        _ => {
+            let mut exec = crate::exec::Executor::with_mode(opts.kernels);
+            exec.precompile(&plan.kernels())
+                .map_err(|e| SessionError::Step(StepError::Exec(e)))?;
+            Backend::Cpu(exec)
+        }
     };
     let mut trainer = Trainer::with_backend(plan, params, batcher, backend);
     let mut losses = Vec::new();

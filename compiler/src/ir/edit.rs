@@ -50,7 +50,11 @@ impl Ir {
 
     /// Replaces node `id`'s operands by `inputs` (in operand order).
     pub fn set_inputs(&mut self, id: NodeId, inputs: &[Value]) {
-        let old: Vec<_> = self.graph.edges_directed(id, Direction::Incoming).map(|e| e.id()).collect();
+        let old: Vec<_> = self
+            .graph
+            .edges_directed(id, Direction::Incoming)
+            .map(|e| e.id())
+            .collect();
         for e in old {
             self.graph.remove_edge(e);
         }
@@ -87,10 +91,15 @@ impl Ir {
     /// lowest original index first), so index order is topological again.
     pub fn canonicalize(&mut self) {
         let ids: Vec<NodeId> = self.graph.node_indices().collect();
-        let mut indegree: BTreeMap<NodeId, usize> =
-            ids.iter().map(|&id| (id, self.graph.edges_directed(id, Direction::Incoming).count())).collect();
-        let mut ready: BinaryHeap<Reverse<NodeId>> =
-            indegree.iter().filter(|(_, d)| **d == 0).map(|(&id, _)| Reverse(id)).collect();
+        let mut indegree: BTreeMap<NodeId, usize> = ids
+            .iter()
+            .map(|&id| (id, self.graph.edges_directed(id, Direction::Incoming).count()))
+            .collect();
+        let mut ready: BinaryHeap<Reverse<NodeId>> = indegree
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(&id, _)| Reverse(id))
+            .collect();
         let mut order = Vec::with_capacity(ids.len());
         while let Some(Reverse(id)) = ready.pop() {
             order.push(id);

@@ -90,7 +90,10 @@ fn param_node(ir: &mut Ir, p: usize) -> Value {
 
 /// Turns node `id` into a fused kernel with `inputs`, keeping its identity.
 fn become_kernel(ir: &mut Ir, id: NodeId, k: Kernel, inputs: &[Value]) {
-    let rows = inputs.iter().find_map(|&v| ir.ty(v).filter(|t| t.shape.len() == 2).map(|t| t.shape[0])).unwrap_or(ir.n());
+    let rows = inputs
+        .iter()
+        .find_map(|&v| ir.ty(v).filter(|t| t.shape.len() == 2).map(|t| t.shape[0]))
+        .unwrap_or(ir.n());
     let outputs: Vec<TensorType> = k
         .outputs()
         .iter()
@@ -134,20 +137,41 @@ fn stack_gemms(ir: &mut Ir, trainable: &BTreeSet<usize>, st: &mut FusionStats) {
         let widths: Vec<usize> = weights.iter().map(|&p| ir.params[p].shape[0]).collect();
         let k = ir.params[weights[0]].shape[1];
         let rows: usize = widths.iter().sum();
-        let name = format!("stack({})", weights.iter().map(|&p| ir.params[p].name.clone()).collect::<Vec<_>>().join(", "));
+        let name = format!(
+            "stack({})",
+            weights
+                .iter()
+                .map(|&p| ir.params[p].name.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let p = match ir.params.iter().position(|q| q.name == name) {
             Some(p) => p,
             None => {
-                ir.params.push(ParamInfo { name: name.clone(), shape: vec![rows, k], role: ParamRole::Concat { parts: weights } });
+                ir.params.push(ParamInfo {
+                    name: name.clone(),
+                    shape: vec![rows, k],
+                    role: ParamRole::Concat { parts: weights },
+                });
                 ir.params.len() - 1
             }
         };
         let w = param_node(ir, p);
         let n = ty(ir, x).shape[0];
         let label = ir.graph[members[0]].label.clone();
-        let lin = ir.add(Op::Linear, &[x, w], vec![TensorType::f32(&[n, rows])], format!("{label} (stacked)"));
+        let lin = ir.add(
+            Op::Linear,
+            &[x, w],
+            vec![TensorType::f32(&[n, rows])],
+            format!("{label} (stacked)"),
+        );
         let outs = widths.iter().map(|&c| TensorType::f32(&[n, c])).collect();
-        let split = ir.add(Op::Split { widths: widths.clone() }, &[(lin, 0)], outs, format!("{label} (split)"));
+        let split = ir.add(
+            Op::Split { widths: widths.clone() },
+            &[(lin, 0)],
+            outs,
+            format!("{label} (split)"),
+        );
         for (i, &m) in members.iter().enumerate() {
             ir.replace_uses((m, 0), (split, i as u8));
         }
@@ -189,7 +213,9 @@ fn epilogues(ir: &mut Ir, st: &mut FusionStats) {
             let lamda = match op_at(ir, u) {
                 Some(Op::Linear) if !ir.graph[u.0].backward => {
                     let ui = ir.inputs(u.0);
-                    param_of(ir, ui[1]).filter(|&sp| ir.params[sp].shape == [r, r]).map(|_| (ui[0], ui[1]))
+                    param_of(ir, ui[1])
+                        .filter(|&sp| ir.params[sp].shape == [r, r])
+                        .map(|_| (ui[0], ui[1]))
                 }
                 _ => None,
             };
@@ -222,7 +248,11 @@ fn epilogues(ir: &mut Ir, st: &mut FusionStats) {
         let ins = ir.inputs(id);
         let Some(sp) = param_of(ir, ins[1]) else { continue };
         let shape = ir.params[sp].shape.clone();
-        if shape.len() == 2 && shape[0] == shape[1] && shape[0] <= MAX_EPILOGUE_RANK && ty(ir, ins[0]).shape.get(1) == Some(&shape[0]) {
+        if shape.len() == 2
+            && shape[0] == shape[1]
+            && shape[0] <= MAX_EPILOGUE_RANK
+            && ty(ir, ins[0]).shape.get(1) == Some(&shape[0])
+        {
             become_kernel(ir, id, lib::small_matmul(shape[0]), &ins);
             st.epilogues += 1;
         }
@@ -236,7 +266,11 @@ fn table(ir: &mut Ir, kind: TableKind, seq: usize, half: usize) -> Value {
     let p = match ir.params.iter().position(|p| p.name == name) {
         Some(p) => p,
         None => {
-            ir.params.push(ParamInfo { name, shape: vec![seq, half], role: ParamRole::Table(kind) });
+            ir.params.push(ParamInfo {
+                name,
+                shape: vec![seq, half],
+                role: ParamRole::Table(kind),
+            });
             ir.params.len() - 1
         }
     };
@@ -259,8 +293,26 @@ fn row_kernels(ir: &mut Ir, st: &mut FusionStats) {
             }
             Op::Rope { head_dim, seq, theta } | Op::RopeGrad { head_dim, seq, theta } => {
                 let width = ty(ir, ins[0]).shape[1];
-                let cos = table(ir, TableKind::RopeCos { seq, head_dim, theta: theta.0 }, seq, head_dim / 2);
-                let sin = table(ir, TableKind::RopeSin { seq, head_dim, theta: theta.0 }, seq, head_dim / 2);
+                let cos = table(
+                    ir,
+                    TableKind::RopeCos {
+                        seq,
+                        head_dim,
+                        theta: theta.0,
+                    },
+                    seq,
+                    head_dim / 2,
+                );
+                let sin = table(
+                    ir,
+                    TableKind::RopeSin {
+                        seq,
+                        head_dim,
+                        theta: theta.0,
+                    },
+                    seq,
+                    head_dim / 2,
+                );
                 let k = if matches!(node.op, Op::Rope { .. }) {
                     lib::rope(width, head_dim, seq)
                 } else {
@@ -274,7 +326,12 @@ fn row_kernels(ir: &mut Ir, st: &mut FusionStats) {
                     Some(t) => t,
                     None => {
                         let n = ty(ir, ins[1]).shape[0];
-                        let s = ir.add(Op::ShiftLabels { seq }, &[ins[1]], vec![TensorType::i64(&[n])], "targets");
+                        let s = ir.add(
+                            Op::ShiftLabels { seq },
+                            &[ins[1]],
+                            vec![TensorType::i64(&[n])],
+                            "targets",
+                        );
                         targets = Some((s, 0));
                         (s, 0)
                     }
@@ -297,18 +354,30 @@ fn swiglu(ir: &mut Ir, st: &mut FusionStats) {
         let gate = ir.inputs(id)[0];
         let s = (id, 0);
         let users = ir.users(s);
-        let fwd: Vec<NodeId> = users.iter().map(|u| u.0).filter(|&u| !ir.graph[u].backward && ir.graph[u].op == Op::Mul).collect();
+        let fwd: Vec<NodeId> = users
+            .iter()
+            .map(|u| u.0)
+            .filter(|&u| !ir.graph[u].backward && ir.graph[u].op == Op::Mul)
+            .collect();
         let [mul] = fwd.as_slice() else { continue };
         let mins = ir.inputs(*mul);
         let up = if mins[0] == s { mins[1] } else { mins[0] };
         let f = ty(ir, gate).shape[1];
         // Backward: dup = dh * s (a reader of s), dgate = silu_grad(dh * up, gate).
-        let bwd_dup: Vec<NodeId> = users.iter().map(|u| u.0).filter(|&u| ir.graph[u].backward && ir.graph[u].op == Op::Mul).collect();
+        let bwd_dup: Vec<NodeId> = users
+            .iter()
+            .map(|u| u.0)
+            .filter(|&u| ir.graph[u].backward && ir.graph[u].op == Op::Mul)
+            .collect();
         let mut grad_pattern = None;
         if let [dup_node] = bwd_dup.as_slice() {
             let di = ir.inputs(*dup_node);
             let dh = if di[0] == s { di[1] } else { di[0] };
-            let sg = ir.users(gate).into_iter().map(|u| u.0).find(|&u| ir.graph[u].op == Op::SiluGrad);
+            let sg = ir
+                .users(gate)
+                .into_iter()
+                .map(|u| u.0)
+                .find(|&u| ir.graph[u].op == Op::SiluGrad);
             if let Some(sg) = sg {
                 let ds = ir.inputs(sg)[0];
                 let ok = op_at(ir, ds) == Some(&Op::Mul) && {
@@ -320,7 +389,9 @@ fn swiglu(ir: &mut Ir, st: &mut FusionStats) {
                 }
             }
         }
-        let all_readers_known = users.iter().all(|u| u.0 == *mul || grad_pattern.is_some_and(|g| g.1 == u.0));
+        let all_readers_known = users
+            .iter()
+            .all(|u| u.0 == *mul || grad_pattern.is_some_and(|g| g.1 == u.0));
         if !all_readers_known {
             continue;
         }

@@ -67,7 +67,26 @@ impl Executor {
 
     /// An executor running fused kernels as `mode` says.
     pub fn with_mode(mode: KernelMode) -> Self {
-        Executor { mode, ..Self::default() }
+        Executor {
+            mode,
+            ..Self::default()
+        }
+    }
+
+    /// Compiles `kernels` now (with the JIT), so errors and compile time come at plan load.
+    pub fn precompile(&mut self, kernels: &[lamda_compiler::kernel::Kernel]) -> Result<(), ExecError> {
+        if self.mode != KernelMode::Jit || kernels.is_empty() {
+            return Ok(());
+        }
+        if self.jit.is_none() {
+            self.jit =
+                Some(crate::backend::cpu::jit::Jit::new().map_err(|e| ExecError::Internal(format!("JIT: {e}")))?);
+        }
+        let jit = self.jit.as_mut().ok_or_else(|| ExecError::Internal("JIT".into()))?;
+        for k in kernels {
+            jit.compile(k).map_err(|e| ExecError::Internal(format!("JIT: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Runs one fused kernel over `rows` rows (JIT or interpreter, by mode).
@@ -89,7 +108,9 @@ impl Executor {
                 }
                 let jit = self.jit.as_mut().ok_or_else(|| ExecError::Internal("JIT".into()))?;
                 let compiled = jit.compile(k).map_err(|e| ExecError::Internal(format!("JIT: {e}")))?;
-                compiled.launch(args, rows).map_err(|e| ExecError::Internal(e.to_string()))
+                compiled
+                    .launch(args, rows)
+                    .map_err(|e| ExecError::Internal(e.to_string()))
             }
         }
     }

@@ -153,7 +153,10 @@ impl Trainer {
 
     /// The same, running programs on `backend`.
     pub fn with_backend(plan: Plan, params: Vec<Vec<f32>>, data: Batcher, backend: Backend) -> Self {
-        Trainer { backend, ..Trainer::new(plan, params, data) }
+        Trainer {
+            backend,
+            ..Trainer::new(plan, params, data)
+        }
     }
 
     /// Where the programs run.
@@ -265,8 +268,12 @@ impl Trainer {
             if self.plan.fused && matches!(self.backend, Backend::Cpu(_)) {
                 self.fused_adamw(p, &cfg, cols, f)?;
             } else {
-                adamw_step(&cfg, &mut self.params[p], &self.grads[p], &mut self.adam[p], cols, f)
-                    .map_err(|source| StepError::Optimizer { name: self.plan.params[p].name.clone(), source })?;
+                adamw_step(&cfg, &mut self.params[p], &self.grads[p], &mut self.adam[p], cols, f).map_err(
+                    |source| StepError::Optimizer {
+                        name: self.plan.params[p].name.clone(),
+                        source,
+                    },
+                )?;
             }
         }
         self.step += 1;
@@ -302,7 +309,9 @@ impl Trainer {
             frozen as f32,
         ];
         let kernel = lamda_compiler::kernel::lib::adamw(cols);
-        let Backend::Cpu(exec) = &mut self.backend else { return Ok(()) };
+        let Backend::Cpu(exec) = &mut self.backend else {
+            return Ok(());
+        };
         let mut args = vec![
             KArg::F32Mut(&mut self.params[p]),
             KArg::F32(&self.grads[p]),
