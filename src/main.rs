@@ -81,6 +81,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also print the time spent per op (CPU).
+        #[arg(long)]
+        profile: bool,
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
@@ -172,8 +175,9 @@ fn main() -> ExitCode {
             steps,
             warmup,
             json,
+            profile,
             color,
-        } => bench(&file, steps, warmup, json, style(color)),
+        } => bench(&file, steps, warmup, json, profile, style(color)),
         Command::Train {
             file,
             steps,
@@ -360,7 +364,7 @@ fn emit(path: &Path, target: Target, forward_only: bool, fused: bool, style: Sty
     ExitCode::SUCCESS
 }
 
-fn bench(path: &Path, steps: u64, warmup: u64, json: bool, style: Style) -> ExitCode {
+fn bench(path: &Path, steps: u64, warmup: u64, json: bool, profile: bool, style: Style) -> ExitCode {
     if let Err(code) = checked(path, style) {
         return code;
     }
@@ -380,7 +384,7 @@ fn bench(path: &Path, steps: u64, warmup: u64, json: bool, style: Style) -> Exit
         },
         Variant { lora: true, fuse: true },
     ];
-    match bench(path, warmup, steps, &variants) {
+    match bench(path, warmup, steps, &variants, profile) {
         Ok(rows) => {
             if json {
                 out(&format!(

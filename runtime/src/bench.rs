@@ -35,7 +35,13 @@ pub struct BenchRow {
 }
 
 /// Times every variant on `spec`.
-pub fn bench(spec: &Path, warmup: u64, steps: u64, variants: &[Variant]) -> Result<Vec<BenchRow>, SessionError> {
+pub fn bench(
+    spec: &Path,
+    warmup: u64,
+    steps: u64,
+    variants: &[Variant],
+    profile: bool,
+) -> Result<Vec<BenchRow>, SessionError> {
     let mut rows = Vec::new();
     for v in variants {
         let opts = RunOptions {
@@ -54,6 +60,9 @@ pub fn bench(spec: &Path, warmup: u64, steps: u64, variants: &[Variant]) -> Resu
                 first = st.loss;
             }
         }
+        if profile && let Some(e) = tr.cpu_executor() {
+            e.enable_profile();
+        }
         let started = Instant::now();
         let mut tokens = 0usize;
         let mut last = f32::NAN;
@@ -66,6 +75,15 @@ pub fn bench(spec: &Path, warmup: u64, steps: u64, variants: &[Variant]) -> Resu
             last = st.loss;
         }
         let secs = started.elapsed().as_secs_f64().max(1e-9);
+        if profile && let Some(e) = tr.cpu_executor() {
+            eprintln!(
+                "profile of `{}` ({steps} steps):",
+                if v.lora { "lora" } else { "this spec" }
+            );
+            for (op, d, n) in e.profile().into_iter().take(12) {
+                eprintln!("  {op:<28} {:>9.1} ms  {n:>7} calls", d.as_secs_f64() * 1e3);
+            }
+        }
         let phase = tr.plan.phases.first();
         let trainable: u64 = phase.map_or(0, |p| p.trainable.iter().map(|&i| tr.plan.params[i].numel()).sum());
         rows.push(BenchRow {

@@ -35,7 +35,7 @@ use crate::ir::{F64, Ir, NodeId, Op, ParamInfo, ParamRole, TableKind, TensorType
 use crate::kernel::{Kernel, lib};
 
 /// The largest rank whose adapter epilogue is fused (r multiply-adds per output).
-pub const MAX_EPILOGUE_RANK: usize = 64;
+pub const MAX_EPILOGUE_RANK: usize = 8;
 
 /// What fusion did, for tests and `lamdac plan`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -204,7 +204,9 @@ fn epilogues(ir: &mut Ir, st: &mut FusionStats) {
             }
             let lin = ir.inputs(v.0);
             let (u, b) = (lin[0], lin[1]);
-            let Some(bp) = param_of(ir, b) else { continue };
+            let Some(bp) = param_of(ir, b).filter(|&p| matches!(ir.params[p].role, ParamRole::Adapter { .. })) else {
+                continue;
+            };
             let (d_out, r) = (ir.params[bp].shape[0], ir.params[bp].shape[1]);
             if r > MAX_EPILOGUE_RANK || ty(ir, base).shape.get(1) != Some(&d_out) {
                 continue;
@@ -247,6 +249,9 @@ fn epilogues(ir: &mut Ir, st: &mut FusionStats) {
         }
         let ins = ir.inputs(id);
         let Some(sp) = param_of(ir, ins[1]) else { continue };
+        if !matches!(ir.params[sp].role, ParamRole::Adapter { .. }) {
+            continue;
+        }
         let shape = ir.params[sp].shape.clone();
         if shape.len() == 2
             && shape[0] == shape[1]

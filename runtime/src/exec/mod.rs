@@ -58,6 +58,8 @@ pub struct Executor {
     rope: HashMap<(usize, usize, u64), RopeTable>,
     mode: KernelMode,
     jit: Option<crate::backend::cpu::jit::Jit>,
+    /// Time and count per op, when profiling.
+    profile: Option<std::collections::BTreeMap<String, (std::time::Duration, u64)>>,
 }
 
 impl Executor {
@@ -71,6 +73,23 @@ impl Executor {
             mode,
             ..Self::default()
         }
+    }
+
+    /// Starts recording the time spent per op.
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(Default::default());
+    }
+
+    /// Time and count per op since profiling started, slowest first.
+    pub fn profile(&self) -> Vec<(String, std::time::Duration, u64)> {
+        let mut v: Vec<_> = self
+            .profile
+            .iter()
+            .flatten()
+            .map(|(k, (d, n))| (k.clone(), *d, *n))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v
     }
 
     /// Compiles `kernels` now (with the JIT), so errors and compile time come at plan load.
@@ -135,6 +154,7 @@ impl Executor {
         let mut loss = (f32::NAN, 0usize);
         let mut logits = None;
         for ins in &program.instrs {
+            let started = self.profile.is_some().then(std::time::Instant::now);
             let shapes: Vec<&[usize]> = ins
                 .inputs
                 .iter()
@@ -160,6 +180,15 @@ impl Executor {
                 })?;
             for (&o, s) in ins.outputs.iter().zip(outs) {
                 slots[o] = s;
+            }
+            if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
+                let key = match &ins.op {
+                    Op::Fused(k) => format!("fused {}", k.name.split('_').next().unwrap_or("")),
+                    op => op.name().to_string(),
+                };
+                let e = p.entry(key).or_default();
+                e.0 += t.elapsed();
+                e.1 += 1;
             }
             for &r in &ins.release {
                 if want_logits && Some(r) == program.logits {
@@ -390,15 +419,18 @@ impl Executor {
                 vec![]
             }
             Op::Split { widths } => {
+                use rayon::prelude::*;
                 let x = f(0)?;
                 let (n, w) = dims2(0)?;
-                let mut outs: Vec<Vec<f32>> = widths.iter().map(|&c| Vec::with_capacity(n * c)).collect();
-                for row in x.chunks_exact(w.max(1)) {
-                    let mut at = 0;
-                    for (o, &c) in outs.iter_mut().zip(widths) {
-                        o.extend_from_slice(&row[at..at + c]);
-                        at += c;
+                let mut outs: Vec<Vec<f32>> = widths.iter().map(|&c| vec![0.0; n * c]).collect();
+                let mut at = 0;
+                for (o, &c) in outs.iter_mut().zip(widths) {
+                    if c > 0 && w > 0 {
+                        o.par_chunks_mut(c)
+                            .zip(x.par_chunks(w))
+                            .for_each(|(dst, row)| dst.copy_from_slice(&row[at..at + c]));
                     }
+                    at += c;
                 }
                 outs.into_iter().map(Slot::F32).collect()
             }

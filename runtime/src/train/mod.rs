@@ -164,6 +164,14 @@ impl Trainer {
         &self.backend
     }
 
+    /// The CPU executor, if programs run on the CPU.
+    pub fn cpu_executor(&mut self) -> Option<&mut Executor> {
+        match &mut self.backend {
+            Backend::Cpu(e) => Some(e),
+            Backend::Cuda(_) => None,
+        }
+    }
+
     pub fn total_steps(&self) -> u64 {
         self.plan.train.steps
     }
