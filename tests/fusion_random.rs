@@ -48,10 +48,20 @@ fn write_model(dir: &Path) {
     add("model.embed_tokens.weight".into(), vec![vocab, hidden], 0.5, 0.0);
     for l in 0..layers {
         let p = format!("model.layers.{l}");
-        add(format!("{p}.self_attn.q_proj.weight"), vec![heads * hd, hidden], 0.3, 0.0);
+        add(
+            format!("{p}.self_attn.q_proj.weight"),
+            vec![heads * hd, hidden],
+            0.3,
+            0.0,
+        );
         add(format!("{p}.self_attn.k_proj.weight"), vec![kv * hd, hidden], 0.3, 0.0);
         add(format!("{p}.self_attn.v_proj.weight"), vec![kv * hd, hidden], 0.3, 0.0);
-        add(format!("{p}.self_attn.o_proj.weight"), vec![hidden, heads * hd], 0.3, 0.0);
+        add(
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![hidden, heads * hd],
+            0.3,
+            0.0,
+        );
         add(format!("{p}.mlp.gate_proj.weight"), vec![ffn, hidden], 0.3, 0.0);
         add(format!("{p}.mlp.up_proj.weight"), vec![ffn, hidden], 0.3, 0.0);
         add(format!("{p}.mlp.down_proj.weight"), vec![hidden, ffn], 0.3, 0.0);
@@ -60,8 +70,10 @@ fn write_model(dir: &Path) {
     }
     add("model.norm.weight".into(), vec![hidden], 0.1, 1.0);
     add("lm_head.weight".into(), vec![vocab, hidden], 0.5, 0.0);
-    let refs: BTreeMap<String, TensorRef<'_>> =
-        tensors.iter().map(|(k, (shape, v))| (k.clone(), TensorRef::f32(shape, v))).collect();
+    let refs: BTreeMap<String, TensorRef<'_>> = tensors
+        .iter()
+        .map(|(k, (shape, v))| (k.clone(), TensorRef::f32(shape, v)))
+        .collect();
     write_safetensors(&dir.join("model.safetensors"), &refs, &BTreeMap::new()).unwrap();
     // Token ids below the vocabulary: 3 rows of 7 (the last row of a batch is cut off).
     let ids: Vec<i64> = (0..21).map(|i| (i * 11 + 3) % vocab as i64).collect();
@@ -71,13 +83,30 @@ fn write_model(dir: &Path) {
 
 fn run_spec(dir: &Path, body: &str, fuse: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
     let spec = dir.join(format!("spec-{fuse}.lamda"));
-    std::fs::write(&spec, format!("use \"model\" as m\n{body}\ntrain {{ data \"model/ids.safetensors\" steps 6 batch 3 seq 7 lr 5e-2 }}\n")).unwrap();
-    let opts = RunOptions { spec, out: Some(dir.join(format!("out-{fuse}"))), fuse, ..RunOptions::default() };
+    std::fs::write(
+        &spec,
+        format!(
+            "use \"model\" as m\n{body}\ntrain {{ data \"model/ids.safetensors\" steps 6 batch 3 seq 7 lr 5e-2 }}\n"
+        ),
+    )
+    .unwrap();
+    let opts = RunOptions {
+        spec,
+        out: Some(dir.join(format!("out-{fuse}"))),
+        fuse,
+        ..RunOptions::default()
+    };
     let mut s = prepare(&opts).unwrap();
     let summary = run(&mut s, &mut Quiet, &AtomicBool::new(false)).unwrap();
     let tr = &s.trainer;
-    let trained: Vec<Vec<f32>> =
-        tr.plan.params.iter().enumerate().filter(|(_, p)| p.trainable()).map(|(i, _)| tr.params[i].clone()).collect();
+    let trained: Vec<Vec<f32>> = tr
+        .plan
+        .params
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.trainable())
+        .map(|(i, _)| tr.params[i].clone())
+        .collect();
     (summary.losses, trained)
 }
 
@@ -95,7 +124,10 @@ fn agree(body: &str, name: &str) {
     for (a, b) in p0.iter().zip(&p1) {
         let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let err = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(err <= 1e-6 + 1e-4 * scale, "{name}: trained parameters differ by {err} (scale {scale})");
+        assert!(
+            err <= 1e-6 + 1e-4 * scale,
+            "{name}: trained parameters differ by {err} (scale {scale})"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -107,5 +139,8 @@ fn lamda_everywhere_fused_equals_unfused() {
 
 #[test]
 fn lora_fused_equals_unfused() {
-    agree("adapt m.attn.* with lora rank 5\nadapt m.mlp.* with lora_fa rank 2", "lora");
+    agree(
+        "adapt m.attn.* with lora rank 5\nadapt m.mlp.* with lora_fa rank 2",
+        "lora",
+    );
 }

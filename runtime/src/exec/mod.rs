@@ -88,7 +88,7 @@ impl Executor {
             .flatten()
             .map(|(k, (d, n))| (k.clone(), *d, *n))
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v
     }
 
