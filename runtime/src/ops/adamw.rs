@@ -80,6 +80,25 @@ impl AdamState {
 /// p <- p - (lr / (1 - b1^k)) m / (sqrt(v) / sqrt(1 - b2^k) + eps)
 /// ```
 /// `grad` may hold anything in frozen columns; it is not read there.
+/// The scalar launch parameters of the generated AdamW kernel
+/// (`lamda_compiler::kernel::lib::adamw`) for the `step`-th update (1-based)
+/// with `frozen` leading columns: decay, step size, b1, 1 - b1, b2, 1 - b2,
+/// sqrt(1 - b2^k), eps, frozen. Rounded exactly as [`adamw_step`] rounds them.
+pub fn fused_scalars(cfg: &AdamW, step: u64, frozen: usize) -> [f32; 9] {
+    let k = i32::try_from(step).unwrap_or(i32::MAX);
+    [
+        (1.0 - cfg.lr * cfg.weight_decay) as f32,
+        (cfg.lr / (1.0 - cfg.beta1.powi(k))) as f32,
+        cfg.beta1 as f32,
+        (1.0 - cfg.beta1) as f32,
+        cfg.beta2 as f32,
+        (1.0 - cfg.beta2) as f32,
+        (1.0 - cfg.beta2.powi(k)).sqrt() as f32,
+        cfg.eps as f32,
+        frozen as f32,
+    ]
+}
+
 pub fn adamw_step(
     cfg: &AdamW,
     param: &mut [f32],

@@ -304,18 +304,7 @@ impl Trainer {
         }
         let st = &mut self.adam[p];
         st.step += 1;
-        let k = i32::try_from(st.step).unwrap_or(i32::MAX);
-        let scalars = [
-            (1.0 - cfg.lr * cfg.weight_decay) as f32,
-            (cfg.lr / (1.0 - cfg.beta1.powi(k))) as f32,
-            cfg.beta1 as f32,
-            (1.0 - cfg.beta1) as f32,
-            cfg.beta2 as f32,
-            (1.0 - cfg.beta2) as f32,
-            (1.0 - cfg.beta2.powi(k)).sqrt() as f32,
-            cfg.eps as f32,
-            frozen as f32,
-        ];
+        let scalars = crate::ops::adamw::fused_scalars(cfg, st.step, frozen);
         let kernel = lamda_compiler::kernel::lib::adamw(cols);
         let Backend::Cpu(exec) = &mut self.backend else {
             return Ok(());

@@ -425,18 +425,7 @@ mod tests {
         for (k, frozen) in [0usize, 2, 2, 4].into_iter().enumerate() {
             let g = rng.vec(rows * cols);
             ops::adamw_step(&cfg, &mut p, &g, &mut st, cols, frozen).unwrap();
-            let step = (k + 1) as i32;
-            let scalars = [
-                (1.0 - cfg.lr * cfg.weight_decay) as f32,
-                (cfg.lr / (1.0 - cfg.beta1.powi(step))) as f32,
-                cfg.beta1 as f32,
-                (1.0 - cfg.beta1) as f32,
-                cfg.beta2 as f32,
-                (1.0 - cfg.beta2) as f32,
-                (1.0 - cfg.beta2.powi(step)).sqrt() as f32,
-                cfg.eps as f32,
-                frozen as f32,
-            ];
+            let scalars = ops::adamw::fused_scalars(&cfg, (k + 1) as u64, frozen);
             let mut args = vec![
                 KArg::F32Mut(&mut kp),
                 KArg::F32(&g),
