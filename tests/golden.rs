@@ -133,7 +133,7 @@ fn training_case(case: &str, fuse: bool) {
             let w = format!("{name}.weight");
             close(
                 &format!("init {w} (W_res)"),
-                &tr.params[param(tr, &w)],
+                tr.param_values(param(tr, &w)).unwrap(),
                 &f32s(&exp, &format!("init.{name}.W_res")),
                 1e-5,
                 0.0,

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use crate::ir::build::build_forward;
 use crate::ir::verify::verify;
-use crate::ir::{Ir, ParamRole};
+use crate::ir::{Ir, ParamInfo, ParamRole};
 use crate::passes::{adapter_init, autodiff, freeze, fusion, memory_plan, rank_alloc};
 use crate::plan::{MemorySummary, PhasePlan, Plan, RuleAllocation};
 use crate::spec::{RankChoice, ResolvedSpec};
@@ -105,7 +105,7 @@ pub fn compile_with(
         params = eval_ir.params.clone();
     }
     let eval = memory_plan::plan_memory(&eval_ir);
-    let memory = summarize(&forward, &planned);
+    let memory = summarize(&params, &planned, &eval);
     Ok(Plan {
         model_name: spec.model_name.clone(),
         family: spec.model.family.clone(),
@@ -223,10 +223,24 @@ fn allocate_ranks(
     Ok(out)
 }
 
-fn summarize(forward: &Ir, phases: &[PhasePlan]) -> MemorySummary {
+fn summarize(params: &[ParamInfo], phases: &[PhasePlan], eval: &memory_plan::Program) -> MemorySummary {
     let mut m = MemorySummary::default();
-    for p in &forward.params {
+    // Weights the programs read; parts of a stacked weight live only in the stack.
+    let used: BTreeSet<usize> = phases
+        .iter()
+        .map(|p| &p.program)
+        .chain(std::iter::once(eval))
+        .flat_map(|prog| prog.instrs.iter())
+        .filter_map(|ins| match ins.op {
+            crate::ir::Op::Param(p) | crate::ir::Op::ParamSlice { param: p, .. } => Some(p),
+            _ => None,
+        })
+        .collect();
+    for (i, p) in params.iter().enumerate() {
         let b = p.numel() * 4;
+        if !used.contains(&i) && !matches!(p.role, ParamRole::Adapter { .. }) {
+            continue;
+        }
         match p.role {
             ParamRole::Base { .. } | ParamRole::Residual { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => {
                 m.weights += b
@@ -237,9 +251,9 @@ fn summarize(forward: &Ir, phases: &[PhasePlan]) -> MemorySummary {
     let ever: BTreeSet<usize> = phases.iter().flat_map(|p| p.trainable.iter().copied()).collect();
     let first: u64 = phases
         .first()
-        .map_or(0, |p| p.trainable.iter().map(|&i| forward.params[i].numel() * 4).sum());
+        .map_or(0, |p| p.trainable.iter().map(|&i| params[i].numel() * 4).sum());
     m.grads = first;
-    m.optimizer = 2 * ever.iter().map(|&i| forward.params[i].numel() * 4).sum::<u64>();
+    m.optimizer = 2 * ever.iter().map(|&i| params[i].numel() * 4).sum::<u64>();
     m.activations_peak = phases.iter().map(|p| p.program.memory.peak_bytes).max().unwrap_or(0);
     if let Some(p) = phases.first() {
         m.saved = p.program.memory.saved_bytes;

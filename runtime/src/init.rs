@@ -206,7 +206,29 @@ pub fn initialize(
             });
         }
     }
+    // Base weights that only live inside a stack are dropped: the stack is their only copy.
+    let used = referenced_params(plan);
+    for (i, p) in plan.params.iter().enumerate() {
+        if matches!(p.role, ParamRole::Base { .. } | ParamRole::Residual { .. }) && !used.contains(&i) {
+            params[i] = Vec::new();
+        }
+    }
     Ok(params)
+}
+
+/// Parameters some program of the plan reads (directly or through a slice).
+pub fn referenced_params(plan: &Plan) -> std::collections::BTreeSet<usize> {
+    use lamda_compiler::ir::Op;
+    plan.phases
+        .iter()
+        .map(|p| &p.program)
+        .chain(std::iter::once(&plan.eval))
+        .flat_map(|prog| prog.instrs.iter())
+        .filter_map(|ins| match ins.op {
+            Op::Param(p) | Op::ParamSlice { param: p, .. } => Some(p),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `F_1 F_2 ... F_k` in float64 (diag factors as diagonal matrices), multiplied right to left.

@@ -127,6 +127,9 @@ pub enum Op {
     LinearAdd,
     /// (labels (n)) -> i64 targets (n): `labels[i + 1]`, or -100 at the last position of a sequence.
     ShiftLabels { seq: usize },
+    /// A view of `len` values of a parameter from value `start` on (a row block
+    /// of a stacked weight: the stack is the only copy), shaped by the node.
+    ParamSlice { param: ParamId, start: usize, len: usize },
 }
 
 impl Op {
@@ -160,12 +163,13 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::LinearAdd => "linear_add",
             Op::ShiftLabels { .. } => "shift_labels",
+            Op::ParamSlice { .. } => "param_slice",
         }
     }
     /// Number of operands.
     pub fn arity(&self) -> usize {
         match self {
-            Op::Tokens | Op::Labels | Op::Param(_) => 0,
+            Op::Tokens | Op::Labels | Op::Param(_) | Op::ParamSlice { .. } => 0,
             Op::Scale { .. }
             | Op::Silu
             | Op::Rope { .. }

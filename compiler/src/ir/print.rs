@@ -34,6 +34,7 @@ fn attrs(op: &Op) -> String {
         Op::Fused(k) => format!("[{}]", k.name),
         Op::Split { widths } | Op::Concat { widths } => format!("{widths:?}"),
         Op::ShiftLabels { seq } => format!("[seq={seq}]"),
+        Op::ParamSlice { param, start, len } => format!(" @{param}[{start}..{}]", start + len),
         _ => String::new(),
     }
 }

@@ -269,7 +269,12 @@ fn backward_rule(
         | Op::ParamGrad(_) => {
             return Err(AutodiffError(format!("`{}` is already a backward op", node.op.name())));
         }
-        Op::Fused(_) | Op::Split { .. } | Op::Concat { .. } | Op::LinearAdd | Op::ShiftLabels { .. } => {
+        Op::Fused(_)
+        | Op::Split { .. }
+        | Op::Concat { .. }
+        | Op::LinearAdd
+        | Op::ShiftLabels { .. }
+        | Op::ParamSlice { .. } => {
             return Err(AutodiffError(format!(
                 "`{}` is made by fusion, which runs after autodiff",
                 node.op.name()

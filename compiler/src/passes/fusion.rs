@@ -20,6 +20,10 @@
 //! 4. **Residual adds**: `r + x W^T` becomes a GEMM accumulating into a copy
 //!    of r (`linear_add`); chains of adds (gradient sums) become one n-ary add.
 //!
+//! Stacked weights are the only copy of their parts: every other reader of a
+//! part (the backward `g W`) reads its row block of the stack (`param_slice`),
+//! so the runtime can drop the parts' own buffers.
+//!
 //! Guarantees: the result verifies; every rewrite computes the same math up
 //! to float rounding (tests run fused and unfused plans on the golden cases
 //! and on seeded random inputs); parameters that train are never stacked
@@ -151,7 +155,7 @@ fn stack_gemms(ir: &mut Ir, trainable: &BTreeSet<usize>, st: &mut FusionStats) {
                 ir.params.push(ParamInfo {
                     name: name.clone(),
                     shape: vec![rows, k],
-                    role: ParamRole::Concat { parts: weights },
+                    role: ParamRole::Concat { parts: weights.clone() },
                 });
                 ir.params.len() - 1
             }
@@ -174,6 +178,19 @@ fn stack_gemms(ir: &mut Ir, trainable: &BTreeSet<usize>, st: &mut FusionStats) {
         );
         for (i, &m) in members.iter().enumerate() {
             ir.replace_uses((m, 0), (split, i as u8));
+        }
+        // Every other reader of a stacked weight (the backward `g W`) reads its
+        // row block of the stack: the stack is the only copy the run keeps.
+        let mut start = 0;
+        for (&wp, &rows_i) in weights.iter().zip(&widths) {
+            let len = rows_i * k;
+            if let Some(node) = ir.graph.node_indices().find(|&i| ir.graph[i].op == Op::Param(wp)) {
+                let t = TensorType::f32(&ir.params[wp].shape);
+                let label = ir.params[wp].name.clone();
+                let view = ir.add(Op::ParamSlice { param: p, start, len }, &[], vec![t], label);
+                ir.replace_uses((node, 0), (view, 0));
+            }
+            start += len;
         }
         st.stacked_gemms += 1;
     }

@@ -85,7 +85,7 @@ pub fn plan_memory(ir: &Ir) -> Program {
         let mut outputs = Vec::new();
         for (o, ty) in node.outputs.iter().enumerate() {
             let param = match node.op {
-                Op::Param(p) => Some(p),
+                Op::Param(p) | Op::ParamSlice { param: p, .. } => Some(p),
                 _ => None,
             };
             index.insert((id, o as u8), values.len());

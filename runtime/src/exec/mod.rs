@@ -29,6 +29,8 @@ enum Slot {
     I64(Vec<i64>),
     /// A parameter of the store.
     Param(usize),
+    /// Values `start .. start + len` of a parameter (a row block of a stacked weight).
+    ParamSlice(usize, usize, usize),
 }
 
 /// The result of running a program.
@@ -237,6 +239,10 @@ impl Executor {
                     .get(*p)
                     .map(Vec::as_slice)
                     .ok_or_else(|| ExecError::Internal(format!("no parameter {p}"))),
+                Some(Slot::ParamSlice(p, start, len)) => params
+                    .get(*p)
+                    .and_then(|b| b.get(*start..start + len))
+                    .ok_or_else(|| ExecError::Internal(format!("no values {start}..{} of parameter {p}", start + len))),
                 _ => Err(ExecError::Internal(format!(
                     "operand {i} (value {v}) is not an f32 buffer"
                 ))),
@@ -266,6 +272,7 @@ impl Executor {
             Op::Tokens => vec![Slot::I64(tokens.to_vec())],
             Op::Labels => vec![Slot::I64(labels.to_vec())],
             Op::Param(p) => vec![Slot::Param(*p)],
+            Op::ParamSlice { param, start, len } => vec![Slot::ParamSlice(*param, *start, *len)],
             Op::Embedding => {
                 let (idv, table) = (ids(0)?, f(1)?);
                 let n = idv.len();

@@ -159,6 +159,30 @@ impl Trainer {
         }
     }
 
+    /// The values of parameter `p`, wherever they live: its own buffer, or
+    /// its row block of a stacked weight (fusion keeps only the stack).
+    pub fn param_values(&self, p: usize) -> Option<&[f32]> {
+        let own = self.params.get(p)?;
+        let want = self.plan.params.get(p)?.numel() as usize;
+        if own.len() == want {
+            return Some(own);
+        }
+        self.plan.params.iter().enumerate().find_map(|(s, info)| {
+            let ParamRole::Concat { parts } = &info.role else {
+                return None;
+            };
+            let mut start = 0;
+            for &q in parts {
+                let len = self.plan.params[q].numel() as usize;
+                if q == p {
+                    return self.params.get(s)?.get(start..start + len);
+                }
+                start += len;
+            }
+            None
+        })
+    }
+
     /// Where the programs run.
     pub fn backend(&self) -> &Backend {
         &self.backend

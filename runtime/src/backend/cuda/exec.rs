@@ -52,8 +52,13 @@ pub struct CudaOptions {
 enum Val {
     Empty,
     F32(DevBuf<f32>),
-    I64 { dev: DevBuf<i64>, host: Vec<i64> },
+    I64 {
+        dev: DevBuf<i64>,
+        host: Vec<i64>,
+    },
     Param(usize),
+    /// Values `start .. start + len` of a parameter (a row block of a stacked weight).
+    ParamSlice(usize, usize, usize),
 }
 
 /// (seq, head_dim, theta bits) of a RoPE table.
@@ -147,8 +152,11 @@ impl CudaExecutor {
                 plan.params.len()
             )));
         }
-        for (info, host) in plan.params.iter().zip(params) {
-            if host.len() as u64 != info.numel() {
+        // Base weights that only live inside a stacked weight are dropped by
+        // `init::initialize` (empty); no program reads them.
+        let used = crate::init::referenced_params(plan);
+        for (i, (info, host)) in plan.params.iter().zip(params).enumerate() {
+            if host.len() as u64 != info.numel() && !(host.is_empty() && !used.contains(&i)) {
                 return Err(CudaError::Program(format!(
                     "parameter `{}` has {} values, its shape {:?} needs {}",
                     info.name,
@@ -554,6 +562,12 @@ impl CudaExecutor {
                     .get(*p)
                     .map(|b| (b.ptr(&self.gpu), b.len()))
                     .ok_or_else(|| CudaError::Program(format!("no parameter {p}"))),
+                Some(Val::ParamSlice(p, start, len)) => self
+                    .params
+                    .get(*p)
+                    .filter(|b| start + len <= b.len())
+                    .map(|b| (b.ptr(&self.gpu) + (*start as u64) * 4, *len))
+                    .ok_or_else(|| CudaError::Program(format!("no values {start}..{} of parameter {p}", start + len))),
                 _ => Err(CudaError::Program(format!(
                     "operand {i} (value {v}) is not an f32 buffer"
                 ))),
@@ -587,6 +601,15 @@ impl CudaExecutor {
             Op::Param(p) => {
                 self.param_len(*p)?;
                 vec![Val::Param(*p)]
+            }
+            Op::ParamSlice { param, start, len } => {
+                if start + len > self.param_len(*param)? {
+                    return Err(CudaError::Program(format!(
+                        "slice {start}..{} past parameter {param}",
+                        start + len
+                    )));
+                }
+                vec![Val::ParamSlice(*param, *start, *len)]
             }
             Op::Embedding => {
                 const OP: &str = "embedding_forward";
