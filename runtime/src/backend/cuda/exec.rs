@@ -156,7 +156,8 @@ impl CudaExecutor {
         // `init::initialize` (empty); no program reads them.
         let used = crate::init::referenced_params(plan);
         for (i, (info, host)) in plan.params.iter().zip(params).enumerate() {
-            if host.len() as u64 != info.numel() && !(host.is_empty() && !used.contains(&i)) {
+            let dropped = host.is_empty() && !used.contains(&i);
+            if host.len() as u64 != info.numel() && !dropped {
                 return Err(CudaError::Program(format!(
                     "parameter `{}` has {} values, its shape {:?} needs {}",
                     info.name,
