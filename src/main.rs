@@ -87,6 +87,26 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
+    /// Export a trained adapter as a standard PEFT LoRA adapter (adapter_model.safetensors + adapter_config.json).
+    Export {
+        /// The .lamda file the run was trained with.
+        file: PathBuf,
+        /// The run's output folder (default: the train block's `out`, else runs/<file name>).
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Where to write (default: <run>/peft).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Merge a trained adapter into the base weights: a Hugging Face checkpoint folder.
+    Merge {
+        file: PathBuf,
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Where to write (default: <run>/merged).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Convert a GGUF model (F32/F16/BF16/Q8_0/Q4_1) into a Hugging Face checkpoint folder.
     Convert {
         /// The .gguf file.
@@ -170,6 +190,8 @@ fn main() -> ExitCode {
             color,
         } => emit(&file, target, forward_only, fused, style(color)),
         Command::Convert { gguf, out } => convert(&gguf, &out),
+        Command::Export { file, run, out } => export(&file, run, out, false),
+        Command::Merge { file, run, out } => export(&file, run, out, true),
         Command::Bench {
             file,
             steps,
@@ -399,6 +421,68 @@ fn bench(path: &Path, steps: u64, warmup: u64, json: bool, profile: bool, style:
         Err(e) => {
             eprintln!("error[{}]: {e}", e.code());
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn export(file: &Path, run: Option<PathBuf>, out: Option<PathBuf>, merge: bool) -> ExitCode {
+    let checked = match checked(file, Style::Plain) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(spec) = checked.spec else {
+        return ExitCode::from(1);
+    };
+    let run = run.or_else(|| spec.train.out.clone()).unwrap_or_else(|| {
+        PathBuf::from("runs").join(
+            file.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
+    });
+    let adapter = run.join("adapter.safetensors");
+    if !adapter.is_file() {
+        eprintln!(
+            "error[lamda::export::no_adapter]: `{}` does not exist\n  help: train first (`lamdac train {}`), or pass the run folder with --run",
+            adapter.display(),
+            file.display()
+        );
+        return ExitCode::from(1);
+    }
+    let model = match &spec.model.source {
+        lamda_compiler::model::ModelSource::Checkpoint(d) => d.clone(),
+        lamda_compiler::model::ModelSource::Preset(p) if !merge => PathBuf::from(p),
+        lamda_compiler::model::ModelSource::Preset(p) => {
+            eprintln!("error[lamda::export::no_weights]: `{p}` is a stdlib preset: there are no weights to merge into");
+            return ExitCode::from(1);
+        }
+    };
+    let result = if merge {
+        let out = out.unwrap_or_else(|| run.join("merged"));
+        lamda_runtime::export::merge(&adapter, &model, &out)
+            .map(|()| format!("merged weights written to {}", out.display()))
+    } else {
+        let out = out.unwrap_or_else(|| run.join("peft"));
+        lamda_runtime::export::export_peft(&adapter, &model.display().to_string(), &out).map(|f| {
+            format!(
+                "{} modules exported as a PEFT LoRA adapter to {}",
+                f.len(),
+                out.display()
+            )
+        })
+    };
+    match result {
+        Ok(msg) => {
+            eprintln!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error[{}]: {e}", e.code());
+            let hint = e.hint();
+            if !hint.is_empty() {
+                eprintln!("  help: {hint}");
+            }
+            ExitCode::from(1)
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod describe;
 pub mod exec;
+pub mod export;
 pub mod init;
 pub mod linalg;
 pub mod ops;

@@ -1,0 +1,280 @@
+//! Export a trained adapter as a standard PEFT LoRA adapter, or merge it into the weights (SEMANTICS §9).
+//!
+//! LaMDA never changes A, so a trained module computes `x (W + alpha (B S - B0 S0) A)^T`:
+//! exactly a rank-r LoRA update on the original checkpoint with
+//! `lora_A = A`, `lora_B = alpha (B S - B0 S0)` (float64, rounded once) and a
+//! PEFT scaling of 1 (`lora_alpha = r`). LoRA and LoRA-FA export as they
+//! are (`lora_alpha = alpha`). Other methods (PiSSA changes both factors, so
+//! its update has rank up to 2r) are refused with a pointer to `merge`.
+//! `merge` writes a Hugging Face folder whose adapted weights are
+//! `W + Delta W` (float64, rounded once); everything else is copied.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value as Json, json};
+
+use crate::checkpoint::{CheckpointError, SafetensorsFile, TensorRef, Weights, write_safetensors};
+use crate::linalg::{LinalgError, MatF32, MatF32Ref, lora_export_b};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("`{path}` is not a lamdac adapter file: {msg}")]
+    NotAnAdapter { path: PathBuf, msg: String },
+    #[error("module `{module}` uses method `{method}`, which has no exact LoRA form (its update has rank above r)")]
+    NotLora { module: String, method: String },
+    #[error("`{module}`: {source}")]
+    Linalg { module: String, source: LinalgError },
+    #[error("`{path}`: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl ExportError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ExportError::Checkpoint(e) => e.code(),
+            ExportError::NotAnAdapter { .. } => "lamda::export::not_an_adapter",
+            ExportError::NotLora { .. } => "lamda::export::not_lora",
+            ExportError::Linalg { .. } => "lamda::export::linalg",
+            ExportError::Io { .. } => "lamda::io",
+        }
+    }
+    pub fn hint(&self) -> String {
+        match self {
+            ExportError::NotAnAdapter { .. } => {
+                "pass the output folder of `lamdac train` (it holds adapter.safetensors)".into()
+            }
+            ExportError::NotLora { .. } => "use `lamdac merge` to write merged weights instead".into(),
+            ExportError::Checkpoint(e) => e.hint(),
+            _ => String::new(),
+        }
+    }
+}
+
+/// One adapted module as `adapter.safetensors` describes it.
+#[derive(Debug, Clone)]
+struct Module {
+    name: String,
+    method: String,
+    rank: usize,
+    alpha: f64,
+    d_in: usize,
+    d_out: usize,
+}
+
+/// An exported module: `Delta W = scale * lora_B lora_A`.
+#[derive(Debug, Clone)]
+pub struct LoraFactors {
+    /// Hugging Face module name.
+    pub module: String,
+    /// (r, d_in)
+    pub a: Vec<f32>,
+    /// (d_out, r)
+    pub b: Vec<f32>,
+    pub rank: usize,
+    pub d_in: usize,
+    pub d_out: usize,
+    /// PEFT's `lora_alpha`; the update is scaled by `lora_alpha / r`.
+    pub lora_alpha: f64,
+}
+
+fn modules(file: &SafetensorsFile, path: &Path) -> Result<Vec<Module>, ExportError> {
+    let bad = |msg: &str| ExportError::NotAnAdapter {
+        path: path.to_path_buf(),
+        msg: msg.to_string(),
+    };
+    let text = file
+        .metadata()
+        .get("lamdac.modules")
+        .cloned()
+        .ok_or_else(|| bad("no lamdac.modules metadata"))?;
+    let json: Json = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+    let arr = json.as_array().ok_or_else(|| bad("lamdac.modules is not a list"))?;
+    arr.iter()
+        .map(|m| {
+            let s = |k: &str| {
+                m.get(k)
+                    .and_then(Json::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| bad(&format!("a module has no `{k}`")))
+            };
+            let n = |k: &str| {
+                m.get(k)
+                    .and_then(Json::as_u64)
+                    .map(|v| v as usize)
+                    .ok_or_else(|| bad(&format!("a module has no `{k}`")))
+            };
+            Ok(Module {
+                name: s("module")?,
+                method: s("method")?,
+                rank: n("rank")?,
+                alpha: m.get("alpha").and_then(Json::as_f64).unwrap_or(1.0),
+                d_in: n("d_in")?,
+                d_out: n("d_out")?,
+            })
+        })
+        .collect()
+}
+
+fn tensor(file: &SafetensorsFile, name: &str) -> Result<Vec<f32>, ExportError> {
+    Ok(file.f32(name)?.iter().copied().collect())
+}
+
+/// The LoRA factors of every module of `adapter.safetensors`.
+pub fn lora_factors(adapter: &Path) -> Result<Vec<LoraFactors>, ExportError> {
+    let file = SafetensorsFile::open(adapter)?;
+    let mut out = Vec::new();
+    for m in modules(&file, adapter)? {
+        let t = |x: &str| tensor(&file, &format!("{}.{x}", m.name));
+        let lin = |source| ExportError::Linalg {
+            module: m.name.clone(),
+            source,
+        };
+        let (b, lora_alpha) = match m.method.as_str() {
+            "lamda" => {
+                let (b, s, b0) = (t("B")?, t("S")?, t("B.init")?);
+                let bv = MatF32Ref::new("B", &b, m.d_out, m.rank).map_err(lin)?;
+                let sv = MatF32Ref::new("S", &s, m.rank, m.rank).map_err(lin)?;
+                let b0v = MatF32Ref::new("B0", &b0, m.d_out, m.rank).map_err(lin)?;
+                let delta: MatF32 = lora_export_b(bv, sv, b0v, m.alpha).map_err(lin)?;
+                (delta.into_data(), m.rank as f64)
+            }
+            "lora" | "lora_fa" => (t("B")?, m.alpha),
+            other => {
+                return Err(ExportError::NotLora {
+                    module: m.name.clone(),
+                    method: other.to_string(),
+                });
+            }
+        };
+        out.push(LoraFactors {
+            module: m.name.clone(),
+            a: t("A")?,
+            b,
+            rank: m.rank,
+            d_in: m.d_in,
+            d_out: m.d_out,
+            lora_alpha,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes a PEFT LoRA adapter folder (`adapter_model.safetensors`, `adapter_config.json`).
+pub fn export_peft(adapter: &Path, base_model: &str, out: &Path) -> Result<Vec<LoraFactors>, ExportError> {
+    let factors = lora_factors(adapter)?;
+    std::fs::create_dir_all(out).map_err(|source| ExportError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let mut tensors: BTreeMap<String, TensorRef<'_>> = BTreeMap::new();
+    let shapes: Vec<([usize; 2], [usize; 2])> = factors.iter().map(|f| ([f.rank, f.d_in], [f.d_out, f.rank])).collect();
+    for (f, (sa, sb)) in factors.iter().zip(&shapes) {
+        tensors.insert(
+            format!("base_model.model.{}.lora_A.weight", f.module),
+            TensorRef::f32(sa, &f.a),
+        );
+        tensors.insert(
+            format!("base_model.model.{}.lora_B.weight", f.module),
+            TensorRef::f32(sb, &f.b),
+        );
+    }
+    write_safetensors(&out.join("adapter_model.safetensors"), &tensors, &BTreeMap::new())?;
+    let r = factors.iter().map(|f| f.rank).max().unwrap_or(0);
+    let alpha = factors.first().map_or(r as f64, |f| f.lora_alpha);
+    let rank_pattern: BTreeMap<&str, usize> = factors
+        .iter()
+        .filter(|f| f.rank != r)
+        .map(|f| (f.module.as_str(), f.rank))
+        .collect();
+    let alpha_pattern: BTreeMap<&str, f64> = factors
+        .iter()
+        .filter(|f| f.lora_alpha != alpha)
+        .map(|f| (f.module.as_str(), f.lora_alpha))
+        .collect();
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": r,
+        "lora_alpha": alpha,
+        "target_modules": factors.iter().map(|f| f.module.clone()).collect::<Vec<_>>(),
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": false,
+        "use_dora": false,
+        "fan_in_fan_out": false,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "revision": null,
+    });
+    let text = serde_json::to_string_pretty(&config).unwrap_or_default();
+    crate::train::state::write_atomic(&out.join("adapter_config.json"), text.as_bytes()).map_err(|e| {
+        ExportError::Io {
+            path: out.join("adapter_config.json"),
+            source: std::io::Error::other(e.to_string()),
+        }
+    })?;
+    Ok(factors)
+}
+
+/// Writes a Hugging Face folder with `W + Delta W` for every adapted module
+/// (float64, rounded once) and every other tensor of `model_dir` as is.
+pub fn merge(adapter: &Path, model_dir: &Path, out: &Path) -> Result<(), ExportError> {
+    let factors = lora_factors(adapter)?;
+    let weights = Weights::open(model_dir)?;
+    std::fs::create_dir_all(out).map_err(|source| ExportError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let mut owned: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    for name in weights.names().map(str::to_string).collect::<Vec<_>>() {
+        let t = weights.f32(&name)?;
+        owned.insert(name, (t.shape().to_vec(), t.iter().copied().collect()));
+    }
+    for f in &factors {
+        let key = format!("{}.weight", f.module);
+        let Some((_, w)) = owned.get_mut(&key) else {
+            return Err(ExportError::Checkpoint(CheckpointError::MissingTensor {
+                path: model_dir.to_path_buf(),
+                name: key,
+                close: Vec::new(),
+            }));
+        };
+        let scale = f.lora_alpha / f.rank as f64;
+        for i in 0..f.d_out {
+            for j in 0..f.d_in {
+                let mut acc = 0.0f64;
+                for c in 0..f.rank {
+                    acc += f64::from(f.b[i * f.rank + c]) * f64::from(f.a[c * f.d_in + j]);
+                }
+                let k = i * f.d_in + j;
+                w[k] = (f64::from(w[k]) + scale * acc) as f32;
+            }
+        }
+    }
+    let refs: BTreeMap<String, TensorRef<'_>> = owned
+        .iter()
+        .map(|(k, (s, v))| (k.clone(), TensorRef::f32(s, v)))
+        .collect();
+    write_safetensors(&out.join("model.safetensors"), &refs, &BTreeMap::new())?;
+    for extra in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
+        let src = model_dir.join(extra);
+        if src.is_file() {
+            std::fs::copy(&src, out.join(extra)).map_err(|source| ExportError::Io { path: src, source })?;
+        }
+    }
+    Ok(())
+}
