@@ -243,6 +243,94 @@ fn library_kernels_at_awkward_sizes_match_the_interpreter() {
     }
 }
 
+/// Adapter ranks around the JIT's f32x4 quads of `row_dot` (below 4, with a
+/// remainder, a loop past 32) and output widths around its four-column chunks.
+const RANKS: [usize; 11] = [1, 2, 3, 4, 5, 7, 8, 16, 17, 33, 64];
+const WIDTHS: [usize; 6] = [1, 3, 4, 5, 17, 64];
+
+#[test]
+fn adapter_epilogues_at_every_rank_match_the_interpreter() {
+    let mut jit = Jit::new().unwrap();
+    for &r in &RANKS {
+        for &w in &WIDTHS {
+            check_all(&mut jit, &lib::lamda_epilogue(w, r, 0.5));
+            check_all(&mut jit, &lib::lowrank_epilogue(w, r, 2.0));
+            check_all(&mut jit, &row_dot_scalar_columns(w, r));
+        }
+        check_all(&mut jit, &lib::small_matmul(r));
+    }
+}
+
+/// `y[j] = dot(x[i, :], b[j, :]) + t[j % 3]`: the RoPE frequency index with
+/// head_dim 6 keeps the loop a column at a time, so the `row_dot` without `bt`
+/// takes its one-column form at every column.
+fn row_dot_scalar_columns(w: usize, r: usize) -> Kernel {
+    Kernel {
+        name: format!("row_dot_scalar_columns_w{w}_r{r}"),
+        args: vec![
+            arg("x", ArgTy::Rows { cols: r }, Access::Read),
+            arg("b", ArgTy::Vector { len: w * r }, Access::Read),
+            arg("t", ArgTy::Vector { len: 3 }, Access::Read),
+            arg("y", ArgTy::Rows { cols: w }, Access::Write),
+        ],
+        body: vec![Stmt::Store {
+            arg: 3,
+            cols: w,
+            value: Expr::RowDot {
+                a: 0,
+                b: 1,
+                len: r,
+                bt: false,
+            } + Expr::at(2, Col::HalfIndex { head_dim: 6 }),
+            accumulate: false,
+        }],
+    }
+}
+
+/// Infinities and NaN in the shared matrix and zeros in the row: every
+/// column's class (finite, +-inf, NaN) must match the interpreter's, also
+/// where the JIT's last, overlapping quad of a row re-reads an infinity.
+#[test]
+fn row_dot_special_values_match_the_interpreter() {
+    let mut jit = Jit::new().unwrap();
+    for &r in &RANKS {
+        for &w in &WIDTHS {
+            for k in [lib::lowrank_epilogue(w, r, 2.0), row_dot_scalar_columns(w, r)] {
+                let compiled = jit.compile(&k).unwrap();
+                let rows = 5;
+                let mut bufs = inputs(&k, rows, 3 * r as u64 + w as u64, 0.0);
+                let mut rng = Rng(r as u64 * 101 + w as u64);
+                // The row and the matrix of the row_dot.
+                let (a, b) = if k.args[0].name == "x" { (0, 1) } else { (1, 2) };
+                if let Buf::F32(x) = &mut bufs[a] {
+                    for v in x.iter_mut() {
+                        if rng.below(4) == 0 {
+                            *v = 0.0;
+                        }
+                    }
+                }
+                if let Buf::F32(m) = &mut bufs[b] {
+                    for v in m.iter_mut() {
+                        *v = match rng.below(12) {
+                            0 => f32::INFINITY,
+                            1 => f32::NEG_INFINITY,
+                            2 if rng.below(4) == 0 => f32::NAN,
+                            _ => *v,
+                        };
+                    }
+                }
+                let (mut want, mut got) = (bufs.clone(), bufs);
+                interp::run(&k, &mut kargs(&k, &mut want), rows).unwrap();
+                compiled.launch(&mut kargs(&k, &mut got), rows).unwrap();
+                let y = k.args.len() - 1;
+                if let (Buf::F32(g), Buf::F32(wv)) = (&got[y], &want[y]) {
+                    assert_close(&format!("{} with infinities", k.name), g, wv);
+                }
+            }
+        }
+    }
+}
+
 fn arg(name: &str, ty: ArgTy, access: Access) -> Arg {
     Arg {
         name: name.into(),
@@ -561,6 +649,7 @@ fn splitting_rows_across_threads_gives_the_same_bits() {
         lib::cross_entropy(33, true),
         lib::adamw(64),
         lib::lamda_epilogue(172, 40, 0.5),
+        lib::lowrank_epilogue(65, 17, 2.0),
         lib::rope(48, 8, 5),
         lib::rope(24, 6, 5),
         kitchen_sink(17),

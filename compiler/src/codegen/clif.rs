@@ -60,9 +60,10 @@
 use std::collections::HashMap;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
+use cranelift_codegen::ir::types::{F32, F32X4, I8X16, I32, I32X4, I64};
 use cranelift_codegen::ir::{
-    AbiParam, BlockArg, ConstantData, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName, Value,
+    AbiParam, BlockArg, ConstantData, Endianness, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName,
+    Value,
 };
 use cranelift_codegen::isa::{self, OwnedTargetIsa, TargetFrontendConfig};
 use cranelift_codegen::settings::{self, Configurable};
@@ -90,7 +91,8 @@ pub enum CodegenError {
 /// The fixed target of [`clif_text`].
 const TEXT_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// A `row_dot` up to this length is unrolled, with its `a` row loaded once per row; longer ones loop.
+/// A `row_dot` up to this length is unrolled, with its `a` row loaded once per
+/// row (up to 8 f32x4 registers); longer ones loop over `c`.
 const DOT_UNROLL: usize = 32;
 
 /// The kernel's Cranelift IR as text, for x86-64 System V (pointer width and
@@ -311,7 +313,7 @@ fn vectorizable(e: &Expr) -> bool {
             Col::J | Col::Var(_) => true,
             Col::RopePartner { head_dim } | Col::HalfIndex { head_dim } => lanes_in_half(head_dim),
         },
-        Expr::RowDot { bt, .. } => *bt,
+        Expr::RowDot { .. } => true,
         Expr::Unary(_, a) => vectorizable(a),
         Expr::Binary(_, a, b) => vectorizable(a) && vectorizable(b),
         Expr::Select(c, a, b) => {
@@ -383,8 +385,18 @@ struct Hoisted<'k> {
     scalar: HashMap<&'k Expr, Value>,
     /// The same, splatted to f32x4 (vector loops only).
     splat: HashMap<&'k Expr, Value>,
-    /// The `a` rows of unrolled `row_dot`s, by argument: (len) f32 values.
+    /// The `a` rows of unrolled `row_dot`s with `bt` or shorter than 4, by argument: (len) f32 values.
     dot_rows: HashMap<usize, Vec<Value>>,
+    /// The `a` rows of unrolled `row_dot`s without `bt` of length at least 4, by argument.
+    dot_quads: HashMap<usize, DotQuads>,
+}
+
+/// A row `a[i, 0..len]` (`len >= 4`) as f32x4 registers.
+struct DotQuads {
+    /// `a[i, 4q..4q + 4]` for `q < len / 4`: (len / 4) f32x4 values.
+    quads: Vec<Value>,
+    /// `a[i, len - 4..len]` when `len % 4 != 0` (its first `4 - len % 4` lanes are already in `quads`).
+    window: Option<Value>,
 }
 
 /// One evaluation of a statement's expression: a row (no column), one column or four.
@@ -475,6 +487,17 @@ impl<'k> Lower<'k, '_> {
             Some(a) if a.access == Access::Read => f.with_readonly(),
             _ => f,
         }
+    }
+
+    /// Flags of a load by a `row_dot` without `bt`: [`Lower::load_flags`],
+    /// and for a read-only argument `can_move` (every address it computes is
+    /// in bounds anywhere in the function), which makes the load pure to
+    /// Cranelift: it is emitted next to its use rather than where this
+    /// lowering creates it (which would keep a chunk's every `b` quad live at
+    /// once), and can become the memory operand of the multiply.
+    fn dot_flags(&self, arg: usize) -> MemFlagsData {
+        let f = self.load_flags(arg);
+        if f.readonly() { f.with_can_move() } else { f }
     }
 
     fn var(&self, v: u16) -> Result<Value, CodegenError> {
@@ -887,9 +910,22 @@ impl<'k> Lower<'k, '_> {
             return Ok(());
         }
         match e {
-            Expr::RowDot { a, len, .. } => {
-                if *len <= DOT_UNROLL && !h.dot_rows.contains_key(a) {
-                    let p = self.row_ptr(*a)?;
+            Expr::RowDot { a, len, bt, .. } => {
+                if *len > DOT_UNROLL {
+                    return Ok(());
+                }
+                let p = self.row_ptr(*a)?;
+                if !*bt && *len >= 4 {
+                    let flags = self.dot_flags(*a);
+                    if !h.dot_quads.contains_key(a) {
+                        let quads = (0..*len / 4)
+                            .map(|q| self.b.ins().load(F32X4, flags, p, (q * 16) as i32))
+                            .collect();
+                        let window = (!len.is_multiple_of(4))
+                            .then(|| self.b.ins().load(F32X4, flags, p, ((len - 4) * 4) as i32));
+                        h.dot_quads.insert(*a, DotQuads { quads, window });
+                    }
+                } else if !h.dot_rows.contains_key(a) {
                     let flags = self.load_flags(*a);
                     let row = (0..*len)
                         .map(|c| self.b.ins().load(F32, flags, p, (c * 4) as i32))
@@ -1059,7 +1095,17 @@ impl<'k> Lower<'k, '_> {
         Ok(self.b.ins().select(inside, val, nan))
     }
 
-    /// `sum_{c < len} a[i, c] * b[j, c]` (`b[c, j]` with `bt`), accumulated in c order from 0.
+    /// `sum_{c < len} a[i, c] * b[j, c]` (`b[c, j]` with `bt`) for the chunk's
+    /// column(s). Three forms (see the module doc):
+    ///
+    /// - with `bt`, or one column of a dot shorter than 4: lane-wise products
+    ///   of `a[i, c]` (splatted) and `b`'s values for the chunk's columns,
+    ///   accumulated in c order from 0 (`b[c, j0..j0 + 4]` is contiguous);
+    /// - without `bt`, four columns of a dot shorter than 4: the same, with
+    ///   `b[j0 + l, c]` for the four `l` picked out of `b[j0..j0 + 4, :]` by shuffles
+    ///   ([`Lower::row_dot_short4`]);
+    /// - without `bt`, at least 4 long: per column an f32x4 of partial sums,
+    ///   reduced horizontally ([`Lower::row_dot_quads`]).
     fn row_dot(
         &mut self,
         a: usize,
@@ -1071,8 +1117,11 @@ impl<'k> Lower<'k, '_> {
     ) -> Result<Value, CodegenError> {
         let j = cx.j.ok_or_else(|| self.unsupported("row_dot outside a column loop"))?;
         let lanes = cx.lanes;
-        if lanes == Lanes::Four && !bt {
-            return Err(self.unsupported("row_dot without bt is not vectorised"));
+        if !bt && len >= 4 {
+            return self.row_dot_quads(a, b, len, cx, h);
+        }
+        if !bt && lanes == Lanes::Four {
+            return self.row_dot_short4(a, b, len, cx, h);
         }
         let a_ptr = self.row_ptr(a)?;
         let b_ptr = self.row_ptr(b)?;
@@ -1135,6 +1184,215 @@ impl<'k> Lower<'k, '_> {
 
         self.b.switch_to_block(after);
         Ok(acc_p)
+    }
+
+    /// Four columns `j0..j0 + 4` of a `row_dot` without `bt` and `len < 4`:
+    /// `b[j0..j0 + 4, :]` is `4 len` contiguous values, loaded as `len` f32x4;
+    /// `b[j0 + l, c]` for the four `l` is picked out of them by at most two
+    /// shuffles per c; then, as in the scalar form, `acc += a[i, c] * that` in c order from 0.
+    fn row_dot_short4(
+        &mut self,
+        a: usize,
+        b: usize,
+        len: usize,
+        cx: &mut Chunk<'k>,
+        h: &Hoisted<'k>,
+    ) -> Result<Value, CodegenError> {
+        let j = cx.j.ok_or_else(|| self.unsupported("row_dot outside a column loop"))?;
+        let a_ptr = self.row_ptr(a)?;
+        let b_ptr = self.row_ptr(b)?;
+        let (a_flags, b_flags) = (self.dot_flags(a), self.dot_flags(b));
+        let row_bytes = self.imm(len * 4)?;
+        let off = self.b.ins().imul_imm_u(j, row_bytes);
+        let bj = self.b.ins().iadd(b_ptr, off);
+        // (4 len) values b[j0..j0 + 4, 0..len], row-major.
+        let rows: Vec<Value> = (0..len)
+            .map(|q| self.b.ins().load(F32X4, b_flags, bj, (q * 16) as i32))
+            .collect();
+        let mut acc = self.fconst(Lanes::Four, 0.0);
+        for c in 0..len {
+            let av = match h.dot_rows.get(&a).and_then(|r| r.get(c)) {
+                Some(v) => *v,
+                None => self.b.ins().load(F32, a_flags, a_ptr, (c * 4) as i32),
+            };
+            let av = self.widen(av, Lanes::Four);
+            let bv = self.pick4(&rows, [c, c + len, c + 2 * len, c + 3 * len])?;
+            let prod = self.b.ins().fmul(av, bv);
+            acc = self.b.ins().fadd(acc, prod);
+        }
+        Ok(acc)
+    }
+
+    /// The f32x4 whose lane l is element `idx[l]` of the concatenated f32x4
+    /// values `v` (element e is lane `e % 4` of `v[e / 4]`): each half of the
+    /// result comes from one value, or from two merged by a shuffle first.
+    fn pick4(&mut self, v: &[Value], idx: [usize; 4]) -> Result<Value, CodegenError> {
+        let mut halves = Vec::with_capacity(2);
+        for pair in [[idx[0], idx[1]], [idx[2], idx[3]]] {
+            let [x, y] = pair.map(|e| v.get(e / 4).copied().map(|val| (val, (e % 4) as u8)));
+            let (Some((xv, xl)), Some((yv, yl))) = (x, y) else {
+                return Err(self.unsupported("a row_dot lane past its rows"));
+            };
+            halves.push(if xv == yv {
+                (xv, xl, yl)
+            } else {
+                (self.shuffle32(xv, yv, [xl, xl, 4 + yl, 4 + yl]), 0, 2)
+            });
+        }
+        let [(x, x0, x1), (y, y0, y1)] = [halves[0], halves[1]];
+        Ok(if x == y && [x0, x1, y0, y1] == [0, 1, 2, 3] {
+            x
+        } else {
+            self.shuffle32(x, y, [x0, x1, 4 + y0, 4 + y1])
+        })
+    }
+
+    /// The f32x4 whose lane l is lane `lanes[l]` of `x` (0..4) or `y` (4..8).
+    fn shuffle32(&mut self, x: Value, y: Value, lanes: [u8; 4]) -> Value {
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let mask: Vec<u8> = lanes.iter().flat_map(|&l| (0..4).map(move |b| 4 * l + b)).collect();
+        let mask = self.b.func.dfg.immediates.push(ConstantData::from(mask));
+        let xb = self.b.ins().bitcast(I8X16, le, x);
+        let yb = if x == y { xb } else { self.b.ins().bitcast(I8X16, le, y) };
+        let r = self.b.ins().shuffle(xb, yb, mask);
+        self.b.ins().bitcast(F32X4, le, r)
+    }
+
+    /// A `row_dot` without `bt` and `len >= 4`, for the chunk's column or four
+    /// columns. Per column j, an f32x4 of partial sums: the product of
+    /// `a[i, 4q..4q + 4]` and `b[j, 4q..4q + 4]` for q = 0, then `+=` those for
+    /// q = 1, 2, ... (unrolled with the hoisted `a` row up to [`DOT_UNROLL`],
+    /// else a loop over q), then `+=` the window `a[i, len - 4..len] *
+    /// b[j, len - 4..len]` with the lanes already counted masked to +0 (after
+    /// the product, so an infinite `b` there adds nothing); the partial sums
+    /// `x` are reduced to `(x0 + x2) + (x1 + x3)`, for four columns at once by
+    /// two rounds of interleaving shuffles. The same column gets the same bits
+    /// whether it is computed alone or in a chunk of four.
+    fn row_dot_quads(
+        &mut self,
+        a: usize,
+        b: usize,
+        len: usize,
+        cx: &mut Chunk<'k>,
+        h: &Hoisted<'k>,
+    ) -> Result<Value, CodegenError> {
+        let j = cx.j.ok_or_else(|| self.unsupported("row_dot outside a column loop"))?;
+        let n: i64 = match cx.lanes {
+            Lanes::One => 1,
+            Lanes::Four => 4,
+        };
+        let a_ptr = self.row_ptr(a)?;
+        let b_ptr = self.row_ptr(b)?;
+        let (a_flags, b_flags) = (self.dot_flags(a), self.dot_flags(b));
+        let row_bytes = len
+            .checked_mul(4)
+            .ok_or_else(|| self.unsupported(format!("a row_dot of length {len} is too long")))?;
+        let row_bytes = self.imm(row_bytes)?;
+        // bl[l]: b[j + l, 0]
+        let off = self.b.ins().imul_imm_u(j, row_bytes);
+        let b0 = self.b.ins().iadd(b_ptr, off);
+        let mut bl = vec![b0];
+        for l in 1..n {
+            let next = self.b.ins().iadd_imm_u(b0, row_bytes.saturating_mul(l));
+            bl.push(next);
+        }
+        let quads = len / 4;
+        let hoisted = h.dot_quads.get(&a);
+        let a_quad = |lw: &mut Self, q: usize| match hoisted.and_then(|d| d.quads.get(q)) {
+            Some(v) => *v,
+            None => lw.b.ins().load(F32X4, a_flags, a_ptr, (q * 16) as i32),
+        };
+        // q = 0 starts the partial sums.
+        let aq = a_quad(self, 0);
+        let mut acc = Vec::with_capacity(bl.len());
+        for &p in &bl {
+            let bv = self.b.ins().load(F32X4, b_flags, p, 0);
+            acc.push(self.b.ins().fmul(aq, bv));
+        }
+        if len <= DOT_UNROLL {
+            for q in 1..quads {
+                let aq = a_quad(self, q);
+                for (l, &p) in bl.iter().enumerate() {
+                    let bv = self.b.ins().load(F32X4, b_flags, p, (q * 16) as i32);
+                    let prod = self.b.ins().fmul(aq, bv);
+                    acc[l] = self.b.ins().fadd(acc[l], prod);
+                }
+            }
+        } else if quads > 1 {
+            // head(off, acc..): off < 16 quads ? body : after
+            let head = self.b.create_block();
+            let body = self.b.create_block();
+            let after = self.b.create_block();
+            let off = self.b.append_block_param(head, I64);
+            let acc_p: Vec<Value> = (0..n).map(|_| self.b.append_block_param(head, F32X4)).collect();
+            let start = self.b.ins().iconst(I64, 16);
+            let mut args = vec![BlockArg::Value(start)];
+            args.extend(acc.iter().map(|&v| BlockArg::Value(v)));
+            self.b.ins().jump(head, &args);
+
+            self.b.switch_to_block(head);
+            let end = row_bytes - row_bytes % 16; // 16 quads
+            let more = self.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, off, end);
+            self.b.ins().brif(more, body, &[], after, &[]);
+
+            self.b.switch_to_block(body);
+            let a_addr = self.b.ins().iadd(a_ptr, off);
+            let aq = self.b.ins().load(F32X4, a_flags, a_addr, 0);
+            let next_off = self.b.ins().iadd_imm_u(off, 16);
+            let mut args = vec![BlockArg::Value(next_off)];
+            for (l, &p) in bl.iter().enumerate() {
+                let b_addr = self.b.ins().iadd(p, off);
+                let bv = self.b.ins().load(F32X4, b_flags, b_addr, 0);
+                let prod = self.b.ins().fmul(aq, bv);
+                args.push(BlockArg::Value(self.b.ins().fadd(acc_p[l], prod)));
+            }
+            self.b.ins().jump(head, &args);
+
+            self.b.switch_to_block(after);
+            acc = acc_p;
+        }
+        let rem = len % 4;
+        if rem != 0 {
+            let w_off = self.imm((len - 4) * 4)?;
+            let aw = match hoisted.and_then(|d| d.window) {
+                Some(v) => v,
+                None => {
+                    let addr = self.b.ins().iadd_imm_u(a_ptr, w_off);
+                    self.b.ins().load(F32X4, a_flags, addr, 0)
+                }
+            };
+            // Keep the last `rem` lanes: the others are columns the quads counted.
+            let mask: Vec<u8> = (0..4).flat_map(|l| [if l >= 4 - rem { 0xFF } else { 0 }; 4]).collect();
+            let mask = self.b.func.dfg.constants.insert(ConstantData::from(mask));
+            let mask = self.b.ins().vconst(F32X4, mask);
+            for (l, &p) in bl.iter().enumerate() {
+                let addr = self.b.ins().iadd_imm_u(p, w_off);
+                let bv = self.b.ins().load(F32X4, b_flags, addr, 0);
+                let prod = self.b.ins().fmul(aw, bv);
+                let prod = self.b.ins().band(prod, mask);
+                acc[l] = self.b.ins().fadd(acc[l], prod);
+            }
+        }
+        Ok(match acc[..] {
+            [x] => {
+                let e: Vec<Value> = (0..4u8).map(|l| self.b.ins().extractlane(x, l)).collect();
+                let lo = self.b.ins().fadd(e[0], e[2]);
+                let hi = self.b.ins().fadd(e[1], e[3]);
+                self.b.ins().fadd(lo, hi)
+            }
+            [x, y, z, w] => {
+                // [x0 + x2, y0 + y2, x1 + x3, y1 + y3] and the same for z, w.
+                let s = [(x, y), (z, w)].map(|(p, q)| {
+                    let lo = self.shuffle32(p, q, [0, 4, 1, 5]);
+                    let hi = self.shuffle32(p, q, [2, 6, 3, 7]);
+                    self.b.ins().fadd(lo, hi)
+                });
+                let lo = self.shuffle32(s[0], s[1], [0, 1, 4, 5]);
+                let hi = self.shuffle32(s[0], s[1], [2, 3, 6, 7]);
+                self.b.ins().fadd(lo, hi)
+            }
+            _ => return Err(self.unsupported("a row_dot chunk of neither one column nor four")),
+        })
     }
 
     fn cond(&mut self, c: Cond, cx: &mut Chunk<'k>) -> Result<Mask, CodegenError> {
