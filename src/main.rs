@@ -17,6 +17,7 @@ use lamda_compiler::diag::{Severity, Style, render};
 use lamda_compiler::report;
 use lamda_compiler::resolve::{Checked, check_path};
 use lamda_compiler::spec::Device;
+use lamda_runtime::backend::cuda::Precision;
 use lamda_runtime::session::{self, Observer, RunOptions, SessionError};
 use lamda_runtime::train::{StepStats, Trainer};
 
@@ -135,9 +136,20 @@ enum Command {
         /// Run the unfused reference ops instead of fused, JIT-compiled kernels.
         #[arg(long)]
         no_jit: bool,
+        /// Storage on the GPU: bf16 (frozen weights and saved activations in
+        /// bf16, trainable tensors in f32; the default there) or f32 (parity
+        /// with the CPU). The CPU trains in f32.
+        #[arg(long, value_enum)]
+        precision: Option<PrecisionArg>,
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Bf16,
+    F32,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -208,6 +220,7 @@ fn main() -> ExitCode {
             device,
             quiet,
             no_jit,
+            precision,
             color,
         } => {
             let device = device.map(|d| match d {
@@ -222,6 +235,10 @@ fn main() -> ExitCode {
                 resume,
                 device,
                 fuse: !no_jit,
+                precision: precision.map(|p| match p {
+                    PrecisionArg::Bf16 => Precision::Bf16,
+                    PrecisionArg::F32 => Precision::F32,
+                }),
                 ..RunOptions::default()
             };
             train(&opts, quiet || !std::io::stderr().is_terminal(), style(color))
@@ -616,6 +633,9 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    if let Some(line) = session.trainer.backend().gpu_summary() {
+        eprintln!("{line}");
+    }
     if let Some(step) = session.resumed_from {
         eprintln!("resuming at step {step} of {}", session.trainer.total_steps());
     }

@@ -71,3 +71,30 @@ fn io_and_usage_problems_exit_2() {
     let (code, _, _) = lamdac(&["frobnicate"]);
     assert_eq!(code, 2);
 }
+
+/// Asking for what this machine cannot do is an error before any weight
+/// loads, with the device code and a hint; never a silent fallback.
+#[test]
+fn unavailable_devices_and_precisions_are_errors() {
+    let spec = "tests/golden_specs/lamda_qv_r4_linear03.lamda";
+    let out = std::env::temp_dir().join(format!("lamdac-cli-device-{}", std::process::id()));
+    let out = out.to_str().unwrap();
+    let (code, _, err) = lamdac(&["train", spec, "--device", "cpu", "--precision", "bf16", "--out", out]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[lamda::train::precision]"), "{err}");
+    assert!(err.contains("CUDA backend only"), "{err}");
+    assert!(err.contains("help:"), "{err}");
+    if lamda_runtime::backend::cuda::CudaDevice::count() == 0 {
+        let (code, _, err) = lamdac(&["train", spec, "--device", "cuda", "--out", out]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("error[lamda::train::device]") && err.contains("--device cuda"),
+            "{err}"
+        );
+    } else {
+        eprintln!("a GPU is present: the no-GPU error is not checked");
+    }
+    let (code, _, err) = lamdac(&["train", spec, "--precision", "f16"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!std::path::Path::new(out).join("metrics.jsonl").exists());
+}

@@ -39,6 +39,9 @@ pub enum SessionError {
     NoData,
     #[error("{0}")]
     Device(String),
+    /// A storage precision the chosen device does not run.
+    #[error("{0}")]
+    Precision(String),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
@@ -64,6 +67,7 @@ impl SessionError {
             SessionError::NoWeights { .. } => "lamda::train::no_weights",
             SessionError::NoData => "lamda::train::no_data",
             SessionError::Device(_) => "lamda::train::device",
+            SessionError::Precision(_) => "lamda::train::precision",
             SessionError::Checkpoint(e) => e.code(),
             SessionError::Data(e) => e.code(),
             SessionError::Compile(_) => "lamda::compile",
@@ -83,6 +87,9 @@ impl SessionError {
             SessionError::NoData => "add `data \"file.txt\"` (or .jsonl, .safetensors) to the train block".into(),
             SessionError::Device(_) => {
                 "run with `--device cpu` (or `auto`, which uses a GPU only when one is present)".into()
+            }
+            SessionError::Precision(_) => {
+                "drop `--precision` on the CPU, or run on a GPU with `--device cuda` (bf16 is its default there)".into()
             }
             SessionError::Checkpoint(e) => e.hint(),
             SessionError::Data(e) => e.hint(),
@@ -125,6 +132,8 @@ pub struct RunOptions {
     pub lora_twin: bool,
     /// How fused kernels run on the CPU.
     pub kernels: crate::exec::KernelMode,
+    /// Storage precision on the GPU (default bf16 there; the CPU is f32 only).
+    pub precision: Option<crate::backend::cuda::Precision>,
 }
 
 /// Hooks for progress display and tests. Every method has a default.
@@ -214,6 +223,16 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         Device::Auto if crate::backend::cuda::CudaDevice::detect().is_ok() => Device::Cuda,
         Device::Auto => Device::Cpu,
     };
+    use crate::backend::cuda::Precision;
+    let precision = match (device, opts.precision) {
+        (Device::Cuda, p) => p.unwrap_or(Precision::Bf16),
+        (_, Some(Precision::Bf16)) => {
+            return Err(SessionError::Precision(
+                "--precision bf16: bf16 storage is implemented on the CUDA backend only, and this run is on the CPU, which trains in f32".into(),
+            ));
+        }
+        (_, _) => Precision::F32,
+    };
     let ModelSource::Checkpoint(dir) = &spec.model.source else {
         return Err(SessionError::NoWeights {
             model: spec.model_name.clone(),
@@ -260,7 +279,15 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     });
     let backend = match device {
         Device::Cuda => Backend::Cuda(Box::new(
-            crate::backend::cuda::CudaExecutor::new(&plan, &params).map_err(|e| SessionError::Device(e.to_string()))?,
+            crate::backend::cuda::CudaExecutor::with_options(
+                &plan,
+                &params,
+                crate::backend::cuda::CudaOptions {
+                    precision,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| SessionError::Device(e.to_string()))?,
         )),
         _ => {
             let mut exec = crate::exec::Executor::with_mode(opts.kernels);

@@ -9,7 +9,13 @@
 //!   the device-resident one, then a device AdamW step against the CPU's;
 //! - every library kernel (`kernel::lib::examples()`) against the interpreter;
 //! - single-op programs at awkward shapes (seq 17, head_dim 10, d 783,
-//!   vocab 1001) against the CPU executor.
+//!   vocab 1001) against the CPU executor;
+//! - bf16 mode on the golden case: frozen weights stored as their bf16
+//!   rounding (exactly), half the bytes, and loss and gradients within
+//!   bf16 error of the f32 CPU results.
+//!
+//! Without a GPU, the bf16 schedule of saved activations is still checked
+//! against the memory plan.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -18,7 +24,8 @@ use lamda_compiler::ir::{AttnDims, F64, Op, TensorType};
 use lamda_compiler::kernel::{Access, ArgTy, Kernel, lib};
 use lamda_compiler::passes::memory_plan::{Instr, MemoryPlan, Program, ValueInfo};
 use lamda_runtime::backend::cpu::interp::{self, KArg};
-use lamda_runtime::backend::cuda::{CudaDevice, CudaError, CudaExecutor, CudaOptions, KernelRunner};
+use lamda_runtime::backend::cuda::exec::bf16_saved_schedule;
+use lamda_runtime::backend::cuda::{CudaDevice, CudaError, CudaExecutor, CudaOptions, KernelRunner, Precision};
 use lamda_runtime::exec::Executor;
 use lamda_runtime::ops::{AdamState, AdamW, adamw_step};
 use lamda_runtime::session::{RunOptions, prepare};
@@ -111,6 +118,103 @@ fn without_a_gpu_the_executor_says_why() {
     let s = golden_session();
     let err = CudaExecutor::new(&s.trainer.plan, &s.trainer.params).err().unwrap();
     assert!(matches!(err, CudaError::NoDriver | CudaError::NoDevice(_)), "{err}");
+}
+
+/// Which saved activations bf16 mode rounds, and when, follows from the
+/// memory plan: feature matrices only, after their last forward use and
+/// before the backward starts; every one the backward reads.
+#[test]
+fn bf16_schedule_rounds_saved_feature_tensors_after_their_forward_use() {
+    let s = golden_session();
+    for phase in &s.trainer.plan.phases {
+        let prog = &phase.program;
+        let sched = bf16_saved_schedule(prog);
+        assert_eq!(sched.len(), prog.instrs.len());
+        let first_bwd = prog.instrs.iter().position(|i| i.backward).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, vs) in sched.iter().enumerate() {
+            for &v in vs {
+                assert!(i < first_bwd, "value {v} rounded at {i}, in the backward");
+                assert!(seen.insert(v), "value {v} rounded twice");
+                // no forward instruction after i reads it
+                assert!(prog.instrs[i + 1..first_bwd].iter().all(|ins| !ins.inputs.contains(&v)));
+            }
+        }
+        for (v, info) in prog.values.iter().enumerate() {
+            let feature = info.ty.shape.len() == 2 && info.ty.shape[1] >= 2 && info.param.is_none();
+            let stat = info.label.contains("rstd") || info.label.contains("lse");
+            let expect = info.saved && feature && info.ty.dtype == lamda_compiler::ir::Dtype::F32 && !stat;
+            assert_eq!(
+                seen.contains(&v),
+                expect,
+                "value {v} `{}` {:?}",
+                info.label,
+                info.ty.shape
+            );
+        }
+        assert!(!seen.is_empty());
+    }
+}
+
+#[test]
+fn golden_case_in_bf16_stays_within_bf16_error_of_the_cpu() {
+    let Some(dev) = gpu() else { return };
+    let s = golden_session();
+    let tr = &s.trainer;
+    let plan = &tr.plan;
+    let opts = CudaOptions {
+        precision: Precision::Bf16,
+        ..CudaOptions::default()
+    };
+    let Some(mut cuda) = or_skip(CudaExecutor::on_device(dev, plan, &tr.params, opts)) else {
+        return;
+    };
+    let ids: Vec<i64> = s.eval_batch.input_ids.iter().copied().collect();
+    let labels: Vec<i64> = s.eval_batch.labels.iter().copied().collect();
+    let trains: std::collections::BTreeSet<usize> = plan.phases.iter().flat_map(|p| p.trainable.clone()).collect();
+    let (mut f32_bytes, mut frozen_values) = (0u64, 0u64);
+    for (p, host) in tr.params.iter().enumerate() {
+        f32_bytes += 4 * host.len() as u64;
+        assert_eq!(cuda.param_is_bf16(p), !trains.contains(&p), "parameter {p}");
+        if !trains.contains(&p) {
+            frozen_values += host.len() as u64;
+            let rounded: Vec<f32> = host.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
+            assert_eq!(cuda.download_param(p).unwrap(), rounded, "parameter {p} as stored");
+        }
+    }
+    assert_eq!(cuda.param_bytes(), f32_bytes - 2 * frozen_values);
+    let mut cpu = Executor::new();
+    for (k, phase) in plan.phases.iter().enumerate() {
+        let zeros = || -> Vec<Vec<f32>> {
+            (0..plan.params.len())
+                .map(|p| {
+                    if phase.trainable.contains(&p) {
+                        vec![0.0; tr.params[p].len()]
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect()
+        };
+        let (mut gc, mut gg) = (zeros(), zeros());
+        let want = cpu
+            .run(&phase.program, &tr.params, &mut gc, &ids, &labels, 1.0, false)
+            .unwrap();
+        let got = cuda
+            .run(&phase.program, &tr.params, &mut gg, &ids, &labels, 1.0, false)
+            .unwrap();
+        eprintln!("phase {k}: loss bf16 {} f32 {}", got.loss, want.loss);
+        close(&format!("phase {k} bf16 loss"), &[got.loss], &[want.loss], 0.0, 2e-2);
+        for &p in &phase.trainable {
+            close(
+                &format!("phase {k} bf16 grad {}", plan.params[p].name),
+                &gg[p],
+                &gc[p],
+                1e-6,
+                5e-2,
+            );
+        }
+    }
 }
 
 #[test]

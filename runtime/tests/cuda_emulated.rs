@@ -4,7 +4,8 @@
 //! compared with naive f64 references written here in C++: attention forward
 //! and backward with grouped heads at awkward sizes, RMSNorm and its grad,
 //! cross-entropy (unfused and fused), the LaMDA epilogue, RoPE and its
-//! inverse, AdamW with frozen columns, bf16 conversion, column copies, the
+//! inverse, AdamW with frozen columns, bf16 rounding and widening, the
+//! embedding from a bf16 table, column copies, the
 //! f64 sum of squares. It checks the kernels' arithmetic and their use of
 //! barriers and shared memory without a GPU (real races may still need one
 //! to show). Needs a C++20 compiler (`$CXX`, else g++ or clang++); skips
@@ -225,6 +226,35 @@ int main() {
     std::vector<float> xs = {1.f, -2.5f, 3.14159f, 1e-3f, NAN, 65504.f}; std::vector<unsigned short> hb(6); std::vector<float> back(6);
     launch(lamdac_f32_to_bf16, 1, 32, (const float*)xs.data(), hb.data(), 6LL); launch(lamdac_bf16_to_f32, 1, 32, (const unsigned short*)hb.data(), back.data(), 6LL);
     printf("bf16 round trip: "); for (int i = 0; i < 6; ++i) printf("%g->%g(0x%04x) ", xs[i], back[i], hb[i]); printf("\n");
+    { // f32 -> bf16 against the nearer of the two bf16 neighbours in double (ties to the even one), and NaN
+      std::vector<float> xr = rnd(997, 40.f); xr.push_back(1.00390625f); xr.push_back(1.01171875f); xr.push_back(-0.f);
+      const long long Lr = (long long)xr.size(); std::vector<unsigned short> hr(Lr); std::vector<float> wr(Lr);
+      launch(lamdac_f32_to_bf16, 2, 64, (const float*)xr.data(), hr.data(), Lr);
+      launch(lamdac_bf16_to_f32, 2, 64, (const unsigned short*)hr.data(), wr.data(), Lr);
+      auto val = [](unsigned short h) { int e = (h >> 7) & 0xff, m = h & 0x7f; double v = e ? std::ldexp(1.0 + m / 128.0, e - 127) : std::ldexp(m / 128.0, -126); return (h & 0x8000) ? -v : v; };
+      std::vector<float> gotr(Lr); std::vector<double> wantr(Lr);
+      for (long long i = 0; i < Lr; ++i) {
+        unsigned u; memcpy(&u, &xr[i], 4); unsigned short lo = (unsigned short)(u >> 16), hi = (unsigned short)(lo + 1);
+        double dl = std::fabs(val(lo) - xr[i]), dh = std::fabs(val(hi) - xr[i]);
+        unsigned short want = dl < dh ? lo : dh < dl ? hi : ((lo & 1) ? hi : lo);
+        gotr[i] = (float)(hr[i] == want); wantr[i] = 1.0;
+        if (gotr[i] == 1.f) gotr[i] = (float)(wr[i] == (float)val(want));
+      }
+      check("bf16 rounding and widening", gotr, wantr, 0);
+      std::vector<float> nanv = {NAN}; std::vector<unsigned short> nh(1); std::vector<float> nb(1);
+      launch(lamdac_f32_to_bf16, 1, 32, (const float*)nanv.data(), nh.data(), 1LL);
+      launch(lamdac_bf16_to_f32, 1, 32, (const unsigned short*)nh.data(), nb.data(), 1LL);
+      check("bf16 keeps NaN", {(float)std::isnan(nb[0])}, {1.0}, 0);
+      // embedding from a bf16 table: rows widened exactly; an id out of range gives NaN
+      const int V = 7, D = 45, N = 5; std::vector<float> tf = rnd(V * D, 3.f); std::vector<unsigned short> tb(V * D);
+      launch(lamdac_f32_to_bf16, 1, 64, (const float*)tf.data(), tb.data(), (long long)(V * D));
+      std::vector<long long> ids = {3, 0, 6, 3, 9}; std::vector<float> out(N * D);
+      launch(lamdac_embedding_bf16, 2, 64, (const long long*)ids.data(), (const unsigned short*)tb.data(), out.data(), N, D, V);
+      std::vector<float> ok4(4 * D); std::vector<double> ref4(4 * D);
+      for (int r = 0; r < 4; ++r) for (int c = 0; c < D; ++c) { ok4[r*D+c] = out[r*D+c]; ref4[r*D+c] = val(tb[ids[r]*D+c]); }
+      check("embedding bf16", ok4, ref4, 0);
+      check("embedding bf16 bad id", {(float)std::isnan(out[4*D])}, {1.0}, 0);
+    }
     auto src = rnd(4*13); std::vector<float> dst(4*9, 0);
     launch(lamdac_copy_cols, 2, 32, (const float*)src.data(), dst.data(), 4, 13, 3, 9, 0, 9);
     std::vector<double> rd(4*9); for (int r = 0; r < 4; ++r) for (int c = 0; c < 9; ++c) rd[r*9+c] = src[r*13+3+c];

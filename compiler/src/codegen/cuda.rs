@@ -536,6 +536,9 @@ pub mod support {
     /// `(ids (n) i64, table (vocab, d), out (n, d), int n, int d, int vocab)`; block per row.
     /// Ids outside `0..vocab` write NaN rows (the runtime validates them first).
     pub const EMBEDDING: &str = "lamdac_embedding";
+    /// `(ids (n) i64, table (vocab, d) bf16 bits, out (n, d) f32, int n, int d, int vocab)`: [`EMBEDDING`]
+    /// from a bf16 table, widened exactly; block per row.
+    pub const EMBEDDING_BF16: &str = "lamdac_embedding_bf16";
     /// `(x (n, d), w (d), y (n, d), rstd (n), int n, int d, float eps)`; block per row.
     pub const RMSNORM: &str = "lamdac_rmsnorm";
     /// `(g (n, d), x (n, d), w (d), rstd (n), dx (n, d), int n, int d)`; block per row.
@@ -596,6 +599,7 @@ pub mod support {
     /// Every support kernel.
     pub const ALL: &[&str] = &[
         EMBEDDING,
+        EMBEDDING_BF16,
         RMSNORM,
         RMSNORM_GRAD,
         SCALE,
@@ -638,6 +642,17 @@ extern "C" __global__ void lamdac_embedding(const long long* __restrict__ ids, c
     const bool ok = id >= 0 && id < vocab;
     for (int c = threadIdx.x; c < d; c += blockDim.x)
       out[(long long)i * d + c] = ok ? table[id * d + c] : LAMDAC_NAN;
+  }
+}
+
+extern "C" __global__ void lamdac_embedding_bf16(const long long* __restrict__ ids,
+                                                 const unsigned short* __restrict__ table, float* out, int n, int d,
+                                                 int vocab) {
+  for (int i = blockIdx.x; i < n; i += gridDim.x) {
+    const long long id = ids[i];
+    const bool ok = id >= 0 && id < vocab;
+    for (int c = threadIdx.x; c < d; c += blockDim.x)
+      out[(long long)i * d + c] = ok ? __uint_as_float(((unsigned int)table[id * d + c]) << 16) : LAMDAC_NAN;
   }
 }
 

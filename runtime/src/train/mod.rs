@@ -108,6 +108,21 @@ impl Backend {
         }
     }
 
+    /// For a GPU run: the device, the storage precision and the parameter
+    /// bytes it holds, in one line; None on the CPU.
+    pub fn gpu_summary(&self) -> Option<String> {
+        match self {
+            Backend::Cpu(_) => None,
+            Backend::Cuda(e) => Some(format!(
+                "device: cuda {} ({}), {} storage, parameters {:.1} MiB on the device",
+                e.device().name(),
+                e.arch(),
+                e.precision().name(),
+                e.param_bytes() as f64 / (1u64 << 20) as f64
+            )),
+        }
+    }
+
     /// The device, in words.
     pub fn name(&self) -> &'static str {
         match self {

@@ -23,6 +23,14 @@
 //!
 //! Each op checks the lengths of its operands against the shapes it derives,
 //! as the CPU ops do, before launching: a kernel never indexes past a buffer.
+//!
+//! bf16 mode ([`Precision::Bf16`]): a parameter that trains in no phase is
+//! uploaded as bf16 bits; a saved feature activation is rounded into a bf16
+//! buffer right after its last forward use ([`bf16_saved_schedule`]) and the
+//! f32 one freed. Before each instruction, every bf16 operand the op does
+//! not read itself ([`reads_bf16`]: GEMM operands, the embedding table) is
+//! widened into a transient f32 buffer that stands in for it during that
+//! instruction only. A GEMM with one bf16 operand rounds the other to bf16.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -32,7 +40,7 @@ use lamda_compiler::kernel::{Access, ArgTy, Kernel};
 use lamda_compiler::passes::memory_plan::{Instr, Program};
 use lamda_compiler::plan::Plan;
 
-use super::gpu::{DevBuf, Gpu, KArg, int, long};
+use super::gpu::{DevBuf, Dt, Gpu, KArg, int, long};
 use super::{CudaDevice, CudaError};
 use crate::data::IGNORE_INDEX;
 use crate::exec::{ExecError, RunOutput};
@@ -46,12 +54,72 @@ pub struct CudaOptions {
     /// Let cuBLAS use TF32 tensor cores for the f32 GEMMs (faster, ~1e-3
     /// relative error per product: not the parity mode).
     pub tf32: bool,
+    /// Storage of frozen weights and saved activations.
+    pub precision: Precision,
+}
+
+/// Storage precision on the GPU (see the module doc).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything in f32: the parity mode, which matches the CPU to rounding.
+    #[default]
+    F32,
+    /// Frozen weights and saved activations in bf16; trainable parameters,
+    /// their gradients and AdamW moments in f32; GEMMs that read a bf16
+    /// tensor run with bf16 inputs and f32 accumulation.
+    Bf16,
+}
+
+impl Precision {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// A parameter on the device: an f32 buffer, or bf16 bits for one that never trains (bf16 mode).
+enum PBuf {
+    /// (numel)
+    F32(DevBuf<f32>),
+    /// (numel) bf16 bits
+    Bf16(DevBuf<u16>),
+}
+
+impl PBuf {
+    fn len(&self) -> usize {
+        match self {
+            PBuf::F32(b) => b.len(),
+            PBuf::Bf16(b) => b.len(),
+        }
+    }
+    fn dt(&self) -> Dt {
+        match self {
+            PBuf::F32(_) => Dt::F32,
+            PBuf::Bf16(_) => Dt::Bf16,
+        }
+    }
+    fn ptr(&self, gpu: &Gpu) -> u64 {
+        match self {
+            PBuf::F32(b) => b.ptr(gpu),
+            PBuf::Bf16(b) => b.ptr(gpu),
+        }
+    }
+}
+
+/// `x` rounded to bf16 (nearest even; NaN stays NaN), as `lamdac_f32_to_bf16` does.
+fn host_bf16(x: &[f32]) -> Vec<u16> {
+    x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()
 }
 
 /// A value of a running program.
 enum Val {
     Empty,
     F32(DevBuf<f32>),
+    /// A saved activation kept in bf16 between the forward and the backward (bf16 mode).
+    Bf16(DevBuf<u16>),
     I64 {
         dev: DevBuf<i64>,
         host: Vec<i64>,
@@ -60,6 +128,13 @@ enum Val {
     /// Values `start .. start + len` of a parameter (a row block of a stacked weight).
     ParamSlice(usize, usize, usize),
 }
+
+/// (device address, length, storage) of a float operand.
+type Operand = (u64, usize, Dt);
+
+/// Both operands of a GEMM in one storage: (storage, a, b, the bf16 copies
+/// made for it, to keep alive until the GEMM is queued).
+type GemmPair = (Dt, u64, u64, Vec<DevBuf<u16>>);
 
 /// (seq, head_dim, theta bits) of a RoPE table.
 type RopeKey = (usize, usize, u64);
@@ -76,8 +151,8 @@ struct DevAdam {
 /// Runs a Plan's programs on a GPU. See the module doc.
 pub struct CudaExecutor {
     gpu: Gpu,
-    /// Every parameter of the Plan, in Plan order: (numel).
-    params: Vec<DevBuf<f32>>,
+    /// Every parameter of the Plan, in Plan order: (numel), f32 or bf16.
+    params: Vec<PBuf>,
     /// Gradient buffers (numel), made on first use.
     grads: Vec<Option<DevBuf<f32>>>,
     adam: Vec<Option<DevAdam>>,
@@ -85,6 +160,7 @@ pub struct CudaExecutor {
     trainable: Vec<usize>,
     /// RoPE (cos, sin) tables by (seq, head_dim, theta bits): (seq, head_dim / 2) each.
     rope: HashMap<RopeKey, (DevBuf<f32>, DevBuf<f32>)>,
+    precision: Precision,
 }
 
 fn op_err(source: OpsError) -> CudaError {
@@ -189,13 +265,23 @@ impl CudaExecutor {
         opts: CudaOptions,
     ) -> Result<CudaExecutor, CudaError> {
         let gpu = Gpu::new(dev, &program_kernels(programs.iter().copied()), opts.tf32)?;
-        let dev_params = params.iter().map(|h| gpu.upload(h)).collect::<Result<Vec<_>, _>>()?;
         if let Some(&p) = trainable.iter().find(|&&p| p >= params.len()) {
             return Err(CudaError::Program(format!(
                 "trainable parameter {p} of {}",
                 params.len()
             )));
         }
+        let dev_params = params
+            .iter()
+            .enumerate()
+            .map(|(p, h)| {
+                if opts.precision == Precision::Bf16 && !trainable.contains(&p) {
+                    gpu.upload(&host_bf16(h)).map(PBuf::Bf16)
+                } else {
+                    gpu.upload(h).map(PBuf::F32)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(CudaExecutor {
             gpu,
             grads: (0..params.len()).map(|_| None).collect(),
@@ -203,12 +289,28 @@ impl CudaExecutor {
             params: dev_params,
             trainable: trainable.to_vec(),
             rope: HashMap::new(),
+            precision: opts.precision,
         })
     }
 
     /// The GPU it runs on.
     pub fn device(&self) -> &CudaDevice {
         &self.gpu.dev
+    }
+
+    /// Device bytes of the parameters as stored (2 per value of a bf16 one, 4 otherwise).
+    pub fn param_bytes(&self) -> u64 {
+        self.params.iter().map(|b| (b.len() * b.dt().bytes()) as u64).sum()
+    }
+
+    /// Whether parameter `p` is stored in bf16.
+    pub fn param_is_bf16(&self, p: usize) -> bool {
+        matches!(self.params.get(p), Some(PBuf::Bf16(_)))
+    }
+
+    /// The storage precision it runs with.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The NVRTC architecture of its module (`compute_90`).
@@ -241,7 +343,7 @@ impl CudaExecutor {
             let host = params
                 .get(p)
                 .ok_or_else(|| ExecError::Internal(format!("no parameter {p}")))?;
-            self.gpu.write(&mut self.params[p], host)?;
+            self.upload_param(p, host)?;
         }
         let targets: BTreeSet<usize> = program
             .instrs
@@ -253,7 +355,7 @@ impl CudaExecutor {
                 .get(p)
                 .map(Vec::len)
                 .ok_or_else(|| ExecError::Internal(format!("no gradient buffer for parameter {p}")))?;
-            let numel = self.params.get(p).map_or(0, DevBuf::len);
+            let numel = self.params.get(p).map_or(0, PBuf::len);
             if host_len != numel {
                 return Err(ExecError::Internal(format!(
                     "gradient of parameter {p}: {numel} entries into {host_len}"
@@ -286,10 +388,17 @@ impl CudaExecutor {
         let mut vals: Vec<Val> = (0..program.values.len()).map(|_| Val::Empty).collect();
         let mut loss = (f32::NAN, 0usize);
         let mut logits = None;
-        for ins in &program.instrs {
-            let outs = self
-                .step(ins, program, &vals, (tokens, labels, grad_scale), &mut loss)
-                .map_err(|e| e.at(&ins.label))?;
+        let to_bf16 = match self.precision {
+            Precision::F32 => vec![Vec::new(); program.instrs.len()],
+            Precision::Bf16 => bf16_saved_schedule(program),
+        };
+        for (i, ins) in program.instrs.iter().enumerate() {
+            let restore = self.widen_operands(ins, &mut vals).map_err(|e| e.at(&ins.label))?;
+            let outs = self.step(ins, program, &vals, (tokens, labels, grad_scale), &mut loss);
+            for (v, orig) in restore {
+                vals[v] = orig;
+            }
+            let outs = outs.map_err(|e| e.at(&ins.label))?;
             if outs.len() != ins.outputs.len() {
                 return Err(CudaError::Program(format!(
                     "{}: {} outputs, the program expects {}",
@@ -313,6 +422,15 @@ impl CudaExecutor {
                     logits = Some(self.gpu.download(b)?);
                 }
             }
+            for &v in to_bf16.get(i).map_or(&[][..], Vec::as_slice) {
+                if let Some(slot) = vals.get_mut(v)
+                    && let Val::F32(b) = slot
+                {
+                    let h = self.gpu.alloc::<u16>(b.len())?;
+                    self.gpu.to_bf16(b.ptr(&self.gpu), h.ptr(&self.gpu), b.len())?;
+                    *slot = Val::Bf16(h);
+                }
+            }
         }
         self.synchronize()?;
         Ok(RunOutput {
@@ -327,8 +445,67 @@ impl CudaExecutor {
     fn param_len(&self, p: usize) -> Result<usize, CudaError> {
         self.params
             .get(p)
-            .map(DevBuf::len)
+            .map(PBuf::len)
             .ok_or_else(|| CudaError::Program(format!("no parameter {p}")))
+    }
+
+    /// Storage of the value in `v`, if it is a float tensor.
+    fn val_dt(&self, v: &Val) -> Option<Dt> {
+        match v {
+            Val::F32(_) => Some(Dt::F32),
+            Val::Bf16(_) => Some(Dt::Bf16),
+            Val::Param(p) | Val::ParamSlice(p, _, _) => self.params.get(*p).map(PBuf::dt),
+            Val::Empty | Val::I64 { .. } => None,
+        }
+    }
+
+    /// Before `ins` runs: every bf16 operand it does not read as bf16 itself
+    /// ([`reads_bf16`]) is widened into a fresh f32 buffer that takes its
+    /// place in `vals` for this instruction. Returns the originals, to put back after it.
+    fn widen_operands(&self, ins: &Instr, vals: &mut [Val]) -> Result<Vec<(usize, Val)>, CudaError> {
+        let mut restore: Vec<(usize, Val)> = Vec::new();
+        for (slot, &v) in ins.inputs.iter().enumerate() {
+            if reads_bf16(&ins.op, slot) || restore.iter().any(|(r, _)| *r == v) {
+                continue;
+            }
+            let Some(val) = vals.get(v) else { continue };
+            if self.val_dt(val) != Some(Dt::Bf16) {
+                continue;
+            }
+            let (ptr, len) = match val {
+                Val::Bf16(b) => (b.ptr(&self.gpu), b.len()),
+                Val::Param(p) => {
+                    let b = &self.params[*p];
+                    (b.ptr(&self.gpu), b.len())
+                }
+                Val::ParamSlice(p, start, len) => {
+                    let b = &self.params[*p];
+                    if start + len > b.len() {
+                        return Err(CudaError::Program(format!(
+                            "no values {start}..{} of parameter {p}",
+                            start + len
+                        )));
+                    }
+                    (b.ptr(&self.gpu) + (*start * Dt::Bf16.bytes()) as u64, *len)
+                }
+                _ => continue,
+            };
+            let wide = self.gpu.alloc::<f32>(len)?;
+            self.gpu.widen_bf16(ptr, wide.ptr(&self.gpu), len)?;
+            restore.push((v, std::mem::replace(&mut vals[v], Val::F32(wide))));
+        }
+        Ok(restore)
+    }
+
+    /// Parameter `p`'s f32 buffer (parameters that train are always f32).
+    fn f32_param_ptr(&self, p: usize) -> Result<u64, CudaError> {
+        match self.params.get(p) {
+            Some(PBuf::F32(b)) => Ok(b.ptr(&self.gpu)),
+            Some(PBuf::Bf16(_)) => Err(CudaError::Program(format!(
+                "parameter {p} is stored in bf16 because it never trains; it cannot be updated"
+            ))),
+            None => Err(CudaError::Program(format!("no parameter {p}"))),
+        }
     }
 
     /// (device address, length) of the gradient of `p`, made (zeroed) on first use.
@@ -371,23 +548,28 @@ impl CudaExecutor {
         Ok(out)
     }
 
-    /// Parameter `p` as the device holds it.
+    /// Parameter `p` as the device holds it (widened to f32 when stored in bf16).
     pub fn download_param(&self, p: usize) -> Result<Vec<f32>, CudaError> {
-        let b = self
-            .params
-            .get(p)
-            .ok_or_else(|| CudaError::Program(format!("no parameter {p}")))?;
-        self.gpu.download(b)
+        match self.params.get(p) {
+            Some(PBuf::F32(b)) => self.gpu.download(b),
+            Some(PBuf::Bf16(b)) => Ok(self
+                .gpu
+                .download(b)?
+                .into_iter()
+                .map(|h| half::bf16::from_bits(h).to_f32())
+                .collect()),
+            None => Err(CudaError::Program(format!("no parameter {p}"))),
+        }
     }
 
-    /// Overwrites parameter `p` on the device (same length).
+    /// Overwrites parameter `p` on the device (same length; rounded to bf16 when stored so).
     pub fn upload_param(&mut self, p: usize, data: &[f32]) -> Result<(), CudaError> {
         let gpu = &self.gpu;
-        let b = self
-            .params
-            .get_mut(p)
-            .ok_or_else(|| CudaError::Program(format!("no parameter {p}")))?;
-        gpu.write(b, data)
+        match self.params.get_mut(p) {
+            Some(PBuf::F32(b)) => gpu.write(b, data),
+            Some(PBuf::Bf16(b)) => gpu.write(b, &host_bf16(data)),
+            None => Err(CudaError::Program(format!("no parameter {p}"))),
+        }
     }
 
     /// Zeroes the leading `frozen` columns of the gradient of `p`, a (numel / cols, cols) matrix.
@@ -446,6 +628,7 @@ impl CudaExecutor {
             return Ok(false);
         }
         let (g, _) = self.grad_ptr(p)?;
+        let param = self.f32_param_ptr(p)?;
         if self.adam[p].is_none() {
             self.adam[p] = Some(DevAdam {
                 m: self.gpu.zeros(len)?,
@@ -462,7 +645,7 @@ impl CudaExecutor {
         let step_size = (cfg.lr / (1.0 - cfg.beta1.powi(k))) as f32;
         let bc2 = (1.0 - cfg.beta2.powi(k)).sqrt() as f32;
         let args = [
-            KArg::Ptr(self.params[p].ptr(&self.gpu)),
+            KArg::Ptr(param),
             KArg::Ptr(g),
             KArg::Ptr(st.m.ptr(&self.gpu)),
             KArg::Ptr(st.v.ptr(&self.gpu)),
@@ -551,28 +734,58 @@ impl CudaExecutor {
             .iter()
             .map(|&v| program.values.get(v).map_or(&[][..], |i| i.ty.shape.as_slice()))
             .collect();
-        // (device address, length) of f32 operand i.
-        let f = |i: usize| -> Result<(u64, usize), CudaError> {
+        // (device address, length, storage) of float operand i.
+        let opnd = |i: usize| -> Result<Operand, CudaError> {
             let v = *inputs
                 .get(i)
                 .ok_or_else(|| CudaError::Program(format!("missing operand {i}")))?;
             match vals.get(v) {
-                Some(Val::F32(b)) => Ok((b.ptr(&self.gpu), b.len())),
+                Some(Val::F32(b)) => Ok((b.ptr(&self.gpu), b.len(), Dt::F32)),
+                Some(Val::Bf16(b)) => Ok((b.ptr(&self.gpu), b.len(), Dt::Bf16)),
                 Some(Val::Param(p)) => self
                     .params
                     .get(*p)
-                    .map(|b| (b.ptr(&self.gpu), b.len()))
+                    .map(|b| (b.ptr(&self.gpu), b.len(), b.dt()))
                     .ok_or_else(|| CudaError::Program(format!("no parameter {p}"))),
                 Some(Val::ParamSlice(p, start, len)) => self
                     .params
                     .get(*p)
                     .filter(|b| start + len <= b.len())
-                    .map(|b| (b.ptr(&self.gpu) + (*start as u64) * 4, *len))
+                    .map(|b| (b.ptr(&self.gpu) + (start * b.dt().bytes()) as u64, *len, b.dt()))
                     .ok_or_else(|| CudaError::Program(format!("no values {start}..{} of parameter {p}", start + len))),
                 _ => Err(CudaError::Program(format!(
-                    "operand {i} (value {v}) is not an f32 buffer"
+                    "operand {i} (value {v}) is not a float buffer"
                 ))),
             }
+        };
+        // (device address, length) of f32 operand i.
+        let f = |i: usize| -> Result<(u64, usize), CudaError> {
+            match opnd(i)? {
+                (p, len, Dt::F32) => Ok((p, len)),
+                (_, _, Dt::Bf16) => Err(CudaError::Program(format!(
+                    "operand {i} is stored in bf16 and this op reads f32"
+                ))),
+            }
+        };
+        // Two GEMM operands in one storage: both f32, or both bf16 (an f32
+        // one rounded into a fresh buffer, kept alive in the third field).
+        let pair = |a: Operand, b: Operand| -> Result<GemmPair, CudaError> {
+            if a.2 == Dt::F32 && b.2 == Dt::F32 {
+                return Ok((Dt::F32, a.0, b.0, Vec::new()));
+            }
+            let mut keep = Vec::new();
+            let mut narrow = |(p, len, dt): Operand| -> Result<u64, CudaError> {
+                if dt == Dt::Bf16 {
+                    return Ok(p);
+                }
+                let h = self.gpu.alloc::<u16>(len)?;
+                self.gpu.to_bf16(p, h.ptr(&self.gpu), len)?;
+                let ptr = h.ptr(&self.gpu);
+                keep.push(h);
+                Ok(ptr)
+            };
+            let (pa, pb) = (narrow(a)?, narrow(b)?);
+            Ok((Dt::Bf16, pa, pb, keep))
         };
         // (device address, host mirror) of i64 operand i.
         let ids = |i: usize| -> Result<(u64, &[i64]), CudaError> {
@@ -614,7 +827,7 @@ impl CudaExecutor {
             }
             Op::Embedding => {
                 const OP: &str = "embedding_forward";
-                let ((idp, idv), (table, tlen)) = (ids(0)?, f(1)?);
+                let ((idp, idv), (table, tlen, tdt)) = (ids(0)?, opnd(1)?);
                 let (vocab, d) = dims2(1)?;
                 len_check(OP, "table", tlen, vocab * d)?;
                 for (row, &id) in idv.iter().enumerate() {
@@ -633,7 +846,11 @@ impl CudaExecutor {
                         int(d, "d")?,
                         int(vocab, "vocab")?,
                     ];
-                    gpu.launch_rows(support::EMBEDDING, n, d, &args)?;
+                    let kernel = match tdt {
+                        Dt::F32 => support::EMBEDDING,
+                        Dt::Bf16 => support::EMBEDDING_BF16,
+                    };
+                    gpu.launch_rows(kernel, n, d, &args)?;
                 }
                 vec![Val::F32(y)]
             }
@@ -665,37 +882,40 @@ impl CudaExecutor {
                 const OP: &str = "linear_forward";
                 let add = matches!(ins.op, Op::LinearAdd);
                 let (xi, wi) = if add { (1, 2) } else { (0, 1) };
-                let ((x, xl), (w, wl)) = (f(xi)?, f(wi)?);
+                let (xo, wo) = (opnd(xi)?, opnd(wi)?);
                 let ((n, k), (m, _)) = (dims2(xi)?, dims2(wi)?);
-                len_check(OP, "x", xl, n * k)?;
-                len_check(OP, "w", wl, m * k)?;
+                len_check(OP, "x", xo.1, n * k)?;
+                len_check(OP, "w", wo.1, m * k)?;
                 let y = gpu.alloc::<f32>(n * m)?;
                 if add {
                     let (r, rl) = f(0)?;
                     len_check(OP, "y", rl, n * m)?;
                     gpu.copy(y.ptr(gpu), r, rl * 4)?;
                 }
-                gpu.linear(x, w, y.ptr(gpu), n, k, m, add)?;
+                let (dt, x, w, _keep) = pair(xo, wo)?;
+                gpu.linear(dt, x, w, y.ptr(gpu), n, k, m, add)?;
                 vec![Val::F32(y)]
             }
             Op::LinearGradInput => {
                 const OP: &str = "linear_backward_input";
-                let ((g, gl), (w, wl)) = (f(0)?, f(1)?);
+                let (go, wo) = (opnd(0)?, opnd(1)?);
                 let ((n, m), (_, k)) = (dims2(0)?, dims2(1)?);
-                len_check(OP, "dy", gl, n * m)?;
-                len_check(OP, "w", wl, m * k)?;
+                len_check(OP, "dy", go.1, n * m)?;
+                len_check(OP, "w", wo.1, m * k)?;
                 let dx = gpu.alloc::<f32>(n * k)?;
-                gpu.linear_grad_input(g, w, dx.ptr(gpu), n, k, m)?;
+                let (dt, g, w, _keep) = pair(go, wo)?;
+                gpu.linear_grad_input(dt, g, w, dx.ptr(gpu), n, k, m)?;
                 vec![Val::F32(dx)]
             }
             Op::LinearGradWeight => {
                 const OP: &str = "linear_backward_weight";
-                let ((g, gl), (x, xl)) = (f(0)?, f(1)?);
+                let (go, xo) = (opnd(0)?, opnd(1)?);
                 let ((n, m), (_, k)) = (dims2(0)?, dims2(1)?);
-                len_check(OP, "dy", gl, n * m)?;
-                len_check(OP, "x", xl, n * k)?;
+                len_check(OP, "dy", go.1, n * m)?;
+                len_check(OP, "x", xo.1, n * k)?;
                 let dw = gpu.alloc::<f32>(m * k)?;
-                gpu.linear_grad_weight(g, x, dw.ptr(gpu), n, k, m)?;
+                let (dt, g, x, _keep) = pair(go, xo)?;
+                gpu.linear_grad_weight(dt, g, x, dw.ptr(gpu), n, k, m)?;
                 vec![Val::F32(dw)]
             }
             Op::Scale { c } => {
@@ -1128,6 +1348,56 @@ impl CudaExecutor {
         }
         Ok(outs.into_iter().map(Val::F32).collect())
     }
+}
+
+/// Whether `op` reads operand `slot` in bf16 itself (the GEMMs, and the
+/// embedding table); every other bf16 operand is widened to f32 first.
+fn reads_bf16(op: &Op, slot: usize) -> bool {
+    match op {
+        Op::Linear | Op::LinearGradInput | Op::LinearGradWeight => slot < 2,
+        Op::LinearAdd => slot == 1 || slot == 2,
+        Op::Embedding => slot == 1,
+        _ => false,
+    }
+}
+
+/// For bf16 mode: after which instruction each saved activation is rounded
+/// to bf16 (entry i lists the values to convert once instruction i has run).
+/// A value qualifies when the memory plan marks it saved (made by the
+/// forward, read by the backward), it is not a parameter, the loss or the
+/// logits, and it is an f32 matrix of at least two columns: the feature
+/// tensors. Per-row statistics (RMSNorm's `rstd (n)`, attention's
+/// `lse (batch, H, seq)`) stay f32, as mixed-precision training keeps them.
+/// It is converted after its last forward reader (or its producer when the
+/// forward does not read it again), so the forward reads it in f32 and only
+/// the backward sees the rounded copy.
+pub fn bf16_saved_schedule(program: &Program) -> Vec<Vec<usize>> {
+    let mut after: Vec<Option<usize>> = vec![None; program.values.len()];
+    for (i, ins) in program.instrs.iter().enumerate() {
+        if ins.backward {
+            continue;
+        }
+        for &v in ins.inputs.iter().chain(&ins.outputs) {
+            if let Some(a) = after.get_mut(v) {
+                *a = Some(i);
+            }
+        }
+    }
+    let mut out = vec![Vec::new(); program.instrs.len()];
+    for (v, info) in program.values.iter().enumerate() {
+        let feature =
+            info.ty.dtype == lamda_compiler::ir::Dtype::F32 && info.ty.shape.len() == 2 && info.ty.shape[1] >= 2;
+        let special = program.loss == Some(v) || program.logits == Some(v);
+        if info.saved
+            && info.param.is_none()
+            && feature
+            && !special
+            && let Some(i) = after[v]
+        {
+            out[i].push(v);
+        }
+    }
+    out
 }
 
 /// Counted positions of unshifted `labels`, validated as the CPU does.

@@ -1,4 +1,4 @@
-//! Device buffers, kernel launches, cuBLAS SGEMM and the NVRTC module of a Plan.
+//! Device buffers, kernel launches, cuBLAS GEMMs (f32, and bf16 in with f32 out) and the NVRTC module of a Plan.
 //!
 //! # Design
 //!
@@ -23,7 +23,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t, cublasStatus_t};
+use cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasOperation_t, cublasStatus_t, cudaDataType,
+};
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use lamda_compiler::codegen::cuda::{c_ident, module_source, support};
 use lamda_compiler::kernel::Kernel;
@@ -305,10 +307,13 @@ impl Gpu {
         self.launch(name, grid, row_threads(cols), 0, args)
     }
 
-    /// Column-major SGEMM `C = op(A) op(B) + beta C`, `C` (m, n).
+    /// Column-major GEMM `C = op(A) op(B) + beta C`, `C` (m, n) f32. A and B
+    /// are both f32 (SGEMM) or both bf16 ([`Dt::Bf16`]: `cublasGemmEx` with
+    /// bf16 inputs, f32 output and f32 accumulation, `CUBLAS_COMPUTE_32F`).
     #[allow(clippy::too_many_arguments)]
-    fn sgemm(
+    fn gemm(
         &self,
+        dt: Dt,
         (ta, tb): (bool, bool),
         (m, n, k): (usize, usize, usize),
         (a, lda): (u64, usize),
@@ -338,34 +343,63 @@ impl Gpu {
         // cuBLAS uses the calling thread's current context (cudarc binds it for its own calls only).
         self.dev.ctx.bind_to_thread()?;
         let alpha = 1.0f32;
-        // SAFETY: a, b, c are live device buffers holding the (lda x ..),
-        // (ldb x ..) and (ldc x n) column-major matrices the dimensions imply
-        // (checked by the callers); alpha and beta are host scalars.
-        unsafe {
-            cudarc::cublas::result::sgemm(
-                *self.blas.handle(),
-                op(ta),
-                op(tb),
-                i(m)?,
-                i(n)?,
-                i(k)?,
-                &alpha,
-                a as *const f32,
-                i(lda)?,
-                b as *const f32,
-                i(ldb)?,
-                &beta,
-                c as *mut f32,
-                i(ldc)?,
-            )
+        match dt {
+            // SAFETY: a, b, c are live device buffers holding the (lda x ..),
+            // (ldb x ..) and (ldc x n) column-major matrices the dimensions imply
+            // (checked by the callers); alpha and beta are host scalars.
+            Dt::F32 => unsafe {
+                cudarc::cublas::result::sgemm(
+                    *self.blas.handle(),
+                    op(ta),
+                    op(tb),
+                    i(m)?,
+                    i(n)?,
+                    i(k)?,
+                    &alpha,
+                    a as *const f32,
+                    i(lda)?,
+                    b as *const f32,
+                    i(ldb)?,
+                    &beta,
+                    c as *mut f32,
+                    i(ldc)?,
+                )
+            },
+            // SAFETY: as above, with a and b holding bf16 values (2 bytes
+            // each) and c f32; alpha and beta are f32 as CUBLAS_COMPUTE_32F wants.
+            Dt::Bf16 => unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    *self.blas.handle(),
+                    op(ta),
+                    op(tb),
+                    i(m)?,
+                    i(n)?,
+                    i(k)?,
+                    (&alpha as *const f32).cast(),
+                    a as *const std::ffi::c_void,
+                    cudaDataType::CUDA_R_16BF,
+                    i(lda)?,
+                    b as *const std::ffi::c_void,
+                    cudaDataType::CUDA_R_16BF,
+                    i(ldb)?,
+                    (&beta as *const f32).cast(),
+                    c as *mut std::ffi::c_void,
+                    cudaDataType::CUDA_R_32F,
+                    i(ldc)?,
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            },
         }
         .map_err(|e| CudaError::Blas(format!("{e:?}")))
     }
 
-    /// `y (n, m) = x (n, k) w^T` (+ y when `accumulate`), row-major; w is (m, k).
+    /// `y (n, m) = x (n, k) w^T` (+ y when `accumulate`), row-major; w is (m,
+    /// k); x and w both of storage `dt`, y f32.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear(
         &self,
+        dt: Dt,
         x: u64,
         w: u64,
         y: u64,
@@ -376,12 +410,14 @@ impl Gpu {
     ) -> Result<(), CudaError> {
         let c = gemm_call(RowMajor::Linear, n, k, m);
         let beta = if accumulate { 1.0 } else { 0.0 };
-        self.sgemm(c.trans, c.dims, (w, c.lda), (x, c.ldb), beta, (y, c.ldc))
+        self.gemm(dt, c.trans, c.dims, (w, c.lda), (x, c.ldb), beta, (y, c.ldc))
     }
 
-    /// `dx (n, k) = g (n, m) w (m, k)`, row-major.
+    /// `dx (n, k) = g (n, m) w (m, k)`, row-major; g and w of storage `dt`, dx f32.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear_grad_input(
         &self,
+        dt: Dt,
         g: u64,
         w: u64,
         dx: u64,
@@ -390,12 +426,14 @@ impl Gpu {
         m: usize,
     ) -> Result<(), CudaError> {
         let c = gemm_call(RowMajor::GradInput, n, k, m);
-        self.sgemm(c.trans, c.dims, (w, c.lda), (g, c.ldb), 0.0, (dx, c.ldc))
+        self.gemm(dt, c.trans, c.dims, (w, c.lda), (g, c.ldb), 0.0, (dx, c.ldc))
     }
 
-    /// `dw (m, k) = g^T (m, n) x (n, k)`, row-major.
+    /// `dw (m, k) = g^T (m, n) x (n, k)`, row-major; g and x of storage `dt`, dw f32.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear_grad_weight(
         &self,
+        dt: Dt,
         g: u64,
         x: u64,
         dw: u64,
@@ -404,7 +442,40 @@ impl Gpu {
         m: usize,
     ) -> Result<(), CudaError> {
         let c = gemm_call(RowMajor::GradWeight, n, k, m);
-        self.sgemm(c.trans, c.dims, (x, c.lda), (g, c.ldb), 0.0, (dw, c.ldc))
+        self.gemm(dt, c.trans, c.dims, (x, c.lda), (g, c.ldb), 0.0, (dw, c.ldc))
+    }
+
+    /// `y (bf16 bits) = x (f32)` rounded to nearest even, `len` values.
+    pub(crate) fn to_bf16(&self, x: u64, y: u64, len: usize) -> Result<(), CudaError> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.launch_elems(support::F32_TO_BF16, len, &[KArg::Ptr(x), KArg::Ptr(y), long(len)])
+    }
+
+    /// `y (f32) = x (bf16 bits)`, exactly, `len` values.
+    pub(crate) fn widen_bf16(&self, x: u64, y: u64, len: usize) -> Result<(), CudaError> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.launch_elems(support::BF16_TO_F32, len, &[KArg::Ptr(x), KArg::Ptr(y), long(len)])
+    }
+}
+
+/// Storage of a device tensor: f32, or bf16 (its bits as `u16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dt {
+    F32,
+    Bf16,
+}
+
+impl Dt {
+    /// Bytes per value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Dt::F32 => 4,
+            Dt::Bf16 => 2,
+        }
     }
 }
 

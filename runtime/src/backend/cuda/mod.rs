@@ -23,12 +23,16 @@
 //! - [`kernels`]: [`KernelRunner`], one fused kernel on host buffers with the
 //!   interpreter's launch contract (for tests against the interpreter).
 //!
-//! Precision: f32 storage and f32 arithmetic everywhere (the parity mode).
-//! cuBLAS runs in its default math mode (no TF32) unless
-//! [`CudaOptions::tf32`] asks for it. bf16 storage of frozen weights and
-//! activations is not implemented yet: the conversion kernels exist
-//! (`lamdac_f32_to_bf16`, `lamdac_bf16_to_f32`), the GEMMs and the executor
-//! still read f32.
+//! Precision ([`Precision`]): `F32` keeps f32 storage and f32 arithmetic
+//! everywhere (the parity mode); cuBLAS runs in its default math mode (no
+//! TF32) unless [`CudaOptions::tf32`] asks for it. `Bf16` stores the
+//! parameters that never train in bf16 and rounds the saved feature
+//! activations to bf16 once the forward is done with them
+//! ([`exec::bf16_saved_schedule`]); trainable parameters, gradients and
+//! AdamW moments stay f32. GEMMs reading a bf16 operand run in bf16 with f32
+//! accumulation (`cublasGemmEx`); every other op widens its bf16 operands to
+//! f32 into a transient buffer, except the embedding, which reads a bf16
+//! table itself.
 
 pub mod device;
 pub mod exec;
@@ -38,7 +42,7 @@ pub mod kernels;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 pub use device::CudaDevice;
-pub use exec::{CudaExecutor, CudaOptions};
+pub use exec::{CudaExecutor, CudaOptions, Precision};
 pub use kernels::KernelRunner;
 
 use crate::exec::ExecError;
