@@ -6,6 +6,13 @@
 //! and exits 130.
 
 use std::io::IsTerminal;
+
+/// mimalloc keeps freed memory mapped and reuses it: a training step frees
+/// and allocates the same activation buffers every step, and with the system
+/// allocator each large one is a fresh mmap whose pages fault in again
+/// (measured with `lamdac bench`: a large share of a small model's step).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
