@@ -39,7 +39,7 @@ use crate::ir::{F64, Ir, NodeId, Op, ParamInfo, ParamRole, TableKind, TensorType
 use crate::kernel::{Kernel, lib};
 
 /// The largest rank whose adapter epilogue is fused (r multiply-adds per output).
-pub const MAX_EPILOGUE_RANK: usize = 8;
+pub const MAX_EPILOGUE_RANK: usize = 32;
 
 /// What fusion did, for tests and `lamdac plan`.
 #[derive(Debug, Clone, Default, PartialEq)]
