@@ -149,7 +149,7 @@ fn lora_fused_equals_unfused() {
 /// remainder; 19) and up to the fused-epilogue limit, on both methods.
 #[test]
 fn high_rank_epilogues_fused_equal_unfused() {
-    assert!(lamda_compiler::passes::fusion::MAX_EPILOGUE_RANK >= 19);
+    const { assert!(lamda_compiler::passes::fusion::MAX_EPILOGUE_RANK >= 19) };
     agree(
         "adapt m.attn.{q,o} rank 13 freeze_b linear(0.5)\nadapt m.mlp.* rank 19",
         "lamda_high",
