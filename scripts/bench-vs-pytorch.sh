@@ -7,15 +7,23 @@
 # Needs a release build (cargo build --release) and a Python with torch,
 # numpy and safetensors (PYTHON=/path/to/python; default python3).
 # Timings compare only within one run on one machine.
+#
+# SmolLM2-135M instead (after scripts/fetch-smollm2.sh and `lamdac convert`):
+#   SPEC=scripts/bench-smollm2.lamda MODEL=models/SmolLM2-135M-Instruct BATCH=4 SEQ=256 \
+#     STEPS=3 WARMUP=1 scripts/bench-vs-pytorch.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 STEPS="${STEPS:-10}"
 WARMUP="${WARMUP:-2}"
 LAMDAC="${LAMDAC:-target/release/lamdac}"
-echo "machine: $(nproc) cores; $($PY -c 'import torch; print("torch", torch.__version__)')"
-"$LAMDAC" bench examples/quickstart.lamda --steps "$STEPS" --warmup "$WARMUP" --json > /tmp/lamdac-bench.json
-"$PY" scripts/bench_torch.py --model examples/models/austen-tiny --rank 16 --batch 8 --seq 192 \
+SPEC="${SPEC:-examples/quickstart.lamda}"
+MODEL="${MODEL:-examples/models/austen-tiny}"
+BATCH="${BATCH:-8}"
+SEQ="${SEQ:-192}"
+echo "machine: $(nproc) cores; $($PY -c 'import torch; print("torch", torch.__version__)'); spec $SPEC"
+"$LAMDAC" bench "$SPEC" --steps "$STEPS" --warmup "$WARMUP" --json > /tmp/lamdac-bench.json
+"$PY" scripts/bench_torch.py --model "$MODEL" --rank 16 --batch "$BATCH" --seq "$SEQ" \
   --steps "$STEPS" --warmup "$WARMUP" > /tmp/torch-bench.jsonl
 "$PY" - <<'PY'
 import json

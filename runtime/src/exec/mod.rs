@@ -426,33 +426,18 @@ impl Executor {
                 vec![]
             }
             Op::Split { widths } => {
-                use rayon::prelude::*;
                 let x = f(0)?;
-                let (n, w) = dims2(0)?;
+                let (n, _) = dims2(0)?;
                 let mut outs: Vec<Vec<f32>> = widths.iter().map(|&c| vec![0.0; n * c]).collect();
-                let mut at = 0;
-                for (o, &c) in outs.iter_mut().zip(widths) {
-                    if c > 0 && w > 0 {
-                        o.par_chunks_mut(c)
-                            .zip(x.par_chunks(w))
-                            .for_each(|(dst, row)| dst.copy_from_slice(&row[at..at + c]));
-                    }
-                    at += c;
-                }
+                ops::split_cols(x, n, widths, &mut outs).map_err(op_err)?;
                 outs.into_iter().map(Slot::F32).collect()
             }
             Op::Concat { widths } => {
                 let total: usize = widths.iter().sum();
                 let n = shapes.first().and_then(|s| s.first()).copied().unwrap_or(0);
+                let xs = (0..widths.len()).map(&f).collect::<Result<Vec<_>, _>>()?;
                 let mut y = vec![0.0; n * total];
-                let mut at = 0;
-                for (k, &c) in widths.iter().enumerate() {
-                    let x = f(k)?;
-                    for (dst, src) in y.chunks_exact_mut(total.max(1)).zip(x.chunks_exact(c.max(1))) {
-                        dst[at..at + c].copy_from_slice(src);
-                    }
-                    at += c;
-                }
+                ops::concat_cols(&xs, n, widths, &mut y).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
             Op::LinearAdd => {

@@ -38,6 +38,7 @@
 pub mod adamw;
 pub mod adapters;
 pub mod attention;
+pub mod columns;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
@@ -53,6 +54,7 @@ pub(crate) mod testutil;
 pub use adamw::{AdamState, AdamW, adamw_step};
 pub use adapters::{AdapterShape, lamda_backward, lamda_forward, lora_backward, lora_forward};
 pub use attention::{AttnShape, attention_backward, attention_forward};
+pub use columns::{concat_cols, split_cols};
 pub use cross_entropy::{CrossEntropy, IGNORE_INDEX, causal_lm_cross_entropy};
 pub use elementwise::{add_assign, swiglu_backward, swiglu_forward};
 pub use embedding::{embedding_backward, embedding_forward};
