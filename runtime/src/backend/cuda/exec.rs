@@ -24,8 +24,8 @@
 //! Each op checks the lengths of its operands against the shapes it derives,
 //! as the CPU ops do, before launching: a kernel never indexes past a buffer.
 //!
-//! bf16 mode ([`Precision::Bf16`]): a parameter that trains in no phase is
-//! uploaded as bf16 bits; a saved feature activation is rounded into a bf16
+//! bf16 mode ([`Precision::Bf16`]): a weight matrix that trains in no phase
+//! is uploaded as bf16 bits (vectors and RoPE tables stay f32); a saved feature activation is rounded into a bf16
 //! buffer right after its last forward use ([`bf16_saved_schedule`]) and the
 //! f32 one freed. Before each instruction, every bf16 operand the op does
 //! not read itself ([`reads_bf16`]: GEMM operands, the embedding table) is
@@ -251,17 +251,60 @@ impl CudaExecutor {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        Self::for_programs(dev, &programs, params, &trainable, opts)
+        // bf16 storage: frozen weight matrices; vectors (norm weights) and
+        // the RoPE tables are small and stay f32.
+        let narrow: Vec<bool> = plan
+            .params
+            .iter()
+            .enumerate()
+            .map(|(p, info)| {
+                opts.precision == Precision::Bf16
+                    && !trainable.contains(&p)
+                    && info.shape.len() == 2
+                    && !matches!(info.role, lamda_compiler::ir::ParamRole::Table(_))
+            })
+            .collect();
+        Self::build(dev, &programs, params, &trainable, &narrow, opts)
     }
 
     /// An executor for any `programs` (a Plan's, or hand-built ones in tests):
     /// `params[i]` is parameter i, `trainable` the parameters
     /// [`CudaExecutor::run`] uploads before each run (those a trainer updates).
+    /// In bf16 mode, a parameter that does not train and that the programs
+    /// read as a matrix is stored in bf16.
     pub fn for_programs(
         dev: CudaDevice,
         programs: &[&Program],
         params: &[Vec<f32>],
         trainable: &[usize],
+        opts: CudaOptions,
+    ) -> Result<CudaExecutor, CudaError> {
+        let mut narrow = vec![opts.precision == Precision::Bf16; params.len()];
+        for &p in trainable {
+            if let Some(n) = narrow.get_mut(p) {
+                *n = false;
+            }
+        }
+        for prog in programs {
+            for v in &prog.values {
+                if let Some(p) = v.param
+                    && v.ty.shape.len() != 2
+                    && let Some(n) = narrow.get_mut(p)
+                {
+                    *n = false;
+                }
+            }
+        }
+        Self::build(dev, programs, params, trainable, &narrow, opts)
+    }
+
+    /// The executor, with parameter `p` stored in bf16 where `narrow[p]`.
+    fn build(
+        dev: CudaDevice,
+        programs: &[&Program],
+        params: &[Vec<f32>],
+        trainable: &[usize],
+        narrow: &[bool],
         opts: CudaOptions,
     ) -> Result<CudaExecutor, CudaError> {
         let gpu = Gpu::new(dev, &program_kernels(programs.iter().copied()), opts.tf32)?;
@@ -275,7 +318,7 @@ impl CudaExecutor {
             .iter()
             .enumerate()
             .map(|(p, h)| {
-                if opts.precision == Precision::Bf16 && !trainable.contains(&p) {
+                if narrow.get(p).copied().unwrap_or(false) {
                     gpu.upload(&host_bf16(h)).map(PBuf::Bf16)
                 } else {
                     gpu.upload(h).map(PBuf::F32)

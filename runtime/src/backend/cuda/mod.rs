@@ -26,7 +26,7 @@
 //! Precision ([`Precision`]): `F32` keeps f32 storage and f32 arithmetic
 //! everywhere (the parity mode); cuBLAS runs in its default math mode (no
 //! TF32) unless [`CudaOptions::tf32`] asks for it. `Bf16` stores the
-//! parameters that never train in bf16 and rounds the saved feature
+//! weight matrices that never train in bf16 and rounds the saved feature
 //! activations to bf16 once the forward is done with them
 //! ([`exec::bf16_saved_schedule`]); trainable parameters, gradients and
 //! AdamW moments stay f32. GEMMs reading a bf16 operand run in bf16 with f32
