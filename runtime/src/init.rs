@@ -2,7 +2,9 @@
 //! adapter tensors by their initialisers, residual weights `W - path(init)`.
 //!
 //! SVD-based initialisers use the float64 thin SVD with the sign convention
-//! of SEMANTICS §2 (`linalg::thin_svd`), computed once per module; the
+//! of SEMANTICS §2 (`linalg::top_svd`: the exact thin SVD when the weight's
+//! smaller side is at most 1024, else the top r triplets by randomized
+//! subspace iteration; see spec/semantics.md), computed once per module; the
 //! residual is evaluated in float64 from the float32 tensors at their initial
 //! values and rounded once (SEMANTICS §3). Random initialisers draw from a
 //! xoshiro256** stream seeded by the recipe, row by row.
@@ -15,7 +17,7 @@ use lamda_compiler::ir::{ParamRole, PathFactor, TableKind};
 use lamda_compiler::plan::Plan;
 
 use crate::checkpoint::{CheckpointError, Weights};
-use crate::linalg::{LinalgError, MatF32Ref, Xoshiro256StarStar, init::kaiming_uniform, thin_svd};
+use crate::linalg::{EXACT_SVD_MAX_DIM, LinalgError, MatF32Ref, Xoshiro256StarStar, init::kaiming_uniform, top_svd};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -67,9 +69,28 @@ pub fn initialize(
                 source,
             }
         };
+        // The singular triplets the SVD initialisers read: r of them for
+        // `A = V[:, :r]^T` (rows) and `B = U[:, :r]` (columns).
+        let needed = recipe
+            .tensors
+            .iter()
+            .filter_map(|&(p, init, _)| match (init, plan.params[p].shape.as_slice()) {
+                (Init::SvdRight | Init::SvdRightScaled, [r, _]) => Some(*r),
+                (Init::SvdLeft | Init::SvdLeftScaled, [_, r]) => Some(*r),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
         let svd = if recipe.needs_svd {
             let w = MatF32Ref::new("weight", &params[a.base], d_out, d_in).map_err(err(&recipe.weight))?;
-            Some(thin_svd(w).map_err(err(&recipe.weight))?)
+            let svd = top_svd(w, needed, EXACT_SVD_MAX_DIM).map_err(err(&recipe.weight))?;
+            if svd.k() < needed {
+                return Err(InitError::Other {
+                    name: recipe.weight.clone(),
+                    msg: format!("{needed} singular vectors needed, the weight has {}", svd.k()),
+                });
+            }
+            Some(svd)
         } else {
             None
         };

@@ -25,7 +25,7 @@ pub use init::{
 };
 pub use rng::{SplitMix64, Xoshiro256StarStar};
 pub use spectrum::{energy, energy_from_singular_values, energy_from_squared, squared_singular_values};
-pub use svd::{ThinSvd, thin_svd};
+pub use svd::{EXACT_SVD_MAX_DIM, ThinSvd, thin_svd, top_svd};
 
 /// Errors of the dense linear algebra routines.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
