@@ -129,6 +129,15 @@ for t in "$ROOT"/target/*/deps/cuda_backend-* "$ROOT"/target/*/deps/cuda_nvrtc-*
 done
 [ "$found" = 0 ] && add "tests: no prebuilt cuda_backend/cuda_nvrtc binaries under target/*/deps (cargo test --no-run elsewhere)"
 
+# run_args RUN: sets args to the device flags of run cpu, cuda-f32 or cuda-bf16.
+run_args() {
+  case $1 in
+    cpu) args=(--device cpu) ;;
+    cuda-f32) args=(--device cuda --precision f32) ;;
+    cuda-bf16) args=(--device cuda --precision bf16) ;;
+  esac
+}
+
 # ---------------------------------------------------------------- 3. golden specs, CPU vs CUDA
 note "golden specs through lamdac train"
 # losses FILE: the per-step losses of a metrics.jsonl, one per line.
@@ -158,11 +167,7 @@ if [ -x "$LAMDAC" ]; then
     [ -f "$spec" ] || continue
     name=$(basename "$spec" .lamda)
     for run in cpu cuda-f32 cuda-bf16; do
-      case $run in
-        cpu) args=(--device cpu) ;;
-        cuda-f32) args=(--device cuda --precision f32) ;;
-        cuda-bf16) args=(--device cuda --precision bf16) ;;
-      esac
+      run_args "$run"
       if ! timeout 600 "$LAMDAC" train "$spec" "${args[@]}" --out "$OUT/$name-$run" --quiet >"$OUT/$name-$run.log" 2>&1; then
         add "golden $name: lamdac train ${args[*]} FAILED: $(grep -v '^\s*$' "$OUT/$name-$run.log" | tail -n 2 | tr '\n' ' ')"
       fi
@@ -248,11 +253,7 @@ print(f"{1024 / t * 1000:.1f} ms/step ({t:.0f} tokens/s, median of {len(tps)})")
 PY
     }
     for run in cpu cuda-f32 cuda-bf16; do
-      case $run in
-        cpu) args=(--device cpu) ;;
-        cuda-f32) args=(--device cuda --precision f32) ;;
-        cuda-bf16) args=(--device cuda --precision bf16) ;;
-      esac
+      run_args "$run"
       start=$(date +%s)
       if timeout 900 "$LAMDAC" train "$SMOL/smol.lamda" "${args[@]}" --out "$SMOL/run-$run" --quiet >"$SMOL/$run.log" 2>&1; then
         add "smollm2-135m step on $run: $(step_time "$SMOL/run-$run/metrics.jsonl") [run $(($(date +%s) - start)) s]"

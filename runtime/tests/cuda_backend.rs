@@ -120,6 +120,26 @@ fn without_a_gpu_the_executor_says_why() {
     assert!(matches!(err, CudaError::NoDriver | CudaError::NoDevice(_)), "{err}");
 }
 
+/// Runs `run` with zeroed gradient buffers for what `phase` trains: its
+/// output and those gradients.
+fn with_grads<T>(
+    phase: &lamda_compiler::plan::PhasePlan,
+    tr: &lamda_runtime::train::Trainer,
+    run: impl FnOnce(&mut [Vec<f32>]) -> T,
+) -> (T, Vec<Vec<f32>>) {
+    let mut grads: Vec<Vec<f32>> = (0..tr.plan.params.len())
+        .map(|p| {
+            if phase.trainable.contains(&p) {
+                vec![0.0; tr.params[p].len()]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    let out = run(&mut grads);
+    (out, grads)
+}
+
 /// Which saved activations bf16 mode rounds, and when, follows from the
 /// memory plan: feature matrices only, after their last forward use and
 /// before the backward starts; every one the backward reads.
@@ -187,24 +207,10 @@ fn golden_case_in_bf16_stays_within_bf16_error_of_the_cpu() {
     assert_eq!(cuda.param_bytes(), f32_bytes - 2 * frozen_values);
     let mut cpu = Executor::new();
     for (k, phase) in plan.phases.iter().enumerate() {
-        let zeros = || -> Vec<Vec<f32>> {
-            (0..plan.params.len())
-                .map(|p| {
-                    if phase.trainable.contains(&p) {
-                        vec![0.0; tr.params[p].len()]
-                    } else {
-                        Vec::new()
-                    }
-                })
-                .collect()
-        };
-        let (mut gc, mut gg) = (zeros(), zeros());
-        let want = cpu
-            .run(&phase.program, &tr.params, &mut gc, &ids, &labels, 1.0, false)
-            .unwrap();
-        let got = cuda
-            .run(&phase.program, &tr.params, &mut gg, &ids, &labels, 1.0, false)
-            .unwrap();
+        let prog = &phase.program;
+        let (want, gc) = with_grads(phase, tr, |g| cpu.run(prog, &tr.params, g, &ids, &labels, 1.0, false));
+        let (got, gg) = with_grads(phase, tr, |g| cuda.run(prog, &tr.params, g, &ids, &labels, 1.0, false));
+        let (want, got) = (want.unwrap(), got.unwrap());
         eprintln!("phase {k}: loss bf16 {} f32 {}", got.loss, want.loss);
         close(&format!("phase {k} bf16 loss"), &[got.loss], &[want.loss], 0.0, 2e-2);
         for &p in &phase.trainable {
@@ -246,24 +252,10 @@ fn golden_case_forward_backward_matches_the_cpu() {
 
     // Every phase: loss and gradients, with a grad_scale as accumulation uses.
     for (k, phase) in plan.phases.iter().enumerate() {
-        let zeros = || -> Vec<Vec<f32>> {
-            (0..plan.params.len())
-                .map(|p| {
-                    if phase.trainable.contains(&p) {
-                        vec![0.0; tr.params[p].len()]
-                    } else {
-                        Vec::new()
-                    }
-                })
-                .collect()
-        };
-        let (mut gc, mut gg) = (zeros(), zeros());
-        let want = cpu
-            .run(&phase.program, &tr.params, &mut gc, &ids, &labels, 0.5, false)
-            .unwrap();
-        let got = cuda
-            .run(&phase.program, &tr.params, &mut gg, &ids, &labels, 0.5, false)
-            .unwrap();
+        let prog = &phase.program;
+        let (want, gc) = with_grads(phase, tr, |g| cpu.run(prog, &tr.params, g, &ids, &labels, 0.5, false));
+        let (got, gg) = with_grads(phase, tr, |g| cuda.run(prog, &tr.params, g, &ids, &labels, 0.5, false));
+        let (want, got) = (want.unwrap(), got.unwrap());
         close(&format!("phase {k} loss"), &[got.loss], &[want.loss], 0.0, 1e-5);
         for &p in &phase.trainable {
             close(
