@@ -25,9 +25,9 @@
 //! as the CPU ops do, before launching: a kernel never indexes past a buffer.
 //!
 //! bf16 mode ([`Precision::Bf16`]): a weight matrix that trains in no phase
-//! is uploaded as bf16 bits (vectors and RoPE tables stay f32); a saved feature activation is rounded into a bf16
-//! buffer right after its last forward use ([`bf16_saved_schedule`]) and the
-//! f32 one freed. Before each instruction, every bf16 operand the op does
+//! is uploaded as bf16 bits (vectors and RoPE tables stay f32); a saved
+//! feature activation is rounded into a bf16 buffer right after the
+//! instruction that makes it ([`bf16_saved_schedule`]) and the f32 one freed. Before each instruction, every bf16 operand the op does
 //! not read itself ([`reads_bf16`]: GEMM operands, the embedding table) is
 //! widened into a transient f32 buffer that stands in for it during that
 //! instruction only. A GEMM with one bf16 operand rounds the other to bf16.
@@ -1411,33 +1411,24 @@ fn reads_bf16(op: &Op, slot: usize) -> bool {
 /// logits, and it is an f32 matrix of at least two columns: the feature
 /// tensors. Per-row statistics (RMSNorm's `rstd (n)`, attention's
 /// `lse (batch, H, seq)`) stay f32, as mixed-precision training keeps them.
-/// It is converted after its last forward reader (or its producer when the
-/// forward does not read it again), so the forward reads it in f32 and only
-/// the backward sees the rounded copy.
+/// It is converted right after the instruction that makes it, so the forward
+/// and the backward read the same rounded values: attention's backward
+/// recomputes its probabilities from q and k against the forward's
+/// log-sum-exp, which must come from the same q and k.
 pub fn bf16_saved_schedule(program: &Program) -> Vec<Vec<usize>> {
-    let mut after: Vec<Option<usize>> = vec![None; program.values.len()];
+    let mut out = vec![Vec::new(); program.instrs.len()];
     for (i, ins) in program.instrs.iter().enumerate() {
         if ins.backward {
             continue;
         }
-        for &v in ins.inputs.iter().chain(&ins.outputs) {
-            if let Some(a) = after.get_mut(v) {
-                *a = Some(i);
+        for &v in &ins.outputs {
+            let Some(info) = program.values.get(v) else { continue };
+            let feature =
+                info.ty.dtype == lamda_compiler::ir::Dtype::F32 && info.ty.shape.len() == 2 && info.ty.shape[1] >= 2;
+            let special = program.loss == Some(v) || program.logits == Some(v);
+            if info.saved && info.param.is_none() && feature && !special {
+                out[i].push(v);
             }
-        }
-    }
-    let mut out = vec![Vec::new(); program.instrs.len()];
-    for (v, info) in program.values.iter().enumerate() {
-        let feature =
-            info.ty.dtype == lamda_compiler::ir::Dtype::F32 && info.ty.shape.len() == 2 && info.ty.shape[1] >= 2;
-        let special = program.loss == Some(v) || program.logits == Some(v);
-        if info.saved
-            && info.param.is_none()
-            && feature
-            && !special
-            && let Some(i) = after[v]
-        {
-            out[i].push(v);
         }
     }
     out

@@ -27,7 +27,7 @@
 //! everywhere (the parity mode); cuBLAS runs in its default math mode (no
 //! TF32) unless [`CudaOptions::tf32`] asks for it. `Bf16` stores the
 //! weight matrices that never train in bf16 and rounds the saved feature
-//! activations to bf16 once the forward is done with them
+//! activations to bf16 as soon as they are made
 //! ([`exec::bf16_saved_schedule`]); trainable parameters, gradients and
 //! AdamW moments stay f32. GEMMs reading a bf16 operand run in bf16 with f32
 //! accumulation (`cublasGemmEx`); every other op widens its bf16 operands to
