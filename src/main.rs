@@ -7,6 +7,21 @@
 
 use std::io::IsTerminal;
 
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use lamda_compiler::diag::{Severity, Style, render};
+use lamda_compiler::report;
+use lamda_compiler::resolve::{Checked, check_path};
+use lamda_compiler::spec::Device;
+use lamda_runtime::backend::cuda::Precision;
+use lamda_runtime::session::{self, Observer, RunOptions, SessionError};
+use lamda_runtime::train::{StepStats, Trainer};
+
 /// mimalloc keeps freed memory mapped and reuses it: a training step frees
 /// and allocates the same activation buffers every step, and with the system
 /// allocator each large one is a fresh mmap whose pages fault in again
@@ -39,20 +54,6 @@ fn keep_freed_memory() {
         }
     }
 }
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use clap::{Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
-use lamda_compiler::diag::{Severity, Style, render};
-use lamda_compiler::report;
-use lamda_compiler::resolve::{Checked, check_path};
-use lamda_compiler::spec::Device;
-use lamda_runtime::backend::cuda::Precision;
-use lamda_runtime::session::{self, Observer, RunOptions, SessionError};
-use lamda_runtime::train::{StepStats, Trainer};
 
 #[derive(Parser)]
 #[command(

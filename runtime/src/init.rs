@@ -153,14 +153,7 @@ pub fn initialize(
                 }
                 Init::Normal { std } => {
                     let mut rng = Xoshiro256StarStar::seed_from_u64(seed);
-                    (0..rows * cols)
-                        .map(|_| {
-                            // Box-Muller on two uniforms in (0, 1].
-                            let u1 = 1.0 - rng.next_f64();
-                            let u2 = rng.next_f64();
-                            (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-                        })
-                        .collect()
+                    (0..rows * cols).map(|_| (std * rng.next_normal()) as f32).collect()
                 }
             };
             params[p] = match overrides.get(&info.name) {

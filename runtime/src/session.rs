@@ -18,6 +18,7 @@ use lamda_compiler::pipeline::{CompileError, Options, Spectra, compile_with};
 use lamda_compiler::resolve::check_path;
 use lamda_compiler::spec::Device;
 
+use crate::backend::cuda::{CudaDevice, CudaExecutor, CudaOptions, Precision};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::data::{Batch, BatchConfig, Batcher, DataError, Dataset, Tokenizer};
 use crate::init::{InitError, initialize};
@@ -133,7 +134,7 @@ pub struct RunOptions {
     /// How fused kernels run on the CPU.
     pub kernels: crate::exec::KernelMode,
     /// Storage precision on the GPU (default bf16 there; the CPU is f32 only).
-    pub precision: Option<crate::backend::cuda::Precision>,
+    pub precision: Option<Precision>,
 }
 
 /// Hooks for progress display and tests. Every method has a default.
@@ -216,14 +217,12 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     let device = match opts.device.unwrap_or(spec.train.device) {
         Device::Cpu => Device::Cpu,
         Device::Cuda => {
-            crate::backend::cuda::CudaDevice::detect()
-                .map_err(|e| SessionError::Device(format!("--device cuda: {e}")))?;
+            CudaDevice::detect().map_err(|e| SessionError::Device(format!("--device cuda: {e}")))?;
             Device::Cuda
         }
-        Device::Auto if crate::backend::cuda::CudaDevice::detect().is_ok() => Device::Cuda,
+        Device::Auto if CudaDevice::detect().is_ok() => Device::Cuda,
         Device::Auto => Device::Cpu,
     };
-    use crate::backend::cuda::Precision;
     let precision = match (device, opts.precision) {
         (Device::Cuda, p) => p.unwrap_or(Precision::Bf16),
         (_, Some(Precision::Bf16)) => {
@@ -279,10 +278,10 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     });
     let backend = match device {
         Device::Cuda => Backend::Cuda(Box::new(
-            crate::backend::cuda::CudaExecutor::with_options(
+            CudaExecutor::with_options(
                 &plan,
                 &params,
-                crate::backend::cuda::CudaOptions {
+                CudaOptions {
                     precision,
                     ..Default::default()
                 },

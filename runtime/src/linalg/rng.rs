@@ -71,6 +71,14 @@ impl Xoshiro256StarStar {
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
+
+    /// A standard normal by Box-Muller on two uniforms, `u1` in (0, 1] (as
+    /// `1 - next_f64`) and then `u2`: `sqrt(-2 ln u1) cos(2 pi u2)`.
+    pub fn next_normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64();
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
 }
 
 #[cfg(test)]

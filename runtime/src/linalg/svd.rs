@@ -89,16 +89,7 @@ pub fn top_svd(w: MatF32Ref<'_>, r: usize, max_exact_dim: usize) -> Result<ThinS
     let w64 = to_f64(w);
     let sketch = r + OVERSAMPLE;
     let mut rng = crate::linalg::rng::Xoshiro256StarStar::seed_from_u64(0x5eed_5bd0);
-    // Box-Muller: two standard normals from two uniforms in (0, 1].
-    let mut normals = std::iter::from_fn(move || {
-        let u1 = 1.0 - rng.next_f64();
-        let u2 = rng.next_f64();
-        let rad = (-2.0 * u1.ln()).sqrt();
-        let t = std::f64::consts::TAU * u2;
-        Some([rad * t.cos(), rad * t.sin()])
-    })
-    .flatten();
-    let omega = Mat::from_fn(n, sketch, |_, _| normals.next().unwrap_or(0.0));
+    let omega = Mat::from_fn(n, sketch, |_, _| rng.next_normal());
     let orth = |y: Mat<f64>| y.qr().compute_thin_Q();
     let mut q = orth(&w64 * &omega);
     for _ in 0..POWER_ITERS {

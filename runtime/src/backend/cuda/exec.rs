@@ -27,8 +27,9 @@
 //! bf16 mode ([`Precision::Bf16`]): a weight matrix that trains in no phase
 //! is uploaded as bf16 bits (vectors and RoPE tables stay f32); a saved
 //! feature activation is rounded into a bf16 buffer right after the
-//! instruction that makes it ([`bf16_saved_schedule`]) and the f32 one freed. Before each instruction, every bf16 operand the op does
-//! not read itself ([`reads_bf16`]: GEMM operands, the embedding table) is
+//! instruction that makes it ([`bf16_saved_schedule`]) and the f32 one
+//! freed. Before each instruction, every bf16 operand the op does not read
+//! itself ([`reads_bf16`]: GEMM operands, the embedding table) is
 //! widened into a transient f32 buffer that stands in for it during that
 //! instruction only. A GEMM with one bf16 operand rounds the other to bf16.
 
@@ -251,19 +252,13 @@ impl CudaExecutor {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        // bf16 storage: frozen weight matrices; vectors (norm weights) and
-        // the RoPE tables are small and stay f32.
-        let narrow: Vec<bool> = plan
-            .params
-            .iter()
-            .enumerate()
-            .map(|(p, info)| {
-                opts.precision == Precision::Bf16
-                    && !trainable.contains(&p)
-                    && info.shape.len() == 2
-                    && !matches!(info.role, lamda_compiler::ir::ParamRole::Table(_))
-            })
-            .collect();
+        // The RoPE tables are matrices too, but small and precision-sensitive: f32.
+        let mut narrow = bf16_storage(&programs, params.len(), &trainable, opts.precision);
+        for (n, info) in narrow.iter_mut().zip(&plan.params) {
+            if matches!(info.role, lamda_compiler::ir::ParamRole::Table(_)) {
+                *n = false;
+            }
+        }
         Self::build(dev, &programs, params, &trainable, &narrow, opts)
     }
 
@@ -279,22 +274,7 @@ impl CudaExecutor {
         trainable: &[usize],
         opts: CudaOptions,
     ) -> Result<CudaExecutor, CudaError> {
-        let mut narrow = vec![opts.precision == Precision::Bf16; params.len()];
-        for &p in trainable {
-            if let Some(n) = narrow.get_mut(p) {
-                *n = false;
-            }
-        }
-        for prog in programs {
-            for v in &prog.values {
-                if let Some(p) = v.param
-                    && v.ty.shape.len() != 2
-                    && let Some(n) = narrow.get_mut(p)
-                {
-                    *n = false;
-                }
-            }
-        }
+        let narrow = bf16_storage(programs, params.len(), trainable, opts.precision);
         Self::build(dev, programs, params, trainable, &narrow, opts)
     }
 
@@ -431,10 +411,7 @@ impl CudaExecutor {
         let mut vals: Vec<Val> = (0..program.values.len()).map(|_| Val::Empty).collect();
         let mut loss = (f32::NAN, 0usize);
         let mut logits = None;
-        let to_bf16 = match self.precision {
-            Precision::F32 => vec![Vec::new(); program.instrs.len()],
-            Precision::Bf16 => bf16_saved_schedule(program),
-        };
+        let to_bf16 = (self.precision == Precision::Bf16).then(|| bf16_saved_schedule(program));
         for (i, ins) in program.instrs.iter().enumerate() {
             let restore = self.widen_operands(ins, &mut vals).map_err(|e| e.at(&ins.label))?;
             let outs = self.step(ins, program, &vals, (tokens, labels, grad_scale), &mut loss);
@@ -465,7 +442,7 @@ impl CudaExecutor {
                     logits = Some(self.gpu.download(b)?);
                 }
             }
-            for &v in to_bf16.get(i).map_or(&[][..], Vec::as_slice) {
+            for &v in to_bf16.as_ref().and_then(|s| s.get(i)).map_or(&[][..], Vec::as_slice) {
                 if let Some(slot) = vals.get_mut(v)
                     && let Val::F32(b) = slot
                 {
@@ -492,14 +469,32 @@ impl CudaExecutor {
             .ok_or_else(|| CudaError::Program(format!("no parameter {p}")))
     }
 
-    /// Storage of the value in `v`, if it is a float tensor.
-    fn val_dt(&self, v: &Val) -> Option<Dt> {
-        match v {
-            Val::F32(_) => Some(Dt::F32),
-            Val::Bf16(_) => Some(Dt::Bf16),
-            Val::Param(p) | Val::ParamSlice(p, _, _) => self.params.get(*p).map(PBuf::dt),
-            Val::Empty | Val::I64 { .. } => None,
-        }
+    /// (device address, length, storage) of a float value; None for the others.
+    fn float_operand(&self, val: &Val) -> Result<Option<Operand>, CudaError> {
+        let param = |p: usize| {
+            self.params
+                .get(p)
+                .ok_or_else(|| CudaError::Program(format!("no parameter {p}")))
+        };
+        Ok(Some(match val {
+            Val::F32(b) => (b.ptr(&self.gpu), b.len(), Dt::F32),
+            Val::Bf16(b) => (b.ptr(&self.gpu), b.len(), Dt::Bf16),
+            Val::Param(p) => {
+                let b = param(*p)?;
+                (b.ptr(&self.gpu), b.len(), b.dt())
+            }
+            Val::ParamSlice(p, start, len) => {
+                let b = param(*p)?;
+                if start + len > b.len() {
+                    return Err(CudaError::Program(format!(
+                        "no values {start}..{} of parameter {p}",
+                        start + len
+                    )));
+                }
+                (b.ptr(&self.gpu) + (start * b.dt().bytes()) as u64, *len, b.dt())
+            }
+            Val::Empty | Val::I64 { .. } => return Ok(None),
+        }))
     }
 
     /// Before `ins` runs: every bf16 operand it does not read as bf16 itself
@@ -512,26 +507,8 @@ impl CudaExecutor {
                 continue;
             }
             let Some(val) = vals.get(v) else { continue };
-            if self.val_dt(val) != Some(Dt::Bf16) {
+            let Some((ptr, len, Dt::Bf16)) = self.float_operand(val)? else {
                 continue;
-            }
-            let (ptr, len) = match val {
-                Val::Bf16(b) => (b.ptr(&self.gpu), b.len()),
-                Val::Param(p) => {
-                    let b = &self.params[*p];
-                    (b.ptr(&self.gpu), b.len())
-                }
-                Val::ParamSlice(p, start, len) => {
-                    let b = &self.params[*p];
-                    if start + len > b.len() {
-                        return Err(CudaError::Program(format!(
-                            "no values {start}..{} of parameter {p}",
-                            start + len
-                        )));
-                    }
-                    (b.ptr(&self.gpu) + (*start * Dt::Bf16.bytes()) as u64, *len)
-                }
-                _ => continue,
             };
             let wide = self.gpu.alloc::<f32>(len)?;
             self.gpu.widen_bf16(ptr, wide.ptr(&self.gpu), len)?;
@@ -782,24 +759,8 @@ impl CudaExecutor {
             let v = *inputs
                 .get(i)
                 .ok_or_else(|| CudaError::Program(format!("missing operand {i}")))?;
-            match vals.get(v) {
-                Some(Val::F32(b)) => Ok((b.ptr(&self.gpu), b.len(), Dt::F32)),
-                Some(Val::Bf16(b)) => Ok((b.ptr(&self.gpu), b.len(), Dt::Bf16)),
-                Some(Val::Param(p)) => self
-                    .params
-                    .get(*p)
-                    .map(|b| (b.ptr(&self.gpu), b.len(), b.dt()))
-                    .ok_or_else(|| CudaError::Program(format!("no parameter {p}"))),
-                Some(Val::ParamSlice(p, start, len)) => self
-                    .params
-                    .get(*p)
-                    .filter(|b| start + len <= b.len())
-                    .map(|b| (b.ptr(&self.gpu) + (start * b.dt().bytes()) as u64, *len, b.dt()))
-                    .ok_or_else(|| CudaError::Program(format!("no values {start}..{} of parameter {p}", start + len))),
-                _ => Err(CudaError::Program(format!(
-                    "operand {i} (value {v}) is not a float buffer"
-                ))),
-            }
+            let val = vals.get(v).map(|x| self.float_operand(x)).transpose()?.flatten();
+            val.ok_or_else(|| CudaError::Program(format!("operand {i} (value {v}) is not a float buffer")))
         };
         // (device address, length) of f32 operand i.
         let f = |i: usize| -> Result<(u64, usize), CudaError> {
@@ -1391,6 +1352,24 @@ impl CudaExecutor {
         }
         Ok(outs.into_iter().map(Val::F32).collect())
     }
+}
+
+/// Which of `count` parameters bf16 mode stores in bf16: those that do not
+/// train and that `programs` read only as matrices (vectors such as norm
+/// weights stay f32). All false in f32 mode.
+fn bf16_storage(programs: &[&Program], count: usize, trainable: &[usize], precision: Precision) -> Vec<bool> {
+    let mut narrow = vec![precision == Precision::Bf16; count];
+    let not_matrices = programs
+        .iter()
+        .flat_map(|prog| &prog.values)
+        .filter(|v| v.ty.shape.len() != 2)
+        .filter_map(|v| v.param);
+    for p in trainable.iter().copied().chain(not_matrices) {
+        if let Some(n) = narrow.get_mut(p) {
+            *n = false;
+        }
+    }
+    narrow
 }
 
 /// Whether `op` reads operand `slot` in bf16 itself (the GEMMs, and the

@@ -447,17 +447,11 @@ impl Gpu {
 
     /// `y (bf16 bits) = x (f32)` rounded to nearest even, `len` values.
     pub(crate) fn to_bf16(&self, x: u64, y: u64, len: usize) -> Result<(), CudaError> {
-        if len == 0 {
-            return Ok(());
-        }
         self.launch_elems(support::F32_TO_BF16, len, &[KArg::Ptr(x), KArg::Ptr(y), long(len)])
     }
 
     /// `y (f32) = x (bf16 bits)`, exactly, `len` values.
     pub(crate) fn widen_bf16(&self, x: u64, y: u64, len: usize) -> Result<(), CudaError> {
-        if len == 0 {
-            return Ok(());
-        }
         self.launch_elems(support::BF16_TO_F32, len, &[KArg::Ptr(x), KArg::Ptr(y), long(len)])
     }
 }
