@@ -37,6 +37,7 @@ impl ThinSvd {
 /// `k = min(d_out, d_in)` and s descending. Errors on an empty or non-finite
 /// weight and when faer's SVD does not converge.
 pub fn thin_svd(w: MatF32Ref<'_>) -> Result<ThinSvd, LinalgError> {
+    let _clean = crate::ops::vector_state::ClearOnDrop;
     expect_finite_nonempty("w", w)?;
     let w64 = to_f64(w);
     let svd = w64.thin_svd().map_err(|_| LinalgError::SvdNoConvergence {
@@ -80,6 +81,7 @@ const POWER_ITERS: usize = 8;
 /// same weight, same result. An adapter built from it is still exact at
 /// step 0, because W_res is formed from the A, S, B it gets.
 pub fn top_svd(w: MatF32Ref<'_>, r: usize, max_exact_dim: usize) -> Result<ThinSvd, LinalgError> {
+    let _clean = crate::ops::vector_state::ClearOnDrop;
     let (m, n) = (w.rows(), w.cols());
     let k = m.min(n);
     if k <= max_exact_dim || r + OVERSAMPLE >= k {

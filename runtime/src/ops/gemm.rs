@@ -105,6 +105,10 @@ pub(crate) fn gemm_with(
     };
     let dst = MatMut::from_row_major_slice_mut(c, m, n);
     faer::linalg::matmul::matmul(dst, accum, lhs, rhs, alpha, par);
+    match par {
+        Par::Seq => super::vector_state::clear_upper_here(),
+        Par::Rayon(_) => super::vector_state::clear_upper_all(),
+    }
     Ok(())
 }
 

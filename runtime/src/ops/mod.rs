@@ -47,6 +47,7 @@ pub mod linear;
 pub mod pointwise;
 pub mod rmsnorm;
 pub mod rope;
+pub mod vector_state;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -264,6 +264,9 @@ impl CompiledKernel {
         let per = rows_per_block.max(1);
         let entry = self.inner.entry;
         let run = |block: usize| {
+            // Cranelift mixes VEX and legacy-SSE encodings: on a dirty upper
+            // vector state each switch costs (ops/vector_state.rs).
+            crate::ops::vector_state::clear_upper_here();
             let begin = block * per;
             let end = rows.min(begin + per);
             // SAFETY: `check_launch` proved every buffer has the length the
