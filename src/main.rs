@@ -119,6 +119,10 @@ enum Command {
         /// Also print the time spent per op (CPU).
         #[arg(long)]
         profile: bool,
+        /// Only these variants (repeatable; default: all four). One variant
+        /// per process gives its own peak memory.
+        #[arg(long, value_enum)]
+        variant: Vec<BenchVariant>,
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
@@ -245,8 +249,9 @@ fn main() -> ExitCode {
             warmup,
             json,
             profile,
+            variant,
             color,
-        } => bench(&file, steps, warmup, json, profile, style(color)),
+        } => bench(&file, steps, warmup, json, profile, &variant, style(color)),
         Command::Train {
             file,
             steps,
@@ -438,26 +443,46 @@ fn emit(path: &Path, target: Target, forward_only: bool, fused: bool, style: Sty
     ExitCode::SUCCESS
 }
 
-fn bench(path: &Path, steps: u64, warmup: u64, json: bool, profile: bool, style: Style) -> ExitCode {
+/// A variant of `lamdac bench`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchVariant {
+    /// This spec, reference ops.
+    SpecRef,
+    /// This spec, fused kernels (what `train` runs).
+    SpecFused,
+    /// LoRA at the same ranks, reference ops.
+    LoraRef,
+    /// LoRA at the same ranks, fused kernels.
+    LoraFused,
+}
+
+fn bench(
+    path: &Path,
+    steps: u64,
+    warmup: u64,
+    json: bool,
+    profile: bool,
+    only: &[BenchVariant],
+    style: Style,
+) -> ExitCode {
     if let Err(code) = checked(path, style) {
         return code;
     }
     use lamda_runtime::bench::{Variant, bench, render};
-    let variants = [
-        Variant {
-            lora: false,
-            fuse: false,
-        },
-        Variant {
-            lora: false,
-            fuse: true,
-        },
-        Variant {
-            lora: true,
-            fuse: false,
-        },
-        Variant { lora: true, fuse: true },
+    let all = [
+        BenchVariant::SpecRef,
+        BenchVariant::SpecFused,
+        BenchVariant::LoraRef,
+        BenchVariant::LoraFused,
     ];
+    let variants: Vec<Variant> = all
+        .into_iter()
+        .filter(|v| only.is_empty() || only.contains(v))
+        .map(|v| Variant {
+            lora: matches!(v, BenchVariant::LoraRef | BenchVariant::LoraFused),
+            fuse: matches!(v, BenchVariant::SpecFused | BenchVariant::LoraFused),
+        })
+        .collect();
     match bench(path, warmup, steps, &variants, profile) {
         Ok(rows) => {
             if json {

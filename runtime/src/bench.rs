@@ -3,10 +3,14 @@
 //! Every variant trains the same spec on the same data from the same
 //! initialisation: this spec and its LoRA twin (every rule with LoRA at the
 //! same ranks), each unfused (the reference ops) and fused (generated
-//! kernels). After `warmup` untimed steps, `steps` steps are timed with a
-//! wall clock; the report gives milliseconds per step, tokens per second,
-//! trainable parameters, and the plan's activation peak and saved bytes.
-//! Timings are only comparable within one run on one machine.
+//! kernels). After `warmup` untimed steps, `steps` steps are timed one by one
+//! with a wall clock; the report gives the median milliseconds per step,
+//! tokens per second at that median, trainable parameters, the plan's
+//! activation peak and saved bytes, the time from the start of the variant to
+//! its first step (by phase), and the process's peak resident memory so far
+//! (meaningful per variant only when one variant runs per process, as
+//! scripts/bench-vs-pytorch.sh does). Timings are only comparable within one
+//! run on one machine.
 
 use std::path::Path;
 use std::time::Instant;
@@ -32,6 +36,34 @@ pub struct BenchRow {
     pub saved_bytes: u64,
     pub first_loss: f32,
     pub last_loss: f32,
+    /// Seconds from the start of the variant to its first step.
+    pub startup_s: f64,
+    /// Those seconds by phase of `session::prepare`.
+    pub startup_phases: Vec<(String, f64)>,
+    /// Peak resident set of the whole process so far (Linux `VmHWM`), if known.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// The process's peak resident set size (`VmHWM` in /proc/self/status), on Linux.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The median of `xs` (the mean of the middle two for an even count); NaN when empty.
+fn median(xs: &mut [f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    let m = xs.len() / 2;
+    if xs.len() % 2 == 1 {
+        xs[m]
+    } else {
+        (xs[m - 1] + xs[m]) / 2.0
+    }
 }
 
 /// Times every variant on `spec`.
@@ -63,18 +95,20 @@ pub fn bench(
         if profile && let Some(e) = tr.cpu_executor() {
             e.enable_profile();
         }
-        let started = Instant::now();
-        let mut tokens = 0usize;
+        let mut times = Vec::with_capacity(steps as usize);
+        let mut tokens_per_step = 0usize;
         let mut last = f32::NAN;
         for i in 0..steps {
+            let t = Instant::now();
             let st = tr.train_step()?;
+            times.push(t.elapsed().as_secs_f64());
             if warmup == 0 && i == 0 {
                 first = st.loss;
             }
-            tokens += st.tokens;
+            tokens_per_step = st.tokens;
             last = st.loss;
         }
-        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let secs = median(&mut times).max(1e-9);
         if profile && let Some(e) = tr.cpu_executor() {
             eprintln!(
                 "profile of `{}` ({steps} steps):",
@@ -92,33 +126,60 @@ pub fn bench(
                 if v.lora { "lora (same ranks)" } else { "this spec" },
                 if v.fuse { ", fused" } else { ", reference ops" }
             ),
-            ms_per_step: secs * 1e3 / steps.max(1) as f64,
-            tokens_per_s: tokens as f64 / secs,
+            ms_per_step: secs * 1e3,
+            tokens_per_s: tokens_per_step as f64 / secs,
             trainable_params: trainable,
             activation_peak_bytes: tr.plan.memory.activations_peak,
             saved_bytes: tr.plan.memory.saved,
             first_loss: first,
             last_loss: last,
+            startup_s: s.startup.total().as_secs_f64(),
+            startup_phases: s
+                .startup
+                .phases
+                .iter()
+                .map(|(n, d)| ((*n).to_string(), d.as_secs_f64()))
+                .collect(),
+            peak_rss_bytes: peak_rss_bytes(),
         });
     }
     Ok(rows)
 }
 
-/// The report as an aligned table.
+/// The report as an aligned table (with peak memory when one variant ran:
+/// with more, the process's peak is the largest variant's).
 pub fn render(rows: &[BenchRow]) -> String {
+    let rss = rows.len() == 1;
     let mut out = format!(
-        "{:<32} {:>10} {:>12} {:>12} {:>14} {:>12}\n",
-        "variant", "ms/step", "tokens/s", "trainable", "act. peak", "saved"
+        "{:<32} {:>10} {:>10} {:>10} {:>12} {:>12} {:>8}{}\n",
+        "variant",
+        "ms/step",
+        "tokens/s",
+        "trainable",
+        "act. peak",
+        "saved",
+        "start s",
+        if rss {
+            format!(" {:>12}", "peak RSS")
+        } else {
+            String::new()
+        }
     );
     for r in rows {
+        let peak = match (rss, r.peak_rss_bytes) {
+            (true, Some(b)) => format!(" {:>12}", lamda_compiler::report::bytes(b)),
+            (true, None) => format!(" {:>12}", "?"),
+            (false, _) => String::new(),
+        };
         out.push_str(&format!(
-            "{:<32} {:>10.1} {:>12.0} {:>12} {:>14} {:>12}\n",
+            "{:<32} {:>10.1} {:>10.0} {:>10} {:>12} {:>12} {:>8.2}{peak}\n",
             r.variant,
             r.ms_per_step,
             r.tokens_per_s,
             r.trainable_params,
             lamda_compiler::report::bytes(r.activation_peak_bytes),
-            lamda_compiler::report::bytes(r.saved_bytes)
+            lamda_compiler::report::bytes(r.saved_bytes),
+            r.startup_s,
         ));
     }
     out

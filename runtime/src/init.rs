@@ -11,13 +11,16 @@
 
 use std::collections::BTreeMap;
 
-use faer::Mat;
 use lamda_compiler::adapter::Init;
 use lamda_compiler::ir::{ParamRole, PathFactor, TableKind};
+use lamda_compiler::passes::adapter_init::InitRecipe;
 use lamda_compiler::plan::Plan;
+use rayon::prelude::*;
 
 use crate::checkpoint::{CheckpointError, Weights};
-use crate::linalg::{EXACT_SVD_MAX_DIM, LinalgError, MatF32Ref, Xoshiro256StarStar, init::kaiming_uniform, top_svd};
+use crate::linalg::svd::top_svd_with;
+use crate::linalg::{EXACT_SVD_MAX_DIM, LinalgError, MatF32Ref, ThinSvd, Xoshiro256StarStar, init::kaiming_uniform};
+use faer::{Mat, Par};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -59,7 +62,21 @@ pub fn initialize(
             ParamRole::Adapter { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => {}
         }
     }
-    for recipe in &plan.init {
+    // Every SVD the recipes need, side by side: one weight per rayon task,
+    // each SVD sequential inside (faer's parallel SVD mostly waits on thread
+    // wake-ups at these sizes); a lone weight gets the whole pool.
+    let svd_par = if plan.init.iter().filter(|r| r.needs_svd).count() > 1 {
+        Par::Seq
+    } else {
+        faer::get_global_parallelism()
+    };
+    let svds: Vec<Option<ThinSvd>> = plan
+        .init
+        .par_iter()
+        .map(|recipe| recipe_svd(plan, &params, recipe, svd_par))
+        .collect::<Result<_, _>>()?;
+    crate::ops::vector_state::clear_upper_all();
+    for (recipe, svd) in plan.init.iter().zip(svds) {
         let a = &plan.adapters[recipe.adapter];
         let (d_out, d_in) = (a.d_out, a.d_in);
         let err = |name: &str| {
@@ -68,31 +85,6 @@ pub fn initialize(
                 name: name.clone(),
                 source,
             }
-        };
-        // The singular triplets the SVD initialisers read: r of them for
-        // `A = V[:, :r]^T` (rows) and `B = U[:, :r]` (columns).
-        let needed = recipe
-            .tensors
-            .iter()
-            .filter_map(|&(p, init, _)| match (init, plan.params[p].shape.as_slice()) {
-                (Init::SvdRight | Init::SvdRightScaled, [r, _]) => Some(*r),
-                (Init::SvdLeft | Init::SvdLeftScaled, [_, r]) => Some(*r),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        let svd = if recipe.needs_svd {
-            let w = MatF32Ref::new("weight", &params[a.base], d_out, d_in).map_err(err(&recipe.weight))?;
-            let svd = top_svd(w, needed, EXACT_SVD_MAX_DIM).map_err(err(&recipe.weight))?;
-            if svd.k() < needed {
-                return Err(InitError::Other {
-                    name: recipe.weight.clone(),
-                    msg: format!("{needed} singular vectors needed, the weight has {}", svd.k()),
-                });
-            }
-            Some(svd)
-        } else {
-            None
         };
         for &(p, init, seed) in &recipe.tensors {
             let info = &plan.params[p];
@@ -289,4 +281,36 @@ fn chain_product(plan: &Plan, params: &[Vec<f32>], chain: &[PathFactor]) -> Resu
         });
     }
     acc.ok_or_else(|| "an empty path term".to_string())
+}
+
+/// The top singular triplets `recipe` reads (`None` when it needs none):
+/// as many as its largest SVD-initialised tensor has rows (A) or columns (B).
+fn recipe_svd(plan: &Plan, params: &[Vec<f32>], recipe: &InitRecipe, par: Par) -> Result<Option<ThinSvd>, InitError> {
+    if !recipe.needs_svd {
+        return Ok(None);
+    }
+    let a = &plan.adapters[recipe.adapter];
+    let err = |source: LinalgError| InitError::Linalg {
+        name: recipe.weight.clone(),
+        source,
+    };
+    let needed = recipe
+        .tensors
+        .iter()
+        .filter_map(|&(p, init, _)| match (init, plan.params[p].shape.as_slice()) {
+            (Init::SvdRight | Init::SvdRightScaled, [r, _]) => Some(*r),
+            (Init::SvdLeft | Init::SvdLeftScaled, [_, r]) => Some(*r),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let w = MatF32Ref::new("weight", &params[a.base], a.d_out, a.d_in).map_err(err)?;
+    let svd = top_svd_with(w, needed, EXACT_SVD_MAX_DIM, par).map_err(err)?;
+    if svd.k() < needed {
+        return Err(InitError::Other {
+            name: recipe.weight.clone(),
+            msg: format!("{needed} singular vectors needed, the weight has {}", svd.k()),
+        });
+    }
+    Ok(Some(svd))
 }

@@ -160,6 +160,38 @@ pub struct Session {
     pub spec_text: String,
     pub spec_hash: String,
     pub resumed_from: Option<u64>,
+    /// Where the time before the first step went, in order (see [`Startup`]).
+    pub startup: Startup,
+}
+
+/// Wall-clock time of each phase of [`prepare`], in the order they ran.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Startup {
+    pub phases: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Startup {
+    /// Ends the phase that started at `*since` under `name`, and starts the next.
+    fn lap(&mut self, name: &'static str, since: &mut std::time::Instant) {
+        let now = std::time::Instant::now();
+        self.phases.push((name, now - *since));
+        *since = now;
+    }
+
+    /// The whole of it.
+    pub fn total(&self) -> std::time::Duration {
+        self.phases.iter().map(|(_, d)| *d).sum()
+    }
+
+    /// One line: `total 4.2 s (check 0.01, load 0.3, ...)`.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(n, d)| format!("{n} {:.2}", d.as_secs_f64()))
+            .collect();
+        format!("{:.2} s ({} s)", self.total().as_secs_f64(), parts.join(", "))
+    }
 }
 
 struct CheckpointSpectra<'a> {
@@ -191,6 +223,8 @@ fn fnv(parts: &[&[u8]]) -> String {
 
 /// Checks, compiles and initialises a run.
 pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
+    let mut startup = Startup::default();
+    let mut since = std::time::Instant::now();
     let spec_text = std::fs::read_to_string(&opts.spec).map_err(|source| SessionError::Read {
         path: opts.spec.clone(),
         source,
@@ -237,7 +271,9 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
             model: spec.model_name.clone(),
         });
     };
+    startup.lap("check", &mut since);
     let ckpt = Checkpoint::open(dir)?;
+    startup.lap("load", &mut since);
     let data_path = spec.train.data.clone().ok_or(SessionError::NoData)?;
     let plan = compile_with(
         &spec,
@@ -246,7 +282,9 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         Some(&mut CheckpointSpectra { ckpt: &ckpt }),
         Options { fuse: opts.fuse },
     )?;
+    startup.lap("compile", &mut since);
     let params = initialize(&plan, &ckpt.weights, &opts.init_overrides)?;
+    startup.lap("init", &mut since);
     let init: BTreeMap<usize, Vec<f32>> = plan
         .params
         .iter()
@@ -265,6 +303,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     };
     let eval_batch = Batcher::new(dataset.clone(), cfg)?.next_batch();
     let batcher = Batcher::new(dataset, cfg)?;
+    startup.lap("data", &mut since);
     let config_text = std::fs::read(dir.join("config.json")).unwrap_or_default();
     let steps = spec.train.steps.to_le_bytes();
     let spec_hash = fnv(&[spec_text.as_bytes(), &config_text, &steps]);
@@ -295,6 +334,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
             Backend::Cpu(exec)
         }
     };
+    startup.lap("kernels", &mut since);
     let mut trainer = Trainer::with_backend(plan, params, batcher, backend);
     let mut losses = Vec::new();
     let mut resumed_from = None;
@@ -303,6 +343,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         losses = state::load(&mut trainer, &dir, &spec_hash)?;
         resumed_from = Some(trainer.step);
     }
+    startup.lap("resume", &mut since);
     Ok(Session {
         trainer,
         init,
@@ -311,6 +352,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         eval_batch,
         spec_text,
         spec_hash,
+        startup,
         resumed_from,
     })
 }

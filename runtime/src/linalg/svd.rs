@@ -7,7 +7,10 @@
 //! of equal absolute value the lowest index decides. The sign rule is applied
 //! in float64, before any rounding to float32 (SEMANTICS §2).
 
-use faer::{Mat, MatMut};
+use faer::diag::Diag;
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::svd::{ComputeSvdVectors, svd, svd_scratch};
+use faer::{Mat, MatMut, Par};
 
 use super::LinalgError;
 use super::dense::{MatF32Ref, expect_finite_nonempty, to_f64};
@@ -37,16 +40,34 @@ impl ThinSvd {
 /// `k = min(d_out, d_in)` and s descending. Errors on an empty or non-finite
 /// weight and when faer's SVD does not converge.
 pub fn thin_svd(w: MatF32Ref<'_>) -> Result<ThinSvd, LinalgError> {
+    thin_svd_with(w, faer::get_global_parallelism())
+}
+
+/// [`thin_svd`] with an explicit parallelism: `Par::Seq` when the caller
+/// runs several SVDs side by side (faer's parallel SVD spends much of its
+/// time waking threads on matrices of a few hundred rows).
+pub fn thin_svd_with(w: MatF32Ref<'_>, par: Par) -> Result<ThinSvd, LinalgError> {
     let _clean = crate::ops::vector_state::ClearOnDrop;
     expect_finite_nonempty("w", w)?;
     let w64 = to_f64(w);
-    let svd = w64.thin_svd().map_err(|_| LinalgError::SvdNoConvergence {
-        rows: w.rows(),
-        cols: w.cols(),
-    })?;
-    let mut u = svd.U().to_owned();
-    let mut v = svd.V().to_owned();
-    let s: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+    let (m, n) = (w.rows(), w.cols());
+    let k = m.min(n);
+    let mut u = Mat::<f64>::zeros(m, k);
+    let mut v = Mat::<f64>::zeros(n, k);
+    let mut sd = Diag::<f64>::zeros(k);
+    let thin = ComputeSvdVectors::Thin;
+    let mut buf = MemBuffer::new(svd_scratch::<f64>(m, n, thin, thin, par, Default::default()));
+    svd(
+        w64.as_ref(),
+        sd.as_mut(),
+        Some(u.as_mut()),
+        Some(v.as_mut()),
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .map_err(|_| LinalgError::SvdNoConvergence { rows: m, cols: n })?;
+    let s: Vec<f64> = sd.column_vector().iter().copied().collect();
     // faer documents s as nonincreasing; the sign rule and every caller rely
     // on it, so a violation is a faer bug, not a data error.
     debug_assert!(s.windows(2).all(|p| p[0] >= p[1]), "faer: s not sorted");
@@ -81,11 +102,16 @@ const POWER_ITERS: usize = 8;
 /// same weight, same result. An adapter built from it is still exact at
 /// step 0, because W_res is formed from the A, S, B it gets.
 pub fn top_svd(w: MatF32Ref<'_>, r: usize, max_exact_dim: usize) -> Result<ThinSvd, LinalgError> {
+    top_svd_with(w, r, max_exact_dim, faer::get_global_parallelism())
+}
+
+/// [`top_svd`] with an explicit parallelism for the exact SVD (see [`thin_svd_with`]).
+pub fn top_svd_with(w: MatF32Ref<'_>, r: usize, max_exact_dim: usize, par: Par) -> Result<ThinSvd, LinalgError> {
     let _clean = crate::ops::vector_state::ClearOnDrop;
     let (m, n) = (w.rows(), w.cols());
     let k = m.min(n);
     if k <= max_exact_dim || r + OVERSAMPLE >= k {
-        return thin_svd(w);
+        return thin_svd_with(w, par);
     }
     expect_finite_nonempty("w", w)?;
     let w64 = to_f64(w);
