@@ -422,7 +422,11 @@ fn emit(path: &Path, target: Target, forward_only: bool, fused: bool, style: Sty
     if matches!(target, Target::Clif | Target::Cuda) {
         return emit_kernels(&spec, target);
     }
-    let options = lamda_compiler::pipeline::Options { fuse: fused };
+    // what `train` runs on the CPU (the head loss is fused there)
+    let options = lamda_compiler::pipeline::Options {
+        fuse: fused,
+        head_loss: fused,
+    };
     let ir = match lamda_compiler::pipeline::emit_ir_with(
         &spec,
         spec.train.batch as usize,
@@ -589,7 +593,11 @@ fn convert(gguf: &Path, out: &Path) -> ExitCode {
 }
 
 fn emit_kernels(spec: &lamda_compiler::spec::ResolvedSpec, target: Target) -> ExitCode {
-    let options = lamda_compiler::pipeline::Options { fuse: true };
+    // the plan of the backend that runs the code shown: CUDA plans keep the head loss unfused
+    let options = lamda_compiler::pipeline::Options {
+        fuse: true,
+        head_loss: matches!(target, Target::Clif),
+    };
     let plan = match lamda_compiler::pipeline::compile_with(
         spec,
         spec.train.batch as usize,

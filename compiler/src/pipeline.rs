@@ -43,6 +43,10 @@ fn checked(ir: Ir) -> Result<Ir, CompileError> {
 pub struct Options {
     /// Run the fusion pass (generated kernels; needs a backend that runs them).
     pub fuse: bool,
+    /// With `fuse`, also merge the LM head GEMM, the cross-entropy and the
+    /// head's input gradient into one chunked `linear_cross_entropy` (the CPU
+    /// backend runs it; the CUDA backend keeps the three ops for now).
+    pub head_loss: bool,
 }
 
 /// Compiles a spec for micro-batches of `batch` x `seq` tokens, unfused. With
@@ -85,7 +89,7 @@ pub fn compile_with(
         // Derived parameters are found by name, so programs share them.
         if options.fuse {
             ir.params = params.clone();
-            fusion::fuse(&mut ir, &ever_trainable);
+            fusion::fuse(&mut ir, &ever_trainable, options.head_loss);
             ir = checked(ir)?;
             params = ir.params.clone();
         }
@@ -100,7 +104,7 @@ pub fn compile_with(
     let mut eval_ir = checked(build_forward(&spec, batch, seq, false)?)?;
     if options.fuse {
         eval_ir.params = params.clone();
-        fusion::fuse(&mut eval_ir, &ever_trainable);
+        fusion::fuse(&mut eval_ir, &ever_trainable, options.head_loss);
         eval_ir = checked(eval_ir)?;
         params = eval_ir.params.clone();
     }
@@ -150,7 +154,7 @@ pub fn emit_ir_with(
         forward
     };
     if options.fuse {
-        fusion::fuse(&mut ir, &ever);
+        fusion::fuse(&mut ir, &ever, options.head_loss);
         ir = checked(ir)?;
     }
     Ok(ir)

@@ -33,7 +33,7 @@ fn lamda_fusion_structure() {
         .filter(|(_, p)| p.trainable())
         .map(|(i, _)| i)
         .collect();
-    let st = fuse(&mut ir, &trainable);
+    let st = fuse(&mut ir, &trainable, false);
     lamda_compiler::ir::verify::verify(&ir).unwrap();
     assert!(ir.graph.node_count() < before);
     // Per layer: q,k,v (+ the A of q and v) in one GEMM, and gate,up in another.
@@ -76,9 +76,48 @@ fn lamda_fusion_structure() {
 }
 
 #[test]
+fn head_loss_replaces_the_logits_gemm_the_loss_and_its_backward() {
+    let s = spec(SRC);
+    let mut ir = emit_ir(&s, 1, 4, true).unwrap();
+    let trainable: BTreeSet<usize> = ir
+        .params
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.trainable())
+        .map(|(i, _)| i)
+        .collect();
+    let st = fuse(&mut ir, &trainable, true);
+    lamda_compiler::ir::verify::verify(&ir).unwrap();
+    assert_eq!(st.head_losses, 1);
+    assert!(ir.logits.is_none(), "nothing computes the whole logits any more");
+    let count = |f: &dyn Fn(&Op) -> bool| ir.graph.node_indices().filter(|&i| f(&ir.graph[i].op)).count();
+    assert_eq!(count(&|op| *op == Op::LinearCrossEntropy), 1);
+    assert_eq!(
+        count(&|op| matches!(op, Op::Fused(k) if k.name.starts_with("cross_entropy"))),
+        0
+    );
+    let loss = ir.loss.expect("a loss");
+    assert_eq!(ir.graph[loss.0].op, Op::LinearCrossEntropy);
+    // Forward only (the eval program), there is no gradient to fuse with: unchanged.
+    let mut eval = emit_ir(&s, 1, 4, false).unwrap();
+    assert_eq!(fuse(&mut eval, &trainable, true).head_losses, 0);
+    assert!(eval.logits.is_some());
+}
+
+#[test]
 fn lora_keeps_its_trainable_a_out_of_stacks() {
     let s = spec("adapt tiny.attn.{q,v} with lora rank 2\ntrain { batch 1 seq 4 }");
-    let plan = compile_with(&s, 1, 4, None, Options { fuse: true }).unwrap();
+    let plan = compile_with(
+        &s,
+        1,
+        4,
+        None,
+        Options {
+            fuse: true,
+            head_loss: true,
+        },
+    )
+    .unwrap();
     for p in &plan.params {
         if let ParamRole::Concat { parts } = &p.role {
             assert!(parts.iter().all(|&q| !plan.params[q].trainable()), "{}", p.name);
@@ -98,7 +137,7 @@ fn snapshot_ir_before_and_after_fusion() {
         .filter(|(_, p)| p.trainable())
         .map(|(i, _)| i)
         .collect();
-    fuse(&mut after, &trainable);
+    fuse(&mut after, &trainable, true);
     let text = format!(
         "{SRC}\n\n===== before fusion =====\n{}\n===== after fusion =====\n{}",
         to_text(&before),
@@ -112,7 +151,7 @@ fn snapshot_plan_memory_summary() {
     let s = spec(SRC);
     let mut text = format!("{SRC}\n");
     for fuse in [false, true] {
-        let plan = compile_with(&s, 1, 4, None, Options { fuse }).unwrap();
+        let plan = compile_with(&s, 1, 4, None, Options { fuse, head_loss: fuse }).unwrap();
         text.push_str(&format!("\nfused: {fuse}\n{:#?}\n", plan.memory));
         for p in &plan.phases {
             text.push_str(&format!(

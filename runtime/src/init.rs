@@ -182,10 +182,28 @@ pub fn initialize(
         }
     }
     // Derived parameters: stacked weights and constant tables (after every residual is final).
+    // A base weight that only lives inside stacks is dropped right after its
+    // last stack is built, so the parts and their stacks never all exist at
+    // once (start-up peak memory).
+    let used = referenced_params(plan);
+    let mut last_stack: BTreeMap<usize, usize> = BTreeMap::new();
+    for (i, p) in plan.params.iter().enumerate() {
+        if let ParamRole::Concat { parts } = &p.role {
+            for &q in parts {
+                last_stack.insert(q, i);
+            }
+        }
+    }
     for (i, p) in plan.params.iter().enumerate() {
         match &p.role {
             ParamRole::Concat { parts } => {
                 params[i] = parts.iter().flat_map(|&q| params[q].iter().copied()).collect();
+                for &q in parts {
+                    let droppable = matches!(plan.params[q].role, ParamRole::Base { .. } | ParamRole::Residual { .. });
+                    if q < i && droppable && !used.contains(&q) && last_stack.get(&q) == Some(&i) {
+                        params[q] = Vec::new();
+                    }
+                }
             }
             ParamRole::Table(t) => {
                 let (seq, hd, theta, cos) = match *t {
@@ -205,7 +223,8 @@ pub fn initialize(
             _ => {}
         }
         let want: usize = p.shape.iter().product();
-        if params[i].len() != want {
+        let dropped = params[i].is_empty() && last_stack.get(&i).is_some_and(|&st| st > i) && !used.contains(&i);
+        if params[i].len() != want && !dropped {
             return Err(InitError::Other {
                 name: p.name.clone(),
                 msg: format!("{} values for shape {:?}", params[i].len(), p.shape),
@@ -213,7 +232,6 @@ pub fn initialize(
         }
     }
     // Base weights that only live inside a stack are dropped: the stack is their only copy.
-    let used = referenced_params(plan);
     for (i, p) in plan.params.iter().enumerate() {
         if matches!(p.role, ParamRole::Base { .. } | ParamRole::Residual { .. }) && !used.contains(&i) {
             params[i] = Vec::new();
@@ -312,5 +330,11 @@ fn recipe_svd(plan: &Plan, params: &[Vec<f32>], recipe: &InitRecipe, par: Par) -
             msg: format!("{needed} singular vectors needed, the weight has {}", svd.k()),
         });
     }
-    Ok(Some(svd))
+    // Keep only the triplets read: the SVDs of all weights are held at once.
+    let r = needed;
+    Ok(Some(ThinSvd {
+        u: svd.u.as_ref().get(.., ..r).to_owned(),
+        s: svd.s[..r].to_vec(),
+        v: svd.v.as_ref().get(.., ..r).to_owned(),
+    }))
 }

@@ -280,7 +280,11 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         spec.train.batch as usize,
         spec.train.seq as usize,
         Some(&mut CheckpointSpectra { ckpt: &ckpt }),
-        Options { fuse: opts.fuse },
+        Options {
+            fuse: opts.fuse,
+            // the chunked head loss is a CPU op (the CUDA executor keeps the three ops)
+            head_loss: opts.fuse && device != Device::Cuda,
+        },
     )?;
     startup.lap("compile", &mut since);
     let params = initialize(&plan, &ckpt.weights, &opts.init_overrides)?;

@@ -130,6 +130,20 @@ pub enum Op {
     /// A view of `len` values of a parameter from value `start` on (a row block
     /// of a stacked weight: the stack is the only copy), shaped by the node.
     ParamSlice { param: ParamId, start: usize, len: usize },
+    /// (x (n, k), w (sum w_i, k)) -> the column blocks of x w^T: (n, w_0),
+    /// (n, w_1), ... A GEMM against a stacked weight whose product is only
+    /// read by blocks (`split` of a `linear`, merged): a backend writes each
+    /// block where it belongs instead of the whole product and a copy.
+    LinearSplit { widths: Vec<usize> },
+    /// (g_0 (n, w_0), ..., g_{m-1} (n, w_{m-1}), w (sum w_i, k)) ->
+    /// [g_0, ..., g_{m-1}] w = sum_i g_i w_i (n, k), w_i the row blocks of w:
+    /// the stacked backward GEMM without materialising the `concat`.
+    LinearGradInputCat { widths: Vec<usize> },
+    /// (h (n, d), w (vocab, d), targets i64 (n)) -> (loss (n), dh (n, d)):
+    /// the LM head `h w^T` and the cross-entropy on targets already shifted,
+    /// with the gradient of `grad_scale / count * sum loss` w.r.t. h, computed
+    /// in chunks of rows so that the logits never exist whole. `w` is frozen.
+    LinearCrossEntropy,
 }
 
 impl Op {
@@ -164,6 +178,9 @@ impl Op {
             Op::LinearAdd => "linear_add",
             Op::ShiftLabels { .. } => "shift_labels",
             Op::ParamSlice { .. } => "param_slice",
+            Op::LinearSplit { .. } => "linear_split",
+            Op::LinearGradInputCat { .. } => "linear_grad_input_cat",
+            Op::LinearCrossEntropy => "linear_cross_entropy",
         }
     }
     /// Number of operands.
@@ -179,10 +196,12 @@ impl Op {
             | Op::ShiftLabels { .. } => 1,
             Op::Fused(k) => k.inputs().len(),
             Op::Concat { widths } => widths.len(),
+            Op::LinearGradInputCat { widths } => widths.len() + 1,
             Op::LinearAdd => 3,
             Op::Embedding
             | Op::RmsNorm { .. }
             | Op::Linear
+            | Op::LinearSplit { .. }
             | Op::Add
             | Op::Mul
             | Op::ColScale
@@ -191,7 +210,7 @@ impl Op {
             | Op::LinearGradWeight
             | Op::SiluGrad
             | Op::ColScaleGrad => 2,
-            Op::Attention(_) => 3,
+            Op::Attention(_) | Op::LinearCrossEntropy => 3,
             Op::RmsNormGrad => 4,
             Op::AttentionGrad(_) => 5,
         }

@@ -32,7 +32,10 @@ fn attrs(op: &Op) -> String {
         ),
         Op::CrossEntropy { batch, seq, grad } => format!("[batch={batch}, seq={seq}, grad={grad}]"),
         Op::Fused(k) => format!("[{}]", k.name),
-        Op::Split { widths } | Op::Concat { widths } => format!("{widths:?}"),
+        Op::Split { widths }
+        | Op::Concat { widths }
+        | Op::LinearSplit { widths }
+        | Op::LinearGradInputCat { widths } => format!("{widths:?}"),
         Op::ShiftLabels { seq } => format!("[seq={seq}]"),
         Op::ParamSlice { param, start, len } => format!(" @{param}[{start}..{}]", start + len),
         _ => String::new(),

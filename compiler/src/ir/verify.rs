@@ -84,13 +84,14 @@ pub fn verify(ir: &Ir) -> Result<(), VerifyError> {
         let ok = ir.graph.node_weight(id).is_some_and(|n| match &n.op {
             Op::CrossEntropy { .. } => out == 0,
             Op::Fused(k) => k.name.starts_with("cross_entropy") && out == 0,
+            Op::LinearCrossEntropy => out == 0,
             _ => false,
         });
         if !ok {
             return Err(VerifyError {
                 node: id,
                 op: "loss",
-                msg: "the loss is not output 0 of a cross_entropy".into(),
+                msg: "the loss is not output 0 of a cross_entropy (or linear_cross_entropy)".into(),
             });
         }
     }
@@ -302,6 +303,36 @@ pub fn infer(ir: &Ir, op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, St
                 }
             }
             vec![TensorType::f32(&[rows, widths.iter().sum()])]
+        }
+        (Op::LinearSplit { widths }, [x, w]) => {
+            let (rows, k) = mat(x)?;
+            let (m, k2) = mat(w)?;
+            if k != k2 || widths.iter().sum::<usize>() != m || widths.is_empty() {
+                return Err(format!("linear_split of {x} by {w} into {widths:?}"));
+            }
+            widths.iter().map(|&c| TensorType::f32(&[rows, c])).collect()
+        }
+        (Op::LinearGradInputCat { widths }, ins) if ins.len() == widths.len() + 1 && !widths.is_empty() => {
+            let (gs, w) = ins.split_at(widths.len());
+            let (m, k) = mat(&w[0])?;
+            let rows = gs[0].shape.first().copied().unwrap_or(0);
+            if widths.iter().sum::<usize>() != m {
+                return Err(format!("linear_grad_input_cat of blocks {widths:?} by {}", w[0]));
+            }
+            for (t, &c) in gs.iter().zip(widths) {
+                if *t != TensorType::f32(&[rows, c]) {
+                    return Err(format!("linear_grad_input_cat of {t} as a block of {c}"));
+                }
+            }
+            vec![TensorType::f32(&[rows, k])]
+        }
+        (Op::LinearCrossEntropy, [h, w, t]) => {
+            let (rows, d) = mat(h)?;
+            let (_, d2) = mat(w)?;
+            if d != d2 || t.dtype != Dtype::I64 || t.shape != [rows] {
+                return Err(format!("linear_cross_entropy of {h} by {w} on {t}"));
+            }
+            vec![TensorType::f32(&[rows]), h.clone()]
         }
         (Op::LinearAdd, [r, x, w]) => {
             let (rows, k) = mat(x)?;

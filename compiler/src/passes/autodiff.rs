@@ -272,6 +272,9 @@ fn backward_rule(
         Op::Fused(_)
         | Op::Split { .. }
         | Op::Concat { .. }
+        | Op::LinearSplit { .. }
+        | Op::LinearGradInputCat { .. }
+        | Op::LinearCrossEntropy
         | Op::LinearAdd
         | Op::ShiftLabels { .. }
         | Op::ParamSlice { .. } => {

@@ -6,9 +6,10 @@
 //! 1. **Shared-input GEMMs**: frozen-weight `linear`s of the forward program
 //!    that read the same value (q, k, v of a layer; gate and up; the frozen
 //!    A of a LaMDA adapter next to its base weight, and the A's of siblings)
-//!    become one `linear` against the weights stacked by rows (a derived
-//!    `Concat` parameter) and a `split` of its columns. One GEMM over
-//!    `[W_q; W_k; W_v; A_q; A_v]` yields every projection and every z = A x.
+//!    become one `linear_split` against the weights stacked by rows (a derived
+//!    `Concat` parameter): one logical GEMM over `[W_q; W_k; W_v; A_q; A_v]`
+//!    yields every projection and every z = A x, each as its own value (the
+//!    backend decides whether that is one GEMM and a copy, or one per block).
 //! 2. **Adapter epilogues** (small r): `base + c u B^T` with `u = z S^T`
 //!    (LaMDA) becomes one kernel that writes u (kept for dB) and y; LoRA's
 //!    `base + c (x A^T) B^T` becomes one kernel after the `x A^T` GEMM; the
@@ -26,9 +27,17 @@
 //!
 //! 5. **Stacked backward GEMMs**: when every part of a stack has one backward
 //!    product `g_i W_i` and these are all summed into the same input
-//!    gradient, the gradients are concatenated by columns and multiplied once
-//!    by the stack: `[g_1, ..., g_m] [W_1; ...; W_m] = sum_i g_i W_i`, one
-//!    GEMM instead of m plus their m - 1 adds. (Runs before 4.)
+//!    gradient, they become one `linear_grad_input_cat`: the gradients taken
+//!    as column blocks and multiplied by the stack,
+//!    `[g_1, ..., g_m] [W_1; ...; W_m] = sum_i g_i W_i`, instead of m GEMMs
+//!    plus their m - 1 adds (the concatenation is the backend's choice, not
+//!    a value). (Runs before 4.)
+//!
+//! 0. **LM head + loss** (when asked: a backend that runs it): the head GEMM
+//!    `h W^T`, the cross-entropy with gradient, and the head's backward
+//!    `dlogits W` become one `linear_cross_entropy` on targets shifted once,
+//!    when nothing else reads the logits or their gradient and W is frozen.
+//!    The `(tokens, vocab)` logits then never exist whole. (Runs first.)
 //!
 //! Guarantees: the result verifies; every rewrite computes the same math up
 //! to float rounding (tests run fused and unfused plans on the golden cases
@@ -54,12 +63,17 @@ pub struct FusionStats {
     pub linear_adds: usize,
     pub add_chains: usize,
     pub stacked_backward: usize,
+    pub head_losses: usize,
 }
 
 /// Fuses `ir` in place. `trainable`: every parameter that trains in some
 /// phase of the run (never stacked: a stacked copy would go stale).
-pub fn fuse(ir: &mut Ir, trainable: &BTreeSet<usize>) -> FusionStats {
+/// `head_loss`: also rewrite 0 (the chunked LM head + cross-entropy).
+pub fn fuse(ir: &mut Ir, trainable: &BTreeSet<usize>, head_loss: bool) -> FusionStats {
     let mut st = FusionStats::default();
+    if head_loss {
+        head_cross_entropy(ir, trainable, &mut st);
+    }
     let stacks = stack_gemms(ir, trainable, &mut st);
     epilogues(ir, &mut st);
     row_kernels(ir, &mut st);
@@ -122,6 +136,53 @@ fn become_kernel(ir: &mut Ir, id: NodeId, k: Kernel, inputs: &[Value]) {
     node.outputs = outputs;
 }
 
+// ------------------------------------------------------------------ 0. LM head + loss
+
+fn head_cross_entropy(ir: &mut Ir, trainable: &BTreeSet<usize>, st: &mut FusionStats) {
+    for ce in ir.order() {
+        let Some(Op::CrossEntropy { seq, grad: true, .. }) = ir.graph.node_weight(ce).map(|n| n.op.clone()) else {
+            continue;
+        };
+        let ins = ir.inputs(ce);
+        let (logits, labels) = (ins[0], ins[1]);
+        // The logits: a forward `h W^T` read by this cross-entropy alone.
+        if op_at(ir, logits) != Some(&Op::Linear) || ir.graph[logits.0].backward || ir.users(logits).len() != 1 {
+            continue;
+        }
+        let [h, w] = ir.inputs(logits.0)[..] else { continue };
+        if param_of(ir, w).is_none_or(|p| trainable.contains(&p)) {
+            continue;
+        }
+        // Their gradient: read by one `dlogits W` and nothing else.
+        let readers = ir.users((ce, 1));
+        let [(g, 0)] = readers[..] else { continue };
+        if ir.graph[g].op != Op::LinearGradInput || ir.inputs(g)[1] != w {
+            continue;
+        }
+        let n = ty(ir, h).shape[0];
+        let t = ir.add(
+            Op::ShiftLabels { seq },
+            &[labels],
+            vec![TensorType::i64(&[n])],
+            "targets",
+        );
+        // A backward node: it makes the head's input gradient (and the loss).
+        let fused = ir.add_backward(
+            Op::LinearCrossEntropy,
+            &[h, w, (t, 0)],
+            vec![TensorType::f32(&[n]), ty(ir, h)],
+            "lm_head + loss",
+            None,
+        );
+        ir.replace_uses((ce, 0), (fused, 0));
+        ir.replace_uses((g, 0), (fused, 1));
+        if ir.logits == Some(logits) {
+            ir.logits = None;
+        }
+        st.head_losses += 1;
+    }
+}
+
 // ------------------------------------------------------------------ 1. stacked GEMMs
 
 /// A stacked weight, for the backward merge.
@@ -179,18 +240,12 @@ fn stack_gemms(ir: &mut Ir, trainable: &BTreeSet<usize>, st: &mut FusionStats) -
         let w = param_node(ir, p);
         let n = ty(ir, x).shape[0];
         let label = ir.graph[members[0]].label.clone();
-        let lin = ir.add(
-            Op::Linear,
-            &[x, w],
-            vec![TensorType::f32(&[n, rows])],
-            format!("{label} (stacked)"),
-        );
         let outs = widths.iter().map(|&c| TensorType::f32(&[n, c])).collect();
         let split = ir.add(
-            Op::Split { widths: widths.clone() },
-            &[(lin, 0)],
+            Op::LinearSplit { widths: widths.clone() },
+            &[x, w],
             outs,
-            format!("{label} (split)"),
+            format!("{label} (stacked)"),
         );
         for (i, &m) in members.iter().enumerate() {
             ir.replace_uses((m, 0), (split, i as u8));
@@ -277,22 +332,21 @@ fn stacked_backward(ir: &mut Ir, stacks: &[Stack], st: &mut FusionStats) {
         if !mine.iter().all(|v| leaves.contains(v)) {
             continue;
         }
-        let n = ty(ir, products[0].1).shape.first().copied().unwrap_or(0);
         let widths: Vec<usize> = stack.parts.iter().map(|&(_, w)| w).collect();
         let rows: usize = widths.iter().sum();
         let out_ty = ty(ir, (root, 0));
         let label = format!("{} (stacked backward)", ir.params[stack.param].name);
-        let gs: Vec<Value> = products.iter().map(|&(_, g)| g).collect();
-        let cat = ir.add_backward(
-            Op::Concat { widths },
-            &gs,
-            vec![TensorType::f32(&[n, rows])],
-            format!("{label} (concat)"),
-            None,
-        );
-        let w = param_node(ir, stack.param);
+        let mut operands: Vec<Value> = products.iter().map(|&(_, g)| g).collect();
+        operands.push(param_node(ir, stack.param));
+        debug_assert_eq!(widths.iter().sum::<usize>(), rows);
         let mut acc = (
-            ir.add_backward(Op::LinearGradInput, &[(cat, 0), w], vec![out_ty.clone()], label, None),
+            ir.add_backward(
+                Op::LinearGradInputCat { widths },
+                &operands,
+                vec![out_ty.clone()],
+                label,
+                None,
+            ),
             0,
         );
         for &other in leaves.iter().filter(|v| !mine.contains(v)) {

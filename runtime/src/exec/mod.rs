@@ -62,6 +62,61 @@ pub struct Executor {
     jit: Option<crate::backend::cpu::jit::Jit>,
     /// Time and count per op, when profiling.
     profile: Option<std::collections::BTreeMap<String, (std::time::Duration, u64)>>,
+    /// Released f32 buffers, for the next run's values of the same size.
+    pool: BufferPool,
+}
+
+/// Released buffers, by capacity: every step of a program allocates the
+/// same sizes, so from the second step on its values reuse memory that is
+/// already mapped (a fresh large `Vec` costs page faults and the kernel's
+/// zeroing of every page: ~10% of a SmolLM2 step). A request takes the
+/// smallest free buffer of at least its length and at most twice it.
+#[derive(Default)]
+struct BufferPool {
+    free: std::collections::BTreeMap<usize, Vec<Vec<f32>>>,
+}
+
+impl BufferPool {
+    /// A released buffer for `len` values, emptied, if one fits.
+    fn take(&mut self, len: usize) -> Option<Vec<f32>> {
+        let cap = *self.free.range(len..=len.saturating_mul(2)).next()?.0;
+        let list = self.free.get_mut(&cap)?;
+        let mut v = list.pop()?;
+        if list.is_empty() {
+            self.free.remove(&cap);
+        }
+        v.clear();
+        Some(v)
+    }
+
+    /// `len` zeros, in a released buffer when one fits.
+    fn zeroed(&mut self, len: usize) -> Vec<f32> {
+        match self.take(len) {
+            Some(mut v) => {
+                v.resize(len, 0.0);
+                v
+            }
+            None => vec![0.0; len],
+        }
+    }
+
+    /// A copy of `x`, in a released buffer when one fits.
+    fn copy_of(&mut self, x: &[f32]) -> Vec<f32> {
+        match self.take(x.len()) {
+            Some(mut v) => {
+                v.extend_from_slice(x);
+                v
+            }
+            None => x.to_vec(),
+        }
+    }
+
+    /// Keeps `v` for a later value.
+    fn put(&mut self, v: Vec<f32>) {
+        if v.capacity() > 0 {
+            self.free.entry(v.capacity()).or_default().push(v);
+        }
+    }
 }
 
 impl Executor {
@@ -199,7 +254,9 @@ impl Executor {
                     }
                     continue;
                 }
-                slots[r] = Slot::Empty;
+                if let Slot::F32(v) = std::mem::replace(&mut slots[r], Slot::Empty) {
+                    self.pool.put(v);
+                }
             }
         }
         Ok(RunOutput {
@@ -277,7 +334,7 @@ impl Executor {
                 let (idv, table) = (ids(0)?, f(1)?);
                 let n = idv.len();
                 let (vocab, d) = dims2(1)?;
-                let mut y = vec![0.0; n * d];
+                let mut y = self.pool.zeroed(n * d);
                 ops::embedding_forward(table, vocab, d, idv, &mut y).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
@@ -285,40 +342,40 @@ impl Executor {
                 let (x, w) = (f(0)?, f(1)?);
                 let d = w.len();
                 let n = x.len() / d.max(1);
-                let (mut y, mut rstd) = (vec![0.0; x.len()], vec![0.0; n]);
+                let (mut y, mut rstd) = (self.pool.zeroed(x.len()), self.pool.zeroed(n));
                 ops::rmsnorm_forward(x, w, n, d, eps.0 as f32, &mut y, &mut rstd).map_err(op_err)?;
                 vec![Slot::F32(y), Slot::F32(rstd)]
             }
             Op::Linear => {
                 let (x, w) = (f(0)?, f(1)?);
                 let ((n, k), (m, _)) = (dims2(0)?, dims2(1)?);
-                let mut y = vec![0.0; n * m];
+                let mut y = self.pool.zeroed(n * m);
                 ops::linear_forward(x, w, n, k, m, &mut y, Store::Overwrite).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
             Op::LinearGradInput => {
                 let (g, w) = (f(0)?, f(1)?);
                 let ((n, m), (_, k)) = (dims2(0)?, dims2(1)?);
-                let mut dx = vec![0.0; n * k];
+                let mut dx = self.pool.zeroed(n * k);
                 ops::linear_backward_input(g, w, n, k, m, &mut dx, Store::Overwrite).map_err(op_err)?;
                 vec![Slot::F32(dx)]
             }
             Op::LinearGradWeight => {
                 let (g, x) = (f(0)?, f(1)?);
                 let ((n, m), (_, k)) = (dims2(0)?, dims2(1)?);
-                let mut dw = vec![0.0; m * k];
+                let mut dw = self.pool.zeroed(m * k);
                 ops::linear_backward_weight(g, x, n, k, m, &mut dw, Store::Overwrite).map_err(op_err)?;
                 vec![Slot::F32(dw)]
             }
             Op::Scale { c } => {
                 let x = f(0)?;
-                let mut y = vec![0.0; x.len()];
+                let mut y = self.pool.zeroed(x.len());
                 ops::pointwise::scale(x, c.0 as f32, &mut y).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
             Op::Add | Op::Mul | Op::SiluGrad => {
                 let (a, b) = (f(0)?, f(1)?);
-                let mut y = vec![0.0; a.len()];
+                let mut y = self.pool.zeroed(a.len());
                 match op {
                     Op::Add => ops::pointwise::add(a, b, &mut y),
                     Op::Mul => ops::pointwise::mul(a, b, &mut y),
@@ -329,25 +386,25 @@ impl Executor {
             }
             Op::Silu => {
                 let x = f(0)?;
-                let mut y = vec![0.0; x.len()];
+                let mut y = self.pool.zeroed(x.len());
                 ops::pointwise::silu(x, &mut y).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
             Op::ColScale => {
                 let (x, v) = (f(0)?, f(1)?);
-                let mut y = vec![0.0; x.len()];
+                let mut y = self.pool.zeroed(x.len());
                 ops::pointwise::col_scale(x, v, &mut y).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
             Op::ColScaleGrad => {
                 let (g, x) = (f(0)?, f(1)?);
                 let (_, k) = dims2(0)?;
-                let mut dv = vec![0.0; k];
+                let mut dv = self.pool.zeroed(k);
                 ops::pointwise::col_scale_grad(g, x, &mut dv).map_err(op_err)?;
                 vec![Slot::F32(dv)]
             }
             Op::Rope { head_dim, seq, theta } | Op::RopeGrad { head_dim, seq, theta } => {
-                let mut y = f(0)?.to_vec();
+                let mut y = self.pool.copy_of(f(0)?);
                 let n = tokens.len();
                 let heads = y.len() / n.max(1) / (*head_dim).max(1);
                 let table = self.rope_table(*seq, *head_dim, theta.0).map_err(op_err)?;
@@ -367,8 +424,8 @@ impl Executor {
                     head_dim: d.head_dim,
                 };
                 let (q, k, v) = (f(0)?, f(1)?, f(2)?);
-                let mut o = vec![0.0; q.len()];
-                let mut lse = vec![0.0; d.batch * d.heads * d.seq];
+                let mut o = self.pool.zeroed(q.len());
+                let mut lse = self.pool.zeroed(d.batch * d.heads * d.seq);
                 ops::attention_forward(&shape, q, k, v, &mut o, &mut lse).map_err(op_err)?;
                 vec![Slot::F32(o), Slot::F32(lse)]
             }
@@ -381,7 +438,11 @@ impl Executor {
                     head_dim: d.head_dim,
                 };
                 let (g, q, k, v, lse) = (f(0)?, f(1)?, f(2)?, f(3)?, f(4)?);
-                let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+                let (mut dq, mut dk, mut dv) = (
+                    self.pool.zeroed(q.len()),
+                    self.pool.zeroed(k.len()),
+                    self.pool.zeroed(v.len()),
+                );
                 ops::attention_backward(&shape, q, k, v, lse, g, &mut dq, &mut dk, &mut dv).map_err(op_err)?;
                 vec![Slot::F32(dq), Slot::F32(dk), Slot::F32(dv)]
             }
@@ -389,14 +450,14 @@ impl Executor {
                 let (g, x, w, rstd) = (f(0)?, f(1)?, f(2)?, f(3)?);
                 let d = w.len();
                 let n = rstd.len();
-                let mut dx = vec![0.0; x.len()];
+                let mut dx = self.pool.zeroed(x.len());
                 ops::rmsnorm_backward(x, w, rstd, g, n, d, &mut dx, None).map_err(op_err)?;
                 vec![Slot::F32(dx)]
             }
             Op::CrossEntropy { batch, seq, grad } => {
                 let (lg, lb) = (f(0)?, ids(1)?);
                 let vocab = lg.len() / (batch * seq).max(1);
-                let mut dl = if *grad { vec![0.0; lg.len()] } else { Vec::new() };
+                let mut dl = if *grad { self.pool.zeroed(lg.len()) } else { Vec::new() };
                 let ce =
                     ops::causal_lm_cross_entropy(lg, lb, *batch, *seq, vocab, if *grad { Some(&mut dl) } else { None })
                         .map_err(op_err)?;
@@ -428,7 +489,7 @@ impl Executor {
             Op::Split { widths } => {
                 let x = f(0)?;
                 let (n, _) = dims2(0)?;
-                let mut outs: Vec<Vec<f32>> = widths.iter().map(|&c| vec![0.0; n * c]).collect();
+                let mut outs: Vec<Vec<f32>> = widths.iter().map(|&c| self.pool.zeroed(n * c)).collect();
                 ops::split_cols(x, n, widths, &mut outs).map_err(op_err)?;
                 outs.into_iter().map(Slot::F32).collect()
             }
@@ -436,14 +497,42 @@ impl Executor {
                 let total: usize = widths.iter().sum();
                 let n = shapes.first().and_then(|s| s.first()).copied().unwrap_or(0);
                 let xs = (0..widths.len()).map(&f).collect::<Result<Vec<_>, _>>()?;
-                let mut y = vec![0.0; n * total];
+                let mut y = self.pool.zeroed(n * total);
                 ops::concat_cols(&xs, n, widths, &mut y).map_err(op_err)?;
                 vec![Slot::F32(y)]
+            }
+            Op::LinearSplit { widths } => {
+                let (x, w) = (f(0)?, f(1)?);
+                let (n, k) = dims2(0)?;
+                let mut ys: Vec<Vec<f32>> = widths.iter().map(|&c| self.pool.zeroed(n * c)).collect();
+                ops::linear::stacked_linear_forward(x, w, n, k, widths, &mut ys).map_err(op_err)?;
+                ys.into_iter().map(Slot::F32).collect()
+            }
+            Op::LinearGradInputCat { widths } => {
+                let m = widths.len();
+                let gs = (0..m).map(&f).collect::<Result<Vec<_>, _>>()?;
+                let w = f(m)?;
+                let (_, k) = dims2(m)?;
+                let n = shapes.first().and_then(|s| s.first()).copied().unwrap_or(0);
+                let mut dx = self.pool.zeroed(n * k);
+                ops::linear::stacked_linear_backward_input(&gs, w, n, k, widths, &mut dx).map_err(op_err)?;
+                vec![Slot::F32(dx)]
+            }
+            Op::LinearCrossEntropy => {
+                let (h, w, t) = (f(0)?, f(1)?, ids(2)?);
+                let ((n, d), (vocab, _)) = (dims2(0)?, dims2(1)?);
+                let count = t.iter().filter(|&&v| v >= 0).count();
+                let scale = grad_scale / count.max(1) as f32;
+                let (mut rows, mut dh) = (self.pool.zeroed(n), self.pool.zeroed(n * d));
+                let r = ops::head_loss::linear_cross_entropy(h, w, t, n, d, vocab, scale, &mut rows, &mut dh)
+                    .map_err(op_err)?;
+                *loss = ((r.sum / r.count.max(1) as f64) as f32, r.count);
+                vec![Slot::F32(rows), Slot::F32(dh)]
             }
             Op::LinearAdd => {
                 let (r, x, w) = (f(0)?, f(1)?, f(2)?);
                 let ((n, k), (m, _)) = (dims2(1)?, dims2(2)?);
-                let mut y = r.to_vec();
+                let mut y = self.pool.copy_of(r);
                 ops::linear_forward(x, w, n, k, m, &mut y, Store::Accumulate).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
@@ -476,10 +565,10 @@ impl Executor {
                     .outputs()
                     .iter()
                     .map(|&a| match k.args[a].ty {
-                        ArgTy::Rows { cols } => vec![0.0; rows * cols],
-                        ArgTy::PerRow => vec![0.0; rows],
-                        ArgTy::Vector { len } => vec![0.0; len],
-                        ArgTy::Periodic { period, cols } => vec![0.0; period * cols],
+                        ArgTy::Rows { cols } => self.pool.zeroed(rows * cols),
+                        ArgTy::PerRow => self.pool.zeroed(rows),
+                        ArgTy::Vector { len } => self.pool.zeroed(len),
+                        ArgTy::Periodic { period, cols } => self.pool.zeroed(period * cols),
                         ArgTy::PerRowI64 | ArgTy::Scalar => Vec::new(),
                     })
                     .collect();

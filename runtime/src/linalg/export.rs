@@ -18,7 +18,7 @@ use super::dense::{MatF32, MatF32Ref, expect_dims, to_f64};
 /// b: (d_out, r), s: (r, r), b0: (d_out, r); returns (d_out, r). At step 0
 /// (`B = B0`, `S = I`) every entry is exactly 0.
 pub fn lora_export_b(b: MatF32Ref<'_>, s: MatF32Ref<'_>, b0: MatF32Ref<'_>, alpha: f64) -> Result<MatF32, LinalgError> {
-    let _clean = crate::ops::vector_state::ClearOnDrop;
+    let _clean = crate::ops::vector_state::ClearOnDrop::all();
     let delta = delta_b(b, s, b0)?;
     Ok(MatF32::round_from((delta * alpha).as_ref()))
 }
@@ -35,7 +35,7 @@ pub fn merge(
     b0: MatF32Ref<'_>,
     alpha: f64,
 ) -> Result<MatF32, LinalgError> {
-    let _clean = crate::ops::vector_state::ClearOnDrop;
+    let _clean = crate::ops::vector_state::ClearOnDrop::all();
     let (d_out, d_in, r) = (w.rows(), w.cols(), a.rows());
     expect_dims("a", a, r, d_in)?;
     expect_dims("b", b, d_out, r)?;

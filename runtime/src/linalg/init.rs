@@ -71,7 +71,7 @@ pub fn lamda_residual(
     b: MatF32Ref<'_>,
     alpha: f64,
 ) -> Result<MatF32, LinalgError> {
-    let _clean = crate::ops::vector_state::ClearOnDrop;
+    let _clean = crate::ops::vector_state::ClearOnDrop::all();
     let (d_out, d_in, r) = (w.rows(), w.cols(), a.rows());
     expect_dims("a", a, r, d_in)?;
     expect_dims("s", s, r, r)?;

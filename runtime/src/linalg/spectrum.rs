@@ -49,7 +49,7 @@ use super::dense::{MatF32Ref, expect_finite_nonempty, to_f64};
 ///
 /// w: (d_out, d_in); returns (k,). See the module doc for the precision.
 pub fn squared_singular_values(w: MatF32Ref<'_>) -> Result<Vec<f64>, LinalgError> {
-    let _clean = crate::ops::vector_state::ClearOnDrop;
+    let _clean = crate::ops::vector_state::ClearOnDrop::all();
     expect_finite_nonempty("w", w)?;
     let w64 = to_f64(w); // (d_out, d_in)
     let k = w.rows().min(w.cols());

@@ -47,7 +47,7 @@ pub fn thin_svd(w: MatF32Ref<'_>) -> Result<ThinSvd, LinalgError> {
 /// runs several SVDs side by side (faer's parallel SVD spends much of its
 /// time waking threads on matrices of a few hundred rows).
 pub fn thin_svd_with(w: MatF32Ref<'_>, par: Par) -> Result<ThinSvd, LinalgError> {
-    let _clean = crate::ops::vector_state::ClearOnDrop;
+    let _clean = crate::ops::vector_state::ClearOnDrop::for_par(par);
     expect_finite_nonempty("w", w)?;
     let w64 = to_f64(w);
     let (m, n) = (w.rows(), w.cols());
@@ -107,7 +107,9 @@ pub fn top_svd(w: MatF32Ref<'_>, r: usize, max_exact_dim: usize) -> Result<ThinS
 
 /// [`top_svd`] with an explicit parallelism for the exact SVD (see [`thin_svd_with`]).
 pub fn top_svd_with(w: MatF32Ref<'_>, r: usize, max_exact_dim: usize, par: Par) -> Result<ThinSvd, LinalgError> {
-    let _clean = crate::ops::vector_state::ClearOnDrop;
+    // (the randomized branch multiplies with faer's global parallelism; the
+    // caller of a `Par::Seq` run cleans the other threads once it is done)
+    let _clean = crate::ops::vector_state::ClearOnDrop::for_par(par);
     let (m, n) = (w.rows(), w.cols());
     let k = m.min(n);
     if k <= max_exact_dim || r + OVERSAMPLE >= k {

@@ -43,10 +43,12 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
+pub mod head_loss;
 pub mod linear;
 pub mod pointwise;
 pub mod rmsnorm;
 pub mod rope;
+pub(crate) mod simd;
 pub mod vector_state;
 
 #[cfg(test)]

@@ -56,10 +56,34 @@ pub fn clear_upper_all() {
 /// Runs [`clear_upper_all`] when dropped: the first line of a function that
 /// calls into faer, so that every return path leaves the vector state clean.
 #[must_use = "bind it to a variable (`let _clean = ...`) so it lives to the end of the scope"]
-pub struct ClearOnDrop;
+pub struct ClearOnDrop {
+    /// Only this thread ran faer (`Par::Seq`): [`clear_upper_here`].
+    here_only: bool,
+}
+
+impl ClearOnDrop {
+    /// For code that runs faer with `par`: a sequential run cleans only this
+    /// thread. (That matters inside rayon tasks: `clear_upper_all` blocks on
+    /// a broadcast, and a blocked worker runs other queued tasks meanwhile, so
+    /// their buffers pile up on one stack.)
+    pub fn for_par(par: faer::Par) -> Self {
+        ClearOnDrop {
+            here_only: matches!(par, faer::Par::Seq),
+        }
+    }
+
+    /// For code that may have run faer on every thread.
+    pub fn all() -> Self {
+        ClearOnDrop { here_only: false }
+    }
+}
 
 impl Drop for ClearOnDrop {
     fn drop(&mut self) {
-        clear_upper_all();
+        if self.here_only {
+            clear_upper_here();
+        } else {
+            clear_upper_all();
+        }
     }
 }

@@ -1206,27 +1206,54 @@ impl CudaExecutor {
                 outs
             }
             Op::Concat { widths } => {
-                let total: usize = widths.iter().sum();
                 let n = shapes.first().and_then(|s| s.first()).copied().unwrap_or(0);
-                let y = gpu.alloc::<f32>(n * total)?;
-                let mut at = 0;
-                for (k, &c) in widths.iter().enumerate() {
-                    let (x, xl) = f(k)?;
-                    len_check("concat", "x", xl, n * c)?;
-                    let args = [
-                        KArg::Ptr(x),
-                        KArg::Ptr(y.ptr(gpu)),
-                        int(n, "n")?,
-                        int(c, "width")?,
-                        KArg::I32(0),
-                        int(total, "width")?,
-                        int(at, "offset")?,
-                        int(c, "width")?,
-                    ];
-                    gpu.launch_elems(support::COPY_COLS, n * c, &args)?;
-                    at += c;
+                let xs = (0..widths.len()).map(&f).collect::<Result<Vec<_>, _>>()?;
+                vec![Val::F32(concat_device(gpu, &xs, n, widths)?)]
+            }
+            Op::LinearCrossEntropy => {
+                return Err(CudaError::Program(
+                    "linear_cross_entropy runs on the CPU backend only: plans for CUDA are compiled without it".into(),
+                ));
+            }
+            Op::LinearSplit { widths } => {
+                // One GEMM per block, each reading its row block of the stacked
+                // weight and writing its own buffer: no whole product, no copy.
+                const OP: &str = "linear_split";
+                let (xo, wo) = (opnd(0)?, opnd(1)?);
+                let ((n, k), (m, _)) = (dims2(0)?, dims2(1)?);
+                len_check(OP, "x", xo.1, n * k)?;
+                len_check(OP, "w", wo.1, m * k)?;
+                if widths.iter().sum::<usize>() != m {
+                    return Err(CudaError::Program(format!("linear_split of {m} rows into {widths:?}")));
                 }
-                vec![Val::F32(y)]
+                let (dt, x, w, _keep) = pair(xo, wo)?;
+                let mut outs = Vec::with_capacity(widths.len());
+                let mut row = 0usize;
+                for &c in widths {
+                    let y = gpu.alloc::<f32>(n * c)?;
+                    let wb = w + (row * k * dt.bytes()) as u64;
+                    gpu.linear(dt, x, wb, y.ptr(gpu), n, k, c, false)?;
+                    outs.push(Val::F32(y));
+                    row += c;
+                }
+                outs
+            }
+            Op::LinearGradInputCat { widths } => {
+                // The blocks side by side, then one GEMM by the whole stack.
+                const OP: &str = "linear_grad_input_cat";
+                let mb = widths.len();
+                let n = shapes.first().and_then(|s| s.first()).copied().unwrap_or(0);
+                let gs = (0..mb).map(&f).collect::<Result<Vec<_>, _>>()?;
+                let cat = concat_device(gpu, &gs, n, widths)?;
+                let total: usize = widths.iter().sum();
+                let wo = opnd(mb)?;
+                let (m, k) = dims2(mb)?;
+                len_check(OP, "w", wo.1, m * k)?;
+                len_check(OP, "w", m, total)?;
+                let dx = gpu.alloc::<f32>(n * k)?;
+                let (dt, g, w, _keep) = pair((cat.ptr(gpu), n * total, Dt::F32), wo)?;
+                gpu.linear_grad_input(dt, g, w, dx.ptr(gpu), n, k, m)?;
+                vec![Val::F32(dx)]
             }
             Op::ShiftLabels { seq } => {
                 let (lp, l) = ids(0)?;
@@ -1372,11 +1399,35 @@ fn bf16_storage(programs: &[&Program], count: usize, trainable: &[usize], precis
     narrow
 }
 
+/// `(n, sum widths)` on the device from the column blocks `xs[i]` (`(n, widths[i])`).
+fn concat_device(gpu: &Gpu, xs: &[(u64, usize)], n: usize, widths: &[usize]) -> Result<DevBuf<f32>, CudaError> {
+    let total: usize = widths.iter().sum();
+    let y = gpu.alloc::<f32>(n * total)?;
+    let mut at = 0;
+    for (&(x, xl), &c) in xs.iter().zip(widths) {
+        len_check("concat", "x", xl, n * c)?;
+        let args = [
+            KArg::Ptr(x),
+            KArg::Ptr(y.ptr(gpu)),
+            int(n, "n")?,
+            int(c, "width")?,
+            KArg::I32(0),
+            int(total, "width")?,
+            int(at, "offset")?,
+            int(c, "width")?,
+        ];
+        gpu.launch_elems(support::COPY_COLS, n * c, &args)?;
+        at += c;
+    }
+    Ok(y)
+}
+
 /// Whether `op` reads operand `slot` in bf16 itself (the GEMMs, and the
 /// embedding table); every other bf16 operand is widened to f32 first.
 fn reads_bf16(op: &Op, slot: usize) -> bool {
     match op {
-        Op::Linear | Op::LinearGradInput | Op::LinearGradWeight => slot < 2,
+        Op::Linear | Op::LinearSplit { .. } | Op::LinearGradInput | Op::LinearGradWeight => slot < 2,
+        Op::LinearGradInputCat { widths } => slot == widths.len(),
         Op::LinearAdd => slot == 1 || slot == 2,
         Op::Embedding => slot == 1,
         _ => false,
