@@ -20,7 +20,8 @@ use rayon::prelude::*;
 use crate::checkpoint::{CheckpointError, Weights};
 use crate::linalg::svd::top_svd_with;
 use crate::linalg::{EXACT_SVD_MAX_DIM, LinalgError, MatF32Ref, ThinSvd, Xoshiro256StarStar, init::kaiming_uniform};
-use faer::{Mat, Par};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, Par};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -33,7 +34,7 @@ pub enum InitError {
 }
 
 /// Where base weights come from.
-pub trait WeightSource {
+pub trait WeightSource: Sync {
     /// The tensor `name` as float32, checked against `shape`.
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError>;
 }
@@ -41,6 +42,14 @@ pub trait WeightSource {
 impl WeightSource for Weights {
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
         let a = self.tensor(name, shape)?;
+        if a.is_standard_layout() {
+            // the decoded buffer itself, without a second copy
+            let (v, offset) = a.into_raw_vec_and_offset();
+            if offset.unwrap_or(0) == 0 {
+                return Ok(v);
+            }
+            return Ok(v[offset.unwrap_or(0)..].to_vec());
+        }
         Ok(a.iter().copied().collect())
     }
 }
@@ -53,14 +62,20 @@ pub fn initialize(
     overrides: &BTreeMap<String, Vec<f32>>,
 ) -> Result<Vec<Vec<f32>>, InitError> {
     let mut params: Vec<Vec<f32>> = vec![Vec::new(); plan.params.len()];
-    // Base weights (and the W that residuals start from).
-    for (i, p) in plan.params.iter().enumerate() {
-        match &p.role {
+    // Base weights (and the W that residuals start from), read side by side.
+    let loaded: Vec<(usize, Vec<f32>)> = plan
+        .params
+        .par_iter()
+        .enumerate()
+        .filter_map(|(i, p)| match &p.role {
             ParamRole::Base { tensor } | ParamRole::Residual { tensor, .. } => {
-                params[i] = weights.load(tensor, &p.shape)?;
+                Some(weights.load(tensor, &p.shape).map(|v| (i, v)))
             }
-            ParamRole::Adapter { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => {}
-        }
+            ParamRole::Adapter { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => None,
+        })
+        .collect::<Result<_, _>>()?;
+    for (i, v) in loaded {
+        params[i] = v;
     }
     // Every SVD the recipes need, side by side: one weight per rayon task,
     // each SVD sequential inside (faer's parallel SVD mostly waits on thread
@@ -77,8 +92,6 @@ pub fn initialize(
         .collect::<Result<_, _>>()?;
     crate::ops::vector_state::clear_upper_all();
     for (recipe, svd) in plan.init.iter().zip(svds) {
-        let a = &plan.adapters[recipe.adapter];
-        let (d_out, d_in) = (a.d_out, a.d_in);
         let err = |name: &str| {
             let name = name.to_string();
             move |source: LinalgError| InitError::Linalg {
@@ -159,27 +172,20 @@ pub fn initialize(
                 None => values,
             };
         }
-        if let Some(terms) = &recipe.residual {
-            let mut w = Mat::from_fn(d_out, d_in, |i, j| f64::from(params[a.base][i * d_in + j]));
-            for term in terms {
-                let m = chain_product(plan, &params, &term.chain).map_err(|msg| InitError::Other {
-                    name: recipe.weight.clone(),
-                    msg,
-                })?;
-                if m.nrows() != d_out || m.ncols() != d_in {
-                    return Err(InitError::Other {
-                        name: recipe.weight.clone(),
-                        msg: format!(
-                            "path product is {} x {}, the weight {d_out} x {d_in}",
-                            m.nrows(),
-                            m.ncols()
-                        ),
-                    });
-                }
-                w -= faer::Scale(term.coeff) * &m;
-            }
-            params[a.base] = (0..d_out * d_in).map(|k| w[(k / d_in, k % d_in)] as f32).collect();
-        }
+    }
+    // Residual weights `W - sum coeff * path`, side by side (each reads only
+    // its own adapter's tensors and base weight).
+    let residuals: Vec<(usize, Vec<f32>)> = plan
+        .init
+        .par_iter()
+        .filter_map(|recipe| {
+            let terms = recipe.residual.as_ref()?;
+            Some(residual(plan, &params, recipe, terms))
+        })
+        .collect::<Result<_, _>>()?;
+    crate::ops::vector_state::clear_upper_all();
+    for (base, w) in residuals {
+        params[base] = w;
     }
     // Derived parameters: stacked weights and constant tables (after every residual is final).
     // A base weight that only lives inside stacks is dropped right after its
@@ -197,7 +203,11 @@ pub fn initialize(
     for (i, p) in plan.params.iter().enumerate() {
         match &p.role {
             ParamRole::Concat { parts } => {
-                params[i] = parts.iter().flat_map(|&q| params[q].iter().copied()).collect();
+                let mut stack = Vec::with_capacity(parts.iter().map(|&q| params[q].len()).sum());
+                for &q in parts {
+                    stack.extend_from_slice(&params[q]);
+                }
+                params[i] = stack;
                 for &q in parts {
                     let droppable = matches!(plan.params[q].role, ParamRole::Base { .. } | ParamRole::Residual { .. });
                     if q < i && droppable && !used.contains(&q) && last_stack.get(&q) == Some(&i) {
@@ -299,6 +309,111 @@ fn chain_product(plan: &Plan, params: &[Vec<f32>], chain: &[PathFactor]) -> Resu
         });
     }
     acc.ok_or_else(|| "an empty path term".to_string())
+}
+
+/// `W_res = W - sum_t coeff_t path_t` of `recipe` in float64, rounded once to
+/// float32: `(the base parameter, its new values)`. By blocks of rows: a term
+/// `F_1 (F_2 ... F_k)` whose first factor is a matrix multiplies the block's
+/// rows of `F_1` by the small right-hand product, so no `(d_out, d_in)`
+/// float64 temporary is made (start-up time went to faulting them in).
+fn residual(
+    plan: &Plan,
+    params: &[Vec<f32>],
+    recipe: &InitRecipe,
+    terms: &[lamda_compiler::ir::PathTerm],
+) -> Result<(usize, Vec<f32>), InitError> {
+    /// Rows per block.
+    const RB: usize = 64;
+    enum Prepared {
+        /// coeff, the first factor's parameter, the product of the others `(k, d_in)`.
+        Split(f64, usize, Mat<f64>),
+        /// coeff, the whole product `(d_out, d_in)`.
+        Whole(f64, Mat<f64>),
+    }
+    let a = &plan.adapters[recipe.adapter];
+    let (d_out, d_in) = (a.d_out, a.d_in);
+    let fail = |msg: String| InitError::Other {
+        name: recipe.weight.clone(),
+        msg,
+    };
+    let mut prepared = Vec::with_capacity(terms.len());
+    for term in terms {
+        let p = match term.chain.split_first() {
+            Some((PathFactor::Matrix(p), rest)) if !rest.is_empty() => {
+                let right = chain_product(plan, params, rest).map_err(fail)?;
+                let k = right.nrows();
+                if right.ncols() != d_in || params[*p].len() != d_out * k {
+                    return Err(fail(format!(
+                        "path product is {d_out} x {k} by {} x {}, the weight {d_out} x {d_in}",
+                        right.nrows(),
+                        right.ncols()
+                    )));
+                }
+                Prepared::Split(term.coeff, *p, right)
+            }
+            _ => {
+                let m = chain_product(plan, params, &term.chain).map_err(fail)?;
+                if m.nrows() != d_out || m.ncols() != d_in {
+                    return Err(fail(format!(
+                        "path product is {} x {}, the weight {d_out} x {d_in}",
+                        m.nrows(),
+                        m.ncols()
+                    )));
+                }
+                Prepared::Whole(term.coeff, m)
+            }
+        };
+        prepared.push(p);
+    }
+    let base = &params[a.base];
+    if base.len() != d_out * d_in {
+        return Err(fail(format!("{} values for a {d_out} x {d_in} weight", base.len())));
+    }
+    let mut out = vec![0.0f32; d_out * d_in];
+    let mut acc = vec![0.0f64; RB * d_in];
+    // the block's product, transposed: column i is row i, contiguous
+    let mut blk_t = Mat::<f64>::zeros(d_in, RB);
+    for r0 in (0..d_out).step_by(RB) {
+        let rows = RB.min(d_out - r0);
+        let acc = &mut acc[..rows * d_in];
+        for (x, &w) in acc.iter_mut().zip(&base[r0 * d_in..(r0 + rows) * d_in]) {
+            *x = f64::from(w);
+        }
+        for term in &prepared {
+            match term {
+                Prepared::Split(coeff, p, right) => {
+                    let k = right.nrows();
+                    let f1_t = Mat::<f64>::from_fn(k, rows, |j, i| f64::from(params[*p][(r0 + i) * k + j]));
+                    let dst = blk_t.as_mut().subcols_mut(0, rows);
+                    matmul(
+                        dst,
+                        Accum::Replace,
+                        right.as_ref().transpose(),
+                        f1_t.as_ref(),
+                        1.0,
+                        Par::Seq,
+                    );
+                    for (i, row) in acc.chunks_exact_mut(d_in.max(1)).enumerate() {
+                        let col = blk_t.col(i);
+                        for (x, &v) in row.iter_mut().zip(col.iter()) {
+                            *x -= coeff * v;
+                        }
+                    }
+                }
+                Prepared::Whole(coeff, m) => {
+                    for (i, row) in acc.chunks_exact_mut(d_in.max(1)).enumerate() {
+                        for (j, x) in row.iter_mut().enumerate() {
+                            *x -= coeff * m[(r0 + i, j)];
+                        }
+                    }
+                }
+            }
+        }
+        for (o, &x) in out[r0 * d_in..(r0 + rows) * d_in].iter_mut().zip(acc.iter()) {
+            *o = x as f32;
+        }
+    }
+    Ok((a.base, out))
 }
 
 /// The top singular triplets `recipe` reads (`None` when it needs none):

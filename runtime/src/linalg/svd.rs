@@ -9,8 +9,10 @@
 
 use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::evd::{ComputeEigenvectors, self_adjoint_evd, self_adjoint_evd_scratch};
+use faer::linalg::matmul::matmul;
 use faer::linalg::svd::{ComputeSvdVectors, svd, svd_scratch};
-use faer::{Mat, MatMut, Par};
+use faer::{Accum, Mat, MatMut, Par};
 
 use super::LinalgError;
 use super::dense::{MatF32Ref, expect_finite_nonempty, to_f64};
@@ -113,6 +115,12 @@ pub fn top_svd_with(w: MatF32Ref<'_>, r: usize, max_exact_dim: usize, par: Par) 
     let (m, n) = (w.rows(), w.cols());
     let k = m.min(n);
     if k <= max_exact_dim || r + OVERSAMPLE >= k {
+        if k >= GRAM_MIN_DIM && r.saturating_mul(4) <= k {
+            expect_finite_nonempty("w", w)?;
+            if let Some(svd) = gram_top_svd(w, r, par) {
+                return Ok(svd);
+            }
+        }
         return thin_svd_with(w, par);
     }
     expect_finite_nonempty("w", w)?;
@@ -135,6 +143,68 @@ pub fn top_svd_with(w: MatF32Ref<'_>, r: usize, max_exact_dim: usize, par: Par) 
     let s: Vec<f64> = small.S().column_vector().iter().take(r).copied().collect();
     apply_sign_convention(u.as_mut(), v.as_mut());
     Ok(ThinSvd { u, s, v })
+}
+
+/// Weights whose smaller side is at least this (and at least 4 r) get their
+/// top r triplets from the Gram matrix in [`top_svd`]; smaller ones the thin SVD.
+pub const GRAM_MIN_DIM: usize = 256;
+
+/// The top `r` singular triplets of `w` from the eigendecomposition of its
+/// Gram matrix on the smaller side, in float64: for `d_out >= d_in`,
+/// `G = W^T W = V diag(s^2) V^T`, the r eigenvectors of the largest
+/// eigenvalues are `v_i`, `s_i = sqrt(lambda_i)` and `u_i = W v_i / s_i`
+/// (and the mirror image for a wide `w`). None when it would be inaccurate:
+/// `s_r` below `1e-4 s_1` (the Gram matrix squares the condition of the
+/// small triplets; the top ones lose about `s_1 / s_i` times the SVD's
+/// accuracy, ~1e-13 relative for the spectra of pretrained weights), or an
+/// eigen solver failure. About 2.5x faster than the thin SVD at 576 x 1536.
+fn gram_top_svd(w: MatF32Ref<'_>, r: usize, par: Par) -> Option<ThinSvd> {
+    let w64 = to_f64(w);
+    let tall = w64.nrows() >= w64.ncols();
+    // The side the eigenvectors live on: W^T W (d_in) when tall, W W^T (d_out) when wide.
+    let a = if tall { w64.as_ref() } else { w64.as_ref().transpose() };
+    let k = a.ncols();
+    if r == 0 || r > k {
+        return None;
+    }
+    let mut g = Mat::<f64>::zeros(k, k);
+    matmul(g.as_mut(), Accum::Replace, a.transpose(), a, 1.0, par);
+    let mut e = Mat::<f64>::zeros(k, k);
+    let mut lambda = faer::diag::Diag::<f64>::zeros(k);
+    let mut buf = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
+        k,
+        ComputeEigenvectors::Yes,
+        par,
+        Default::default(),
+    ));
+    self_adjoint_evd(
+        g.as_ref(),
+        lambda.as_mut(),
+        Some(e.as_mut()),
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .ok()?;
+    // eigenvalues ascending: the top r are the last r, largest first
+    let lam = lambda.column_vector();
+    let order: Vec<usize> = (0..r).map(|i| k - 1 - i).collect();
+    let s: Vec<f64> = order.iter().map(|&j| lam[j].max(0.0).sqrt()).collect();
+    if s[0].is_nan() || s[0] <= 0.0 || s[r - 1] < 1e-4 * s[0] || s.windows(2).any(|p| p[0] < p[1]) {
+        return None;
+    }
+    let near = Mat::<f64>::from_fn(k, r, |i, c| e[(i, order[c])]);
+    // the other side: a near / s
+    let mut far = Mat::<f64>::zeros(a.nrows(), r);
+    matmul(far.as_mut(), Accum::Replace, a, near.as_ref(), 1.0, par);
+    for c in 0..r {
+        for i in 0..far.nrows() {
+            far[(i, c)] /= s[c];
+        }
+    }
+    let (mut u, mut v) = if tall { (far, near) } else { (near, far) };
+    apply_sign_convention(u.as_mut(), v.as_mut());
+    Some(ThinSvd { u, s, v })
 }
 
 /// Flips each pair (column i of `u`, column i of `v`) so that the entry of
@@ -257,6 +327,39 @@ mod tests {
             // small weights (or r too close to k) take the exact path
             assert_eq!(top_svd(w, r, 110).unwrap().k(), n);
             assert_eq!(top_svd(w, 100, 50).unwrap().k(), n);
+        }
+    }
+
+    /// The Gram path (smaller side >= GRAM_MIN_DIM, r <= k / 4) against the
+    /// exact SVD, tall and wide: a decaying spectrum and a slowly falling one
+    /// like a pretrained weight's (neighbouring values 0.2% apart): values to
+    /// 1e-11 relative, vectors (signs included) to 1e-8. A spectrum whose
+    /// r-th value is under 1e-4 of the first takes the exact SVD.
+    #[test]
+    fn gram_top_svd_matches_the_exact_one() {
+        let mut rng = Xoshiro256StarStar::seed_from_u64(3);
+        let r = 16;
+        for (m, n) in [(300usize, 260usize), (260, 300)] {
+            let k = m.min(n);
+            let decaying: Vec<f64> = (0..k).map(|i| 5.0 * 0.9f64.powi(i as i32)).collect();
+            let slow: Vec<f64> = (0..k).map(|i| 1.0 / (1.0 + 0.02 * i as f64)).collect();
+            for spec in [&decaying, &slow] {
+                let data = with_spectrum(&mut rng, m, n, spec);
+                let w = MatF32Ref::new("w", &data, m, n).unwrap();
+                let exact = thin_svd(w).unwrap();
+                let fast = top_svd(w, r, EXACT_SVD_MAX_DIM).unwrap();
+                assert_eq!((fast.k(), fast.u.nrows(), fast.v.nrows()), (r, m, n), "the Gram path ran");
+                for c in 0..r {
+                    assert!((fast.s[c] - exact.s[c]).abs() <= 1e-11 * exact.s[0], "s[{c}]");
+                    let du = (0..m).fold(0.0f64, |a, i| a.max((fast.u[(i, c)] - exact.u[(i, c)]).abs()));
+                    let dv = (0..n).fold(0.0f64, |a, j| a.max((fast.v[(j, c)] - exact.v[(j, c)]).abs()));
+                    assert!(du < 1e-8 && dv < 1e-8, "{m}x{n} direction {c}: {du:e} {dv:e}");
+                }
+            }
+            let steep: Vec<f64> = (0..k).map(|i| 0.3f64.powi(i as i32)).collect();
+            let data = with_spectrum(&mut rng, m, n, &steep);
+            let w = MatF32Ref::new("w", &data, m, n).unwrap();
+            assert_eq!(top_svd(w, r, EXACT_SVD_MAX_DIM).unwrap().k(), k, "falls back to the exact SVD");
         }
     }
 
