@@ -98,3 +98,33 @@ fn unavailable_devices_and_precisions_are_errors() {
     assert_eq!(code, 2, "{err}");
     assert!(!std::path::Path::new(out).join("metrics.jsonl").exists());
 }
+
+/// A scratch folder for one test.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("lamdac-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Issue 10.1: a diagnostic at column >= 65536 panicked inside miette's
+/// graphical handler (exit 101) in `check`, `check --format json` and `train`.
+#[test]
+fn diagnostic_past_column_65535_does_not_panic() {
+    let dir = scratch("long-line");
+    let file = dir.join("t.lamda");
+    std::fs::write(&file, format!("{}?", "\t".repeat(16384))).unwrap();
+    let f = file.to_str().unwrap();
+    let out = dir.join("run");
+    for args in [
+        vec!["check", f],
+        vec!["check", f, "--format", "json"],
+        vec!["train", f, "--out", out.to_str().unwrap()],
+    ] {
+        let (code, _, err) = lamdac(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains("lamda::syntax::unexpected"), "{args:?}: {err}");
+        assert!(err.contains("t.lamda:1:16385"), "{args:?}: {err}");
+    }
+}

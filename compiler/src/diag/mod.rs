@@ -40,10 +40,11 @@ impl SourceMap {
     pub fn get(&self, id: FileId) -> Option<&SourceFile> {
         self.files.get(id)
     }
-    /// 1-based line and column of a byte offset.
+    /// 1-based line and column (in characters) of a byte offset; an offset
+    /// inside a character counts as that character.
     pub fn line_col(&self, id: FileId, offset: usize) -> (usize, usize) {
         let Some(f) = self.get(id) else { return (0, 0) };
-        let before = &f.text[..offset.min(f.text.len())];
+        let before = &f.text[..f.text.floor_char_boundary(offset)];
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         (line, col)
@@ -284,31 +285,73 @@ impl miette::Diagnostic for Rendered {
     }
 }
 
+/// The widest column a label may start or end at and still be drawn in a
+/// source snippet. miette pads underlines with `{:width$}`, whose width must
+/// fit in a `u16` (a label at column 65536 panics with "Formatting argument
+/// out of range"), and a snippet line far wider than the terminal helps
+/// nobody: such labels are reported as `file:line:col` lines instead.
+const MAX_SNIPPET_COLUMN: usize = 1024;
+
+/// An upper bound of the on-screen column of byte `offset` in `text` as
+/// miette draws it: tabs advance to the next multiple of 4, any other
+/// character counts 2 (the widest a character can be).
+fn visual_column(text: &str, offset: usize) -> usize {
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    text[line_start..offset]
+        .chars()
+        .fold(0, |col, c| if c == '\t' { col + 4 - col % 4 } else { col + 2 })
+}
+
 fn to_rendered(sources: &SourceMap, d: &Diagnostic) -> Rendered {
     let (name, text) = match sources.get(d.file) {
         Some(f) => (f.name.clone(), f.text.to_string()),
         None => ("<unknown>".to_string(), String::new()),
     };
-    let len = text.len();
-    let labels = d
+    // Spans clamped into the text and onto character boundaries.
+    let spans: Vec<(usize, usize)> = d
         .labels
         .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let start = l.span.start.min(len);
-            let end = l.span.end.clamp(start, len);
-            let text = if l.text.is_empty() { None } else { Some(l.text.clone()) };
-            if i == 0 {
-                LabeledSpan::new_primary_with_span(text, (start, end - start))
-            } else {
-                LabeledSpan::new_with_span(text, (start, end - start))
-            }
+        .map(|l| {
+            let start = text.floor_char_boundary(l.span.start);
+            let end = text.ceil_char_boundary(l.span.end.max(start));
+            (start, end)
         })
         .collect();
+    let drawable = spans
+        .iter()
+        .all(|&(s, e)| visual_column(&text, s) <= MAX_SNIPPET_COLUMN && visual_column(&text, e) <= MAX_SNIPPET_COLUMN);
+    let mut message = d.message.clone();
+    let labels = if drawable {
+        d.labels
+            .iter()
+            .zip(&spans)
+            .enumerate()
+            .map(|(i, (l, &(start, end)))| {
+                let text = if l.text.is_empty() { None } else { Some(l.text.clone()) };
+                if i == 0 {
+                    LabeledSpan::new_primary_with_span(text, (start, end - start))
+                } else {
+                    LabeledSpan::new_with_span(text, (start, end - start))
+                }
+            })
+            .collect()
+    } else {
+        for (l, &(start, _)) in d.labels.iter().zip(&spans) {
+            let (line, col) = sources.line_col(d.file, start);
+            message.push_str(&format!("\n  --> {name}:{line}:{col}"));
+            if !l.text.is_empty() {
+                message.push_str(&format!(": {}", l.text));
+            }
+        }
+        message.push_str(&format!(
+            "\n  (the line is too long to show: past column {MAX_SNIPPET_COLUMN})"
+        ));
+        Vec::new()
+    };
     Rendered {
         code: d.code,
         severity: d.severity,
-        message: d.message.clone(),
+        message,
         src: NamedSource::new(name, text),
         labels,
         help: d.help.clone(),
