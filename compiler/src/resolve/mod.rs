@@ -880,6 +880,11 @@ impl<'a> Resolver<'a> {
             self.diags.push(d);
             return None;
         }
+        let parts = self.unmatched_parts(p, model);
+        if !parts.is_empty() {
+            self.diags.extend(parts);
+            return None;
+        }
         if !adapt {
             return Some(all);
         }
@@ -903,6 +908,77 @@ impl<'a> Resolver<'a> {
             return None;
         }
         Some(lin)
+    }
+
+    /// Every alternative of a `{...}` and every item of an index list must
+    /// match some module on its own (the rest of the pattern as written): a
+    /// typo in one of them is no less a typo because its siblings match
+    /// (`attn.{q,x}` would otherwise adapt q and say nothing about x).
+    fn unmatched_parts(&self, p: &Pattern, model: &ModelInstance) -> Vec<Diagnostic> {
+        let segs = &p.segments[1..];
+        let mut out = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            let mut parts: Vec<(Vec<Segment>, Span, String)> = Vec::new();
+            if let SegKind::Alts(names) = &s.kind
+                && names.len() > 1
+            {
+                for n in names {
+                    let mut narrowed = segs.to_vec();
+                    narrowed[i].kind = SegKind::Name(n.name.clone());
+                    parts.push((narrowed, n.span, format!("the alternative `{}`", n.name)));
+                }
+            }
+            if let Some(items) = &s.index
+                && items.len() > 1
+            {
+                for it in items {
+                    let mut narrowed = segs.to_vec();
+                    narrowed[i].index = Some(vec![*it]);
+                    let shown = match *it {
+                        IndexItem::One(j, _) => j.to_string(),
+                        IndexItem::Range(a, b, _) => format!("{a}..{b}"),
+                        IndexItem::All(_) => "*".to_string(),
+                    };
+                    parts.push((narrowed, it.span(), format!("the index `{shown}`")));
+                }
+            }
+            for (narrowed, span, what) in parts {
+                if model.modules.iter().any(|m| matches_module(&narrowed, m)) {
+                    continue;
+                }
+                let help = match explain_miss(&narrowed, &model.modules) {
+                    Miss::Segment {
+                        available, suggestion, ..
+                    } => {
+                        let here = if available.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            available.join(", ")
+                        };
+                        match suggestion {
+                            Some(s) => format!("did you mean `{s}`? modules here: {here}"),
+                            None => format!("modules here: {here}"),
+                        }
+                    }
+                    Miss::Index { group, count, .. } => {
+                        format!("`{group}` has entries 0..{}", count.saturating_sub(1))
+                    }
+                    Miss::Incomplete { available } => {
+                        format!("it names a group, not a module; add one of: {}", available.join(", "))
+                    }
+                };
+                out.push(
+                    Diagnostic::error(
+                        Code::PatternNoMatch,
+                        self.file,
+                        format!("{what} of `{p}` matches no module"),
+                    )
+                    .label(span, format!("{what} matches nothing"))
+                    .help(format!("{help} (each alternative and index must match a module)")),
+                );
+            }
+        }
+        out
     }
 
     fn no_match(&self, p: &Pattern, model: &ModelInstance) -> Diagnostic {

@@ -13,7 +13,7 @@ use crate::syntax::ast::{IndexItem, SegKind, Segment};
 fn seg_matches(p: &Segment, s: &PathSeg) -> bool {
     let name_ok = match &p.kind {
         SegKind::Name(n) => *n == s.name,
-        SegKind::Alts(names) => names.contains(&s.name),
+        SegKind::Alts(names) => names.iter().any(|n| n.name == s.name),
         SegKind::Any => true,
         SegKind::Deep => false,
     };
@@ -125,8 +125,8 @@ pub fn explain_miss(pat: &[Segment], modules: &[Module]) -> Miss {
         SegKind::Name(n) => crate::suggest::closest(n, available.iter().map(String::as_str)).map(str::to_string),
         SegKind::Alts(names) => names
             .iter()
-            .filter(|n| !available.contains(n))
-            .find_map(|n| crate::suggest::closest(n, available.iter().map(String::as_str)))
+            .filter(|n| !available.contains(&n.name))
+            .find_map(|n| crate::suggest::closest(&n.name, available.iter().map(String::as_str)))
             .map(str::to_string),
         _ => None,
     };
