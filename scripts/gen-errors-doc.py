@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Regenerates spec/errors.md from the code list in compiler/src/diag/mod.rs and
-the annotated UI cases in tests/ui/ (the first case that expects each code)."""
+the annotated UI cases in tests/ui/ (the case named after each code, else the
+first case that expects it)."""
 import glob
 import re
 
 src = open('compiler/src/diag/mod.rs').read()
-codes = re.findall(r'\s+(\w+) = "(lamda::[a-z_:]+)": "([^"]+)"', src)
+codes = [(v, c, t.replace('\\"', '"'))
+         for v, c, t in re.findall(r'\s+(\w+) = "(lamda::[a-z_:]+)": "((?:[^"\\]|\\.)+)"', src)]
 ann = {}
 for f in sorted(glob.glob('tests/ui/*.lamda')):
     t = open(f).read()
@@ -31,7 +33,9 @@ for var, code, title in codes:
     sev = ann.get(code, [(None, None, 'error')])[0][2]
     out += [f"### `{code}` ({sev})", "", title[0].upper() + title[1:] + ".", ""]
     if code in ann:
-        f, t, _ = ann[code][0]
+        # the case named after the code (`tests/ui/rank_zero.lamda`), else the first
+        own = 'tests/ui/' + '_'.join(code.split('::')[1:]) + '.lamda'
+        f, t, _ = next((a for a in ann[code] if a[0] == own), ann[code][0])
         body = "\n".join(l.split('  #~')[0].rstrip() for l in t.strip().splitlines())
         out += ["```lamda", body, "```", f"(`{f}`)", ""]
 open('spec/errors.md', 'w').write("\n".join(out) + "\n")

@@ -128,3 +128,46 @@ fn diagnostic_past_column_65535_does_not_panic() {
         assert!(err.contains("t.lamda:1:16385"), "{args:?}: {err}");
     }
 }
+
+/// Issue 10.7: `check` passed configs that `train` rejects. Both read
+/// config.json with one parser now and report the same code.
+#[test]
+fn check_and_train_refuse_the_same_configs() {
+    let golden = std::path::Path::new("tests/golden/lamda_qv_r4_linear03");
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("config.json")).unwrap()).unwrap();
+    let cases: [(&str, serde_json::Value, &str); 5] = [
+        ("model_type", "gpt2".into(), "lamda::checkpoint::unsupported_architecture"),
+        ("num_key_value_heads", 3.into(), "lamda::checkpoint::invalid_value"),
+        ("rope_theta", 0.0.into(), "lamda::checkpoint::invalid_value"),
+        ("rope_theta", (-1.0).into(), "lamda::checkpoint::invalid_value"),
+        ("vocab_size", 1_000_000_000_000u64.into(), "lamda::checkpoint::invalid_value"),
+    ];
+    for (i, (key, value, code)) in cases.into_iter().enumerate() {
+        let dir = scratch(&format!("config-{i}"));
+        let model = dir.join("m");
+        std::fs::create_dir_all(&model).unwrap();
+        let mut cfg = base.clone();
+        cfg[key] = value.clone();
+        if key == "rope_theta" {
+            cfg.as_object_mut().unwrap().remove("rope_parameters");
+        }
+        std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
+        for f in ["model.safetensors", "inputs.safetensors"] {
+            std::fs::copy(golden.join(f), model.join(f)).unwrap();
+        }
+        let spec = dir.join("s.lamda");
+        std::fs::write(
+            &spec,
+            "use \"m\" as tiny\nadapt tiny.attn.{q,v} rank 4\ntrain {\n  data \"m/inputs.safetensors\"\n  steps 2  batch 2  seq 16\n}\n",
+        )
+        .unwrap();
+        let spec = spec.to_str().unwrap();
+        let out = dir.join("run");
+        for args in [vec!["check", spec], vec!["train", spec, "--out", out.to_str().unwrap()]] {
+            let (status, _, err) = lamdac(&args);
+            assert_eq!(status, 1, "{key} = {value}, {args:?}: {err}");
+            assert!(err.contains(code), "{key} = {value}, {args:?}: expected {code} in\n{err}");
+        }
+    }
+}

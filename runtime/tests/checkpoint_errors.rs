@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lamda_runtime::checkpoint::{Checkpoint, CheckpointError, LlamaConfig, SafetensorsFile, Weights};
+use lamda_runtime::checkpoint::{Checkpoint, CheckpointError, ConfigError, LlamaConfig, SafetensorsFile, Weights};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -31,7 +31,7 @@ fn folder_with(config: &Value) -> tempfile::TempDir {
 }
 
 fn parse_config(v: &Value) -> Result<LlamaConfig, CheckpointError> {
-    LlamaConfig::from_json_str(&v.to_string(), Path::new("config.json"))
+    LlamaConfig::from_json_str(&v.to_string(), Path::new("config.json")).map_err(CheckpointError::from)
 }
 
 fn edited(f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Value {
@@ -57,11 +57,16 @@ fn assert_hint(e: &CheckpointError) {
 #[test]
 fn folder_missing_and_not_a_folder() {
     let e = Checkpoint::open("/definitely/not/here").unwrap_err();
-    assert!(matches!(&e, CheckpointError::FolderMissing { path } if path == Path::new("/definitely/not/here")));
+    assert!(
+        matches!(&e, CheckpointError::Config(ConfigError::FolderMissing { path }) if path == Path::new("/definitely/not/here"))
+    );
     assert_hint(&e);
     let file = golden("lora_qv_r4_a8").join("config.json");
     let e = Checkpoint::open(&file).unwrap_err();
-    assert!(matches!(e, CheckpointError::NotAFolder { .. }), "{e}");
+    assert!(
+        matches!(e, CheckpointError::Config(ConfigError::NotAFolder { .. })),
+        "{e}"
+    );
 }
 
 #[test]
@@ -74,7 +79,7 @@ fn config_missing() {
     .unwrap();
     let e = Checkpoint::open(dir.path()).unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::ConfigMissing { path } if path.ends_with("config.json")),
+        matches!(&e, CheckpointError::Config(ConfigError::ConfigMissing { path }) if path.ends_with("config.json")),
         "{e}"
     );
     assert_hint(&e);
@@ -97,7 +102,7 @@ fn no_weights_lists_what_is_there() {
 fn invalid_json_reports_line_and_column() {
     let text = "{\n  \"vocab_size\": 256,\n  oops\n}";
     let e = LlamaConfig::from_json_str(text, Path::new("c/config.json")).unwrap_err();
-    let CheckpointError::InvalidJson { line, column, path, .. } = &e else {
+    let ConfigError::InvalidJson { line, column, path, .. } = &e else {
         panic!("{e}")
     };
     assert_eq!((*line, *column), (3, 3));
@@ -112,7 +117,7 @@ fn missing_key_and_wrong_type() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::MissingKey { key, .. } if key == "hidden_size"),
+        matches!(&e, CheckpointError::Config(ConfigError::MissingKey { key, .. }) if key == "hidden_size"),
         "{e}"
     );
     assert_hint(&e);
@@ -122,7 +127,7 @@ fn missing_key_and_wrong_type() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::WrongType { key, found, .. } if key == "hidden_size" && found.contains("\"64\"")),
+        matches!(&e, CheckpointError::Config(ConfigError::WrongType { key, found, .. }) if key == "hidden_size" && found.contains("\"64\"")),
         "{e}"
     );
 
@@ -131,7 +136,7 @@ fn missing_key_and_wrong_type() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::WrongType { key, .. } if key == "tie_word_embeddings"),
+        matches!(&e, CheckpointError::Config(ConfigError::WrongType { key, .. }) if key == "tie_word_embeddings"),
         "{e}"
     );
 
@@ -144,12 +149,15 @@ fn missing_key_and_wrong_type() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::WrongType { key, .. } if key == "rope_parameters.rope_theta"),
+        matches!(&e, CheckpointError::Config(ConfigError::WrongType { key, .. }) if key == "rope_parameters.rope_theta"),
         "{e}"
     );
 
     let e = parse_config(&json!([1, 2])).unwrap_err();
-    assert!(matches!(e, CheckpointError::WrongType { .. }), "{e}");
+    assert!(
+        matches!(e, CheckpointError::Config(ConfigError::WrongType { .. })),
+        "{e}"
+    );
 }
 
 #[test]
@@ -163,7 +171,10 @@ fn invalid_values() {
             m.insert(key.into(), value.clone());
         }))
         .unwrap_err();
-        assert!(matches!(e, CheckpointError::InvalidValue { .. }), "{key}: {e}");
+        assert!(
+            matches!(e, CheckpointError::Config(ConfigError::InvalidValue { .. })),
+            "{key}: {e}"
+        );
     }
     // The two rope_theta spellings disagree.
     let e = parse_config(&edited(|m| {
@@ -171,7 +182,7 @@ fn invalid_values() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::InvalidValue { key, .. } if key == "rope_theta"),
+        matches!(&e, CheckpointError::Config(ConfigError::InvalidValue { key, .. }) if key == "rope_theta"),
         "{e}"
     );
 }
@@ -183,7 +194,7 @@ fn unsupported_architecture_rope_and_features() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::UnsupportedArchitecture { found, .. } if found == "gpt2"),
+        matches!(&e, CheckpointError::Config(ConfigError::UnsupportedArchitecture { found, .. }) if found == "gpt2"),
         "{e}"
     );
     assert!(e.hint().contains("Llama"));
@@ -192,7 +203,10 @@ fn unsupported_architecture_rope_and_features() {
         m.insert("architectures".into(), json!(["LlamaForSequenceClassification"]));
     }))
     .unwrap_err();
-    assert!(matches!(e, CheckpointError::UnsupportedArchitecture { .. }), "{e}");
+    assert!(
+        matches!(e, CheckpointError::Config(ConfigError::UnsupportedArchitecture { .. })),
+        "{e}"
+    );
 
     // transformers 5 layout (Llama 3.1 style).
     let e = parse_config(&edited(|m| {
@@ -203,7 +217,7 @@ fn unsupported_architecture_rope_and_features() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::UnsupportedRopeScaling { rope_type, .. } if rope_type == "llama3"),
+        matches!(&e, CheckpointError::Config(ConfigError::UnsupportedRopeScaling { rope_type, .. }) if rope_type == "llama3"),
         "{e}"
     );
 
@@ -213,7 +227,7 @@ fn unsupported_architecture_rope_and_features() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::UnsupportedRopeScaling { rope_type, .. } if rope_type == "linear"),
+        matches!(&e, CheckpointError::Config(ConfigError::UnsupportedRopeScaling { rope_type, .. }) if rope_type == "linear"),
         "{e}"
     );
 
@@ -228,7 +242,7 @@ fn unsupported_architecture_rope_and_features() {
         }))
         .unwrap_err();
         assert!(
-            matches!(&e, CheckpointError::UnsupportedFeature { key: k, .. } if k == key),
+            matches!(&e, CheckpointError::Config(ConfigError::UnsupportedFeature { key: k, .. }) if k == key),
             "{key}: {e}"
         );
         assert_hint(&e);

@@ -359,22 +359,16 @@ impl<'a> Resolver<'a> {
         let cfg = match model::hf_config::read_config(&dir) {
             Ok(c) => c,
             Err(e) => {
-                let (code, help) = match &e {
-                    model::hf_config::ConfigError::Missing { .. } => (
-                        Code::CheckpointNoConfig,
-                        "a checkpoint folder holds config.json and *.safetensors, as `save_pretrained` writes them; paths are relative to the .lamda file",
+                let help = match &e {
+                    model::hf_config::ConfigError::FolderMissing { .. }
+                    | model::hf_config::ConfigError::NotAFolder { .. } => format!(
+                        "{}; a checkpoint folder holds config.json and *.safetensors, as `save_pretrained` writes them",
+                        e.hint()
                     ),
-                    model::hf_config::ConfigError::Invalid { .. } => (
-                        Code::CheckpointBadConfig,
-                        "fix config.json, or point `use` at the folder `save_pretrained` wrote",
-                    ),
-                    model::hf_config::ConfigError::Unsupported { .. } => (
-                        Code::CheckpointUnsupported,
-                        "lamdac's stdlib has the llama family (Llama 2, TinyLlama, SmolLM2, ...)",
-                    ),
+                    _ => e.hint(),
                 };
                 self.diags.push(
-                    Diagnostic::error(code, self.file, e.message())
+                    Diagnostic::error(e.code(), self.file, e.to_string())
                         .label(span, "this checkpoint")
                         .help(help),
                 );

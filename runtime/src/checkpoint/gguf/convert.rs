@@ -29,7 +29,9 @@ use super::error::GgufError;
 use super::reader::{GgufFile, MetaValue};
 use super::tokenizer::tokenizer_json;
 use crate::checkpoint::writer::temporary_path;
-use crate::checkpoint::{CONFIG_FILE, Checkpoint, LlamaConfig, TOKENIZER_FILE, TensorRef, write_safetensors};
+use crate::checkpoint::{
+    CONFIG_FILE, Checkpoint, CheckpointError, LlamaConfig, TOKENIZER_FILE, TensorRef, write_safetensors,
+};
 
 /// File name of the converted weights.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -82,7 +84,7 @@ pub fn convert_gguf(gguf: &Path, out_dir: &Path) -> Result<ConvertSummary, GgufE
     };
     let config_json = hp.config_json(&file)?;
     let config_text = serde_json::to_string_pretty(&config_json).unwrap_or_default() + "\n";
-    let config = LlamaConfig::from_json_str(&config_text, &out_dir.join(CONFIG_FILE))?;
+    let config = LlamaConfig::from_json_str(&config_text, &out_dir.join(CONFIG_FILE)).map_err(CheckpointError::from)?;
 
     let converted: Vec<(String, Vec<usize>, Vec<f32>)> =
         jobs.par_iter().map(|j| j.run(&file)).collect::<Result<_, _>>()?;
