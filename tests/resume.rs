@@ -189,3 +189,97 @@ fn sigint_saves_a_checkpoint_and_resume_continues_exactly() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// A finished run of the golden spec (10 steps) in a fresh folder; returns the
+/// folder and its (only) checkpoint folder.
+fn finished_run(name: &str) -> (PathBuf, PathBuf) {
+    let out = tmp(name);
+    let opts = RunOptions {
+        spec: PathBuf::from("tests/golden_specs/lamda_qv_r4_linear03.lamda"),
+        out: Some(out.clone()),
+        ..RunOptions::default()
+    };
+    run(&mut prepare(&opts).unwrap(), &mut Quiet, &AtomicBool::new(false)).unwrap();
+    let ckpt = out.join("checkpoints").join("step-000010");
+    assert!(ckpt.join("state.json").is_file());
+    (out, ckpt)
+}
+
+fn resume_error(out: &Path) -> String {
+    let opts = RunOptions {
+        spec: PathBuf::from("tests/golden_specs/lamda_qv_r4_linear03.lamda"),
+        out: Some(out.to_path_buf()),
+        resume: Some(out.to_path_buf()),
+        ..RunOptions::default()
+    };
+    match prepare(&opts) {
+        Ok(_) => "resumed".into(),
+        Err(e) => format!("{} {e}", e.code()),
+    }
+}
+
+fn edit_state(ckpt: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let path = ckpt.join("state.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&path, v.to_string()).unwrap();
+}
+
+/// Issue 10.3: an edited state.json was trusted: `"step": 1000` in a short
+/// run "trained 1000 steps", steps that disagree with the saved losses and an
+/// empty `adam_steps` were accepted, a flipped bit in the state tensors went
+/// unnoticed, and `checkpoints/latest` could lead out of the run folder.
+#[test]
+fn resume_refuses_an_edited_checkpoint() {
+    let (out, ckpt) = finished_run("edited");
+    let original = std::fs::read(ckpt.join("state.json")).unwrap();
+    assert_eq!(resume_error(&out), "resumed", "an untouched checkpoint resumes");
+    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        ("step 1000", Box::new(|v| v["step"] = 1000.into())),
+        ("step 0", Box::new(|v| v["step"] = 0.into())),
+        ("step 5", Box::new(|v| v["step"] = 5.into())),
+        ("step 25", Box::new(|v| v["step"] = 25.into())),
+        ("no adam counters", Box::new(|v| v["adam_steps"] = serde_json::json!({}))),
+        ("no checksum", Box::new(|v| {
+            v.as_object_mut().unwrap().remove("state_checksum");
+        })),
+    ];
+    for (what, edit) in cases {
+        std::fs::write(ckpt.join("state.json"), &original).unwrap();
+        edit_state(&ckpt, edit);
+        let e = resume_error(&out);
+        assert!(e.starts_with("lamda::resume::invalid"), "{what}: {e}");
+    }
+    std::fs::write(ckpt.join("state.json"), &original).unwrap();
+
+    // One flipped bit in the last tensor value of state.safetensors.
+    let st = ckpt.join("state.safetensors");
+    let mut bytes = std::fs::read(&st).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 0x10;
+    std::fs::write(&st, &bytes).unwrap();
+    let e = resume_error(&out);
+    assert!(e.starts_with("lamda::resume::invalid") && e.contains("checksum"), "{e}");
+    bytes[n - 2] ^= 0x10;
+    std::fs::write(&st, &bytes).unwrap();
+    assert_eq!(resume_error(&out), "resumed");
+
+    // `latest` naming a path outside the run folder.
+    let outside = tmp("edited-outside");
+    std::fs::create_dir_all(outside.join("step-000010")).unwrap();
+    for f in ["state.json", "state.safetensors"] {
+        std::fs::copy(ckpt.join(f), outside.join("step-000010").join(f)).unwrap();
+    }
+    for name in ["../../..", "../../lamdac-elsewhere/step-000010", "/etc", "step-000010/../../x"] {
+        std::fs::write(out.join("checkpoints").join("latest"), format!("{name}\n")).unwrap();
+        let e = resume_error(&out);
+        assert!(e.starts_with("lamda::resume::invalid"), "latest = {name}: {e}");
+    }
+    let rel = Path::new("..").join("..").join(outside.file_name().unwrap()).join("step-000010");
+    std::fs::write(out.join("checkpoints").join("latest"), rel.to_str().unwrap()).unwrap();
+    let e = resume_error(&out);
+    assert!(e.starts_with("lamda::resume::invalid"), "latest = {}: {e}", rel.display());
+    for d in [out, outside] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
