@@ -713,7 +713,7 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
     let out = summary.out.display();
     if summary.interrupted {
         eprintln!(
-            "stopped at step {} of {}; checkpoint in {}\nresume with: lamdac train {} --resume {out}",
+            "stopped at step {} of {}; checkpoint in {}\nresume with: {}",
             summary.steps,
             session.trainer.total_steps(),
             summary
@@ -721,7 +721,7 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
-            opts.spec.display()
+            resume_command(opts, &summary.out)
         );
         return ExitCode::from(130);
     }
@@ -733,4 +733,47 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
         progress.started.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS
+}
+
+/// The command that continues an interrupted run, ready to paste into a
+/// shell: the same spec and the options that must match (`--steps`, which
+/// the checkpoint's hash covers) or that keep the losses bit for bit (device,
+/// precision, `--no-jit`); the resumed run continues in `out`.
+fn resume_command(opts: &RunOptions, out: &Path) -> String {
+    let mut words = vec![
+        "lamdac".to_string(),
+        "train".into(),
+        shell_word(&opts.spec.display().to_string()),
+        "--resume".into(),
+        shell_word(&out.display().to_string()),
+    ];
+    if let Some(s) = opts.steps {
+        words.push(format!("--steps {s}"));
+    }
+    match opts.device {
+        Some(Device::Cpu) => words.push("--device cpu".into()),
+        Some(Device::Cuda) => words.push("--device cuda".into()),
+        Some(Device::Auto) => words.push("--device auto".into()),
+        None => {}
+    }
+    match opts.precision {
+        Some(Precision::Bf16) => words.push("--precision bf16".into()),
+        Some(Precision::F32) => words.push("--precision f32".into()),
+        None => {}
+    }
+    if !opts.fuse {
+        words.push("--no-jit".into());
+    }
+    words.join(" ")
+}
+
+/// `s` as one POSIX shell word: as it is when it holds only safe characters,
+/// else in single quotes.
+fn shell_word(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./:=+,@%".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }

@@ -140,7 +140,7 @@ fn sigint_saves_a_checkpoint_and_resume_continues_exactly() {
     assert!(want[40].1 < 0.75 * want[0].1, "loss {} -> {}", want[0].1, want[40].1);
 
     let out = tmp("cli-int");
-    let mut child = lamdac(&[
+    let child = lamdac(&[
         "train",
         "examples/quickstart.lamda",
         "--steps",
@@ -158,27 +158,32 @@ fn sigint_saves_a_checkpoint_and_resume_continues_exactly() {
     }
     let pid = child.id().to_string();
     let _ = Command::new("kill").args(["-INT", &pid]).status();
-    let status = child.wait().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let status = output.status;
     if status.success() {
         eprintln!("the run finished before the signal arrived; nothing to resume");
     } else {
         assert_eq!(status.code(), Some(130), "an interrupted run exits 130");
         let done = losses_of(&metrics).len();
         assert!(done < 41);
-        let status = lamdac(&[
-            "train",
-            "examples/quickstart.lamda",
-            "--steps",
-            steps,
-            "--quiet",
-            "--out",
-            out.to_str().unwrap(),
-            "--resume",
-            out.to_str().unwrap(),
-        ])
-        .wait()
-        .unwrap();
-        assert!(status.success());
+        // Issue 10.4: the printed command, pasted verbatim into a shell, must
+        // continue this run in its folder (it dropped `--steps` before, and
+        // without `--out` a resume wrote to the spec's `out`).
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let command = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("resume with: "))
+            .unwrap_or_else(|| panic!("no resume command in:\n{stderr}"));
+        assert!(command.contains("--steps 40"), "{command}");
+        let bin_dir = Path::new(env!("CARGO_BIN_EXE_lamdac")).parent().unwrap();
+        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let status = Command::new("sh")
+            .args(["-c", &format!("{command} --quiet")])
+            .env("PATH", path)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "`{command}` failed");
     }
     assert_eq!(
         losses_of(&metrics),
@@ -239,10 +244,16 @@ fn resume_refuses_an_edited_checkpoint() {
         ("step 0", Box::new(|v| v["step"] = 0.into())),
         ("step 5", Box::new(|v| v["step"] = 5.into())),
         ("step 25", Box::new(|v| v["step"] = 25.into())),
-        ("no adam counters", Box::new(|v| v["adam_steps"] = serde_json::json!({}))),
-        ("no checksum", Box::new(|v| {
-            v.as_object_mut().unwrap().remove("state_checksum");
-        })),
+        (
+            "no adam counters",
+            Box::new(|v| v["adam_steps"] = serde_json::json!({})),
+        ),
+        (
+            "no checksum",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("state_checksum");
+            }),
+        ),
     ];
     for (what, edit) in cases {
         std::fs::write(ckpt.join("state.json"), &original).unwrap();
@@ -270,16 +281,58 @@ fn resume_refuses_an_edited_checkpoint() {
     for f in ["state.json", "state.safetensors"] {
         std::fs::copy(ckpt.join(f), outside.join("step-000010").join(f)).unwrap();
     }
-    for name in ["../../..", "../../lamdac-elsewhere/step-000010", "/etc", "step-000010/../../x"] {
+    for name in [
+        "../../..",
+        "../../lamdac-elsewhere/step-000010",
+        "/etc",
+        "step-000010/../../x",
+    ] {
         std::fs::write(out.join("checkpoints").join("latest"), format!("{name}\n")).unwrap();
         let e = resume_error(&out);
         assert!(e.starts_with("lamda::resume::invalid"), "latest = {name}: {e}");
     }
-    let rel = Path::new("..").join("..").join(outside.file_name().unwrap()).join("step-000010");
+    let rel = Path::new("..")
+        .join("..")
+        .join(outside.file_name().unwrap())
+        .join("step-000010");
     std::fs::write(out.join("checkpoints").join("latest"), rel.to_str().unwrap()).unwrap();
     let e = resume_error(&out);
-    assert!(e.starts_with("lamda::resume::invalid"), "latest = {}: {e}", rel.display());
+    assert!(
+        e.starts_with("lamda::resume::invalid"),
+        "latest = {}: {e}",
+        rel.display()
+    );
     for d in [out, outside] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// Issue 10.4: `--resume DIR` without `--out` continues in DIR (the run the
+/// checkpoint belongs to), not in the spec's `out` or `runs/<name>`.
+#[test]
+fn resume_without_out_continues_in_the_resumed_folder() {
+    let out = tmp("no-out");
+    let spec = PathBuf::from("tests/golden_specs/lamda_qv_r4_linear03.lamda");
+    let opts = RunOptions {
+        spec: spec.clone(),
+        out: Some(out.clone()),
+        ..RunOptions::default()
+    };
+    let stop = AtomicBool::new(false);
+    run(&mut prepare(&opts).unwrap(), &mut StopAt(2, &stop), &stop).unwrap();
+    for from in [
+        out.clone(),
+        out.join("checkpoints"),
+        out.join("checkpoints").join("step-000002"),
+    ] {
+        let opts = RunOptions {
+            spec: spec.clone(),
+            resume: Some(from.clone()),
+            ..RunOptions::default()
+        };
+        let session = prepare(&opts).unwrap();
+        assert_eq!(session.resumed_from, Some(2));
+        assert_eq!(session.out, out, "resuming from {}", from.display());
+    }
+    let _ = std::fs::remove_dir_all(out);
 }

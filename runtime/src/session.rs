@@ -268,14 +268,24 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     let config_text = std::fs::read(dir.join("config.json")).unwrap_or_default();
     let steps = spec.train.steps.to_le_bytes();
     let spec_hash = fnv(&[spec_text.as_bytes(), &config_text, &steps]);
-    let out = opts.out.clone().or_else(|| spec.train.out.clone()).unwrap_or_else(|| {
-        let stem = opts
-            .spec
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "run".into());
-        PathBuf::from("runs").join(stem)
-    });
+    // The checkpoint to resume from, found before anything is trained: a
+    // resumed run continues in the run folder it came from unless `--out` says
+    // otherwise (not in the spec's `out`, which may be another run).
+    let resume_dir = opts.resume.as_deref().map(state::locate).transpose()?;
+    let resumed_run = resume_dir.as_deref().and_then(state::run_folder);
+    let out = opts
+        .out
+        .clone()
+        .or(resumed_run)
+        .or_else(|| spec.train.out.clone())
+        .unwrap_or_else(|| {
+            let stem = opts
+                .spec
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+            PathBuf::from("runs").join(stem)
+        });
     let backend = match device {
         Device::Cuda => Backend::Cuda(Box::new(
             CudaExecutor::with_options(
@@ -298,9 +308,8 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     let mut trainer = Trainer::with_backend(plan, params, batcher, backend);
     let mut losses = Vec::new();
     let mut resumed_from = None;
-    if let Some(r) = &opts.resume {
-        let dir = state::locate(r)?;
-        losses = state::load(&mut trainer, &dir, &spec_hash)?;
+    if let Some(dir) = &resume_dir {
+        losses = state::load(&mut trainer, dir, &spec_hash)?;
         resumed_from = Some(trainer.step);
     }
     Ok(Session {
