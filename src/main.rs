@@ -107,8 +107,8 @@ enum Command {
     /// same ranks, reference ops vs fused kernels.
     Bench {
         file: PathBuf,
-        /// Timed steps per variant.
-        #[arg(long, default_value_t = 10)]
+        /// Timed steps per variant (at least 1).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         steps: u64,
         /// Untimed steps first.
         #[arg(long, default_value_t = 2)]
@@ -152,8 +152,8 @@ enum Command {
     /// Train the adapters of a spec.
     Train {
         file: PathBuf,
-        /// Overrides the train block's `steps`.
-        #[arg(long)]
+        /// Overrides the train block's `steps` (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         steps: Option<u64>,
         /// Overrides the output folder (default: the train block's `out`, else runs/<file name>).
         #[arg(long)]
@@ -534,9 +534,15 @@ fn export(file: &Path, run: Option<PathBuf>, out: Option<PathBuf>, merge: bool) 
             if !hint.is_empty() {
                 eprintln!("  help: {hint}");
             }
-            ExitCode::from(1)
+            exit_for(e.code())
         }
     }
+}
+
+/// Exit 2 for I/O problems (`lamda::io`: a file that cannot be read or
+/// written), 1 for problems in the input.
+fn exit_for(code: &str) -> ExitCode {
+    ExitCode::from(if code == "lamda::io" { 2 } else { 1 })
 }
 
 fn convert(gguf: &Path, out: &Path) -> ExitCode {
@@ -558,7 +564,7 @@ fn convert(gguf: &Path, out: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error[{}]: {e}\n  help: {}", e.code(), e.hint());
-            ExitCode::from(1)
+            exit_for(e.code())
         }
     }
 }
@@ -652,7 +658,7 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
     if let Some(spec) = &checked.spec {
         let mut spec = spec.clone();
         if let Some(s) = opts.steps {
-            spec.train.steps = s.max(1);
+            spec.train.steps = s;
         }
         eprint!("{}", report::render_text(&report::report(&spec)));
     }

@@ -137,11 +137,19 @@ fn check_and_train_refuse_the_same_configs() {
     let base: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(golden.join("config.json")).unwrap()).unwrap();
     let cases: [(&str, serde_json::Value, &str); 5] = [
-        ("model_type", "gpt2".into(), "lamda::checkpoint::unsupported_architecture"),
+        (
+            "model_type",
+            "gpt2".into(),
+            "lamda::checkpoint::unsupported_architecture",
+        ),
         ("num_key_value_heads", 3.into(), "lamda::checkpoint::invalid_value"),
         ("rope_theta", 0.0.into(), "lamda::checkpoint::invalid_value"),
         ("rope_theta", (-1.0).into(), "lamda::checkpoint::invalid_value"),
-        ("vocab_size", 1_000_000_000_000u64.into(), "lamda::checkpoint::invalid_value"),
+        (
+            "vocab_size",
+            1_000_000_000_000u64.into(),
+            "lamda::checkpoint::invalid_value",
+        ),
     ];
     for (i, (key, value, code)) in cases.into_iter().enumerate() {
         let dir = scratch(&format!("config-{i}"));
@@ -167,7 +175,103 @@ fn check_and_train_refuse_the_same_configs() {
         for args in [vec!["check", spec], vec!["train", spec, "--out", out.to_str().unwrap()]] {
             let (status, _, err) = lamdac(&args);
             assert_eq!(status, 1, "{key} = {value}, {args:?}: {err}");
-            assert!(err.contains(code), "{key} = {value}, {args:?}: expected {code} in\n{err}");
+            assert!(
+                err.contains(code),
+                "{key} = {value}, {args:?}: expected {code} in\n{err}"
+            );
         }
     }
+}
+
+/// Issue 10.8: a full disk while training reported `lamda::resume::invalid`
+/// with exit 1; it is an I/O problem: `lamda::io`, exit 2. The disk is made
+/// full for the adapter file by pointing its temporary name at /dev/full.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_while_training_is_an_io_error() {
+    let out = scratch("full-disk");
+    std::os::unix::fs::symlink("/dev/full", out.join("adapter.safetensors.tmp")).unwrap();
+    let (code, _, err) = lamdac(&[
+        "train",
+        "tests/golden_specs/lamda_qv_r4_linear03.lamda",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("error[lamda::io]"), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("help: check free disk space"), "{err}");
+}
+
+/// Issue 10.8: export, merge and convert into an `--out` that cannot be
+/// written exited 1; I/O problems exit 2 with `lamda::io`.
+#[test]
+fn unwritable_outputs_exit_2() {
+    let dir = scratch("unwritable");
+    let run = dir.join("run");
+    let spec = "tests/golden_specs/lamda_qv_r4_linear03.lamda";
+    let (code, _, err) = lamdac(&["train", spec, "--out", run.to_str().unwrap(), "--quiet", "--steps", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let blocker = dir.join("a-file");
+    std::fs::write(&blocker, "x").unwrap();
+    let target = blocker.join("out");
+    for cmd in ["export", "merge"] {
+        let (code, _, err) = lamdac(&[
+            cmd,
+            spec,
+            "--run",
+            run.to_str().unwrap(),
+            "--out",
+            target.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2, "{cmd}: {err}");
+        assert!(err.contains("error[lamda::io]"), "{cmd}: {err}");
+    }
+    // convert reads its input first: a missing GGUF is still an input error.
+    let (code, _, err) = lamdac(&["convert", "no/such.gguf", target.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+}
+
+/// Issue 10.8: a spec that is not UTF-8 exited 2 without a location; it is
+/// an input error (exit 1) at a byte offset.
+#[test]
+fn a_spec_that_is_not_utf8_is_an_input_error_with_its_offset() {
+    let dir = scratch("latin1");
+    let f = dir.join("s.lamda");
+    std::fs::write(&f, b"adapt llama2.attn.q rank 8 # caf\xe9\n").unwrap();
+    let (code, _, err) = lamdac(&["check", f.to_str().unwrap(), "--color", "never"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("lamda::syntax::not_utf8"), "{err}");
+    assert!(err.contains("offset 32"), "{err}");
+    assert!(err.contains("s.lamda:1:33"), "{err}");
+}
+
+/// Issue 10.8: `--steps 0` ran one step; it is a usage error now.
+#[test]
+fn steps_0_is_a_usage_error() {
+    let out = scratch("steps0");
+    let (code, _, err) = lamdac(&[
+        "train",
+        "tests/golden_specs/lamda_qv_r4_linear03.lamda",
+        "--steps",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--steps"), "{err}");
+    assert!(!out.join("metrics.jsonl").exists());
+}
+
+/// Issue 10.8: a folder as the data path was reported as missing.
+#[test]
+fn a_folder_as_data_is_named_a_folder() {
+    let (code, _, err) = lamdac(&["check", "tests/ui/train_data_not_a_file.lamda", "--color", "never"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("lamda::train::data_not_a_file") && err.contains("is a folder"),
+        "{err}"
+    );
+    assert!(!err.contains("does not exist"), "{err}");
 }

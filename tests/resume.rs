@@ -239,7 +239,8 @@ fn resume_refuses_an_edited_checkpoint() {
     let (out, ckpt) = finished_run("edited");
     let original = std::fs::read(ckpt.join("state.json")).unwrap();
     assert_eq!(resume_error(&out), "resumed", "an untouched checkpoint resumes");
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("step 1000", Box::new(|v| v["step"] = 1000.into())),
         ("step 0", Box::new(|v| v["step"] = 0.into())),
         ("step 5", Box::new(|v| v["step"] = 5.into())),

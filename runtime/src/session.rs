@@ -38,6 +38,9 @@ pub enum SessionError {
     NoWeights { model: String },
     #[error("the train block names no data")]
     NoData,
+    /// `--steps 0` (a run is at least one step).
+    #[error("--steps 0: a run is at least one step")]
+    Steps,
     #[error("{0}")]
     Device(String),
     /// A storage precision the chosen device does not run.
@@ -67,6 +70,7 @@ impl SessionError {
             SessionError::Spec { .. } => "lamda::spec",
             SessionError::NoWeights { .. } => "lamda::train::no_weights",
             SessionError::NoData => "lamda::train::no_data",
+            SessionError::Steps => "lamda::train::bad_value",
             SessionError::Device(_) => "lamda::train::device",
             SessionError::Precision(_) => "lamda::train::precision",
             SessionError::Checkpoint(e) => e.code(),
@@ -76,6 +80,9 @@ impl SessionError {
             SessionError::Step(StepError::NonFinite { .. }) => "lamda::train::non_finite",
             SessionError::Step(_) => "lamda::train::step",
             SessionError::State(StateError::Mismatch { .. }) => "lamda::resume::mismatch",
+            // reading or writing a run's files failed (a full disk, say): I/O
+            SessionError::State(StateError::Io { .. }) => "lamda::io",
+            SessionError::State(StateError::Checkpoint(e)) if e.code() == "lamda::io" => "lamda::io",
             SessionError::State(_) => "lamda::resume::invalid",
         }
     }
@@ -86,6 +93,7 @@ impl SessionError {
                 "bind a Hugging Face checkpoint folder: `use \"path/to/folder\" as {model}` (see examples/quickstart.lamda)"
             ),
             SessionError::NoData => "add `data \"file.txt\"` (or .jsonl, .safetensors) to the train block".into(),
+            SessionError::Steps => "pass --steps 1 or more, or leave it out to run the train block's `steps`".into(),
             SessionError::Device(_) => {
                 "run with `--device cpu` (or `auto`, which uses a GPU only when one is present)".into()
             }
@@ -101,15 +109,19 @@ impl SessionError {
             SessionError::State(StateError::Mismatch { .. }) => {
                 "resume with the same .lamda file, model and --steps".into()
             }
+            SessionError::State(StateError::Io { .. }) | SessionError::Write { .. } => {
+                "check free disk space and that the output folder is writable".into()
+            }
+            SessionError::State(StateError::Checkpoint(e)) => e.hint(),
+            SessionError::State(StateError::Invalid { .. }) => "the checkpoint was edited or damaged: resume from \
+                 the other kept checkpoint (`--resume <run>/checkpoints/step-N`) or start the run again"
+                .into(),
             _ => String::new(),
         }
     }
-    /// Exit code: 2 for I/O, 1 for everything about the input.
+    /// Exit code: 2 for I/O (`lamda::io`), 1 for everything about the input.
     pub fn exit_code(&self) -> u8 {
-        match self {
-            SessionError::Read { .. } | SessionError::Write { .. } => 2,
-            _ => 1,
-        }
+        if self.code() == "lamda::io" { 2 } else { 1 }
     }
 }
 
@@ -191,10 +203,6 @@ fn fnv(parts: &[&[u8]]) -> String {
 
 /// Checks, compiles and initialises a run.
 pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
-    let spec_text = std::fs::read_to_string(&opts.spec).map_err(|source| SessionError::Read {
-        path: opts.spec.clone(),
-        source,
-    })?;
     let checked = check_path(&opts.spec).map_err(|source| SessionError::Read {
         path: opts.spec.clone(),
         source,
@@ -206,8 +214,17 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
             errors,
         });
     };
+    // The text the spec was checked from (the spec's part of the run's hash).
+    let spec_text = checked
+        .sources
+        .get(checked.file)
+        .map(|f| f.text.to_string())
+        .unwrap_or_default();
     if let Some(steps) = opts.steps {
-        spec.train.steps = steps.max(1);
+        if steps == 0 {
+            return Err(SessionError::Steps);
+        }
+        spec.train.steps = steps;
     }
     if opts.lora_twin {
         spec = lamda_compiler::report::lora_twin(&spec)

@@ -146,6 +146,19 @@ fn jsonl_prompt_completion_masks_the_prompt() {
     assert_eq!(batch.labels, array![[m, 99, 100]]);
 }
 
+/// Issue 10.8: a JSONL file that starts with a UTF-8 byte order mark (as
+/// editors on Windows save it) was rejected as a syntax error on line 1.
+#[test]
+fn jsonl_with_a_byte_order_mark_loads_like_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = b"{\"text\": \"xyz\"}\n{\"prompt\": \"ab\", \"completion\": \"cd\"}\n";
+    let plain = write(dir.path(), "plain.jsonl", body);
+    let with_bom = write(dir.path(), "bom.jsonl", &[b"\xef\xbb\xbf".as_slice(), body].concat());
+    let want = Dataset::load(&plain, &Tokenizer::bytes()).unwrap();
+    let got = Dataset::load(&with_bom, &Tokenizer::bytes()).unwrap();
+    assert_eq!(got.source, want.source);
+}
+
 #[test]
 fn jsonl_errors_name_the_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -1070,3 +1070,15 @@ fn real_smollm2_converts_with_matching_shapes_and_tokenizer() {
     );
     assert_eq!(tok.decode(&want, false).unwrap(), "The capital of France is");
 }
+
+/// Issue 10.8: converting into a folder that cannot be created is an I/O
+/// problem (`lamda::io`, exit 2 in the CLI), not an input error.
+#[test]
+fn converting_into_an_unwritable_folder_is_an_io_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bytes, _) = tiny_gguf(false, &[]);
+    let src = write_tmp(tmp.path(), "m.gguf", &bytes);
+    let blocker = write_tmp(tmp.path(), "a-file", b"x");
+    let e = convert_gguf(&src, &blocker.join("out")).unwrap_err();
+    assert_eq!(e.code(), "lamda::io", "{e:?}");
+}

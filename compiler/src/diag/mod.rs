@@ -82,6 +82,7 @@ codes! {
     // syntax
     SyntaxUnexpected = "lamda::syntax::unexpected": "the parser met a token it did not expect",
     SyntaxUnterminatedString = "lamda::syntax::unterminated_string": "a string literal has no closing quote",
+    SyntaxNotUtf8 = "lamda::syntax::not_utf8": "a spec file is not UTF-8 text",
     // definitions (adapters, models, presets)
     DefDuplicate = "lamda::def::duplicate": "two definitions share a name",
     DefShadowsStdlib = "lamda::def::shadows_stdlib": "a definition in the file replaces one of the stdlib",
@@ -146,6 +147,7 @@ codes! {
     TrainBadValue = "lamda::train::bad_value": "a train setting has the wrong type or is out of range",
     TrainDuplicateBlock = "lamda::train::duplicate_block": "a file has more than one train block",
     TrainDataNotFound = "lamda::train::data_not_found": "the data file does not exist",
+    TrainDataNotAFile = "lamda::train::data_not_a_file": "the data path names a folder, not a file",
 }
 
 impl fmt::Display for Code {

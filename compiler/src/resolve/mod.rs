@@ -42,11 +42,45 @@ impl Checked {
     }
 }
 
-/// Checks the file at `path`, reading it from disk.
+/// Checks the file at `path`, reading it from disk. A file that cannot be
+/// read is an `Err` (an I/O problem); one that is not UTF-8 is a diagnostic
+/// (`lamda::syntax::not_utf8`, a problem in the input) at its first bad byte.
 pub fn check_path(path: &Path) -> std::io::Result<Checked> {
-    let text = std::fs::read_to_string(path)?;
+    let bytes = std::fs::read(path)?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok(check_source(&path.display().to_string(), &text, &dir))
+    let name = path.display().to_string();
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => check_source(&name, &text, &dir),
+        Err(e) => not_utf8(&name, &e),
+    })
+}
+
+/// The report for a spec that is not UTF-8: its text up to the first bad
+/// byte is shown as it is, the rest with U+FFFD for each bad sequence.
+fn not_utf8(name: &str, e: &std::string::FromUtf8Error) -> Checked {
+    let offset = e.utf8_error().valid_up_to();
+    let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+    let mut sources = SourceMap::default();
+    let file = sources.add(name, text.as_str());
+    let byte = e.as_bytes().get(offset).copied().unwrap_or_default();
+    // U+FFFD takes 3 bytes where the lossy text replaced the bad sequence.
+    let span = Span {
+        start: offset,
+        end: (offset + 3).min(text.len()),
+    };
+    let diag = Diagnostic::error(
+        Code::SyntaxNotUtf8,
+        file,
+        format!("the file is not UTF-8 text: the byte at offset {offset} (0x{byte:02x}) is not valid UTF-8 there"),
+    )
+    .label(span, format!("byte {offset}"))
+    .help("save the file as UTF-8");
+    Checked {
+        sources,
+        file,
+        spec: None,
+        diags: vec![diag],
+    }
 }
 
 /// Checks `text` (named `name` in diagnostics); relative paths resolve against `dir`.

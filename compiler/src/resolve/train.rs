@@ -152,7 +152,17 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
             "data" => match &e.value.kind {
                 ValueKind::Str(s) => {
                     let p = join_clean(dir, s);
-                    if !p.is_file() {
+                    if p.is_dir() {
+                        cx.errs.push(
+                            Diagnostic::error(
+                                Code::TrainDataNotAFile,
+                                file,
+                                format!("`{}` is a folder, not a data file", p.display()),
+                            )
+                            .label(e.value.span, "a folder")
+                            .help("name one file: text (.txt), JSONL (.jsonl) or token ids (.safetensors)"),
+                        );
+                    } else if !p.is_file() {
                         cx.errs.push(
                             Diagnostic::error(
                                 Code::TrainDataNotFound,

@@ -169,7 +169,8 @@ impl CheckpointError {
             Self::UnsupportedDtype { .. } => "lamda::checkpoint::unsupported_dtype",
             Self::Truncated { .. } => "lamda::checkpoint::truncated",
             Self::Corrupt { .. } => "lamda::checkpoint::corrupt",
-            Self::Write { .. } => "lamda::checkpoint::write",
+            // a file that cannot be written is an I/O problem (exit 2), not bad input
+            Self::Write { .. } => "lamda::io",
             Self::WriteShape { .. } => "lamda::checkpoint::write_shape",
         }
     }

@@ -201,7 +201,7 @@ impl GgufError {
             Self::MissingTensor { .. } => "lamda::gguf::missing_tensor",
             Self::UnexpectedTensor { .. } => "lamda::gguf::unexpected_tensor",
             Self::WrongShape { .. } => "lamda::gguf::wrong_shape",
-            Self::Write { .. } => "lamda::gguf::write",
+            Self::Write { .. } => "lamda::io",
             Self::Tokenizer { .. } => "lamda::gguf::tokenizer",
             Self::Checkpoint(e) => e.code(),
         }
