@@ -615,6 +615,13 @@ struct Progress {
 }
 
 impl Observer for Progress {
+    fn warning(&mut self, code: &str, text: &str) {
+        let line = format!("warning[{code}]: {text}");
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
     fn start(&mut self, tr: &Trainer) {
         self.total = tr.total_steps();
         self.started = std::time::Instant::now();

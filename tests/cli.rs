@@ -275,3 +275,68 @@ fn a_folder_as_data_is_named_a_folder() {
     );
     assert!(!err.contains("does not exist"), "{err}");
 }
+
+/// A copy of the quickstart spec in `dir` with other train settings.
+fn quickstart_with(dir: &std::path::Path, train: &str) -> std::path::PathBuf {
+    let examples = std::fs::canonicalize("examples").unwrap();
+    let spec = format!(
+        "use \"{}\" as austen\nadapt austen.*.* rank 16 freeze_b linear(0.3)\ntrain {{\n  data \"{}\"\n  batch 8  seq 192  seed 0\n  out \"{}\"\n{train}\n}}\n",
+        examples.join("models/austen-tiny").display(),
+        examples.join("data/gsm-100.jsonl").display(),
+        dir.join("run").display(),
+    );
+    let path = dir.join("q.lamda");
+    std::fs::write(&path, spec).unwrap();
+    path
+}
+
+/// Issue 10.9: at lr 1e3 the quickstart collapses at step 4 (loss ln(256),
+/// gradient exactly 0) and trained on to the end with exit 0, checkpointing
+/// the collapsed model over the good ones. Now: a warning at the first such
+/// step, a stop after `stop_on_collapse` of them (3 by default), and the
+/// checkpoint from before the collapse is the one kept.
+#[test]
+fn a_collapsed_run_warns_stops_and_keeps_the_checkpoint_from_before() {
+    let dir = scratch("collapse");
+    let spec = quickstart_with(
+        &dir,
+        "  steps 40  lr 1e3  warmup 20  schedule cosine  clip 1.0\n  checkpoint every 2",
+    );
+    let (code, _, err) = lamdac(&["train", spec.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 1, "{err}");
+    let warn = err
+        .find("warning[lamda::train::collapsed]: step 4:")
+        .unwrap_or_else(|| panic!("{err}"));
+    let stop = err
+        .find("error[lamda::train::collapsed]")
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(warn < stop, "{err}");
+    assert!(err.contains("= ln(vocab)"), "{err}");
+    assert!(err.contains("3 steps in a row"), "{err}");
+    assert!(err.contains("step-000004, is kept"), "{err}");
+    let run = dir.join("run");
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), "step-000004", "the collapsed model was checkpointed");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 7, "steps 0..=6 ran, then the run stopped");
+
+    // `stop_on_collapse 0` trains on, with the warning.
+    let dir = scratch("collapse-0");
+    let spec = quickstart_with(&dir, "  steps 24  lr 1e3  warmup 20  clip 1.0\n  stop_on_collapse 0");
+    let (code, _, err) = lamdac(&["train", spec.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning[lamda::train::collapsed]"), "{err}");
+}
+
+/// Issue 10.9: the non-finite hint promised "the last checkpoint holds the
+/// state before the divergence" when no checkpoint had been saved.
+#[test]
+fn a_non_finite_loss_names_only_a_checkpoint_that_exists() {
+    let dir = scratch("nan");
+    let spec = quickstart_with(&dir, "  steps 10  lr 1e20  warmup 1");
+    let (code, _, err) = lamdac(&["train", spec.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[lamda::train::non_finite]"), "{err}");
+    assert!(err.contains("no checkpoint was saved before it"), "{err}");
+    assert!(!err.contains("the last checkpoint holds"), "{err}");
+}

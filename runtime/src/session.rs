@@ -58,6 +58,28 @@ pub enum SessionError {
     Step(#[from] StepError),
     #[error(transparent)]
     State(#[from] StateError),
+    /// The loss became NaN or infinite; `checkpoint` is the last one saved
+    /// before (none when the run had not saved one yet).
+    #[error("the loss is {loss} at step {step}")]
+    NonFinite {
+        step: u64,
+        loss: f32,
+        checkpoint: Option<PathBuf>,
+        lr: f64,
+    },
+    /// `stop_on_collapse` steps in a row had an exactly zero gradient.
+    #[error(
+        "training collapsed: from step {first} on the gradient is exactly zero ({count} steps in a row) and the loss stays at {loss:.4}{}",
+        if *at_uniform { " = ln(vocab), the loss of a uniform guess" } else { "" }
+    )]
+    Collapsed {
+        first: u64,
+        count: u64,
+        loss: f32,
+        at_uniform: bool,
+        checkpoint: Option<PathBuf>,
+        lr: f64,
+    },
     #[error("`{path}`: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }
@@ -77,7 +99,10 @@ impl SessionError {
             SessionError::Data(e) => e.code(),
             SessionError::Compile(_) => "lamda::compile",
             SessionError::Init(_) => "lamda::train::init",
-            SessionError::Step(StepError::NonFinite { .. }) => "lamda::train::non_finite",
+            SessionError::Step(StepError::NonFinite { .. }) | SessionError::NonFinite { .. } => {
+                "lamda::train::non_finite"
+            }
+            SessionError::Collapsed { .. } => "lamda::train::collapsed",
             SessionError::Step(_) => "lamda::train::step",
             SessionError::State(StateError::Mismatch { .. }) => "lamda::resume::mismatch",
             // reading or writing a run's files failed (a full disk, say): I/O
@@ -102,10 +127,17 @@ impl SessionError {
             }
             SessionError::Checkpoint(e) => e.hint(),
             SessionError::Data(e) => e.hint(),
-            SessionError::Step(StepError::NonFinite { .. }) => {
-                "lower the learning rate or add `clip 1.0`; the last checkpoint holds the state before the divergence"
-                    .into()
+            SessionError::Step(StepError::NonFinite { .. }) => "lower the learning rate or add `clip 1.0`".into(),
+            SessionError::NonFinite { checkpoint, lr, .. } => {
+                format!(
+                    "lower the learning rate (lr {lr:e}) or add `clip 1.0`; {}",
+                    before(checkpoint.as_deref())
+                )
             }
+            SessionError::Collapsed { checkpoint, lr, .. } => format!(
+                "lower the learning rate (lr {lr:e}) or add `clip 1.0`; {}; `stop_on_collapse 0` in the train block trains on regardless",
+                before(checkpoint.as_deref())
+            ),
             SessionError::State(StateError::Mismatch { .. }) => {
                 "resume with the same .lamda file, model and --steps".into()
             }
@@ -122,6 +154,18 @@ impl SessionError {
     /// Exit code: 2 for I/O (`lamda::io`), 1 for everything about the input.
     pub fn exit_code(&self) -> u8 {
         if self.code() == "lamda::io" { 2 } else { 1 }
+    }
+}
+
+/// What a failed run left behind, for the hint: the checkpoint from before
+/// the failure, if the run had saved one.
+fn before(checkpoint: Option<&Path>) -> String {
+    match checkpoint {
+        Some(c) => format!(
+            "the last checkpoint from before, {}, is kept (and adapter.safetensors from it)",
+            c.display()
+        ),
+        None => "no checkpoint was saved before it (`checkpoint every N` in the train block saves some)".into(),
     }
 }
 
@@ -157,6 +201,8 @@ pub trait Observer {
     fn step(&mut self, _tr: &Trainer, _stats: &StepStats, _tokens_per_s: f64) {}
     /// Called once after the last step with the final evaluation.
     fn finish(&mut self, _tr: &Trainer, _loss: f32, _logits: &[f32]) {}
+    /// A problem that does not stop the run (yet): its code and the message.
+    fn warning(&mut self, _code: &str, _text: &str) {}
 }
 
 /// A prepared run.
@@ -172,6 +218,8 @@ pub struct Session {
     pub spec_text: String,
     pub spec_hash: String,
     pub resumed_from: Option<u64>,
+    /// The checkpoint folder the run resumed from.
+    pub resumed_checkpoint: Option<PathBuf>,
 }
 
 struct CheckpointSpectra<'a> {
@@ -338,6 +386,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         spec_text,
         spec_hash,
         resumed_from,
+        resumed_checkpoint: resume_dir,
     })
 }
 
@@ -403,10 +452,26 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
     let total = tr.total_steps();
     let every = tr.plan.train.checkpoint_every;
     observer.start(tr);
-    let mut last_ckpt = None;
+    let mut last_ckpt = session.resumed_checkpoint.clone();
+    let patience = tr.plan.train.stop_on_collapse;
+    let lr = tr.plan.train.lr;
+    let uniform_loss = (tr.plan.vocab.max(1) as f64).ln();
+    // (first step, steps so far) of the current run of zero-gradient steps
+    let mut collapse: Option<(u64, u64)> = None;
     while tr.step < total {
         let started = std::time::Instant::now();
-        let stats = tr.train_step()?;
+        let stats = match tr.train_step() {
+            Ok(s) => s,
+            Err(StepError::NonFinite { step, loss }) => {
+                return Err(SessionError::NonFinite {
+                    step,
+                    loss,
+                    checkpoint: last_ckpt,
+                    lr,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let tps = stats.tokens as f64 / secs;
         session.losses.push(stats.loss);
@@ -422,7 +487,44 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
             }),
         )?;
         observer.step(tr, &stats, tps);
-        let due = every.is_some_and(|n| tr.step.is_multiple_of(n)) && tr.step < total;
+        // A zero gradient with entries left to train: the model has collapsed
+        // (at a high learning rate, typically onto a uniform guess) and no
+        // step can bring it back. Warn at once, stop after `patience` such
+        // steps, and never checkpoint the collapsed model over a good one.
+        if stats.grad_norm == 0.0 && stats.trainable > 0 {
+            let (first, count) = collapse.map_or((stats.step, 1), |(f, n)| (f, n + 1));
+            collapse = Some((first, count));
+            let at_uniform = (f64::from(stats.loss) - uniform_loss).abs() < 1e-3;
+            if count == 1 {
+                observer.warning(
+                    "lamda::train::collapsed",
+                    &format!(
+                        "step {}: the gradient is exactly zero and the loss is {:.4}{}: the model has collapsed and stopped learning{}",
+                        stats.step,
+                        stats.loss,
+                        if at_uniform { " = ln(vocab)" } else { "" },
+                        if patience > 0 {
+                            format!(" (the run stops after {patience} such steps in a row)")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                );
+            }
+            if patience > 0 && count >= patience {
+                return Err(SessionError::Collapsed {
+                    first,
+                    count,
+                    loss: stats.loss,
+                    at_uniform,
+                    checkpoint: last_ckpt,
+                    lr,
+                });
+            }
+        } else {
+            collapse = None;
+        }
+        let due = every.is_some_and(|n| tr.step.is_multiple_of(n)) && tr.step < total && collapse.is_none();
         if due || stop.load(Ordering::SeqCst) {
             last_ckpt = Some(state::save(tr, &ckpt_root, &session.spec_hash, &session.losses)?);
             state::write_adapter(tr, &session.init, &out.join("adapter.safetensors"), &session.spec_text)?;

@@ -23,6 +23,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("checkpoint", "every N (steps)"),
     ("out", "output folder, a string"),
     ("device", "cpu, cuda or auto"),
+    (
+        "stop_on_collapse",
+        "stop after N steps in a row with a zero gradient, an integer >= 0 (0: never)",
+    ),
 ];
 
 /// Names people bring from other trainers, and ours.
@@ -202,6 +206,9 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
             },
             "accumulate" => cfg.accumulate = cx.int(e, 1, "an integer >= 1").unwrap_or(1),
             "seed" => cfg.seed = cx.int(e, 0, "an integer >= 0").unwrap_or(0),
+            "stop_on_collapse" => {
+                cfg.stop_on_collapse = cx.int(e, 0, "an integer >= 0").unwrap_or(cfg.stop_on_collapse);
+            }
             "checkpoint" => match e.value.kind {
                 ValueKind::Int(n) if e.every && n >= 1 => cfg.checkpoint_every = Some(n as u64),
                 _ => cx.bad(e, "`every N` with N >= 1"),
