@@ -295,8 +295,15 @@ fn io_error(path: &Path, e: &std::io::Error) -> ExitCode {
 
 /// Checks a file, printing its diagnostics; `None` (with the exit code) when it has errors.
 fn checked(path: &Path, style: Style) -> Result<Checked, ExitCode> {
+    checked_quiet(path, style, false)
+}
+
+/// [`checked`]; with `keep_warnings`, warnings and advice of a file without
+/// errors are left to the caller (`check --format json` puts them in its JSON).
+fn checked_quiet(path: &Path, style: Style, keep_warnings: bool) -> Result<Checked, ExitCode> {
     let checked = check_path(path).map_err(|e| io_error(path, &e))?;
-    if !checked.diags.is_empty() {
+    let has_errors = checked.spec.is_none();
+    if !checked.diags.is_empty() && (has_errors || !keep_warnings) {
         eprint!("{}", render(&checked.sources, &checked.diags, style));
     }
     if checked.spec.is_none() {
@@ -319,7 +326,7 @@ fn checked(path: &Path, style: Style) -> Result<Checked, ExitCode> {
 }
 
 fn check(path: &Path, format: Format, style: Style) -> ExitCode {
-    let checked = match checked(path, style) {
+    let checked = match checked_quiet(path, style, matches!(format, Format::Json)) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -345,6 +352,12 @@ fn check(path: &Path, format: Format, style: Style) -> ExitCode {
             };
             if let (Some(obj), Some(p)) = (v.as_object_mut(), &peak) {
                 obj.insert("peak_memory".into(), serde_json::to_value(p).unwrap_or_default());
+            }
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "diagnostics".into(),
+                    lamda_compiler::diag::to_json(&checked.sources, &checked.diags),
+                );
             }
             out(&format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()));
         }

@@ -340,3 +340,43 @@ fn a_non_finite_loss_names_only_a_checkpoint_that_exists() {
     assert!(err.contains("no checkpoint was saved before it"), "{err}");
     assert!(!err.contains("the last checkpoint holds"), "{err}");
 }
+
+/// Issue 10.6: overridden-rule notes grew with the square of the file (one
+/// per overridden pair, each printing every line between its two rules: 2.1 M
+/// lines of stderr for 4,000 rules), and `--format json` wrote them all to
+/// stderr. Now: one note per rule, far-apart labels in snippets of their own,
+/// the first ten of a kind one by one and a summary of the rest, and JSON
+/// output carries them. The time bound guards the complexity (the quadratic
+/// version took minutes at this size), not the speed.
+#[test]
+fn many_overlapping_rules_give_output_linear_in_the_file() {
+    let dir = scratch("many-rules");
+    let file = dir.join("many.lamda");
+    let text: String = (0..20_000)
+        .map(|i| format!("adapt llama2.layers[{}..31].attn.{{q,v}} rank {}\n", i % 32, 1 + i % 8))
+        .collect();
+    std::fs::write(&file, &text).unwrap();
+    let f = file.to_str().unwrap();
+    let started = std::time::Instant::now();
+    let (code, out, err) = lamdac(&["check", f, "--color", "never"]);
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{err}");
+    assert!(secs < 60.0, "check took {secs:.1} s");
+    assert!(err.len() < 40_000, "{} bytes of notes", err.len());
+    assert!(err.contains("... and 19958 more rules adapt nothing"), "{err}");
+    assert!(err.lines().all(|l| l.len() < 200), "{err}");
+    assert!(out.len() < 200 * text.len(), "the report is linear too");
+
+    let (code, out, err) = lamdac(&["check", f, "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "warnings go into the JSON, not to stderr: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let diags = v["diagnostics"].as_array().unwrap();
+    assert!(diags.len() <= 22, "{} diagnostics", diags.len());
+    assert!(
+        diags
+            .iter()
+            .any(|d| d["code"] == "lamda::adapt::fully_overridden" && d["line"] == 1),
+        "{diags:?}"
+    );
+}

@@ -9,7 +9,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
+use miette::{
+    GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteError, MietteSpanContents, SourceCode, SourceSpan,
+    SpanContents,
+};
 
 use crate::syntax::ast::Span;
 
@@ -249,7 +252,7 @@ struct Rendered {
     code: Code,
     severity: Severity,
     message: String,
-    src: NamedSource<String>,
+    src: Indexed,
     labels: Vec<LabeledSpan>,
     help: Option<String>,
     related: Vec<Rendered>,
@@ -296,6 +299,87 @@ impl miette::Diagnostic for Rendered {
     }
 }
 
+/// A source text with the start of every line, for miette.
+///
+/// miette's own `read_span` scans the text from its start for every label and
+/// returns a `line_count` counted from the start of the file, which its
+/// snippet merging reads as the snippet's length: two labels far apart (rule
+/// 2000 and rule 4000) became one snippet of every line between them. This
+/// reads the same contents from a window of a few lines around the span (so
+/// each read costs the window, not the file), with `line_count` counted in
+/// that window, so far-apart labels get snippets of their own.
+#[derive(Debug, Clone)]
+struct Indexed {
+    name: String,
+    text: Arc<str>,
+    /// Byte offset where each line starts; breaks are `\n`, `\r\n` or `\r` (as miette counts them).
+    line_starts: Arc<[usize]>,
+}
+
+impl Indexed {
+    fn new(name: String, text: Arc<str>) -> Self {
+        let b = text.as_bytes();
+        let mut starts = vec![0];
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'\r' if b.get(i + 1) == Some(&b'\n') => {
+                    starts.push(i + 2);
+                    i += 2;
+                    continue;
+                }
+                b'\r' | b'\n' => starts.push(i + 1),
+                _ => {}
+            }
+            i += 1;
+        }
+        Indexed {
+            name,
+            text,
+            line_starts: starts.into(),
+        }
+    }
+
+    /// The line (0-based) holding byte `offset`.
+    fn line_of(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|&s| s <= offset).saturating_sub(1)
+    }
+}
+
+impl SourceCode for Indexed {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
+        let start = span.offset();
+        let end = start + span.len();
+        if end > self.text.len() {
+            return Err(MietteError::OutOfBounds);
+        }
+        let first = self.line_of(start).saturating_sub(context_lines_before);
+        // one line more than the context needs, so the window never cuts it short
+        let last = self.line_of(end.saturating_sub(1).max(start)) + context_lines_after + 2;
+        let base = self.line_starts[first];
+        let stop = self.line_starts.get(last).copied().unwrap_or(self.text.len());
+        let window = &self.text.as_bytes()[base..stop];
+        let inner = window.read_span(
+            &SourceSpan::new((start - base).into(), span.len()),
+            context_lines_before,
+            context_lines_after,
+        )?;
+        Ok(Box::new(MietteSpanContents::new_named(
+            self.name.clone(),
+            inner.data(),
+            SourceSpan::new((inner.span().offset() + base).into(), inner.span().len()),
+            inner.line() + first,
+            inner.column(),
+            inner.line_count(),
+        )))
+    }
+}
+
 /// The widest column a label may start or end at and still be drawn in a
 /// source snippet. miette pads underlines with `{:width$}`, whose width must
 /// fit in a `u16` (a label at column 65536 panics with "Formatting argument
@@ -313,11 +397,26 @@ fn visual_column(text: &str, offset: usize) -> usize {
         .fold(0, |col, c| if c == '\t' { col + 4 - col % 4 } else { col + 2 })
 }
 
-fn to_rendered(sources: &SourceMap, d: &Diagnostic) -> Rendered {
-    let (name, text) = match sources.get(d.file) {
-        Some(f) => (f.name.clone(), f.text.to_string()),
-        None => ("<unknown>".to_string(), String::new()),
-    };
+/// The [`Indexed`] source of every file, built on first use (once per file,
+/// not once per diagnostic).
+#[derive(Default)]
+struct IndexCache(std::collections::BTreeMap<FileId, Indexed>);
+
+impl IndexCache {
+    fn get(&mut self, sources: &SourceMap, file: FileId) -> Indexed {
+        self.0
+            .entry(file)
+            .or_insert_with(|| match sources.get(file) {
+                Some(f) => Indexed::new(f.name.clone(), f.text.clone()),
+                None => Indexed::new("<unknown>".to_string(), Arc::from("")),
+            })
+            .clone()
+    }
+}
+
+fn to_rendered(sources: &SourceMap, cache: &mut IndexCache, d: &Diagnostic) -> Rendered {
+    let src = cache.get(sources, d.file);
+    let (name, text) = (src.name.clone(), src.text.clone());
     // Spans clamped into the text and onto character boundaries.
     let spans: Vec<(usize, usize)> = d
         .labels
@@ -348,7 +447,9 @@ fn to_rendered(sources: &SourceMap, d: &Diagnostic) -> Rendered {
             .collect()
     } else {
         for (l, &(start, _)) in d.labels.iter().zip(&spans) {
-            let (line, col) = sources.line_col(d.file, start);
+            let line = src.line_of(start);
+            let col = text[src.line_starts[line]..start].chars().count() + 1;
+            let line = line + 1;
             message.push_str(&format!("\n  --> {name}:{line}:{col}"));
             if !l.text.is_empty() {
                 message.push_str(&format!(": {}", l.text));
@@ -363,10 +464,10 @@ fn to_rendered(sources: &SourceMap, d: &Diagnostic) -> Rendered {
         code: d.code,
         severity: d.severity,
         message,
-        src: NamedSource::new(name, text),
+        src,
         labels,
         help: d.help.clone(),
-        related: d.related.iter().map(|r| to_rendered(sources, r)).collect(),
+        related: d.related.iter().map(|r| to_rendered(sources, cache, r)).collect(),
     }
 }
 
@@ -387,13 +488,65 @@ pub fn render(sources: &SourceMap, diags: &[Diagnostic], style: Style) -> String
         .with_width(100)
         .with_links(false);
     let mut out = String::new();
+    let mut cache = IndexCache::default();
     for d in sorted(diags) {
-        let r = to_rendered(sources, d);
+        let r = to_rendered(sources, &mut cache, d);
         if handler.render_report(&mut out, &r).is_err() {
             out.push_str(&format!("{}: {}\n", d.code, d.message));
         }
     }
     out
+}
+
+/// Diagnostics as JSON values (for `check --format json`), in [`sorted`]
+/// order: `code`, `severity`, `message`, `file`, `line` and `column` of the
+/// primary label (1-based; absent without labels), `labels` (each with its
+/// `line`, `column` and `text`), `help`, and `related` (the same, nested).
+pub fn to_json(sources: &SourceMap, diags: &[Diagnostic]) -> serde_json::Value {
+    let mut cache = IndexCache::default();
+    serde_json::Value::Array(
+        sorted(diags)
+            .into_iter()
+            .map(|d| json_one(sources, &mut cache, d))
+            .collect(),
+    )
+}
+
+fn json_one(sources: &SourceMap, cache: &mut IndexCache, d: &Diagnostic) -> serde_json::Value {
+    let src = cache.get(sources, d.file);
+    let at = |offset: usize| {
+        let offset = src.text.floor_char_boundary(offset);
+        let line = src.line_of(offset);
+        let col = src.text[src.line_starts[line]..offset].chars().count() + 1;
+        (line + 1, col)
+    };
+    let labels: Vec<serde_json::Value> = d
+        .labels
+        .iter()
+        .map(|l| {
+            let (line, column) = at(l.span.start);
+            serde_json::json!({ "line": line, "column": column, "text": l.text })
+        })
+        .collect();
+    let mut v = serde_json::json!({
+        "code": d.code.as_str(),
+        "severity": match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Advice => "advice",
+        },
+        "message": d.message,
+        "file": src.name,
+        "labels": labels,
+        "help": d.help,
+        "related": d.related.iter().map(|r| json_one(sources, cache, r)).collect::<Vec<_>>(),
+    });
+    if let (Some(l), Some(obj)) = (d.labels.first(), v.as_object_mut()) {
+        let (line, column) = at(l.span.start);
+        obj.insert("line".into(), line.into());
+        obj.insert("column".into(), column.into());
+    }
+    v
 }
 
 /// Errors first, then warnings, then advice; within each, by file and position.

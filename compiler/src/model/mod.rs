@@ -84,6 +84,8 @@ pub struct Module {
     pub hf_name: String,
     /// Index (in [`ModelInstance::modules`]) of the module whose weight this one shares.
     pub tied_to: Option<usize>,
+    /// [`Module::path`] without its indexed segments (patterns match either).
+    pub short: Vec<PathSeg>,
 }
 
 impl Module {
@@ -92,7 +94,7 @@ impl Module {
     }
     /// The path without its indexed segments: `attn.q` for `layers[3].attn.q`.
     pub fn short_path(&self) -> Vec<PathSeg> {
-        self.path.iter().filter(|s| s.index.is_none()).cloned().collect()
+        self.short.clone()
     }
     /// The index of the repeated group this module sits in (the layer).
     pub fn layer(&self) -> Option<u64> {
@@ -596,11 +598,13 @@ impl InstCx<'_> {
                         name: m.name.name.clone(),
                         index: None,
                     });
+                    let short = p.iter().filter(|s| s.index.is_none()).cloned().collect();
                     out.push(Module {
                         path: p,
                         kind,
                         hf_name,
                         tied_to: None,
+                        short,
                     });
                 }
                 ModelItem::Group(g) => match &g.count {
