@@ -380,3 +380,158 @@ fn many_overlapping_rules_give_output_linear_in_the_file() {
         "{diags:?}"
     );
 }
+
+/// Runs `lamdac` with its address space capped at 2 GiB, so a size that
+/// would grow memory without bound fails the test instead of summoning the
+/// OOM killer for the whole machine.
+#[cfg(unix)]
+fn lamdac_capped(args: &[&str]) -> (i32, String, String) {
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "ulimit -v 2097152; exec '{}' {}",
+                env!("CARGO_BIN_EXE_lamdac"),
+                quoted.join(" ")
+            ),
+        ])
+        .output()
+        .expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 10.2: no bound on sizes. A preset or a config.json with 10^8
+/// layers grew memory until the OOM killer (check and train); `batch` and
+/// `seq` of 2^32 passed check with a 3 MiB peak (the arithmetic wrapped) and
+/// train tried to allocate 6.6 TB. Now each is a coded error before anything
+/// is allocated.
+#[cfg(unix)]
+#[test]
+fn implausible_sizes_are_errors_before_anything_is_allocated() {
+    let dir = scratch("sizes");
+    let preset = dir.join("preset.lamda");
+    std::fs::write(
+        &preset,
+        "preset big = llama(vocab = 256, hidden = 64, n_layers = 100000000, heads = 4, ffn = 172)\nadapt big.attn.q rank 4\n",
+    )
+    .unwrap();
+    let (code, _, err) = lamdac_capped(&["check", preset.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("lamda::model::too_large"), "{err}");
+
+    // The golden model with 10^8 layers (and 1e18) in config.json: check and train.
+    let golden = std::path::Path::new("tests/golden/lamda_qv_r4_linear03");
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("config.json")).unwrap()).unwrap();
+    for (i, layers) in [serde_json::json!(100_000_000u64), serde_json::json!(1e18)]
+        .into_iter()
+        .enumerate()
+    {
+        let model = dir.join(format!("m{i}"));
+        std::fs::create_dir_all(&model).unwrap();
+        let mut cfg = base.clone();
+        cfg["num_hidden_layers"] = layers.clone();
+        std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
+        for f in ["model.safetensors", "inputs.safetensors"] {
+            std::fs::copy(golden.join(f), model.join(f)).unwrap();
+        }
+        let spec = dir.join(format!("s{i}.lamda"));
+        std::fs::write(
+            &spec,
+            format!("use \"m{i}\" as tiny\nadapt tiny.attn.q rank 4\ntrain {{\n  data \"m{i}/inputs.safetensors\"\n  steps 2  batch 2  seq 16\n}}\n"),
+        )
+        .unwrap();
+        let out = dir.join(format!("run{i}"));
+        for args in [
+            vec!["check", spec.to_str().unwrap()],
+            vec!["train", spec.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        ] {
+            let (code, _, err) = lamdac_capped(&args);
+            assert_eq!(code, 1, "{layers} layers, {args:?}: {err}");
+            assert!(err.contains("num_hidden_layers"), "{layers} layers, {args:?}: {err}");
+        }
+    }
+
+    // batch and seq of 2^32.
+    let spec = dir.join("tokens2.lamda");
+    std::fs::write(
+        &spec,
+        "adapt tiny.attn.q rank 4\ntrain {\n  data \"../../tests/golden/lamda_qv_r4_linear03/inputs.safetensors\"\n  batch 4294967296  seq 4294967296\n}\n",
+    )
+    .unwrap();
+    for cmd in ["check", "train"] {
+        let (code, _, err) = lamdac_capped(&[cmd, spec.to_str().unwrap()]);
+        assert_eq!(code, 1, "{cmd}: {err}");
+        assert!(
+            err.contains("lamda::train::bad_value") && err.contains("2^20"),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+/// Issue 10.2: `check` took time quadratic in the layer count (the memory
+/// planner's best-fit search scanned every free buffer: 27 s for 4,000
+/// layers in a release build). At the largest layer count allowed it now
+/// takes a few seconds; the bound guards the complexity, not the speed.
+#[test]
+fn checking_the_deepest_allowed_model_takes_linear_time() {
+    let dir = scratch("deep");
+    let spec = dir.join("deep.lamda");
+    std::fs::write(
+        &spec,
+        "preset deep = llama(vocab = 256, hidden = 64, n_layers = 4096, heads = 4, ffn = 172)\nadapt deep.attn.q rank 4\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (code, out, err) = lamdac(&["check", spec.to_str().unwrap()]);
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("4096"), "{out}");
+    assert!(secs < 20.0, "check of 4096 layers took {secs:.1} s");
+}
+
+/// A step whose estimated memory exceeds the machine's is refused before
+/// any buffer is allocated (`lamda::train::out_of_memory`), rather than left
+/// to the OOM killer.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_step_larger_than_the_machine_is_refused_before_allocating() {
+    let dir = scratch("oom");
+    let spec = dir.join("big.lamda");
+    let golden = std::fs::canonicalize("tests/golden/lamda_qv_r4_linear03").unwrap();
+    std::fs::write(
+        &spec,
+        format!(
+            "use \"{}\" as tiny\nadapt tiny.attn.{{q,v}} rank 4\ntrain {{\n  data \"{}\"\n  steps 2  batch 65536  seq 256\n}}\n",
+            golden.display(),
+            golden.join("inputs.safetensors").display()
+        ),
+    )
+    .unwrap();
+    let spec = spec.to_str().unwrap();
+    let (code, out, err) = lamdac(&["check", spec, "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let need = serde_json::from_str::<serde_json::Value>(&out).unwrap()["peak_memory"]["this"]["total_bytes"]
+        .as_u64()
+        .unwrap();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let have: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024;
+    if need <= have {
+        eprintln!("skipped: this machine has {have} bytes, the step needs {need}");
+        return;
+    }
+    let out = dir.join("run");
+    let (code, _, err) = lamdac_capped(&["train", spec, "--device", "cpu", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[lamda::train::out_of_memory]"), "{err}");
+}

@@ -38,6 +38,13 @@ pub enum SessionError {
     NoWeights { model: String },
     #[error("the train block names no data")]
     NoData,
+    /// The step's estimated memory exceeds the machine's.
+    #[error(
+        "a training step needs about {} GiB (weights, adapters, gradients, optimizer state, activations), and this machine has {} GiB",
+        need / (1 << 30),
+        have / (1 << 30)
+    )]
+    Memory { need: u64, have: u64 },
     /// `--steps 0` (a run is at least one step).
     #[error("--steps 0: a run is at least one step")]
     Steps,
@@ -93,6 +100,7 @@ impl SessionError {
             SessionError::NoWeights { .. } => "lamda::train::no_weights",
             SessionError::NoData => "lamda::train::no_data",
             SessionError::Steps => "lamda::train::bad_value",
+            SessionError::Memory { .. } => "lamda::train::out_of_memory",
             SessionError::Device(_) => "lamda::train::device",
             SessionError::Precision(_) => "lamda::train::precision",
             SessionError::Checkpoint(e) => e.code(),
@@ -119,6 +127,9 @@ impl SessionError {
             ),
             SessionError::NoData => "add `data \"file.txt\"` (or .jsonl, .safetensors) to the train block".into(),
             SessionError::Steps => "pass --steps 1 or more, or leave it out to run the train block's `steps`".into(),
+            SessionError::Memory { .. } => "lower batch or seq (`accumulate N` keeps the tokens per step), adapt a \
+                 smaller model, or train on a GPU; `lamdac check` prints the estimate"
+                .into(),
             SessionError::Device(_) => {
                 "run with `--device cpu` (or `auto`, which uses a GPU only when one is present)".into()
             }
@@ -155,6 +166,21 @@ impl SessionError {
     pub fn exit_code(&self) -> u8 {
         if self.code() == "lamda::io" { 2 } else { 1 }
     }
+}
+
+/// The machine's physical memory in bytes (`MemTotal` of /proc/meminfo);
+/// `None` where that cannot be read.
+fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kb.checked_mul(1024)
 }
 
 /// What a failed run left behind, for the hint: the checkpoint from before
@@ -311,6 +337,17 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         Some(&mut CheckpointSpectra { ckpt: &ckpt }),
         Options { fuse: opts.fuse },
     )?;
+    // A step that needs more memory than the machine has would only end in
+    // the OOM killer: refuse it before any buffer is allocated.
+    if device == Device::Cpu
+        && let Some(have) = physical_memory()
+        && plan.memory.total_peak > have
+    {
+        return Err(SessionError::Memory {
+            need: plan.memory.total_peak,
+            have,
+        });
+    }
     let params = initialize(&plan, &ckpt.weights, &opts.init_overrides)?;
     let init: BTreeMap<usize, Vec<f32>> = plan
         .params

@@ -103,6 +103,7 @@ codes! {
     AdapterBadParam = "lamda::adapter::bad_param": "an adapter parameter list is malformed (r missing, or a reserved name)",
     ModelBadDecl = "lamda::model::bad_decl": "a model family definition is malformed",
     ModelBadDataflow = "lamda::model::bad_dataflow": "a model's forward block uses an unknown name or builtin",
+    ModelTooLarge = "lamda::model::too_large": "a model's sizes are beyond any real model's (they would overflow size arithmetic or exhaust memory)",
     // use
     UseUnknownModel = "lamda::use::unknown_model": "a model name is neither a preset nor an alias in scope",
     UseFamilyNotPreset = "lamda::use::family_not_preset": "a model family was named where a preset is needed",

@@ -600,7 +600,11 @@ impl Parser {
                 }
                 // Larger than any real model; rejecting it keeps shape products from
                 // overflowing and the tensor list of a hostile config small.
-                let limit = if key == "num_hidden_layers" { 1 << 16 } else { 1 << 24 };
+                let limit = if key == "num_hidden_layers" {
+                    crate::limits::MAX_GROUP
+                } else {
+                    crate::limits::MAX_DIM
+                };
                 if n > limit {
                     return Err(self.invalid(key, format!("{n} is implausibly large")));
                 }

@@ -260,6 +260,10 @@ impl Hparams {
 
         let hidden = req_count(f, "llama.embedding_length")?;
         let layers = req_count(f, "llama.block_count")?;
+        if layers as u64 > lamda_compiler::limits::MAX_GROUP {
+            let found = f.metadata().get("llama.block_count");
+            return Err(bad(f, "llama.block_count", "at most 4096 layers", found));
+        }
         let heads = req_count(f, "llama.attention.head_count")?;
         let kv_heads = opt_count(f, "llama.attention.head_count_kv")?.unwrap_or(heads);
         let ffn = req_count(f, "llama.feed_forward_length")?;
@@ -534,7 +538,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GgufError> {
 }
 
 /// Largest dimension accepted from metadata (as config.json's parser does).
-const MAX_DIM: u64 = 1 << 24;
+const MAX_DIM: u64 = lamda_compiler::limits::MAX_DIM;
 
 fn bad(f: &GgufFile, key: &str, expected: &str, found: Option<&MetaValue>) -> GgufError {
     GgufError::BadMetadata {
