@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use lamda_compiler::diag::{Severity, Style, render};
+use lamda_compiler::diag::{Code, Severity, Style, render};
 use lamda_compiler::report;
 use lamda_compiler::resolve::{Checked, check_path};
 use lamda_compiler::spec::Device;
@@ -289,7 +289,7 @@ fn out(text: &str) {
 }
 
 fn io_error(path: &Path, e: &std::io::Error) -> ExitCode {
-    eprintln!("error[lamda::io]: cannot read `{}`: {e}", path.display());
+    eprintln!("error[{}]: cannot read `{}`: {e}", Code::Io, path.display());
     ExitCode::from(2)
 }
 
@@ -346,7 +346,7 @@ fn check(path: &Path, format: Format, style: Style) -> ExitCode {
             let mut v = match serde_json::to_value(&rep) {
                 Ok(v) => v,
                 Err(e) => {
-                    eprintln!("error[lamda::io]: cannot serialize the report: {e}");
+                    eprintln!("error[{}]: cannot serialize the report: {e}", Code::Io);
                     return ExitCode::from(2);
                 }
             };
@@ -411,7 +411,7 @@ fn plan(path: &Path, weights: Option<&Path>, style: Style) -> ExitCode {
     ) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error[lamda::compile]: {e}");
+            eprintln!("error[{}]: {e}", Code::Compile);
             return ExitCode::from(1);
         }
     };
@@ -440,7 +440,7 @@ fn emit(path: &Path, target: Target, forward_only: bool, fused: bool, style: Sty
     ) {
         Ok(ir) => ir,
         Err(e) => {
-            eprintln!("error[lamda::compile]: {e}");
+            eprintln!("error[{}]: {e}", Code::Compile);
             return ExitCode::from(1);
         }
     };
@@ -508,7 +508,8 @@ fn export(file: &Path, run: Option<PathBuf>, out: Option<PathBuf>, merge: bool) 
     let adapter = run.join("adapter.safetensors");
     if !adapter.is_file() {
         eprintln!(
-            "error[lamda::export::no_adapter]: `{}` does not exist\n  help: train first (`lamdac train {}`), or pass the run folder with --run",
+            "error[{}]: `{}` does not exist\n  help: train first (`lamdac train {}`), or pass the run folder with --run",
+            Code::ExportNoAdapter,
             adapter.display(),
             file.display()
         );
@@ -518,7 +519,10 @@ fn export(file: &Path, run: Option<PathBuf>, out: Option<PathBuf>, merge: bool) 
         lamda_compiler::model::ModelSource::Checkpoint(d) => d.clone(),
         lamda_compiler::model::ModelSource::Preset(p) if !merge => PathBuf::from(p),
         lamda_compiler::model::ModelSource::Preset(p) => {
-            eprintln!("error[lamda::export::no_weights]: `{p}` is a stdlib preset: there are no weights to merge into");
+            eprintln!(
+                "error[{}]: `{p}` is a stdlib preset: there are no weights to merge into",
+                Code::ExportNoWeights
+            );
             return ExitCode::from(1);
         }
     };
@@ -554,8 +558,8 @@ fn export(file: &Path, run: Option<PathBuf>, out: Option<PathBuf>, merge: bool) 
 
 /// Exit 2 for I/O problems (`lamda::io`: a file that cannot be read or
 /// written), 1 for problems in the input.
-fn exit_for(code: &str) -> ExitCode {
-    ExitCode::from(if code == "lamda::io" { 2 } else { 1 })
+fn exit_for(code: Code) -> ExitCode {
+    ExitCode::from(if code == Code::Io { 2 } else { 1 })
 }
 
 fn convert(gguf: &Path, out: &Path) -> ExitCode {
@@ -593,7 +597,7 @@ fn emit_kernels(spec: &lamda_compiler::spec::ResolvedSpec, target: Target) -> Ex
     ) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error[lamda::compile]: {e}");
+            eprintln!("error[{}]: {e}", Code::Compile);
             return ExitCode::from(1);
         }
     };
@@ -613,7 +617,7 @@ fn emit_kernels(spec: &lamda_compiler::spec::ResolvedSpec, target: Target) -> Ex
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error[lamda::emit]: {e}");
+            eprintln!("error[{}]: {e}", Code::Emit);
             ExitCode::from(1)
         }
     }
@@ -628,7 +632,7 @@ struct Progress {
 }
 
 impl Observer for Progress {
-    fn warning(&mut self, code: &str, text: &str) {
+    fn warning(&mut self, code: Code, text: &str) {
         let line = format!("warning[{code}]: {text}");
         match &self.bar {
             Some(bar) => bar.println(line),

@@ -535,3 +535,71 @@ fn a_step_larger_than_the_machine_is_refused_before_allocating() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("error[lamda::train::out_of_memory]"), "{err}");
 }
+
+/// Issue 10.10: the export, merge and train codes users see, each provoked.
+#[test]
+fn export_merge_and_train_codes() {
+    let dir = scratch("codes");
+    let golden = std::fs::canonicalize("tests/golden/lamda_qv_r4_linear03").unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let data = golden.join("inputs.safetensors");
+    // export without a trained run
+    let lamda = write(
+        "lamda.lamda",
+        format!(
+            "use \"{}\" as tiny\nadapt tiny.attn.q rank 2\ntrain {{\n  data \"{}\"\n  steps 1  batch 2  seq 16\n}}\n",
+            golden.display(),
+            data.display()
+        ),
+    );
+    let run = dir.join("run");
+    let (code, _, err) = lamdac(&["export", &lamda, "--run", run.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[lamda::export::no_adapter]"), "{err}");
+    // a safetensors file that lamdac did not write
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::copy(golden.join("model.safetensors"), run.join("adapter.safetensors")).unwrap();
+    let (code, _, err) = lamdac(&["export", &lamda, "--run", run.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[lamda::export::not_an_adapter]"), "{err}");
+    // merge into a stdlib preset
+    let preset = write("preset.lamda", "adapt tiny.attn.q rank 2\n".into());
+    let (code, _, err) = lamdac(&["merge", &preset, "--run", run.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[lamda::export::no_weights]"), "{err}");
+    // train a stdlib preset, and a spec without data
+    let (code, _, err) = lamdac(&["train", &preset, "--out", run.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[lamda::train::no_weights]"), "{err}");
+    let no_data = write(
+        "no_data.lamda",
+        format!("use \"{}\" as tiny\nadapt tiny.attn.q rank 2\n", golden.display()),
+    );
+    let (code, _, err) = lamdac(&["train", &no_data, "--out", run.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[lamda::train::no_data]"), "{err}");
+    // PiSSA's update has rank above r: no exact LoRA form
+    let pissa = write(
+        "pissa.lamda",
+        format!(
+            "use \"{}\" as tiny\nadapt tiny.attn.q with pissa rank 2\ntrain {{\n  data \"{}\"\n  steps 1  batch 2  seq 16\n}}\n",
+            golden.display(),
+            data.display()
+        ),
+    );
+    let prun = dir.join("pissa-run");
+    let (code, _, err) = lamdac(&["train", &pissa, "--out", prun.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = lamdac(&["export", &pissa, "--run", prun.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[lamda::export::not_lora]"), "{err}");
+    // rank auto on a preset with weights that are not the preset's
+    let auto = write("auto.lamda", "adapt llama2.attn.q rank auto(budget = 64)\n".into());
+    let (code, _, err) = lamdac(&["plan", &auto, "--weights", golden.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[lamda::compile]"), "{err}");
+}

@@ -104,7 +104,7 @@ fn resume_refuses_another_spec() {
         ..RunOptions::default()
     };
     let err = prepare(&other).err().expect("a mismatch");
-    assert_eq!(err.code(), "lamda::resume::mismatch", "{err}");
+    assert_eq!(err.code().as_str(), "lamda::resume::mismatch", "{err}");
     let _ = std::fs::remove_dir_all(out);
 }
 
@@ -336,4 +336,16 @@ fn resume_without_out_continues_in_the_resumed_folder() {
         assert_eq!(session.out, out, "resuming from {}", from.display());
     }
     let _ = std::fs::remove_dir_all(out);
+}
+
+/// The library's session reports a spec with errors as `lamda::spec` (the
+/// CLI reports the diagnostics themselves first).
+#[test]
+fn a_session_on_a_spec_with_errors_is_lamda_spec() {
+    let opts = RunOptions {
+        spec: PathBuf::from("tests/ui/many_errors.lamda"),
+        ..RunOptions::default()
+    };
+    let err = prepare(&opts).err().expect("errors");
+    assert_eq!(err.code().as_str(), "lamda::spec", "{err}");
 }

@@ -6,6 +6,7 @@
 //! [`run`] trains to the end (or until asked to stop), writing
 //! `metrics.jsonl`, checkpoints and `adapter.safetensors` into the output folder.
 
+use lamda_compiler::diag::Code;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,30 +94,28 @@ pub enum SessionError {
 
 impl SessionError {
     /// The stable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            SessionError::Read { .. } | SessionError::Write { .. } => "lamda::io",
-            SessionError::Spec { .. } => "lamda::spec",
-            SessionError::NoWeights { .. } => "lamda::train::no_weights",
-            SessionError::NoData => "lamda::train::no_data",
-            SessionError::Steps => "lamda::train::bad_value",
-            SessionError::Memory { .. } => "lamda::train::out_of_memory",
-            SessionError::Device(_) => "lamda::train::device",
-            SessionError::Precision(_) => "lamda::train::precision",
+            SessionError::Read { .. } | SessionError::Write { .. } => Code::Io,
+            SessionError::Spec { .. } => Code::Spec,
+            SessionError::NoWeights { .. } => Code::TrainNoWeights,
+            SessionError::NoData => Code::TrainNoData,
+            SessionError::Steps => Code::TrainBadValue,
+            SessionError::Memory { .. } => Code::TrainOutOfMemory,
+            SessionError::Device(_) => Code::TrainDevice,
+            SessionError::Precision(_) => Code::TrainPrecision,
             SessionError::Checkpoint(e) => e.code(),
             SessionError::Data(e) => e.code(),
-            SessionError::Compile(_) => "lamda::compile",
-            SessionError::Init(_) => "lamda::train::init",
-            SessionError::Step(StepError::NonFinite { .. }) | SessionError::NonFinite { .. } => {
-                "lamda::train::non_finite"
-            }
-            SessionError::Collapsed { .. } => "lamda::train::collapsed",
-            SessionError::Step(_) => "lamda::train::step",
-            SessionError::State(StateError::Mismatch { .. }) => "lamda::resume::mismatch",
+            SessionError::Compile(_) => Code::Compile,
+            SessionError::Init(_) => Code::TrainInit,
+            SessionError::Step(StepError::NonFinite { .. }) | SessionError::NonFinite { .. } => Code::TrainNonFinite,
+            SessionError::Collapsed { .. } => Code::TrainCollapsed,
+            SessionError::Step(_) => Code::TrainStep,
+            SessionError::State(StateError::Mismatch { .. }) => Code::ResumeMismatch,
             // reading or writing a run's files failed (a full disk, say): I/O
-            SessionError::State(StateError::Io { .. }) => "lamda::io",
-            SessionError::State(StateError::Checkpoint(e)) if e.code() == "lamda::io" => "lamda::io",
-            SessionError::State(_) => "lamda::resume::invalid",
+            SessionError::State(StateError::Io { .. }) => Code::Io,
+            SessionError::State(StateError::Checkpoint(e)) if e.code() == Code::Io => Code::Io,
+            SessionError::State(_) => Code::ResumeInvalid,
         }
     }
     /// What to do about it.
@@ -164,7 +163,7 @@ impl SessionError {
     }
     /// Exit code: 2 for I/O (`lamda::io`), 1 for everything about the input.
     pub fn exit_code(&self) -> u8 {
-        if self.code() == "lamda::io" { 2 } else { 1 }
+        if self.code() == Code::Io { 2 } else { 1 }
     }
 }
 
@@ -228,7 +227,7 @@ pub trait Observer {
     /// Called once after the last step with the final evaluation.
     fn finish(&mut self, _tr: &Trainer, _loss: f32, _logits: &[f32]) {}
     /// A problem that does not stop the run (yet): its code and the message.
-    fn warning(&mut self, _code: &str, _text: &str) {}
+    fn warning(&mut self, _code: Code, _text: &str) {}
 }
 
 /// A prepared run.
@@ -534,7 +533,7 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
             let at_uniform = (f64::from(stats.loss) - uniform_loss).abs() < 1e-3;
             if count == 1 {
                 observer.warning(
-                    "lamda::train::collapsed",
+                    Code::TrainCollapsed,
                     &format!(
                         "step {}: the gradient is exactly zero and the loss is {:.4}{}: the model has collapsed and stopped learning{}",
                         stats.step,

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+use lamda_compiler::diag::Code;
 use std::path::{Path, PathBuf};
 
 use lamda_runtime::checkpoint::{Checkpoint, CheckpointError, ConfigError, LlamaConfig, SafetensorsFile, Weights};
@@ -50,7 +51,7 @@ fn raw_safetensors(header: &str, data: &[u8]) -> Vec<u8> {
 
 fn assert_hint(e: &CheckpointError) {
     assert!(!e.hint().is_empty(), "{e}");
-    assert!(e.code().starts_with("lamda::checkpoint::"));
+    assert!(e.code().as_str().starts_with("lamda::checkpoint::"));
     assert!(!e.to_string().is_empty());
 }
 
@@ -91,6 +92,7 @@ fn no_weights_lists_what_is_there() {
     std::fs::write(dir.path().join("config.json"), golden_config().to_string()).unwrap();
     std::fs::write(dir.path().join("pytorch_model.bin"), b"not read").unwrap();
     let e = Checkpoint::open(dir.path()).unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointNoWeights);
     let CheckpointError::NoWeights { found, .. } = &e else {
         panic!("{e}")
     };
@@ -315,6 +317,7 @@ fn truncated_file() {
     // Cut inside the header, and inside the 8-byte length.
     std::fs::write(&path, &full[..100]).unwrap();
     let e = SafetensorsFile::open(&path).unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointTruncated);
     assert!(matches!(e, CheckpointError::Truncated { actual_len: 100, .. }), "{e}");
     std::fs::write(&path, &full[..5]).unwrap();
     let e = SafetensorsFile::open(&path).unwrap_err();
@@ -340,6 +343,7 @@ fn lying_header_is_corrupt_and_names_the_tensor() {
         &[0u8; 32],
     );
     let e = SafetensorsFile::from_bytes(p, bytes).unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointCorrupt);
     assert!(
         matches!(&e, CheckpointError::Corrupt { tensor: Some(t), reason, .. } if t == "w" && reason.contains("64 bytes")),
         "{e}"
@@ -387,6 +391,7 @@ fn unsupported_dtype() {
     );
     let file = SafetensorsFile::from_bytes(Path::new("q.safetensors"), bytes).unwrap();
     let e = file.f32("q").unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointUnsupportedDtype);
     assert!(
         matches!(&e, CheckpointError::UnsupportedDtype { name, dtype, .. } if name == "q" && dtype == "I8"),
         "{e}"
@@ -410,6 +415,7 @@ fn missing_tensor_suggests_close_names() {
         .weights
         .matrix("model.layers.0.self_attn.q_proj.weights", 64, 64)
         .unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointMissingTensor);
     let CheckpointError::MissingTensor { name, close, .. } = &e else {
         panic!("{e}")
     };
@@ -454,6 +460,7 @@ fn wrong_shape_expected_vs_found() {
         .weights
         .matrix("model.layers.1.self_attn.k_proj.weight", 64, 64)
         .unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointWrongShape);
     assert!(
         matches!(&e, CheckpointError::WrongShape { name, expected, found, .. }
             if name == "model.layers.1.self_attn.k_proj.weight" && expected == &vec![64, 64] && found == &vec![32, 64]),
@@ -507,6 +514,7 @@ fn index_pointing_to_a_missing_shard() {
     assert!(Checkpoint::open(dir.path()).is_ok());
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
     let e = Checkpoint::open(dir.path()).unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointMissingShard);
     let CheckpointError::MissingShard { index, shard, tensor } = &e else {
         panic!("{e}")
     };
@@ -538,10 +546,9 @@ fn index_that_lies_or_is_malformed() {
     ));
     // No weight_map; not JSON.
     std::fs::write(&idx_path, r#"{"metadata": {}}"#).unwrap();
-    assert!(matches!(
-        Weights::open(dir.path()).unwrap_err(),
-        CheckpointError::InvalidIndex { .. }
-    ));
+    let e = Weights::open(dir.path()).unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointInvalidIndex);
+    assert!(matches!(e, CheckpointError::InvalidIndex { .. }));
     std::fs::write(&idx_path, "{\"weight_map\": {").unwrap();
     assert!(matches!(
         Weights::open(dir.path()).unwrap_err(),
@@ -631,4 +638,13 @@ proptest! {
             let _ = c.expected_tensors();
         }
     }
+}
+
+/// Asking for a matrix where the config implies a vector.
+#[test]
+fn a_vector_read_as_a_matrix_is_a_wrong_rank() {
+    let dir = folder_with(&golden_config());
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let e = ckpt.matrix("model.norm.weight").unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointWrongRank, "{e}");
 }

@@ -62,26 +62,37 @@ pub enum Severity {
 }
 
 macro_rules! codes {
-    ($( $variant:ident = $code:literal : $title:literal ),* $(,)?) => {
-        /// The stable code of every problem lamdac reports.
+    (
+        check: { $( $cv:ident = $cc:literal : $ct:literal ),* $(,)? }
+        run: { $( $rv:ident = $rc:literal : $rt:literal ),* $(,)? }
+    ) => {
+        /// The stable code of every problem lamdac reports: the one registry
+        /// of codes, for the compiler, the runtime and the CLI alike.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum Code { $( $variant ),* }
+        pub enum Code { $( $cv, )* $( $rv, )* }
         impl Code {
             /// Every code, in documentation order.
-            pub const ALL: &'static [Code] = &[ $( Code::$variant ),* ];
+            pub const ALL: &'static [Code] = &[ $( Code::$cv, )* $( Code::$rv, )* ];
+            /// The codes `lamdac check` reports (each has a UI case in tests/ui/).
+            pub const CHECK: &'static [Code] = &[ $( Code::$cv ),* ];
+            /// The codes only the other commands report (train, export, merge,
+            /// convert, plan, emit, bench; each is asserted by a test in tests/
+            /// or runtime/tests/).
+            pub const RUN: &'static [Code] = &[ $( Code::$rv ),* ];
             /// The code as users see it: `lamda::resolve::no_match`.
             pub fn as_str(self) -> &'static str {
-                match self { $( Code::$variant => $code ),* }
+                match self { $( Code::$cv => $cc, )* $( Code::$rv => $rc, )* }
             }
             /// A one-line description.
             pub fn title(self) -> &'static str {
-                match self { $( Code::$variant => $title ),* }
+                match self { $( Code::$cv => $ct, )* $( Code::$rv => $rt, )* }
             }
         }
     };
 }
 
 codes! {
+    check: {
     // syntax
     SyntaxUnexpected = "lamda::syntax::unexpected": "the parser met a token it did not expect",
     SyntaxUnterminatedString = "lamda::syntax::unterminated_string": "a string literal has no closing quote",
@@ -152,6 +163,76 @@ codes! {
     TrainDuplicateBlock = "lamda::train::duplicate_block": "a file has more than one train block",
     TrainDataNotFound = "lamda::train::data_not_found": "the data file does not exist",
     TrainDataNotAFile = "lamda::train::data_not_a_file": "the data path names a folder, not a file",
+    }
+    run: {
+    // the commands
+    Io = "lamda::io": "a file cannot be read or written for a reason outside the input (a missing spec, a full disk, an output folder that cannot be created); exit 2",
+    Spec = "lamda::spec": "a spec given to the library's training session has errors (the CLI reports them with their own codes)",
+    Compile = "lamda::compile": "the compiler pipeline failed on a checked spec (an internal error, or weights that do not fit the plan)",
+    Emit = "lamda::emit": "generating kernel source (`lamdac emit --target clif|cuda`) failed",
+    // data
+    DataIo = "lamda::data::io": "the data file exists but cannot be read",
+    DataNotUtf8 = "lamda::data::not_utf8": "text data for a tokenizer.json is not UTF-8",
+    DataTokenizer = "lamda::data::tokenizer": "the checkpoint's tokenizer.json does not load",
+    DataEncode = "lamda::data::encode": "the tokenizer cannot encode a line of the data",
+    DataJsonlSyntax = "lamda::data::jsonl_syntax": "a JSONL line is not a JSON object",
+    DataJsonlExample = "lamda::data::jsonl_example": "a JSONL line has neither `text` nor `prompt` and `completion` strings",
+    DataEmpty = "lamda::data::empty": "the data file holds no tokens",
+    DataTooShort = "lamda::data::too_short": "the data has fewer tokens than one sequence",
+    DataIdsLayout = "lamda::data::ids_layout": "a token-id file lacks `input_ids`, or its tensors have the wrong type or shape",
+    DataTokenOutOfVocab = "lamda::data::token_out_of_vocab": "a token id is outside the model's vocabulary",
+    DataBadLabel = "lamda::data::bad_label": "a label is neither a token id nor -100",
+    DataSeqMismatch = "lamda::data::seq_mismatch": "the rows of a token-id file are not `seq` long",
+    DataBadBatching = "lamda::data::bad_batching": "batch or seq is zero, or too large for the data",
+    DataStateMismatch = "lamda::data::state_mismatch": "a checkpoint's data position was saved for other data or batching",
+    // checkpoint weights
+    CheckpointNoWeights = "lamda::checkpoint::no_weights": "a checkpoint folder has neither model.safetensors nor an index of shards",
+    CheckpointInvalidIndex = "lamda::checkpoint::invalid_index": "model.safetensors.index.json is not a valid index",
+    CheckpointMissingShard = "lamda::checkpoint::missing_shard": "the index names a shard file that does not exist",
+    CheckpointMissingTensor = "lamda::checkpoint::missing_tensor": "a tensor the config implies is not in the checkpoint",
+    CheckpointWrongShape = "lamda::checkpoint::wrong_shape": "a tensor's shape differs from the one the config implies",
+    CheckpointWrongRank = "lamda::checkpoint::wrong_rank": "a tensor has another number of dimensions than asked for",
+    CheckpointUnsupportedDtype = "lamda::checkpoint::unsupported_dtype": "a tensor's dtype cannot be read as float32",
+    CheckpointTruncated = "lamda::checkpoint::truncated": "a safetensors file is shorter than its header says",
+    CheckpointCorrupt = "lamda::checkpoint::corrupt": "a safetensors file's header or data is damaged",
+    CheckpointWriteShape = "lamda::checkpoint::write_shape": "internal: a tensor to write does not match its shape",
+    // GGUF conversion
+    GgufIo = "lamda::gguf::io": "the GGUF file exists but cannot be read",
+    GgufBadMagic = "lamda::gguf::bad_magic": "the file is not a GGUF file",
+    GgufUnsupportedVersion = "lamda::gguf::unsupported_version": "a GGUF version (or byte order) lamdac does not read",
+    GgufTruncated = "lamda::gguf::truncated": "the GGUF file is cut off",
+    GgufCorrupt = "lamda::gguf::corrupt": "the GGUF header or metadata is damaged",
+    GgufTensorOutOfBounds = "lamda::gguf::tensor_out_of_bounds": "a GGUF tensor's data lies outside the file",
+    GgufUnknownDtype = "lamda::gguf::unknown_dtype": "a GGUF tensor type lamdac does not know",
+    GgufUnsupportedDtype = "lamda::gguf::unsupported_dtype": "a GGUF tensor type lamdac does not dequantize",
+    GgufMissingMetadata = "lamda::gguf::missing_metadata": "a metadata key a Llama GGUF sets is missing",
+    GgufBadMetadata = "lamda::gguf::bad_metadata": "a metadata value has the wrong type or is out of range",
+    GgufUnsupportedArchitecture = "lamda::gguf::unsupported_architecture": "the GGUF holds another architecture than Llama",
+    GgufUnsupported = "lamda::gguf::unsupported": "the GGUF uses a feature lamdac does not implement (RoPE scaling, say)",
+    GgufMissingTensor = "lamda::gguf::missing_tensor": "a tensor a Llama has is not in the GGUF",
+    GgufUnexpectedTensor = "lamda::gguf::unexpected_tensor": "the GGUF holds a tensor a Llama does not have",
+    GgufWrongShape = "lamda::gguf::wrong_shape": "a GGUF tensor's shape contradicts the metadata",
+    GgufTokenizer = "lamda::gguf::tokenizer": "the tokenizer built from the GGUF vocabulary does not load",
+    // export and merge
+    ExportNoAdapter = "lamda::export::no_adapter": "the run folder has no adapter.safetensors",
+    ExportNoWeights = "lamda::export::no_weights": "`merge` on a stdlib preset: there are no weights to merge into",
+    ExportNotAnAdapter = "lamda::export::not_an_adapter": "adapter.safetensors was not written by lamdac train",
+    ExportNotLora = "lamda::export::not_lora": "a method whose update has rank above r has no exact LoRA form",
+    ExportLinalg = "lamda::export::linalg": "computing an exported factor failed (non-finite values)",
+    // training
+    TrainNoWeights = "lamda::train::no_weights": "`train` on a stdlib preset: there are no weights to train",
+    TrainNoData = "lamda::train::no_data": "the train block names no data",
+    TrainDevice = "lamda::train::device": "the asked-for device is not there (no GPU, no CUDA library)",
+    TrainPrecision = "lamda::train::precision": "a storage precision the device does not run (bf16 on the CPU)",
+    TrainOutOfMemory = "lamda::train::out_of_memory": "a training step needs more memory than the machine has",
+    TrainInit = "lamda::train::init": "initialising an adapter from the weights failed",
+    TrainNonFinite = "lamda::train::non_finite": "the loss became NaN or infinite",
+    TrainCollapsed = "lamda::train::collapsed": "the gradient is exactly zero step after step: the model has collapsed",
+    TrainStep = "lamda::train::step": "a training step failed to run (an internal error)",
+    // resume
+    ResumeMismatch = "lamda::resume::mismatch": "a checkpoint was written for another spec, model or --steps",
+    ResumeInvalid = "lamda::resume::invalid": "a checkpoint is damaged or contradicts itself",
+    }
 }
 
 impl fmt::Display for Code {

@@ -1,6 +1,7 @@
 //! Errors of checkpoint reading and writing: each names the file, the tensor where
 //! one is involved, and says what to do about it ([`CheckpointError::hint`]).
 
+use lamda_compiler::diag::Code;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -155,23 +156,23 @@ pub enum CheckpointError {
 
 impl CheckpointError {
     /// A stable diagnostic code, `lamda::checkpoint::<kind>`.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Self::Config(e) => e.code().as_str(),
-            Self::Io { .. } => "lamda::checkpoint::io",
-            Self::InvalidJson { .. } => "lamda::checkpoint::invalid_json",
-            Self::NoWeights { .. } => "lamda::checkpoint::no_weights",
-            Self::InvalidIndex { .. } => "lamda::checkpoint::invalid_index",
-            Self::MissingShard { .. } => "lamda::checkpoint::missing_shard",
-            Self::MissingTensor { .. } => "lamda::checkpoint::missing_tensor",
-            Self::WrongShape { .. } => "lamda::checkpoint::wrong_shape",
-            Self::WrongRank { .. } => "lamda::checkpoint::wrong_rank",
-            Self::UnsupportedDtype { .. } => "lamda::checkpoint::unsupported_dtype",
-            Self::Truncated { .. } => "lamda::checkpoint::truncated",
-            Self::Corrupt { .. } => "lamda::checkpoint::corrupt",
+            Self::Config(e) => e.code(),
+            Self::Io { .. } => Code::CheckpointIo,
+            Self::InvalidJson { .. } => Code::CheckpointInvalidJson,
+            Self::NoWeights { .. } => Code::CheckpointNoWeights,
+            Self::InvalidIndex { .. } => Code::CheckpointInvalidIndex,
+            Self::MissingShard { .. } => Code::CheckpointMissingShard,
+            Self::MissingTensor { .. } => Code::CheckpointMissingTensor,
+            Self::WrongShape { .. } => Code::CheckpointWrongShape,
+            Self::WrongRank { .. } => Code::CheckpointWrongRank,
+            Self::UnsupportedDtype { .. } => Code::CheckpointUnsupportedDtype,
+            Self::Truncated { .. } => Code::CheckpointTruncated,
+            Self::Corrupt { .. } => Code::CheckpointCorrupt,
             // a file that cannot be written is an I/O problem (exit 2), not bad input
-            Self::Write { .. } => "lamda::io",
-            Self::WriteShape { .. } => "lamda::checkpoint::write_shape",
+            Self::Write { .. } => Code::Io,
+            Self::WriteShape { .. } => Code::CheckpointWriteShape,
         }
     }
 
