@@ -18,10 +18,10 @@ fn every_example_checks() {
         }
         let text = std::fs::read_to_string(&path).expect("readable");
         if text.contains("\"../models/") && !Path::new("models").is_dir() {
-            eprintln!(
-                "skipping {}: its model is fetched into models/ (scripts/fetch-smollm2.sh)",
+            lamda_runtime::testkit::skip(format!(
+                "{}: its model is fetched into models/ (scripts/fetch-smollm2.sh)",
                 path.display()
-            );
+            ));
             continue;
         }
         n += 1;
@@ -31,10 +31,10 @@ fn every_example_checks() {
                 !d.is_error() || matches!(d.code, Code::CheckpointFolderMissing | Code::CheckpointConfigMissing)
             }) && text.contains("\"../models/");
         if c.has_errors() && fetched_missing {
-            eprintln!(
-                "skipping {}: its model folder under models/ has not been converted yet",
+            lamda_runtime::testkit::skip(format!(
+                "{}: its model folder under models/ has not been converted yet",
                 path.display()
-            );
+            ));
             continue;
         }
         assert!(
