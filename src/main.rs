@@ -152,8 +152,8 @@ enum Command {
     /// Train the adapters of a spec.
     Train {
         file: PathBuf,
-        /// Overrides the train block's `steps` (at least 1).
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        /// Overrides the train block's `steps` (1 to 2^32, as there).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=lamda_compiler::limits::MAX_STEPS))]
         steps: Option<u64>,
         /// Overrides the output folder (default: the train block's `out`, else runs/<file name>).
         #[arg(long)]

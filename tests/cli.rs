@@ -262,6 +262,17 @@ fn steps_0_is_a_usage_error() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--steps"), "{err}");
     assert!(!out.join("metrics.jsonl").exists());
+    // and past the train block's bound (2^32), as `steps` there is
+    let (code, _, err) = lamdac(&[
+        "train",
+        "tests/golden_specs/lamda_qv_r4_linear03.lamda",
+        "--steps",
+        "4294967297",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!out.join("metrics.jsonl").exists());
 }
 
 /// Issue 10.8: a folder as the data path was reported as missing.
