@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use lamda_compiler::diag::{Severity, Style, render};
+use lamda_compiler::diag::{Code, Severity, Style, render};
 use lamda_compiler::report;
 use lamda_compiler::resolve::{Checked, check_path};
 use lamda_compiler::spec::Device;
@@ -107,8 +107,8 @@ enum Command {
     /// same ranks, reference ops vs fused kernels.
     Bench {
         file: PathBuf,
-        /// Timed steps per variant.
-        #[arg(long, default_value_t = 10)]
+        /// Timed steps per variant (at least 1).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         steps: u64,
         /// Untimed steps first.
         #[arg(long, default_value_t = 2)]
@@ -156,8 +156,8 @@ enum Command {
     /// Train the adapters of a spec.
     Train {
         file: PathBuf,
-        /// Overrides the train block's `steps`.
-        #[arg(long)]
+        /// Overrides the train block's `steps` (1 to 2^32, as there).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=lamda_compiler::limits::MAX_STEPS))]
         steps: Option<u64>,
         /// Overrides the output folder (default: the train block's `out`, else runs/<file name>).
         #[arg(long)]
@@ -294,14 +294,21 @@ fn out(text: &str) {
 }
 
 fn io_error(path: &Path, e: &std::io::Error) -> ExitCode {
-    eprintln!("error[lamda::io]: cannot read `{}`: {e}", path.display());
+    eprintln!("error[{}]: cannot read `{}`: {e}", Code::Io, path.display());
     ExitCode::from(2)
 }
 
 /// Checks a file, printing its diagnostics; `None` (with the exit code) when it has errors.
 fn checked(path: &Path, style: Style) -> Result<Checked, ExitCode> {
+    checked_quiet(path, style, false)
+}
+
+/// [`checked`]; with `keep_warnings`, warnings and advice of a file without
+/// errors are left to the caller (`check --format json` puts them in its JSON).
+fn checked_quiet(path: &Path, style: Style, keep_warnings: bool) -> Result<Checked, ExitCode> {
     let checked = check_path(path).map_err(|e| io_error(path, &e))?;
-    if !checked.diags.is_empty() {
+    let has_errors = checked.spec.is_none();
+    if !checked.diags.is_empty() && (has_errors || !keep_warnings) {
         eprint!("{}", render(&checked.sources, &checked.diags, style));
     }
     if checked.spec.is_none() {
@@ -324,7 +331,7 @@ fn checked(path: &Path, style: Style) -> Result<Checked, ExitCode> {
 }
 
 fn check(path: &Path, format: Format, style: Style) -> ExitCode {
-    let checked = match checked(path, style) {
+    let checked = match checked_quiet(path, style, matches!(format, Format::Json)) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -344,12 +351,18 @@ fn check(path: &Path, format: Format, style: Style) -> ExitCode {
             let mut v = match serde_json::to_value(&rep) {
                 Ok(v) => v,
                 Err(e) => {
-                    eprintln!("error[lamda::io]: cannot serialize the report: {e}");
+                    eprintln!("error[{}]: cannot serialize the report: {e}", Code::Io);
                     return ExitCode::from(2);
                 }
             };
             if let (Some(obj), Some(p)) = (v.as_object_mut(), &peak) {
                 obj.insert("peak_memory".into(), serde_json::to_value(p).unwrap_or_default());
+            }
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "diagnostics".into(),
+                    lamda_compiler::diag::to_json(&checked.sources, &checked.diags),
+                );
             }
             out(&format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()));
         }
@@ -403,7 +416,7 @@ fn plan(path: &Path, weights: Option<&Path>, style: Style) -> ExitCode {
     ) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error[lamda::compile]: {e}");
+            eprintln!("error[{}]: {e}", Code::Compile);
             return ExitCode::from(1);
         }
     };
@@ -436,7 +449,7 @@ fn emit(path: &Path, target: Target, forward_only: bool, fused: bool, style: Sty
     ) {
         Ok(ir) => ir,
         Err(e) => {
-            eprintln!("error[lamda::compile]: {e}");
+            eprintln!("error[{}]: {e}", Code::Compile);
             return ExitCode::from(1);
         }
     };
@@ -524,7 +537,8 @@ fn export(file: &Path, run: Option<PathBuf>, out: Option<PathBuf>, merge: bool) 
     let adapter = run.join("adapter.safetensors");
     if !adapter.is_file() {
         eprintln!(
-            "error[lamda::export::no_adapter]: `{}` does not exist\n  help: train first (`lamdac train {}`), or pass the run folder with --run",
+            "error[{}]: `{}` does not exist\n  help: train first (`lamdac train {}`), or pass the run folder with --run",
+            Code::ExportNoAdapter,
             adapter.display(),
             file.display()
         );
@@ -534,7 +548,10 @@ fn export(file: &Path, run: Option<PathBuf>, out: Option<PathBuf>, merge: bool) 
         lamda_compiler::model::ModelSource::Checkpoint(d) => d.clone(),
         lamda_compiler::model::ModelSource::Preset(p) if !merge => PathBuf::from(p),
         lamda_compiler::model::ModelSource::Preset(p) => {
-            eprintln!("error[lamda::export::no_weights]: `{p}` is a stdlib preset: there are no weights to merge into");
+            eprintln!(
+                "error[{}]: `{p}` is a stdlib preset: there are no weights to merge into",
+                Code::ExportNoWeights
+            );
             return ExitCode::from(1);
         }
     };
@@ -563,9 +580,15 @@ fn export(file: &Path, run: Option<PathBuf>, out: Option<PathBuf>, merge: bool) 
             if !hint.is_empty() {
                 eprintln!("  help: {hint}");
             }
-            ExitCode::from(1)
+            exit_for(e.code())
         }
     }
+}
+
+/// Exit 2 for I/O problems (`lamda::io`: a file that cannot be read or
+/// written), 1 for problems in the input.
+fn exit_for(code: Code) -> ExitCode {
+    ExitCode::from(if code == Code::Io { 2 } else { 1 })
 }
 
 fn convert(gguf: &Path, out: &Path) -> ExitCode {
@@ -587,7 +610,7 @@ fn convert(gguf: &Path, out: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error[{}]: {e}\n  help: {}", e.code(), e.hint());
-            ExitCode::from(1)
+            exit_for(e.code())
         }
     }
 }
@@ -607,7 +630,7 @@ fn emit_kernels(spec: &lamda_compiler::spec::ResolvedSpec, target: Target) -> Ex
     ) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error[lamda::compile]: {e}");
+            eprintln!("error[{}]: {e}", Code::Compile);
             return ExitCode::from(1);
         }
     };
@@ -627,7 +650,7 @@ fn emit_kernels(spec: &lamda_compiler::spec::ResolvedSpec, target: Target) -> Ex
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error[lamda::emit]: {e}");
+            eprintln!("error[{}]: {e}", Code::Emit);
             ExitCode::from(1)
         }
     }
@@ -642,6 +665,13 @@ struct Progress {
 }
 
 impl Observer for Progress {
+    fn warning(&mut self, code: Code, text: &str) {
+        let line = format!("warning[{code}]: {text}");
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
     fn start(&mut self, tr: &Trainer) {
         self.total = tr.total_steps();
         self.started = std::time::Instant::now();
@@ -685,7 +715,7 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
     if let Some(spec) = &checked.spec {
         let mut spec = spec.clone();
         if let Some(s) = opts.steps {
-            spec.train.steps = s.max(1);
+            spec.train.steps = s;
         }
         eprint!("{}", report::render_text(&report::report(&spec)));
     }
@@ -746,7 +776,7 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
     let out = summary.out.display();
     if summary.interrupted {
         eprintln!(
-            "stopped at step {} of {}; checkpoint in {}\nresume with: lamdac train {} --resume {out}",
+            "stopped at step {} of {}; checkpoint in {}\nresume with: {}",
             summary.steps,
             session.trainer.total_steps(),
             summary
@@ -754,7 +784,7 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
-            opts.spec.display()
+            resume_command(opts, &summary.out)
         );
         return ExitCode::from(130);
     }
@@ -766,4 +796,47 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
         progress.started.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS
+}
+
+/// The command that continues an interrupted run, ready to paste into a
+/// shell: the same spec and the options that must match (`--steps`, which
+/// the checkpoint's hash covers) or that keep the losses bit for bit (device,
+/// precision, `--no-jit`); the resumed run continues in `out`.
+fn resume_command(opts: &RunOptions, out: &Path) -> String {
+    let mut words = vec![
+        "lamdac".to_string(),
+        "train".into(),
+        shell_word(&opts.spec.display().to_string()),
+        "--resume".into(),
+        shell_word(&out.display().to_string()),
+    ];
+    if let Some(s) = opts.steps {
+        words.push(format!("--steps {s}"));
+    }
+    match opts.device {
+        Some(Device::Cpu) => words.push("--device cpu".into()),
+        Some(Device::Cuda) => words.push("--device cuda".into()),
+        Some(Device::Auto) => words.push("--device auto".into()),
+        None => {}
+    }
+    match opts.precision {
+        Some(Precision::Bf16) => words.push("--precision bf16".into()),
+        Some(Precision::F32) => words.push("--precision f32".into()),
+        None => {}
+    }
+    if !opts.fuse {
+        words.push("--no-jit".into());
+    }
+    words.join(" ")
+}
+
+/// `s` as one POSIX shell word: as it is when it holds only safe characters,
+/// else in single quotes.
+fn shell_word(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./:=+,@%".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }

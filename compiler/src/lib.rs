@@ -6,6 +6,7 @@ pub mod consteval;
 pub mod diag;
 pub mod ir;
 pub mod kernel;
+pub mod limits;
 pub mod model;
 pub mod passes;
 pub mod pipeline;

@@ -240,33 +240,52 @@ fn summarize(params: &[ParamInfo], phases: &[PhasePlan], eval: &memory_plan::Pro
             _ => None,
         })
         .collect();
+    // Sizes are bounded (crate::limits); the sums saturate all the same.
+    let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+    let bytes = |i: usize| params[i].numel().saturating_mul(4);
     for (i, p) in params.iter().enumerate() {
-        let b = p.numel() * 4;
+        let b = bytes(i);
         if !used.contains(&i) && !matches!(p.role, ParamRole::Adapter { .. }) {
             continue;
         }
         match p.role {
             ParamRole::Base { .. } | ParamRole::Residual { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => {
-                m.weights += b
+                add(&mut m.weights, b)
             }
-            ParamRole::Adapter { .. } => m.adapters += b,
+            ParamRole::Adapter { .. } => add(&mut m.adapters, b),
         }
     }
     let ever: BTreeSet<usize> = phases.iter().flat_map(|p| p.trainable.iter().copied()).collect();
-    let first: u64 = phases
-        .first()
-        .map_or(0, |p| p.trainable.iter().map(|&i| params[i].numel() * 4).sum());
+    let first: u64 = phases.first().map_or(0, |p| {
+        p.trainable.iter().map(|&i| bytes(i)).fold(0u64, u64::saturating_add)
+    });
     m.grads = first;
-    m.optimizer = 2 * ever.iter().map(|&i| params[i].numel() * 4).sum::<u64>();
+    m.optimizer = ever
+        .iter()
+        .map(|&i| bytes(i))
+        .fold(0u64, u64::saturating_add)
+        .saturating_mul(2);
     m.activations_peak = phases.iter().map(|p| p.program.memory.peak_bytes).max().unwrap_or(0);
     if let Some(p) = phases.first() {
         m.saved = p.program.memory.saved_bytes;
-        m.saved_by_adapters = p.program.memory.saved_by_adapter.values().sum();
+        m.saved_by_adapters = p
+            .program
+            .memory
+            .saved_by_adapter
+            .values()
+            .fold(0u64, |a, &b| a.saturating_add(b));
     }
     if let Some(p) = phases.last() {
         m.saved_last_phase = p.program.memory.saved_bytes;
-        m.saved_by_adapters_last_phase = p.program.memory.saved_by_adapter.values().sum();
+        m.saved_by_adapters_last_phase = p
+            .program
+            .memory
+            .saved_by_adapter
+            .values()
+            .fold(0u64, |a, &b| a.saturating_add(b));
     }
-    m.total_peak = m.weights + m.adapters + m.grads + m.optimizer + m.activations_peak;
+    m.total_peak = [m.weights, m.adapters, m.grads, m.optimizer, m.activations_peak]
+        .into_iter()
+        .fold(0u64, u64::saturating_add);
     m
 }

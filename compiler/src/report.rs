@@ -133,21 +133,24 @@ pub fn report(spec: &ResolvedSpec) -> Report {
         let mut col_tensor = None; // (rows, cols) of the column-frozen tensor
         for (i, t) in method.tensors.iter().enumerate() {
             let shape = method.shape(i, &env).unwrap_or_default();
-            let n: u64 = shape.iter().product();
-            adapter += n;
+            // sizes are bounded (crate::limits); saturate all the same
+            let n: u64 = shape.iter().fold(1u64, |a, &d| a.saturating_mul(d));
+            adapter = n.saturating_add(adapter);
             if !t.trainable {
                 continue;
             }
             match method.freeze {
                 Some((f, _)) if f == i => col_tensor = Some((shape.first().copied().unwrap_or(0), m.rank)),
-                _ => always += n,
+                _ => always = n.saturating_add(always),
             }
         }
         let schedule = rule.schedule.unwrap_or(Schedule::Never);
         let (rows, cols) = col_tensor.unwrap_or((0, 0));
-        let step0 = always + rows * (cols - schedule.frozen_cols(0, steps, cols));
+        let step0 = always.saturating_add(rows.saturating_mul(cols - schedule.frozen_cols(0, steps, cols)));
         let after = if schedule == Schedule::Never { step0 } else { always };
-        let updates = always * steps + rows * schedule.trainable_column_steps(steps, cols);
+        let updates = always
+            .saturating_mul(steps)
+            .saturating_add(rows.saturating_mul(schedule.trainable_column_steps(steps, cols)));
         modules.push(ModuleReport {
             path: m.path.clone(),
             hf_name: m.hf_name.clone(),
@@ -160,7 +163,7 @@ pub fn report(spec: &ResolvedSpec) -> Report {
             trainable_params: step0,
             trainable_params_after_freeze: after,
             param_updates: updates,
-            lora_params: m.rank * (m.d_in + m.d_out),
+            lora_params: m.rank.saturating_mul(m.d_in.saturating_add(m.d_out)),
         });
     }
     let rules: Vec<RuleReport> = spec
@@ -168,7 +171,7 @@ pub fn report(spec: &ResolvedSpec) -> Report {
         .iter()
         .map(|r| {
             let mine: Vec<&ModuleReport> = r.modules.iter().map(|&i| &modules[i]).collect();
-            let sum = |f: fn(&ModuleReport) -> u64| mine.iter().map(|m| f(m)).sum::<u64>();
+            let sum = |f: fn(&ModuleReport) -> u64| mine.iter().map(|m| f(m)).fold(0u64, u64::saturating_add);
             let ranks: Vec<u64> = mine.iter().map(|m| m.rank).collect();
             let (lo, hi) = (
                 ranks.iter().min().copied().unwrap_or(0),
@@ -206,11 +209,11 @@ pub fn report(spec: &ResolvedSpec) -> Report {
                 trainable_params_after_freeze: sum(|m| m.trainable_params_after_freeze),
                 param_updates: sum(|m| m.param_updates),
                 lora_params: lora,
-                lora_param_updates: lora * steps,
+                lora_param_updates: lora.saturating_mul(steps),
             }
         })
         .collect();
-    let sum = |f: fn(&ModuleReport) -> u64| modules.iter().map(f).sum::<u64>();
+    let sum = |f: fn(&ModuleReport) -> u64| modules.iter().map(f).fold(0u64, u64::saturating_add);
     let trainable = sum(|m| m.trainable_params);
     let after = sum(|m| m.trainable_params_after_freeze);
     let lora = sum(|m| m.lora_params);
@@ -222,26 +225,30 @@ pub fn report(spec: &ResolvedSpec) -> Report {
         trainable_params_after_freeze: after,
         param_updates: sum(|m| m.param_updates),
         lora_params: lora,
-        lora_param_updates: lora * steps,
+        lora_param_updates: lora.saturating_mul(steps),
         ratio_vs_lora: ratio(trainable),
         ratio_vs_lora_after_freeze: ratio(after),
     };
     let base = spec.model.base_params();
-    let weights_bytes = base * BYTES_F32;
-    let adapter_bytes = totals.adapter_params * BYTES_F32;
+    let weights_bytes = base.saturating_mul(BYTES_F32);
+    let adapter_bytes = totals.adapter_params.saturating_mul(BYTES_F32);
     // AdamW keeps two moments for every entry of a tensor that trains at step 0.
-    let optimizer_bytes = 2 * trainable * BYTES_F32;
-    let lora_adapter_bytes = lora * BYTES_F32;
-    let lora_optimizer_bytes = 2 * lora * BYTES_F32;
+    let optimizer_bytes = trainable.saturating_mul(2 * BYTES_F32);
+    let lora_adapter_bytes = lora.saturating_mul(BYTES_F32);
+    let lora_optimizer_bytes = lora.saturating_mul(2 * BYTES_F32);
     let memory = MemoryReport {
         dtype: "f32",
         weights_bytes,
         adapter_bytes,
         optimizer_bytes,
-        total_bytes: weights_bytes + adapter_bytes + optimizer_bytes,
+        total_bytes: weights_bytes
+            .saturating_add(adapter_bytes)
+            .saturating_add(optimizer_bytes),
         lora_adapter_bytes,
         lora_optimizer_bytes,
-        lora_total_bytes: weights_bytes + lora_adapter_bytes + lora_optimizer_bytes,
+        lora_total_bytes: weights_bytes
+            .saturating_add(lora_adapter_bytes)
+            .saturating_add(lora_optimizer_bytes),
     };
     let model = ModelReport {
         name: spec.model_name.clone(),

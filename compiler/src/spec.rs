@@ -118,6 +118,9 @@ pub struct TrainConfig {
     /// Output folder, resolved against the spec's folder.
     pub out: Option<PathBuf>,
     pub device: Device,
+    /// Stop after this many consecutive steps whose gradient is exactly zero
+    /// (a collapsed model no longer learns); 0: never stop.
+    pub stop_on_collapse: u64,
 }
 
 impl Default for TrainConfig {
@@ -137,6 +140,7 @@ impl Default for TrainConfig {
             checkpoint_every: None,
             out: None,
             device: Device::Auto,
+            stop_on_collapse: 3,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! `merge` writes a Hugging Face folder whose adapted weights are
 //! `W + Delta W` (float64, rounded once); everything else is copied.
 
+use lamda_compiler::diag::Code;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -32,13 +33,13 @@ pub enum ExportError {
 }
 
 impl ExportError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
             ExportError::Checkpoint(e) => e.code(),
-            ExportError::NotAnAdapter { .. } => "lamda::export::not_an_adapter",
-            ExportError::NotLora { .. } => "lamda::export::not_lora",
-            ExportError::Linalg { .. } => "lamda::export::linalg",
-            ExportError::Io { .. } => "lamda::io",
+            ExportError::NotAnAdapter { .. } => Code::ExportNotAnAdapter,
+            ExportError::NotLora { .. } => Code::ExportNotLora,
+            ExportError::Linalg { .. } => Code::ExportLinalg,
+            ExportError::Io { .. } => Code::Io,
         }
     }
     pub fn hint(&self) -> String {

@@ -11,4 +11,5 @@ pub mod init;
 pub mod linalg;
 pub mod ops;
 pub mod session;
+pub mod testkit;
 pub mod train;

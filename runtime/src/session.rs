@@ -6,6 +6,7 @@
 //! [`run`] trains to the end (or until asked to stop), writing
 //! `metrics.jsonl`, checkpoints and `adapter.safetensors` into the output folder.
 
+use lamda_compiler::diag::Code;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,16 @@ pub enum SessionError {
     NoWeights { model: String },
     #[error("the train block names no data")]
     NoData,
+    /// The step's estimated memory exceeds the machine's.
+    #[error(
+        "a training step needs about {} GiB (weights, adapters, gradients, optimizer state, activations), and this machine has {} GiB",
+        need / (1 << 30),
+        have / (1 << 30)
+    )]
+    Memory { need: u64, have: u64 },
+    /// `--steps 0` (a run is at least one step).
+    #[error("--steps 0: a run is at least one step")]
+    Steps,
     #[error("{0}")]
     Device(String),
     /// A storage precision the chosen device does not run.
@@ -55,28 +66,56 @@ pub enum SessionError {
     Step(#[from] StepError),
     #[error(transparent)]
     State(#[from] StateError),
+    /// The loss became NaN or infinite; `checkpoint` is the last one saved
+    /// before (none when the run had not saved one yet).
+    #[error("the loss is {loss} at step {step}")]
+    NonFinite {
+        step: u64,
+        loss: f32,
+        checkpoint: Option<PathBuf>,
+        lr: f64,
+    },
+    /// `stop_on_collapse` steps in a row had an exactly zero gradient.
+    #[error(
+        "training collapsed: from step {first} on the gradient is exactly zero ({count} steps in a row) and the loss stays at {loss:.4}{}",
+        if *at_uniform { " = ln(vocab), the loss of a uniform guess" } else { "" }
+    )]
+    Collapsed {
+        first: u64,
+        count: u64,
+        loss: f32,
+        at_uniform: bool,
+        checkpoint: Option<PathBuf>,
+        lr: f64,
+    },
     #[error("`{path}`: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }
 
 impl SessionError {
     /// The stable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            SessionError::Read { .. } | SessionError::Write { .. } => "lamda::io",
-            SessionError::Spec { .. } => "lamda::spec",
-            SessionError::NoWeights { .. } => "lamda::train::no_weights",
-            SessionError::NoData => "lamda::train::no_data",
-            SessionError::Device(_) => "lamda::train::device",
-            SessionError::Precision(_) => "lamda::train::precision",
+            SessionError::Read { .. } | SessionError::Write { .. } => Code::Io,
+            SessionError::Spec { .. } => Code::Spec,
+            SessionError::NoWeights { .. } => Code::TrainNoWeights,
+            SessionError::NoData => Code::TrainNoData,
+            SessionError::Steps => Code::TrainBadValue,
+            SessionError::Memory { .. } => Code::TrainOutOfMemory,
+            SessionError::Device(_) => Code::TrainDevice,
+            SessionError::Precision(_) => Code::TrainPrecision,
             SessionError::Checkpoint(e) => e.code(),
             SessionError::Data(e) => e.code(),
-            SessionError::Compile(_) => "lamda::compile",
-            SessionError::Init(_) => "lamda::train::init",
-            SessionError::Step(StepError::NonFinite { .. }) => "lamda::train::non_finite",
-            SessionError::Step(_) => "lamda::train::step",
-            SessionError::State(StateError::Mismatch { .. }) => "lamda::resume::mismatch",
-            SessionError::State(_) => "lamda::resume::invalid",
+            SessionError::Compile(_) => Code::Compile,
+            SessionError::Init(_) => Code::TrainInit,
+            SessionError::Step(StepError::NonFinite { .. }) | SessionError::NonFinite { .. } => Code::TrainNonFinite,
+            SessionError::Collapsed { .. } => Code::TrainCollapsed,
+            SessionError::Step(_) => Code::TrainStep,
+            SessionError::State(StateError::Mismatch { .. }) => Code::ResumeMismatch,
+            // reading or writing a run's files failed (a full disk, say): I/O
+            SessionError::State(StateError::Io { .. }) => Code::Io,
+            SessionError::State(StateError::Checkpoint(e)) if e.code() == Code::Io => Code::Io,
+            SessionError::State(_) => Code::ResumeInvalid,
         }
     }
     /// What to do about it.
@@ -86,6 +125,10 @@ impl SessionError {
                 "bind a Hugging Face checkpoint folder: `use \"path/to/folder\" as {model}` (see examples/quickstart.lamda)"
             ),
             SessionError::NoData => "add `data \"file.txt\"` (or .jsonl, .safetensors) to the train block".into(),
+            SessionError::Steps => "pass --steps 1 or more, or leave it out to run the train block's `steps`".into(),
+            SessionError::Memory { .. } => "lower batch or seq (`accumulate N` keeps the tokens per step), adapt a \
+                 smaller model, or train on a GPU; `lamdac check` prints the estimate"
+                .into(),
             SessionError::Device(_) => {
                 "run with `--device cpu` (or `auto`, which uses a GPU only when one is present)".into()
             }
@@ -94,22 +137,60 @@ impl SessionError {
             }
             SessionError::Checkpoint(e) => e.hint(),
             SessionError::Data(e) => e.hint(),
-            SessionError::Step(StepError::NonFinite { .. }) => {
-                "lower the learning rate or add `clip 1.0`; the last checkpoint holds the state before the divergence"
-                    .into()
+            SessionError::Step(StepError::NonFinite { .. }) => "lower the learning rate or add `clip 1.0`".into(),
+            SessionError::NonFinite { checkpoint, lr, .. } => {
+                format!(
+                    "lower the learning rate (lr {lr:e}) or add `clip 1.0`; {}",
+                    before(checkpoint.as_deref())
+                )
             }
+            SessionError::Collapsed { checkpoint, lr, .. } => format!(
+                "lower the learning rate (lr {lr:e}) or add `clip 1.0`; {}; `stop_on_collapse 0` in the train block trains on regardless",
+                before(checkpoint.as_deref())
+            ),
             SessionError::State(StateError::Mismatch { .. }) => {
                 "resume with the same .lamda file, model and --steps".into()
             }
+            SessionError::State(StateError::Io { .. }) | SessionError::Write { .. } => {
+                "check free disk space and that the output folder is writable".into()
+            }
+            SessionError::State(StateError::Checkpoint(e)) => e.hint(),
+            SessionError::State(StateError::Invalid { .. }) => "the checkpoint was edited or damaged: resume from \
+                 the other kept checkpoint (`--resume <run>/checkpoints/step-N`) or start the run again"
+                .into(),
             _ => String::new(),
         }
     }
-    /// Exit code: 2 for I/O, 1 for everything about the input.
+    /// Exit code: 2 for I/O (`lamda::io`), 1 for everything about the input.
     pub fn exit_code(&self) -> u8 {
-        match self {
-            SessionError::Read { .. } | SessionError::Write { .. } => 2,
-            _ => 1,
-        }
+        if self.code() == Code::Io { 2 } else { 1 }
+    }
+}
+
+/// The machine's physical memory in bytes (`MemTotal` of /proc/meminfo);
+/// `None` where that cannot be read.
+fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kb.checked_mul(1024)
+}
+
+/// What a failed run left behind, for the hint: the checkpoint from before
+/// the failure, if the run had saved one.
+fn before(checkpoint: Option<&Path>) -> String {
+    match checkpoint {
+        Some(c) => format!(
+            "the last checkpoint from before, {}, is kept (and adapter.safetensors from it)",
+            c.display()
+        ),
+        None => "no checkpoint was saved before it (`checkpoint every N` in the train block saves some)".into(),
     }
 }
 
@@ -145,6 +226,8 @@ pub trait Observer {
     fn step(&mut self, _tr: &Trainer, _stats: &StepStats, _tokens_per_s: f64) {}
     /// Called once after the last step with the final evaluation.
     fn finish(&mut self, _tr: &Trainer, _loss: f32, _logits: &[f32]) {}
+    /// A problem that does not stop the run (yet): its code and the message.
+    fn warning(&mut self, _code: Code, _text: &str) {}
 }
 
 /// A prepared run.
@@ -162,6 +245,8 @@ pub struct Session {
     pub resumed_from: Option<u64>,
     /// Where the time before the first step went, in order (see [`Startup`]).
     pub startup: Startup,
+    /// The checkpoint folder the run resumed from.
+    pub resumed_checkpoint: Option<PathBuf>,
 }
 
 /// Wall-clock time of each phase of [`prepare`], in the order they ran.
@@ -225,10 +310,6 @@ fn fnv(parts: &[&[u8]]) -> String {
 pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     let mut startup = Startup::default();
     let mut since = std::time::Instant::now();
-    let spec_text = std::fs::read_to_string(&opts.spec).map_err(|source| SessionError::Read {
-        path: opts.spec.clone(),
-        source,
-    })?;
     let checked = check_path(&opts.spec).map_err(|source| SessionError::Read {
         path: opts.spec.clone(),
         source,
@@ -240,8 +321,17 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
             errors,
         });
     };
+    // The text the spec was checked from (the spec's part of the run's hash).
+    let spec_text = checked
+        .sources
+        .get(checked.file)
+        .map(|f| f.text.to_string())
+        .unwrap_or_default();
     if let Some(steps) = opts.steps {
-        spec.train.steps = steps.max(1);
+        if steps == 0 {
+            return Err(SessionError::Steps);
+        }
+        spec.train.steps = steps;
     }
     if opts.lora_twin {
         spec = lamda_compiler::report::lora_twin(&spec)
@@ -287,6 +377,17 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         },
     )?;
     startup.lap("compile", &mut since);
+    // A step that needs more memory than the machine has would only end in
+    // the OOM killer: refuse it before any buffer is allocated.
+    if device == Device::Cpu
+        && let Some(have) = physical_memory()
+        && plan.memory.total_peak > have
+    {
+        return Err(SessionError::Memory {
+            need: plan.memory.total_peak,
+            have,
+        });
+    }
     let params = initialize(&plan, &ckpt.weights, &opts.init_overrides)?;
     startup.lap("init", &mut since);
     let init: BTreeMap<usize, Vec<f32>> = plan
@@ -311,14 +412,24 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     let config_text = std::fs::read(dir.join("config.json")).unwrap_or_default();
     let steps = spec.train.steps.to_le_bytes();
     let spec_hash = fnv(&[spec_text.as_bytes(), &config_text, &steps]);
-    let out = opts.out.clone().or_else(|| spec.train.out.clone()).unwrap_or_else(|| {
-        let stem = opts
-            .spec
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "run".into());
-        PathBuf::from("runs").join(stem)
-    });
+    // The checkpoint to resume from, found before anything is trained: a
+    // resumed run continues in the run folder it came from unless `--out` says
+    // otherwise (not in the spec's `out`, which may be another run).
+    let resume_dir = opts.resume.as_deref().map(state::locate).transpose()?;
+    let resumed_run = resume_dir.as_deref().and_then(state::run_folder);
+    let out = opts
+        .out
+        .clone()
+        .or(resumed_run)
+        .or_else(|| spec.train.out.clone())
+        .unwrap_or_else(|| {
+            let stem = opts
+                .spec
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+            PathBuf::from("runs").join(stem)
+        });
     let backend = match device {
         Device::Cuda => Backend::Cuda(Box::new(
             CudaExecutor::with_options(
@@ -342,9 +453,8 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     let mut trainer = Trainer::with_backend(plan, params, batcher, backend);
     let mut losses = Vec::new();
     let mut resumed_from = None;
-    if let Some(r) = &opts.resume {
-        let dir = state::locate(r)?;
-        losses = state::load(&mut trainer, &dir, &spec_hash)?;
+    if let Some(dir) = &resume_dir {
+        losses = state::load(&mut trainer, dir, &spec_hash)?;
         resumed_from = Some(trainer.step);
     }
     startup.lap("resume", &mut since);
@@ -358,6 +468,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         spec_hash,
         startup,
         resumed_from,
+        resumed_checkpoint: resume_dir,
     })
 }
 
@@ -423,10 +534,26 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
     let total = tr.total_steps();
     let every = tr.plan.train.checkpoint_every;
     observer.start(tr);
-    let mut last_ckpt = None;
+    let mut last_ckpt = session.resumed_checkpoint.clone();
+    let patience = tr.plan.train.stop_on_collapse;
+    let lr = tr.plan.train.lr;
+    let uniform_loss = (tr.plan.vocab.max(1) as f64).ln();
+    // (first step, steps so far) of the current run of zero-gradient steps
+    let mut collapse: Option<(u64, u64)> = None;
     while tr.step < total {
         let started = std::time::Instant::now();
-        let stats = tr.train_step()?;
+        let stats = match tr.train_step() {
+            Ok(s) => s,
+            Err(StepError::NonFinite { step, loss }) => {
+                return Err(SessionError::NonFinite {
+                    step,
+                    loss,
+                    checkpoint: last_ckpt,
+                    lr,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let tps = stats.tokens as f64 / secs;
         session.losses.push(stats.loss);
@@ -442,7 +569,44 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
             }),
         )?;
         observer.step(tr, &stats, tps);
-        let due = every.is_some_and(|n| tr.step.is_multiple_of(n)) && tr.step < total;
+        // A zero gradient with entries left to train: the model has collapsed
+        // (at a high learning rate, typically onto a uniform guess) and no
+        // step can bring it back. Warn at once, stop after `patience` such
+        // steps, and never checkpoint the collapsed model over a good one.
+        if stats.grad_norm == 0.0 && stats.trainable > 0 {
+            let (first, count) = collapse.map_or((stats.step, 1), |(f, n)| (f, n + 1));
+            collapse = Some((first, count));
+            let at_uniform = (f64::from(stats.loss) - uniform_loss).abs() < 1e-3;
+            if count == 1 {
+                observer.warning(
+                    Code::TrainCollapsed,
+                    &format!(
+                        "step {}: the gradient is exactly zero and the loss is {:.4}{}: the model has collapsed and stopped learning{}",
+                        stats.step,
+                        stats.loss,
+                        if at_uniform { " = ln(vocab)" } else { "" },
+                        if patience > 0 {
+                            format!(" (the run stops after {patience} such steps in a row)")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                );
+            }
+            if patience > 0 && count >= patience {
+                return Err(SessionError::Collapsed {
+                    first,
+                    count,
+                    loss: stats.loss,
+                    at_uniform,
+                    checkpoint: last_ckpt,
+                    lr,
+                });
+            }
+        } else {
+            collapse = None;
+        }
+        let due = every.is_some_and(|n| tr.step.is_multiple_of(n)) && tr.step < total && collapse.is_none();
         if due || stop.load(Ordering::SeqCst) {
             last_ckpt = Some(state::save(tr, &ckpt_root, &session.spec_hash, &session.losses)?);
             state::write_adapter(tr, &session.init, &out.join("adapter.safetensors"), &session.spec_text)?;

@@ -3,9 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+use lamda_compiler::diag::Code;
 use std::path::{Path, PathBuf};
 
-use lamda_runtime::checkpoint::{Checkpoint, CheckpointError, LlamaConfig, SafetensorsFile, Weights};
+use lamda_runtime::checkpoint::{Checkpoint, CheckpointError, ConfigError, LlamaConfig, SafetensorsFile, Weights};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -31,7 +32,7 @@ fn folder_with(config: &Value) -> tempfile::TempDir {
 }
 
 fn parse_config(v: &Value) -> Result<LlamaConfig, CheckpointError> {
-    LlamaConfig::from_json_str(&v.to_string(), Path::new("config.json"))
+    LlamaConfig::from_json_str(&v.to_string(), Path::new("config.json")).map_err(CheckpointError::from)
 }
 
 fn edited(f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Value {
@@ -50,18 +51,23 @@ fn raw_safetensors(header: &str, data: &[u8]) -> Vec<u8> {
 
 fn assert_hint(e: &CheckpointError) {
     assert!(!e.hint().is_empty(), "{e}");
-    assert!(e.code().starts_with("lamda::checkpoint::"));
+    assert!(e.code().as_str().starts_with("lamda::checkpoint::"));
     assert!(!e.to_string().is_empty());
 }
 
 #[test]
 fn folder_missing_and_not_a_folder() {
     let e = Checkpoint::open("/definitely/not/here").unwrap_err();
-    assert!(matches!(&e, CheckpointError::FolderMissing { path } if path == Path::new("/definitely/not/here")));
+    assert!(
+        matches!(&e, CheckpointError::Config(ConfigError::FolderMissing { path }) if path == Path::new("/definitely/not/here"))
+    );
     assert_hint(&e);
     let file = golden("lora_qv_r4_a8").join("config.json");
     let e = Checkpoint::open(&file).unwrap_err();
-    assert!(matches!(e, CheckpointError::NotAFolder { .. }), "{e}");
+    assert!(
+        matches!(e, CheckpointError::Config(ConfigError::NotAFolder { .. })),
+        "{e}"
+    );
 }
 
 #[test]
@@ -74,7 +80,7 @@ fn config_missing() {
     .unwrap();
     let e = Checkpoint::open(dir.path()).unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::ConfigMissing { path } if path.ends_with("config.json")),
+        matches!(&e, CheckpointError::Config(ConfigError::ConfigMissing { path }) if path.ends_with("config.json")),
         "{e}"
     );
     assert_hint(&e);
@@ -86,6 +92,7 @@ fn no_weights_lists_what_is_there() {
     std::fs::write(dir.path().join("config.json"), golden_config().to_string()).unwrap();
     std::fs::write(dir.path().join("pytorch_model.bin"), b"not read").unwrap();
     let e = Checkpoint::open(dir.path()).unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointNoWeights);
     let CheckpointError::NoWeights { found, .. } = &e else {
         panic!("{e}")
     };
@@ -97,7 +104,7 @@ fn no_weights_lists_what_is_there() {
 fn invalid_json_reports_line_and_column() {
     let text = "{\n  \"vocab_size\": 256,\n  oops\n}";
     let e = LlamaConfig::from_json_str(text, Path::new("c/config.json")).unwrap_err();
-    let CheckpointError::InvalidJson { line, column, path, .. } = &e else {
+    let ConfigError::InvalidJson { line, column, path, .. } = &e else {
         panic!("{e}")
     };
     assert_eq!((*line, *column), (3, 3));
@@ -112,7 +119,7 @@ fn missing_key_and_wrong_type() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::MissingKey { key, .. } if key == "hidden_size"),
+        matches!(&e, CheckpointError::Config(ConfigError::MissingKey { key, .. }) if key == "hidden_size"),
         "{e}"
     );
     assert_hint(&e);
@@ -122,7 +129,7 @@ fn missing_key_and_wrong_type() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::WrongType { key, found, .. } if key == "hidden_size" && found.contains("\"64\"")),
+        matches!(&e, CheckpointError::Config(ConfigError::WrongType { key, found, .. }) if key == "hidden_size" && found.contains("\"64\"")),
         "{e}"
     );
 
@@ -131,7 +138,7 @@ fn missing_key_and_wrong_type() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::WrongType { key, .. } if key == "tie_word_embeddings"),
+        matches!(&e, CheckpointError::Config(ConfigError::WrongType { key, .. }) if key == "tie_word_embeddings"),
         "{e}"
     );
 
@@ -144,12 +151,15 @@ fn missing_key_and_wrong_type() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::WrongType { key, .. } if key == "rope_parameters.rope_theta"),
+        matches!(&e, CheckpointError::Config(ConfigError::WrongType { key, .. }) if key == "rope_parameters.rope_theta"),
         "{e}"
     );
 
     let e = parse_config(&json!([1, 2])).unwrap_err();
-    assert!(matches!(e, CheckpointError::WrongType { .. }), "{e}");
+    assert!(
+        matches!(e, CheckpointError::Config(ConfigError::WrongType { .. })),
+        "{e}"
+    );
 }
 
 #[test]
@@ -163,7 +173,10 @@ fn invalid_values() {
             m.insert(key.into(), value.clone());
         }))
         .unwrap_err();
-        assert!(matches!(e, CheckpointError::InvalidValue { .. }), "{key}: {e}");
+        assert!(
+            matches!(e, CheckpointError::Config(ConfigError::InvalidValue { .. })),
+            "{key}: {e}"
+        );
     }
     // The two rope_theta spellings disagree.
     let e = parse_config(&edited(|m| {
@@ -171,7 +184,7 @@ fn invalid_values() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::InvalidValue { key, .. } if key == "rope_theta"),
+        matches!(&e, CheckpointError::Config(ConfigError::InvalidValue { key, .. }) if key == "rope_theta"),
         "{e}"
     );
 }
@@ -183,7 +196,7 @@ fn unsupported_architecture_rope_and_features() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::UnsupportedArchitecture { found, .. } if found == "gpt2"),
+        matches!(&e, CheckpointError::Config(ConfigError::UnsupportedArchitecture { found, .. }) if found == "gpt2"),
         "{e}"
     );
     assert!(e.hint().contains("Llama"));
@@ -192,7 +205,10 @@ fn unsupported_architecture_rope_and_features() {
         m.insert("architectures".into(), json!(["LlamaForSequenceClassification"]));
     }))
     .unwrap_err();
-    assert!(matches!(e, CheckpointError::UnsupportedArchitecture { .. }), "{e}");
+    assert!(
+        matches!(e, CheckpointError::Config(ConfigError::UnsupportedArchitecture { .. })),
+        "{e}"
+    );
 
     // transformers 5 layout (Llama 3.1 style).
     let e = parse_config(&edited(|m| {
@@ -203,7 +219,7 @@ fn unsupported_architecture_rope_and_features() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::UnsupportedRopeScaling { rope_type, .. } if rope_type == "llama3"),
+        matches!(&e, CheckpointError::Config(ConfigError::UnsupportedRopeScaling { rope_type, .. }) if rope_type == "llama3"),
         "{e}"
     );
 
@@ -213,7 +229,7 @@ fn unsupported_architecture_rope_and_features() {
     }))
     .unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::UnsupportedRopeScaling { rope_type, .. } if rope_type == "linear"),
+        matches!(&e, CheckpointError::Config(ConfigError::UnsupportedRopeScaling { rope_type, .. }) if rope_type == "linear"),
         "{e}"
     );
 
@@ -228,7 +244,7 @@ fn unsupported_architecture_rope_and_features() {
         }))
         .unwrap_err();
         assert!(
-            matches!(&e, CheckpointError::UnsupportedFeature { key: k, .. } if k == key),
+            matches!(&e, CheckpointError::Config(ConfigError::UnsupportedFeature { key: k, .. }) if k == key),
             "{key}: {e}"
         );
         assert_hint(&e);
@@ -301,6 +317,7 @@ fn truncated_file() {
     // Cut inside the header, and inside the 8-byte length.
     std::fs::write(&path, &full[..100]).unwrap();
     let e = SafetensorsFile::open(&path).unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointTruncated);
     assert!(matches!(e, CheckpointError::Truncated { actual_len: 100, .. }), "{e}");
     std::fs::write(&path, &full[..5]).unwrap();
     let e = SafetensorsFile::open(&path).unwrap_err();
@@ -326,6 +343,7 @@ fn lying_header_is_corrupt_and_names_the_tensor() {
         &[0u8; 32],
     );
     let e = SafetensorsFile::from_bytes(p, bytes).unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointCorrupt);
     assert!(
         matches!(&e, CheckpointError::Corrupt { tensor: Some(t), reason, .. } if t == "w" && reason.contains("64 bytes")),
         "{e}"
@@ -373,6 +391,7 @@ fn unsupported_dtype() {
     );
     let file = SafetensorsFile::from_bytes(Path::new("q.safetensors"), bytes).unwrap();
     let e = file.f32("q").unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointUnsupportedDtype);
     assert!(
         matches!(&e, CheckpointError::UnsupportedDtype { name, dtype, .. } if name == "q" && dtype == "I8"),
         "{e}"
@@ -396,6 +415,7 @@ fn missing_tensor_suggests_close_names() {
         .weights
         .matrix("model.layers.0.self_attn.q_proj.weights", 64, 64)
         .unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointMissingTensor);
     let CheckpointError::MissingTensor { name, close, .. } = &e else {
         panic!("{e}")
     };
@@ -440,6 +460,7 @@ fn wrong_shape_expected_vs_found() {
         .weights
         .matrix("model.layers.1.self_attn.k_proj.weight", 64, 64)
         .unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointWrongShape);
     assert!(
         matches!(&e, CheckpointError::WrongShape { name, expected, found, .. }
             if name == "model.layers.1.self_attn.k_proj.weight" && expected == &vec![64, 64] && found == &vec![32, 64]),
@@ -493,6 +514,7 @@ fn index_pointing_to_a_missing_shard() {
     assert!(Checkpoint::open(dir.path()).is_ok());
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
     let e = Checkpoint::open(dir.path()).unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointMissingShard);
     let CheckpointError::MissingShard { index, shard, tensor } = &e else {
         panic!("{e}")
     };
@@ -524,10 +546,9 @@ fn index_that_lies_or_is_malformed() {
     ));
     // No weight_map; not JSON.
     std::fs::write(&idx_path, r#"{"metadata": {}}"#).unwrap();
-    assert!(matches!(
-        Weights::open(dir.path()).unwrap_err(),
-        CheckpointError::InvalidIndex { .. }
-    ));
+    let e = Weights::open(dir.path()).unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointInvalidIndex);
+    assert!(matches!(e, CheckpointError::InvalidIndex { .. }));
     std::fs::write(&idx_path, "{\"weight_map\": {").unwrap();
     assert!(matches!(
         Weights::open(dir.path()).unwrap_err(),
@@ -617,4 +638,13 @@ proptest! {
             let _ = c.expected_tensors();
         }
     }
+}
+
+/// Asking for a matrix where the config implies a vector.
+#[test]
+fn a_vector_read_as_a_matrix_is_a_wrong_rank() {
+    let dir = folder_with(&golden_config());
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let e = ckpt.matrix("model.norm.weight").unwrap_err();
+    assert_eq!(e.code(), Code::CheckpointWrongRank, "{e}");
 }

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+use lamda_compiler::diag::Code;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -280,6 +281,7 @@ fn writer_errors_leave_no_temporary_and_keep_the_old_file() {
     let mut t = BTreeMap::new();
     t.insert("x".to_string(), TensorRef::f32(&[2], &[1.0, 2.0]));
     let err = write_safetensors(&missing, &t, &BTreeMap::new()).unwrap_err();
+    assert_eq!(err.code(), Code::Io);
     assert!(matches!(err, CheckpointError::Write { .. }), "{err}");
     assert!(err.hint().contains("create the output folder"));
 
@@ -289,6 +291,7 @@ fn writer_errors_leave_no_temporary_and_keep_the_old_file() {
     let mut bad = BTreeMap::new();
     bad.insert("y".to_string(), TensorRef::f32(&[3, 2], &[1.0, 2.0]));
     let err = write_safetensors(&path, &bad, &BTreeMap::new()).unwrap_err();
+    assert_eq!(err.code(), Code::CheckpointWriteShape);
     assert!(
         matches!(&err, CheckpointError::WriteShape { name, len: 2, expected: 6, .. } if name == "y"),
         "{err}"

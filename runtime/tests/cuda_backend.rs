@@ -38,7 +38,7 @@ fn gpu() -> Option<CudaDevice> {
             Some(d)
         }
         Err(e) => {
-            eprintln!("skipping: {e}");
+            lamda_runtime::testkit::skip(e);
             None
         }
     }
@@ -49,7 +49,7 @@ fn or_skip<T>(r: Result<T, CudaError>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
         Err(e @ (CudaError::NoNvrtc | CudaError::NoCublas)) => {
-            eprintln!("skipping: {e}");
+            lamda_runtime::testkit::skip(e);
             None
         }
         Err(e) => panic!("{e}"),
@@ -113,6 +113,7 @@ fn golden_session() -> lamda_runtime::session::Session {
 #[test]
 fn without_a_gpu_the_executor_says_why() {
     if CudaDevice::count() > 0 {
+        lamda_runtime::testkit::skip("a GPU is present: the no-GPU error cannot be seen");
         return;
     }
     let s = golden_session();

@@ -15,8 +15,8 @@ fn skip() -> bool {
     if nvrtc_available() {
         return false;
     }
-    eprintln!(
-        "skipping: libnvrtc cannot be loaded (install nvidia-cuda-nvrtc-cu12 and add its lib dir to LD_LIBRARY_PATH)"
+    lamda_runtime::testkit::skip(
+        "libnvrtc cannot be loaded (install nvidia-cuda-nvrtc-cu12 and add its lib dir to LD_LIBRARY_PATH)",
     );
     true
 }

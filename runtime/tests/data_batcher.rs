@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+use lamda_compiler::diag::Code;
 use std::path::Path;
 
 use lamda_runtime::data::{Batch, BatchConfig, Batcher, BatcherState, DataError, Dataset, Tokenizer};
@@ -119,6 +120,7 @@ fn serialized_state_resumes_exactly_mid_epoch() {
     // A state from other settings or other data is refused.
     let mut other_seed = Batcher::new(data.clone(), cfg(13, 3, 1)).unwrap();
     let e = other_seed.restore(&state).unwrap_err();
+    assert_eq!(e.code(), Code::DataStateMismatch);
     assert!(matches!(e, DataError::StateMismatch { field: "seed", .. }), "{e}");
     let mut other_batch = Batcher::new(data, cfg(13, 2, 2024)).unwrap();
     assert!(matches!(

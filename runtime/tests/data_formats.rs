@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+use lamda_compiler::diag::Code;
 use std::path::{Path, PathBuf};
 
 use lamda_runtime::checkpoint::{Checkpoint, LlamaConfig};
@@ -66,21 +67,25 @@ fn text_errors() {
     let p = write(dir.path(), "short.txt", b"tiny");
     let data = Dataset::text(&p, &Tokenizer::bytes()).unwrap();
     let e = Batcher::new(data, no_shuffle(16, 2)).unwrap_err();
+    assert_eq!(e.code(), Code::DataTooShort);
     assert!(matches!(e, DataError::TooShort { tokens: 4, seq: 16, .. }), "{e}");
     assert!(e.hint().contains("lower `seq`"));
 
     let p = write(dir.path(), "empty.txt", b"");
     let e = Dataset::text(&p, &Tokenizer::bytes()).unwrap_err();
+    assert_eq!(e.code(), Code::DataEmpty);
     assert!(matches!(e, DataError::Empty { .. }), "{e}");
 
     let e = Dataset::load(&dir.path().join("missing.txt"), &Tokenizer::bytes()).unwrap_err();
+    assert_eq!(e.code(), Code::DataIo);
     assert!(matches!(e, DataError::Io { .. }), "{e}");
-    assert!(e.code().starts_with("lamda::data::"));
+    assert!(e.code().as_str().starts_with("lamda::data::"));
 
     // Bytes above the model's vocabulary.
     let p = write(dir.path(), "high.txt", &[10, 200, 20]);
     let data = Dataset::text(&p, &Tokenizer::bytes()).unwrap();
     let e = data.check_vocab(100).unwrap_err();
+    assert_eq!(e.code(), Code::DataTokenOutOfVocab);
     assert!(
         matches!(
             e,
@@ -98,6 +103,7 @@ fn text_errors() {
     assert!(data.check_vocab(200).is_err());
 
     let e = Batcher::new(data, no_shuffle(0, 1)).unwrap_err();
+    assert_eq!(e.code(), Code::DataBadBatching);
     assert!(matches!(e, DataError::BadBatching { .. }), "{e}");
 }
 
@@ -146,6 +152,19 @@ fn jsonl_prompt_completion_masks_the_prompt() {
     assert_eq!(batch.labels, array![[m, 99, 100]]);
 }
 
+/// Issue 10.8: a JSONL file that starts with a UTF-8 byte order mark (as
+/// editors on Windows save it) was rejected as a syntax error on line 1.
+#[test]
+fn jsonl_with_a_byte_order_mark_loads_like_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = b"{\"text\": \"xyz\"}\n{\"prompt\": \"ab\", \"completion\": \"cd\"}\n";
+    let plain = write(dir.path(), "plain.jsonl", body);
+    let with_bom = write(dir.path(), "bom.jsonl", &[b"\xef\xbb\xbf".as_slice(), body].concat());
+    let want = Dataset::load(&plain, &Tokenizer::bytes()).unwrap();
+    let got = Dataset::load(&with_bom, &Tokenizer::bytes()).unwrap();
+    assert_eq!(got.source, want.source);
+}
+
 #[test]
 fn jsonl_errors_name_the_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,7 +196,12 @@ fn jsonl_errors_name_the_line() {
         let p = write(dir.path(), &format!("{name}.jsonl"), content);
         let e = Dataset::load(&p, &Tokenizer::bytes()).unwrap_err();
         match &e {
-            DataError::JsonlSyntax { line, .. } | DataError::JsonlExample { line, .. } => {
+            DataError::JsonlSyntax { line, .. } => {
+                assert_eq!(e.code(), Code::DataJsonlSyntax);
+                assert_eq!(*line, want_line, "{name}: {e}");
+            }
+            DataError::JsonlExample { line, .. } => {
+                assert_eq!(e.code(), Code::DataJsonlExample);
                 assert_eq!(*line, want_line, "{name}: {e}");
             }
             other => panic!("{name}: {other}"),
@@ -274,6 +298,7 @@ fn token_id_file_errors() {
     assert_eq!(input_ids, &array![[1, 2, 3], [4, 5, 6]]);
     assert_eq!(labels, input_ids);
     let e = Batcher::new(data, no_shuffle(4, 1)).unwrap_err();
+    assert_eq!(e.code(), Code::DataSeqMismatch);
     assert!(
         matches!(
             e,
@@ -293,6 +318,7 @@ fn token_id_file_errors() {
         vec![("tokens", StDtype::I64, vec![2, 3], ids.clone())],
     );
     let e = Dataset::token_ids(&p).unwrap_err();
+    assert_eq!(e.code(), Code::DataIdsLayout);
     assert!(
         matches!(&e, DataError::IdsLayout { problem, .. } if problem.contains("tokens")),
         "{e}"
@@ -330,6 +356,7 @@ fn token_id_file_errors() {
         ],
     );
     let e = Dataset::token_ids(&p).unwrap_err();
+    assert_eq!(e.code(), Code::DataBadLabel);
     assert!(
         matches!(
             e,
@@ -494,6 +521,7 @@ fn tokenizer_errors() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "tokenizer.json", b"{\"model\": 3}");
     let e = Tokenizer::from_file(&p).unwrap_err();
+    assert_eq!(e.code(), Code::DataTokenizer);
     assert!(matches!(e, DataError::Tokenizer { .. }), "{e}");
     assert!(e.hint().contains("tokenizers"));
 
@@ -501,6 +529,7 @@ fn tokenizer_errors() {
     let tok = Tokenizer::from_file(&tp).unwrap();
     let p = write(dir.path(), "latin1.txt", b"hello\nwor\xE9ld\n");
     let e = Dataset::text(&p, &tok).unwrap_err();
+    assert_eq!(e.code(), Code::DataNotUtf8);
     assert!(matches!(e, DataError::NotUtf8 { line: 2, .. }), "{e}");
     // Bytes do not care about UTF-8.
     assert!(Dataset::text(&p, &Tokenizer::bytes()).is_ok());

@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+use lamda_compiler::diag::Code;
 use std::path::{Path, PathBuf};
 
 use lamda_runtime::checkpoint::Checkpoint;
@@ -304,6 +305,7 @@ fn known_but_unsupported_types_fail_on_dequantize_only() {
     let f = open(gguf_bytes(3, &[], &[t("k", &[256, 2], 14, vec![0; 420])], 32)).unwrap();
     assert_eq!(f.tensor_info("k").unwrap().dtype, GgmlType::Q6_K);
     let e = f.dequantize("k").unwrap_err();
+    assert_eq!(e.code(), Code::GgufUnsupportedDtype);
     assert!(matches!(e, GgufError::UnsupportedDtype { dtype: "Q6_K", .. }), "{e:?}");
     assert!(e.hint().contains("Q4_1"), "{}", e.hint());
     assert!(e.to_string().contains("test.gguf"));
@@ -313,6 +315,7 @@ fn known_but_unsupported_types_fail_on_dequantize_only() {
 #[test]
 fn rows_that_are_not_whole_blocks_are_rejected() {
     let e = open(gguf_bytes(3, &[], &[t("q", &[48, 2], 8, vec![0; 102])], 32)).unwrap_err();
+    assert_eq!(e.code(), Code::GgufCorrupt);
     assert!(matches!(e, GgufError::Corrupt { .. }), "{e:?}");
     assert!(e.to_string().contains("`q`"), "{e}");
 }
@@ -398,6 +401,7 @@ fn general_alignment_moves_the_data_section() {
     // Not a power of two.
     let kv = [("general.alignment", V::U32(48))];
     let e = open(gguf_bytes(3, &kv, &tensors, 48)).unwrap_err();
+    assert_eq!(e.code(), Code::GgufBadMetadata);
     assert!(matches!(e, GgufError::BadMetadata { .. }), "{e:?}");
 }
 
@@ -454,12 +458,14 @@ fn bad_magic_and_versions_are_errors() {
     let mut b = small_valid_file();
     b[..4].copy_from_slice(b"GGML");
     let e = open(b).unwrap_err();
+    assert_eq!(e.code(), Code::GgufBadMagic);
     assert!(matches!(e, GgufError::BadMagic { .. }), "{e:?}");
-    assert_eq!(e.code(), "lamda::gguf::bad_magic");
+    assert_eq!(e.code().as_str(), "lamda::gguf::bad_magic");
     for v in [0u32, 1, 4, 3 << 24] {
         let mut b = small_valid_file();
         b[4..8].copy_from_slice(&v.to_le_bytes());
         let e = open(b).unwrap_err();
+        assert_eq!(e.code(), Code::GgufUnsupportedVersion);
         let GgufError::UnsupportedVersion {
             version, big_endian, ..
         } = e
@@ -491,6 +497,7 @@ fn tensor_data_out_of_bounds_is_an_error() {
         out
     };
     let e = open(b2).unwrap_err();
+    assert_eq!(e.code(), Code::GgufTensorOutOfBounds);
     assert!(
         matches!(e, GgufError::TensorOutOfBounds { ref tensor, .. } if tensor == "a"),
         "{e:?}"
@@ -513,6 +520,7 @@ fn tensor_data_out_of_bounds_is_an_error() {
 #[test]
 fn unknown_type_ids_and_hostile_counts_are_errors() {
     let e = open(gguf_bytes(3, &[], &[t("z", &[4], 99, vec![0; 16])], 32)).unwrap_err();
+    assert_eq!(e.code(), Code::GgufUnknownDtype);
     assert!(matches!(e, GgufError::UnknownDtype { type_id: 99, .. }), "{e:?}");
     // Removed types 4, 5 are unknown too.
     assert!(open(gguf_bytes(3, &[], &[t("z", &[32], 4, vec![0; 20])], 32)).is_err());
@@ -525,10 +533,9 @@ fn unknown_type_ids_and_hostile_counts_are_errors() {
         out
     };
     // Counts far beyond the file.
-    assert!(matches!(
-        open(header(u64::MAX, 0)).unwrap_err(),
-        GgufError::Truncated { .. }
-    ));
+    let e = open(header(u64::MAX, 0)).unwrap_err();
+    assert_eq!(e.code(), Code::GgufTruncated);
+    assert!(matches!(e, GgufError::Truncated { .. }));
     assert!(matches!(
         open(header(0, 1 << 50)).unwrap_err(),
         GgufError::Truncated { .. }
@@ -875,8 +882,10 @@ fn conversion_errors_name_the_problem() {
     };
     // Later duplicate keys are rejected by the reader, so override through new keys only.
     let e = convert(&[("llama.rope.scaling.type", s("yarn"))], "a.gguf").unwrap_err();
+    assert_eq!(e.code(), Code::GgufUnsupported);
     assert!(matches!(e, GgufError::Unsupported { .. }), "{e:?}");
     let e = convert(&[("llama.expert_count", V::U32(8))], "b.gguf").unwrap_err();
+    assert_eq!(e.code(), Code::GgufUnsupportedArchitecture);
     assert!(matches!(e, GgufError::UnsupportedArchitecture { .. }), "{e:?}");
     let e = convert(&[("llama.attention.key_length", V::U32(6))], "c.gguf").unwrap_err();
     assert!(
@@ -900,6 +909,7 @@ fn conversion_errors_name_the_problem() {
     tensors.push(t("blk.0.attn_q.bias", &[8], 0, vec![0; 32]));
     let src = write_tmp(tmp.path(), "d.gguf", &gguf_bytes(3, &kv_ref, &tensors, 32));
     let e = convert_gguf(&src, &tmp.path().join("d")).unwrap_err();
+    assert_eq!(e.code(), Code::GgufUnexpectedTensor);
     assert!(
         matches!(e, GgufError::UnexpectedTensor { ref name, .. } if name == "blk.0.attn_q.bias"),
         "{e:?}"
@@ -908,6 +918,7 @@ fn conversion_errors_name_the_problem() {
     tensors.retain(|t| t.name != "blk.1.ffn_up.weight");
     let src = write_tmp(tmp.path(), "e.gguf", &gguf_bytes(3, &kv_ref, &tensors, 32));
     let e = convert_gguf(&src, &tmp.path().join("e")).unwrap_err();
+    assert_eq!(e.code(), Code::GgufMissingTensor);
     assert!(
         matches!(e, GgufError::MissingTensor { ref name, .. } if name == "blk.1.ffn_up.weight"),
         "{e:?}"
@@ -981,7 +992,7 @@ fn real_gguf() -> Option<PathBuf> {
     if p.is_file() {
         Some(p)
     } else {
-        eprintln!("skipped: {} is absent (run scripts/fetch-smollm2.sh)", p.display());
+        lamda_runtime::testkit::skip(format!("{} is absent (run scripts/fetch-smollm2.sh)", p.display()));
         None
     }
 }
@@ -1069,4 +1080,56 @@ fn real_smollm2_converts_with_matching_shapes_and_tokenizer() {
         [id_of("<|im_start|>"), id_of("2"), id_of("0"), id_of("2"), id_of("4")]
     );
     assert_eq!(tok.decode(&want, false).unwrap(), "The capital of France is");
+}
+
+/// Issue 10.8: converting into a folder that cannot be created is an I/O
+/// problem (`lamda::io`, exit 2 in the CLI), not an input error.
+#[test]
+fn converting_into_an_unwritable_folder_is_an_io_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bytes, _) = tiny_gguf(false, &[]);
+    let src = write_tmp(tmp.path(), "m.gguf", &bytes);
+    let blocker = write_tmp(tmp.path(), "a-file", b"x");
+    let e = convert_gguf(&src, &blocker.join("out")).unwrap_err();
+    assert_eq!(e.code().as_str(), "lamda::io", "{e:?}");
+}
+
+/// The remaining conversion codes: an unreadable file, a missing metadata
+/// key, and shapes that contradict the metadata.
+#[test]
+fn conversion_io_metadata_and_shape_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = convert_gguf(&tmp.path().join("missing.gguf"), &tmp.path().join("o")).unwrap_err();
+    assert_eq!(e.code(), Code::GgufIo, "{e:?}");
+
+    let (bytes, _) = tiny_gguf(false, &[]);
+    let f = open(bytes).unwrap();
+    let kv: Vec<(String, V)> = f.metadata().iter().map(|(k, v)| (k.clone(), meta_to_v(v))).collect();
+    let tensors: Vec<T> = f
+        .tensors()
+        .iter()
+        .map(|i| t(&i.name, &i.dims, 0, f.tensor_bytes(&i.name).unwrap().to_vec()))
+        .collect();
+    let without: Vec<(&str, V)> = kv
+        .iter()
+        .filter(|(k, _)| k != "llama.block_count")
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let src = write_tmp(tmp.path(), "m.gguf", &gguf_bytes(3, &without, &tensors, 32));
+    let e = convert_gguf(&src, &tmp.path().join("m")).unwrap_err();
+    assert_eq!(e.code(), Code::GgufMissingMetadata, "{e:?}");
+
+    let wider: Vec<(&str, V)> = kv
+        .iter()
+        .map(|(k, v)| {
+            if k == "llama.feed_forward_length" {
+                (k.as_str(), V::U32(1000))
+            } else {
+                (k.as_str(), v.clone())
+            }
+        })
+        .collect();
+    let src = write_tmp(tmp.path(), "w.gguf", &gguf_bytes(3, &wider, &tensors, 32));
+    let e = convert_gguf(&src, &tmp.path().join("w")).unwrap_err();
+    assert_eq!(e.code(), Code::GgufWrongShape, "{e:?}");
 }

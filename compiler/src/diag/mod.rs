@@ -9,7 +9,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
+use miette::{
+    GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteError, MietteSpanContents, SourceCode, SourceSpan,
+    SpanContents,
+};
 
 use crate::syntax::ast::Span;
 
@@ -40,10 +43,11 @@ impl SourceMap {
     pub fn get(&self, id: FileId) -> Option<&SourceFile> {
         self.files.get(id)
     }
-    /// 1-based line and column of a byte offset.
+    /// 1-based line and column (in characters) of a byte offset; an offset
+    /// inside a character counts as that character.
     pub fn line_col(&self, id: FileId, offset: usize) -> (usize, usize) {
         let Some(f) = self.get(id) else { return (0, 0) };
-        let before = &f.text[..offset.min(f.text.len())];
+        let before = &f.text[..f.text.floor_char_boundary(offset)];
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         (line, col)
@@ -58,29 +62,41 @@ pub enum Severity {
 }
 
 macro_rules! codes {
-    ($( $variant:ident = $code:literal : $title:literal ),* $(,)?) => {
-        /// The stable code of every problem lamdac reports.
+    (
+        check: { $( $cv:ident = $cc:literal : $ct:literal ),* $(,)? }
+        run: { $( $rv:ident = $rc:literal : $rt:literal ),* $(,)? }
+    ) => {
+        /// The stable code of every problem lamdac reports: the one registry
+        /// of codes, for the compiler, the runtime and the CLI alike.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum Code { $( $variant ),* }
+        pub enum Code { $( $cv, )* $( $rv, )* }
         impl Code {
             /// Every code, in documentation order.
-            pub const ALL: &'static [Code] = &[ $( Code::$variant ),* ];
+            pub const ALL: &'static [Code] = &[ $( Code::$cv, )* $( Code::$rv, )* ];
+            /// The codes `lamdac check` reports (each has a UI case in tests/ui/).
+            pub const CHECK: &'static [Code] = &[ $( Code::$cv ),* ];
+            /// The codes only the other commands report (train, export, merge,
+            /// convert, plan, emit, bench; each is asserted by a test in tests/
+            /// or runtime/tests/).
+            pub const RUN: &'static [Code] = &[ $( Code::$rv ),* ];
             /// The code as users see it: `lamda::resolve::no_match`.
             pub fn as_str(self) -> &'static str {
-                match self { $( Code::$variant => $code ),* }
+                match self { $( Code::$cv => $cc, )* $( Code::$rv => $rc, )* }
             }
             /// A one-line description.
             pub fn title(self) -> &'static str {
-                match self { $( Code::$variant => $title ),* }
+                match self { $( Code::$cv => $ct, )* $( Code::$rv => $rt, )* }
             }
         }
     };
 }
 
 codes! {
+    check: {
     // syntax
     SyntaxUnexpected = "lamda::syntax::unexpected": "the parser met a token it did not expect",
     SyntaxUnterminatedString = "lamda::syntax::unterminated_string": "a string literal has no closing quote",
+    SyntaxNotUtf8 = "lamda::syntax::not_utf8": "a spec file is not UTF-8 text",
     // definitions (adapters, models, presets)
     DefDuplicate = "lamda::def::duplicate": "two definitions share a name",
     DefShadowsStdlib = "lamda::def::shadows_stdlib": "a definition in the file replaces one of the stdlib",
@@ -98,6 +114,7 @@ codes! {
     AdapterBadParam = "lamda::adapter::bad_param": "an adapter parameter list is malformed (r missing, or a reserved name)",
     ModelBadDecl = "lamda::model::bad_decl": "a model family definition is malformed",
     ModelBadDataflow = "lamda::model::bad_dataflow": "a model's forward block uses an unknown name or builtin",
+    ModelTooLarge = "lamda::model::too_large": "a model's sizes are beyond any real model's (they would overflow size arithmetic or exhaust memory)",
     // use
     UseUnknownModel = "lamda::use::unknown_model": "a model name is neither a preset nor an alias in scope",
     UseFamilyNotPreset = "lamda::use::family_not_preset": "a model family was named where a preset is needed",
@@ -105,9 +122,18 @@ codes! {
     UseDuplicateAlias = "lamda::use::duplicate_alias": "two `use` statements bind the same name",
     UseMultipleModels = "lamda::use::multiple_models": "the rules of one file name more than one model",
     UseNoModel = "lamda::use::no_model": "the file has no adapt rule, so nothing would train",
-    CheckpointNoConfig = "lamda::checkpoint::no_config": "a checkpoint folder has no readable config.json",
-    CheckpointBadConfig = "lamda::checkpoint::bad_config": "a checkpoint's config.json is not a valid model config",
-    CheckpointUnsupported = "lamda::checkpoint::unsupported": "a checkpoint's architecture has no stdlib model family",
+    // checkpoint folders and their config.json (`check` and `train` share the parser)
+    CheckpointFolderMissing = "lamda::checkpoint::folder_missing": "a checkpoint folder does not exist",
+    CheckpointNotAFolder = "lamda::checkpoint::not_a_folder": "a checkpoint path names a file, not a folder",
+    CheckpointConfigMissing = "lamda::checkpoint::config_missing": "a checkpoint folder has no config.json",
+    CheckpointIo = "lamda::checkpoint::io": "a checkpoint file exists but cannot be read",
+    CheckpointInvalidJson = "lamda::checkpoint::invalid_json": "a checkpoint's JSON file (config.json, an index) is not valid JSON",
+    CheckpointMissingKey = "lamda::checkpoint::missing_key": "config.json lacks a key the model needs",
+    CheckpointWrongType = "lamda::checkpoint::wrong_type": "a key of config.json has the wrong JSON type",
+    CheckpointInvalidValue = "lamda::checkpoint::invalid_value": "a key of config.json has a value no model can have",
+    CheckpointUnsupportedArchitecture = "lamda::checkpoint::unsupported_architecture": "config.json describes a model lamdac has no family for",
+    CheckpointUnsupportedRopeScaling = "lamda::checkpoint::unsupported_rope_scaling": "config.json asks for RoPE scaling lamdac does not implement",
+    CheckpointUnsupportedFeature = "lamda::checkpoint::unsupported_feature": "config.json turns on a block feature lamdac does not implement (biases, another activation, quantization)",
     PresetBadArgs = "lamda::preset::bad_args": "a preset passes arguments its family does not take, misses one, or one has the wrong type",
     // patterns and rules
     PatternNoMatch = "lamda::pattern::no_match": "a pattern matches no module",
@@ -136,6 +162,77 @@ codes! {
     TrainBadValue = "lamda::train::bad_value": "a train setting has the wrong type or is out of range",
     TrainDuplicateBlock = "lamda::train::duplicate_block": "a file has more than one train block",
     TrainDataNotFound = "lamda::train::data_not_found": "the data file does not exist",
+    TrainDataNotAFile = "lamda::train::data_not_a_file": "the data path names a folder, not a file",
+    }
+    run: {
+    // the commands
+    Io = "lamda::io": "a file cannot be read or written for a reason outside the input (a missing spec, a full disk, an output folder that cannot be created); exit 2",
+    Spec = "lamda::spec": "a spec given to the library's training session has errors (the CLI reports them with their own codes)",
+    Compile = "lamda::compile": "the compiler pipeline failed on a checked spec (an internal error, or weights that do not fit the plan)",
+    Emit = "lamda::emit": "generating kernel source (`lamdac emit --target clif|cuda`) failed",
+    // data
+    DataIo = "lamda::data::io": "the data file exists but cannot be read",
+    DataNotUtf8 = "lamda::data::not_utf8": "text data for a tokenizer.json is not UTF-8",
+    DataTokenizer = "lamda::data::tokenizer": "the checkpoint's tokenizer.json does not load",
+    DataEncode = "lamda::data::encode": "the tokenizer cannot encode a line of the data",
+    DataJsonlSyntax = "lamda::data::jsonl_syntax": "a JSONL line is not a JSON object",
+    DataJsonlExample = "lamda::data::jsonl_example": "a JSONL line has neither `text` nor `prompt` and `completion` strings",
+    DataEmpty = "lamda::data::empty": "the data file holds no tokens",
+    DataTooShort = "lamda::data::too_short": "the data has fewer tokens than one sequence",
+    DataIdsLayout = "lamda::data::ids_layout": "a token-id file lacks `input_ids`, or its tensors have the wrong type or shape",
+    DataTokenOutOfVocab = "lamda::data::token_out_of_vocab": "a token id is outside the model's vocabulary",
+    DataBadLabel = "lamda::data::bad_label": "a label is neither a token id nor -100",
+    DataSeqMismatch = "lamda::data::seq_mismatch": "the rows of a token-id file are not `seq` long",
+    DataBadBatching = "lamda::data::bad_batching": "batch or seq is zero, or too large for the data",
+    DataStateMismatch = "lamda::data::state_mismatch": "a checkpoint's data position was saved for other data or batching",
+    // checkpoint weights
+    CheckpointNoWeights = "lamda::checkpoint::no_weights": "a checkpoint folder has neither model.safetensors nor an index of shards",
+    CheckpointInvalidIndex = "lamda::checkpoint::invalid_index": "model.safetensors.index.json is not a valid index",
+    CheckpointMissingShard = "lamda::checkpoint::missing_shard": "the index names a shard file that does not exist",
+    CheckpointMissingTensor = "lamda::checkpoint::missing_tensor": "a tensor the config implies is not in the checkpoint",
+    CheckpointWrongShape = "lamda::checkpoint::wrong_shape": "a tensor's shape differs from the one the config implies",
+    CheckpointWrongRank = "lamda::checkpoint::wrong_rank": "a tensor has another number of dimensions than asked for",
+    CheckpointUnsupportedDtype = "lamda::checkpoint::unsupported_dtype": "a tensor's dtype cannot be read as float32",
+    CheckpointTruncated = "lamda::checkpoint::truncated": "a safetensors file is shorter than its header says",
+    CheckpointCorrupt = "lamda::checkpoint::corrupt": "a safetensors file's header or data is damaged",
+    CheckpointWriteShape = "lamda::checkpoint::write_shape": "internal: a tensor to write does not match its shape",
+    // GGUF conversion
+    GgufIo = "lamda::gguf::io": "the GGUF file exists but cannot be read",
+    GgufBadMagic = "lamda::gguf::bad_magic": "the file is not a GGUF file",
+    GgufUnsupportedVersion = "lamda::gguf::unsupported_version": "a GGUF version (or byte order) lamdac does not read",
+    GgufTruncated = "lamda::gguf::truncated": "the GGUF file is cut off",
+    GgufCorrupt = "lamda::gguf::corrupt": "the GGUF header or metadata is damaged",
+    GgufTensorOutOfBounds = "lamda::gguf::tensor_out_of_bounds": "a GGUF tensor's data lies outside the file",
+    GgufUnknownDtype = "lamda::gguf::unknown_dtype": "a GGUF tensor type lamdac does not know",
+    GgufUnsupportedDtype = "lamda::gguf::unsupported_dtype": "a GGUF tensor type lamdac does not dequantize",
+    GgufMissingMetadata = "lamda::gguf::missing_metadata": "a metadata key a Llama GGUF sets is missing",
+    GgufBadMetadata = "lamda::gguf::bad_metadata": "a metadata value has the wrong type or is out of range",
+    GgufUnsupportedArchitecture = "lamda::gguf::unsupported_architecture": "the GGUF holds another architecture than Llama",
+    GgufUnsupported = "lamda::gguf::unsupported": "the GGUF uses a feature lamdac does not implement (RoPE scaling, say)",
+    GgufMissingTensor = "lamda::gguf::missing_tensor": "a tensor a Llama has is not in the GGUF",
+    GgufUnexpectedTensor = "lamda::gguf::unexpected_tensor": "the GGUF holds a tensor a Llama does not have",
+    GgufWrongShape = "lamda::gguf::wrong_shape": "a GGUF tensor's shape contradicts the metadata",
+    GgufTokenizer = "lamda::gguf::tokenizer": "the tokenizer built from the GGUF vocabulary does not load",
+    // export and merge
+    ExportNoAdapter = "lamda::export::no_adapter": "the run folder has no adapter.safetensors",
+    ExportNoWeights = "lamda::export::no_weights": "`merge` on a stdlib preset: there are no weights to merge into",
+    ExportNotAnAdapter = "lamda::export::not_an_adapter": "adapter.safetensors was not written by lamdac train",
+    ExportNotLora = "lamda::export::not_lora": "a method whose update has rank above r has no exact LoRA form",
+    ExportLinalg = "lamda::export::linalg": "computing an exported factor failed (non-finite values)",
+    // training
+    TrainNoWeights = "lamda::train::no_weights": "`train` on a stdlib preset: there are no weights to train",
+    TrainNoData = "lamda::train::no_data": "the train block names no data",
+    TrainDevice = "lamda::train::device": "the asked-for device is not there (no GPU, no CUDA library)",
+    TrainPrecision = "lamda::train::precision": "a storage precision the device does not run (bf16 on the CPU)",
+    TrainOutOfMemory = "lamda::train::out_of_memory": "a training step needs more memory than the machine has",
+    TrainInit = "lamda::train::init": "initialising an adapter from the weights failed",
+    TrainNonFinite = "lamda::train::non_finite": "the loss became NaN or infinite",
+    TrainCollapsed = "lamda::train::collapsed": "the gradient is exactly zero step after step: the model has collapsed",
+    TrainStep = "lamda::train::step": "a training step failed to run (an internal error)",
+    // resume
+    ResumeMismatch = "lamda::resume::mismatch": "a checkpoint was written for another spec, model or --steps",
+    ResumeInvalid = "lamda::resume::invalid": "a checkpoint is damaged or contradicts itself",
+    }
 }
 
 impl fmt::Display for Code {
@@ -237,7 +334,7 @@ struct Rendered {
     code: Code,
     severity: Severity,
     message: String,
-    src: NamedSource<String>,
+    src: Indexed,
     labels: Vec<LabeledSpan>,
     help: Option<String>,
     related: Vec<Rendered>,
@@ -284,35 +381,175 @@ impl miette::Diagnostic for Rendered {
     }
 }
 
-fn to_rendered(sources: &SourceMap, d: &Diagnostic) -> Rendered {
-    let (name, text) = match sources.get(d.file) {
-        Some(f) => (f.name.clone(), f.text.to_string()),
-        None => ("<unknown>".to_string(), String::new()),
-    };
-    let len = text.len();
-    let labels = d
+/// A source text with the start of every line, for miette.
+///
+/// miette's own `read_span` scans the text from its start for every label and
+/// returns a `line_count` counted from the start of the file, which its
+/// snippet merging reads as the snippet's length: two labels far apart (rule
+/// 2000 and rule 4000) became one snippet of every line between them. This
+/// reads the same contents from a window of a few lines around the span (so
+/// each read costs the window, not the file), with `line_count` counted in
+/// that window, so far-apart labels get snippets of their own.
+#[derive(Debug, Clone)]
+struct Indexed {
+    name: String,
+    text: Arc<str>,
+    /// Byte offset where each line starts; breaks are `\n`, `\r\n` or `\r` (as miette counts them).
+    line_starts: Arc<[usize]>,
+}
+
+impl Indexed {
+    fn new(name: String, text: Arc<str>) -> Self {
+        let b = text.as_bytes();
+        let mut starts = vec![0];
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'\r' if b.get(i + 1) == Some(&b'\n') => {
+                    starts.push(i + 2);
+                    i += 2;
+                    continue;
+                }
+                b'\r' | b'\n' => starts.push(i + 1),
+                _ => {}
+            }
+            i += 1;
+        }
+        Indexed {
+            name,
+            text,
+            line_starts: starts.into(),
+        }
+    }
+
+    /// The line (0-based) holding byte `offset`.
+    fn line_of(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|&s| s <= offset).saturating_sub(1)
+    }
+}
+
+impl SourceCode for Indexed {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
+        let start = span.offset();
+        let end = start + span.len();
+        if end > self.text.len() {
+            return Err(MietteError::OutOfBounds);
+        }
+        let first = self.line_of(start).saturating_sub(context_lines_before);
+        // one line more than the context needs, so the window never cuts it short
+        let last = self.line_of(end.saturating_sub(1).max(start)) + context_lines_after + 2;
+        let base = self.line_starts[first];
+        let stop = self.line_starts.get(last).copied().unwrap_or(self.text.len());
+        let window = &self.text.as_bytes()[base..stop];
+        let inner = window.read_span(
+            &SourceSpan::new((start - base).into(), span.len()),
+            context_lines_before,
+            context_lines_after,
+        )?;
+        Ok(Box::new(MietteSpanContents::new_named(
+            self.name.clone(),
+            inner.data(),
+            SourceSpan::new((inner.span().offset() + base).into(), inner.span().len()),
+            inner.line() + first,
+            inner.column(),
+            inner.line_count(),
+        )))
+    }
+}
+
+/// The widest column a label may start or end at and still be drawn in a
+/// source snippet. miette pads underlines with `{:width$}`, whose width must
+/// fit in a `u16` (a label at column 65536 panics with "Formatting argument
+/// out of range"), and a snippet line far wider than the terminal helps
+/// nobody: such labels are reported as `file:line:col` lines instead.
+const MAX_SNIPPET_COLUMN: usize = 1024;
+
+/// An upper bound of the on-screen column of byte `offset` in `text` as
+/// miette draws it: tabs advance to the next multiple of 4, any other
+/// character counts 2 (the widest a character can be).
+fn visual_column(text: &str, offset: usize) -> usize {
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    text[line_start..offset]
+        .chars()
+        .fold(0, |col, c| if c == '\t' { col + 4 - col % 4 } else { col + 2 })
+}
+
+/// The [`Indexed`] source of every file, built on first use (once per file,
+/// not once per diagnostic).
+#[derive(Default)]
+struct IndexCache(std::collections::BTreeMap<FileId, Indexed>);
+
+impl IndexCache {
+    fn get(&mut self, sources: &SourceMap, file: FileId) -> Indexed {
+        self.0
+            .entry(file)
+            .or_insert_with(|| match sources.get(file) {
+                Some(f) => Indexed::new(f.name.clone(), f.text.clone()),
+                None => Indexed::new("<unknown>".to_string(), Arc::from("")),
+            })
+            .clone()
+    }
+}
+
+fn to_rendered(sources: &SourceMap, cache: &mut IndexCache, d: &Diagnostic) -> Rendered {
+    let src = cache.get(sources, d.file);
+    let (name, text) = (src.name.clone(), src.text.clone());
+    // Spans clamped into the text and onto character boundaries.
+    let spans: Vec<(usize, usize)> = d
         .labels
         .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let start = l.span.start.min(len);
-            let end = l.span.end.clamp(start, len);
-            let text = if l.text.is_empty() { None } else { Some(l.text.clone()) };
-            if i == 0 {
-                LabeledSpan::new_primary_with_span(text, (start, end - start))
-            } else {
-                LabeledSpan::new_with_span(text, (start, end - start))
-            }
+        .map(|l| {
+            let start = text.floor_char_boundary(l.span.start);
+            let end = text.ceil_char_boundary(l.span.end.max(start));
+            (start, end)
         })
         .collect();
+    let drawable = spans
+        .iter()
+        .all(|&(s, e)| visual_column(&text, s) <= MAX_SNIPPET_COLUMN && visual_column(&text, e) <= MAX_SNIPPET_COLUMN);
+    let mut message = d.message.clone();
+    let labels = if drawable {
+        d.labels
+            .iter()
+            .zip(&spans)
+            .enumerate()
+            .map(|(i, (l, &(start, end)))| {
+                let text = if l.text.is_empty() { None } else { Some(l.text.clone()) };
+                if i == 0 {
+                    LabeledSpan::new_primary_with_span(text, (start, end - start))
+                } else {
+                    LabeledSpan::new_with_span(text, (start, end - start))
+                }
+            })
+            .collect()
+    } else {
+        for (l, &(start, _)) in d.labels.iter().zip(&spans) {
+            let line = src.line_of(start);
+            let col = text[src.line_starts[line]..start].chars().count() + 1;
+            let line = line + 1;
+            message.push_str(&format!("\n  --> {name}:{line}:{col}"));
+            if !l.text.is_empty() {
+                message.push_str(&format!(": {}", l.text));
+            }
+        }
+        message.push_str(&format!(
+            "\n  (the line is too long to show: past column {MAX_SNIPPET_COLUMN})"
+        ));
+        Vec::new()
+    };
     Rendered {
         code: d.code,
         severity: d.severity,
-        message: d.message.clone(),
-        src: NamedSource::new(name, text),
+        message,
+        src,
         labels,
         help: d.help.clone(),
-        related: d.related.iter().map(|r| to_rendered(sources, r)).collect(),
+        related: d.related.iter().map(|r| to_rendered(sources, cache, r)).collect(),
     }
 }
 
@@ -333,13 +570,65 @@ pub fn render(sources: &SourceMap, diags: &[Diagnostic], style: Style) -> String
         .with_width(100)
         .with_links(false);
     let mut out = String::new();
+    let mut cache = IndexCache::default();
     for d in sorted(diags) {
-        let r = to_rendered(sources, d);
+        let r = to_rendered(sources, &mut cache, d);
         if handler.render_report(&mut out, &r).is_err() {
             out.push_str(&format!("{}: {}\n", d.code, d.message));
         }
     }
     out
+}
+
+/// Diagnostics as JSON values (for `check --format json`), in [`sorted`]
+/// order: `code`, `severity`, `message`, `file`, `line` and `column` of the
+/// primary label (1-based; absent without labels), `labels` (each with its
+/// `line`, `column` and `text`), `help`, and `related` (the same, nested).
+pub fn to_json(sources: &SourceMap, diags: &[Diagnostic]) -> serde_json::Value {
+    let mut cache = IndexCache::default();
+    serde_json::Value::Array(
+        sorted(diags)
+            .into_iter()
+            .map(|d| json_one(sources, &mut cache, d))
+            .collect(),
+    )
+}
+
+fn json_one(sources: &SourceMap, cache: &mut IndexCache, d: &Diagnostic) -> serde_json::Value {
+    let src = cache.get(sources, d.file);
+    let at = |offset: usize| {
+        let offset = src.text.floor_char_boundary(offset);
+        let line = src.line_of(offset);
+        let col = src.text[src.line_starts[line]..offset].chars().count() + 1;
+        (line + 1, col)
+    };
+    let labels: Vec<serde_json::Value> = d
+        .labels
+        .iter()
+        .map(|l| {
+            let (line, column) = at(l.span.start);
+            serde_json::json!({ "line": line, "column": column, "text": l.text })
+        })
+        .collect();
+    let mut v = serde_json::json!({
+        "code": d.code.as_str(),
+        "severity": match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Advice => "advice",
+        },
+        "message": d.message,
+        "file": src.name,
+        "labels": labels,
+        "help": d.help,
+        "related": d.related.iter().map(|r| json_one(sources, cache, r)).collect::<Vec<_>>(),
+    });
+    if let (Some(l), Some(obj)) = (d.labels.first(), v.as_object_mut()) {
+        let (line, column) = at(l.span.start);
+        obj.insert("line".into(), line.into());
+        obj.insert("column".into(), column.into());
+    }
+    v
 }
 
 /// Errors first, then warnings, then advice; within each, by file and position.

@@ -252,11 +252,14 @@ impl TensorType {
             shape: shape.to_vec(),
         }
     }
+    /// Elements (saturating: sizes are bounded long before this could
+    /// overflow, see [`crate::limits`], and a saturated count still says
+    /// "too large" downstream instead of wrapping to a small one).
     pub fn numel(&self) -> u64 {
-        self.shape.iter().map(|&d| d as u64).product()
+        self.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))
     }
     pub fn bytes(&self) -> u64 {
-        self.numel() * self.dtype.bytes()
+        self.numel().saturating_mul(self.dtype.bytes())
     }
 }
 
@@ -340,7 +343,7 @@ impl ParamInfo {
         matches!(self.role, ParamRole::Adapter { trainable: true, .. })
     }
     pub fn numel(&self) -> u64 {
-        self.shape.iter().map(|&d| d as u64).product()
+        self.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))
     }
 }
 

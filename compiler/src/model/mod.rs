@@ -55,12 +55,12 @@ impl ModuleKind {
             ModuleKind::Embedding { .. } => "embedding",
         }
     }
-    /// Parameters of the module's own weight.
+    /// Parameters of the module's own weight (saturating; see [`crate::limits`]).
     pub fn params(&self) -> u64 {
         match *self {
-            ModuleKind::Linear { d_in, d_out } => d_in * d_out,
+            ModuleKind::Linear { d_in, d_out } => d_in.saturating_mul(d_out),
             ModuleKind::RmsNorm { dim, .. } => dim,
-            ModuleKind::Embedding { vocab, dim } => vocab * dim,
+            ModuleKind::Embedding { vocab, dim } => vocab.saturating_mul(dim),
         }
     }
     /// The weight's shape as stored in a checkpoint.
@@ -84,6 +84,8 @@ pub struct Module {
     pub hf_name: String,
     /// Index (in [`ModelInstance::modules`]) of the module whose weight this one shares.
     pub tied_to: Option<usize>,
+    /// [`Module::path`] without its indexed segments (patterns match either).
+    pub short: Vec<PathSeg>,
 }
 
 impl Module {
@@ -92,7 +94,7 @@ impl Module {
     }
     /// The path without its indexed segments: `attn.q` for `layers[3].attn.q`.
     pub fn short_path(&self) -> Vec<PathSeg> {
-        self.path.iter().filter(|s| s.index.is_none()).cloned().collect()
+        self.short.clone()
     }
     /// The index of the repeated group this module sits in (the layer).
     pub fn layer(&self) -> Option<u64> {
@@ -132,7 +134,7 @@ impl ModelInstance {
             .iter()
             .filter(|m| m.tied_to.is_none())
             .map(|m| m.kind.params())
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 }
 
@@ -450,8 +452,29 @@ pub fn instantiate(
         def_file,
         blame,
         errors: &mut errors,
+        too_large: false,
     };
     cx.expand(&def.items, &mut Vec::new(), &mut Vec::new(), &mut modules);
+    if cx.too_large {
+        return Err(errors);
+    }
+    let params_total = modules.iter().map(|m| m.kind.params()).fold(0u64, u64::saturating_add);
+    if params_total > crate::limits::MAX_PARAMS {
+        let (bf, bs) = blame;
+        errors.push(
+            Diagnostic::error(
+                Code::ModelTooLarge,
+                bf,
+                format!(
+                    "this model has {params_total} parameters, beyond any real model (at most 2^42 = {})",
+                    crate::limits::MAX_PARAMS
+                ),
+            )
+            .label(bs, "instantiated here")
+            .help("check the sizes: vocabulary, width, FFN size and layer count"),
+        );
+        return Err(errors);
+    }
     // Resolve ties among top-level modules.
     let mut ties = Vec::new();
     for item in &def.items {
@@ -523,9 +546,35 @@ struct InstCx<'a> {
     def_file: FileId,
     blame: (FileId, Span),
     errors: &'a mut Vec<Diagnostic>,
+    /// Set once a size past [`crate::limits`] is met: expansion stops there.
+    too_large: bool,
 }
 
 impl InstCx<'_> {
+    /// A size: a positive integer of at most `max`.
+    fn size(&mut self, e: &Expr, what: &str, max: u64) -> Option<u64> {
+        let n = self.positive(e, what)?;
+        if n > max {
+            self.too_large(
+                format!("{what} of {n} is beyond any real model (at most {max})"),
+                e.span,
+            );
+            return None;
+        }
+        Some(n)
+    }
+    fn too_large(&mut self, msg: String, span: Span) {
+        self.too_large = true;
+        let (bf, bs) = self.blame;
+        let mut d = Diagnostic::error(Code::ModelTooLarge, bf, msg)
+            .label(bs, "instantiated here")
+            .help("check the sizes: vocabulary, width, FFN size and layer count");
+        if bf != self.def_file {
+            d = d
+                .related(Diagnostic::advice(Code::ModelTooLarge, self.def_file, "in this declaration").label(span, ""));
+        }
+        self.errors.push(d);
+    }
     fn positive(&mut self, e: &Expr, what: &str) -> Option<u64> {
         match eval(e, self.env) {
             Ok(Const::Int(i)) if i > 0 => Some(i as u64),
@@ -550,14 +599,27 @@ impl InstCx<'_> {
     }
 
     fn expand(&mut self, items: &[ModelItem], path: &mut Vec<PathSeg>, idx: &mut Vec<u64>, out: &mut Vec<Module>) {
+        use crate::limits::{MAX_DIM, MAX_GROUP, MAX_MODULES};
         for item in items {
+            if self.too_large {
+                return;
+            }
+            if out.len() >= MAX_MODULES {
+                let span = match item {
+                    ModelItem::Module(m) => m.name.span,
+                    ModelItem::Group(g) => g.name.span,
+                    ModelItem::Forward(f) => f.span,
+                };
+                self.too_large(format!("the model has more than {MAX_MODULES} modules"), span);
+                return;
+            }
             match item {
                 ModelItem::Module(m) => {
                     let kind = match (m.kind.name.as_str(), m.args.as_slice()) {
                         ("linear", [a, b]) => {
                             let (Some(d_in), Some(d_out)) = (
-                                self.positive(a, "a linear input size"),
-                                self.positive(b, "a linear output size"),
+                                self.size(a, "a linear input size", MAX_DIM),
+                                self.size(b, "a linear output size", MAX_DIM),
                             ) else {
                                 continue;
                             };
@@ -565,15 +627,15 @@ impl InstCx<'_> {
                         }
                         ("embedding", [a, b]) => {
                             let (Some(vocab), Some(dim)) = (
-                                self.positive(a, "a vocabulary size"),
-                                self.positive(b, "an embedding size"),
+                                self.size(a, "a vocabulary size", MAX_DIM),
+                                self.size(b, "an embedding size", MAX_DIM),
                             ) else {
                                 continue;
                             };
                             ModuleKind::Embedding { vocab, dim }
                         }
                         ("rmsnorm", [a, b]) => {
-                            let Some(dim) = self.positive(a, "a norm size") else {
+                            let Some(dim) = self.size(a, "a norm size", MAX_DIM) else {
                                 continue;
                             };
                             let eps = match eval(b, self.env).ok().and_then(Const::as_f64) {
@@ -596,11 +658,13 @@ impl InstCx<'_> {
                         name: m.name.name.clone(),
                         index: None,
                     });
+                    let short = p.iter().filter(|s| s.index.is_none()).cloned().collect();
                     out.push(Module {
                         path: p,
                         kind,
                         hf_name,
                         tied_to: None,
+                        short,
                     });
                 }
                 ModelItem::Group(g) => match &g.count {
@@ -613,7 +677,7 @@ impl InstCx<'_> {
                         path.pop();
                     }
                     Some(c) => {
-                        let Some(n) = self.positive(c, "a group count") else {
+                        let Some(n) = self.size(c, "a group count", MAX_GROUP) else {
                             continue;
                         };
                         for i in 0..n {

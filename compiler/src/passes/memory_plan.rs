@@ -8,8 +8,10 @@
 //! by the backward part are the *saved activations*, each attributed to the
 //! adapter module whose backward reads it (or to the base model); the peak
 //! is the largest sum of live activation bytes at any instruction, and
-//! buffers are assigned to reusable slots (best fit among free slots, a new
-//! slot otherwise). Parameters, gradients and optimizer state are not
+//! buffers are assigned to reusable slots (best fit among free slots, the
+//! lowest-numbered of equal size, a new slot otherwise; free slots are kept
+//! ordered by size, so planning takes O(n log n), not O(n^2), in the number of
+//! values). Parameters, gradients and optimizer state are not
 //! activations: the runtime owns them and the [`crate::plan`] summary adds
 //! them. It does not reorder instructions to lower the peak (a later pass
 //! could; the forward-then-backward order of the builder is kept).
@@ -158,10 +160,14 @@ pub fn plan_memory(ir: &Ir) -> Program {
     let mut memory = MemoryPlan::default();
     for v in &values {
         if v.saved {
-            memory.saved_bytes += v.ty.bytes();
+            let b = v.ty.bytes();
+            memory.saved_bytes = memory.saved_bytes.saturating_add(b);
             match v.adapter {
-                Some(a) => *memory.saved_by_adapter.entry(a).or_default() += v.ty.bytes(),
-                None => memory.saved_base_bytes += v.ty.bytes(),
+                Some(a) => {
+                    let e = memory.saved_by_adapter.entry(a).or_default();
+                    *e = e.saturating_add(b);
+                }
+                None => memory.saved_base_bytes = memory.saved_base_bytes.saturating_add(b),
             }
         }
     }
@@ -175,22 +181,21 @@ pub fn plan_memory(ir: &Ir) -> Program {
         instrs[at].release.push(v);
     }
     let mut live = 0u64;
-    let mut free_slots: Vec<usize> = Vec::new();
+    // free slots as (bytes, slot): the best fit is the first at or above a size
+    let mut free_slots: std::collections::BTreeSet<(u64, usize)> = std::collections::BTreeSet::new();
     for ins in &instrs {
         for &o in &ins.outputs {
             if values[o].param.is_some() {
                 continue;
             }
             let bytes = values[o].ty.bytes();
-            live += bytes;
-            let best = free_slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| memory.slots[**s] >= bytes)
-                .min_by_key(|(_, s)| memory.slots[**s])
-                .map(|(k, _)| k);
+            live = live.saturating_add(bytes);
+            let best = free_slots.range((bytes, 0)..).next().copied();
             let slot = match best {
-                Some(k) => free_slots.swap_remove(k),
+                Some(k) => {
+                    free_slots.remove(&k);
+                    k.1
+                }
                 None => {
                     memory.slots.push(bytes);
                     memory.slots.len() - 1
@@ -200,9 +205,9 @@ pub fn plan_memory(ir: &Ir) -> Program {
         }
         memory.peak_bytes = memory.peak_bytes.max(live);
         for &v in &ins.release {
-            live -= values[v].ty.bytes();
+            live = live.saturating_sub(values[v].ty.bytes());
             if let Some(s) = values[v].slot {
-                free_slots.push(s);
+                free_slots.insert((memory.slots[s], s));
             }
         }
     }

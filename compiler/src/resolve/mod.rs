@@ -42,11 +42,45 @@ impl Checked {
     }
 }
 
-/// Checks the file at `path`, reading it from disk.
+/// Checks the file at `path`, reading it from disk. A file that cannot be
+/// read is an `Err` (an I/O problem); one that is not UTF-8 is a diagnostic
+/// (`lamda::syntax::not_utf8`, a problem in the input) at its first bad byte.
 pub fn check_path(path: &Path) -> std::io::Result<Checked> {
-    let text = std::fs::read_to_string(path)?;
+    let bytes = std::fs::read(path)?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok(check_source(&path.display().to_string(), &text, &dir))
+    let name = path.display().to_string();
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => check_source(&name, &text, &dir),
+        Err(e) => not_utf8(&name, &e),
+    })
+}
+
+/// The report for a spec that is not UTF-8: its text up to the first bad
+/// byte is shown as it is, the rest with U+FFFD for each bad sequence.
+fn not_utf8(name: &str, e: &std::string::FromUtf8Error) -> Checked {
+    let offset = e.utf8_error().valid_up_to();
+    let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+    let mut sources = SourceMap::default();
+    let file = sources.add(name, text.as_str());
+    let byte = e.as_bytes().get(offset).copied().unwrap_or_default();
+    // U+FFFD takes 3 bytes where the lossy text replaced the bad sequence.
+    let span = Span {
+        start: offset,
+        end: (offset + 3).min(text.len()),
+    };
+    let diag = Diagnostic::error(
+        Code::SyntaxNotUtf8,
+        file,
+        format!("the file is not UTF-8 text: the byte at offset {offset} (0x{byte:02x}) is not valid UTF-8 there"),
+    )
+    .label(span, format!("byte {offset}"))
+    .help("save the file as UTF-8");
+    Checked {
+        sources,
+        file,
+        spec: None,
+        diags: vec![diag],
+    }
 }
 
 /// Checks `text` (named `name` in diagnostics); relative paths resolve against `dir`.
@@ -359,22 +393,16 @@ impl<'a> Resolver<'a> {
         let cfg = match model::hf_config::read_config(&dir) {
             Ok(c) => c,
             Err(e) => {
-                let (code, help) = match &e {
-                    model::hf_config::ConfigError::Missing { .. } => (
-                        Code::CheckpointNoConfig,
-                        "a checkpoint folder holds config.json and *.safetensors, as `save_pretrained` writes them; paths are relative to the .lamda file",
+                let help = match &e {
+                    model::hf_config::ConfigError::FolderMissing { .. }
+                    | model::hf_config::ConfigError::NotAFolder { .. } => format!(
+                        "{}; a checkpoint folder holds config.json and *.safetensors, as `save_pretrained` writes them",
+                        e.hint()
                     ),
-                    model::hf_config::ConfigError::Invalid { .. } => (
-                        Code::CheckpointBadConfig,
-                        "fix config.json, or point `use` at the folder `save_pretrained` wrote",
-                    ),
-                    model::hf_config::ConfigError::Unsupported { .. } => (
-                        Code::CheckpointUnsupported,
-                        "lamdac's stdlib has the llama family (Llama 2, TinyLlama, SmolLM2, ...)",
-                    ),
+                    _ => e.hint(),
                 };
                 self.diags.push(
-                    Diagnostic::error(code, self.file, e.message())
+                    Diagnostic::error(e.code(), self.file, e.to_string())
                         .label(span, "this checkpoint")
                         .help(help),
                 );
@@ -602,12 +630,11 @@ impl<'a> Resolver<'a> {
         if !ok {
             return None;
         }
-        let linear: Vec<usize> = model
+        // linear[i]: whether module i is a linear layer
+        let linear: Vec<bool> = model
             .modules
             .iter()
-            .enumerate()
-            .filter(|(_, m)| matches!(m.kind, ModuleKind::Linear { .. }))
-            .map(|(i, _)| i)
+            .map(|m| matches!(m.kind, ModuleKind::Linear { .. }))
             .collect();
 
         // Match every adapt pattern.
@@ -634,13 +661,15 @@ impl<'a> Resolver<'a> {
         }
         // Excludes remove from every rule.
         let mut excluded = vec![false; model.modules.len()];
+        let mut in_some_rule = vec![false; model.modules.len()];
+        for d in &drafts {
+            for &m in &d.matched {
+                in_some_rule[m] = true;
+            }
+        }
         for e in excludes {
             if let Some(m) = self.match_pattern(&e.pattern, &model, &linear, false) {
-                let adapted: Vec<usize> = m
-                    .iter()
-                    .copied()
-                    .filter(|i| drafts.iter().any(|d| d.matched.contains(i)))
-                    .collect();
+                let adapted: Vec<usize> = m.iter().copied().filter(|&i| in_some_rule[i]).collect();
                 if adapted.is_empty() {
                     self.diags.push(
                         Diagnostic::warning(
@@ -669,43 +698,8 @@ impl<'a> Resolver<'a> {
                 }
             }
         }
-        for (ri, d) in drafts.iter().enumerate() {
-            let mut by_later: BTreeMap<usize, usize> = BTreeMap::new();
-            for &m in &d.matched {
-                if let Some(o) = owner[m]
-                    && o != ri
-                {
-                    *by_later.entry(o).or_default() += 1;
-                }
-            }
-            for (later, n) in by_later {
-                self.diags.push(
-                    Diagnostic::advice(
-                        Code::AdaptOverridden,
-                        self.file,
-                        format!("rule {} overrides rule {} for {n} module(s)", later + 1, ri + 1),
-                    )
-                    .label(adapts[later].pattern.span, "this later rule wins")
-                    .label(adapts[ri].pattern.span, "for these modules of this rule")
-                    .help("a later `adapt` overrides an earlier one for the modules both match"),
-                );
-            }
-            let owned = d.matched.iter().filter(|&&m| owner[m] == Some(ri)).count();
-            if owned == 0 && !d.matched.is_empty() {
-                self.diags.push(
-                    Diagnostic::warning(
-                        Code::AdaptFullyOverridden,
-                        self.file,
-                        format!(
-                            "rule {} adapts nothing: later rules or excludes take all its modules",
-                            ri + 1
-                        ),
-                    )
-                    .label(adapts[ri].pattern.span, "every module here goes elsewhere")
-                    .help("remove the rule, or narrow the later ones"),
-                );
-            }
-        }
+        let matched: Vec<&[usize]> = drafts.iter().map(|d| d.matched.as_slice()).collect();
+        self.override_notes(adapts, &matched, &owner, &excluded);
 
         // Ranks, final checks, and the resolved rules.
         let mut rules = Vec::new();
@@ -794,6 +788,112 @@ impl<'a> Resolver<'a> {
         })
     }
 
+    /// One note per rule that loses modules to later rules (or excludes): an
+    /// advice when it keeps some, a warning when it keeps none, naming the
+    /// rules that finally win. Past [`SHOWN_OVERRIDES`] notes of a kind, one
+    /// summary note lists the other rules, so a file of many overlapping
+    /// rules gets output linear in its length.
+    fn override_notes(
+        &mut self,
+        adapts: &[&AdaptStmt],
+        matched: &[&[usize]],
+        owner: &[Option<usize>],
+        excluded: &[bool],
+    ) {
+        let mut partly: Vec<usize> = Vec::new();
+        let mut fully: Vec<usize> = Vec::new();
+        for (ri, m) in matched.iter().enumerate() {
+            // modules lost to each later rule
+            let mut winners: BTreeMap<usize, usize> = BTreeMap::new();
+            let mut owned = 0;
+            for &mi in *m {
+                match owner[mi] {
+                    Some(o) if o == ri => owned += 1,
+                    Some(o) => *winners.entry(o).or_default() += 1,
+                    None => {}
+                }
+            }
+            // nothing lost, or lost only to excludes while keeping some: no note
+            if m.is_empty() || (winners.is_empty() && owned > 0) {
+                continue;
+            }
+            let kind = if owned == 0 { &mut fully } else { &mut partly };
+            kind.push(ri);
+            if kind.len() > SHOWN_OVERRIDES {
+                continue;
+            }
+            let lost: usize = winners.values().sum();
+            let excl = m.iter().filter(|&&mi| excluded[mi]).count();
+            let names: Vec<String> = winners.keys().map(|w| (w + 1).to_string()).collect();
+            let who = match names.as_slice() {
+                [] => String::new(),
+                [one] => format!("rule {one}"),
+                [rest @ .., last] if rest.len() < 3 => format!("rules {} and {last}", rest.join(", ")),
+                many => format!("rules {} and {} more", many[..3].join(", "), many.len() - 3),
+            };
+            let verb = if names.len() == 1 { "overrides" } else { "override" };
+            let d = if owned == 0 {
+                let why = match (lost, excl) {
+                    (0, _) => "excludes take all its modules".to_string(),
+                    (_, 0) => format!("{who} {verb} it for all its {lost} module(s)"),
+                    _ => format!("{who} {verb} it for {lost} module(s), excludes take the other {excl}"),
+                };
+                Diagnostic::warning(
+                    Code::AdaptFullyOverridden,
+                    self.file,
+                    format!("rule {} adapts nothing: {why}", ri + 1),
+                )
+                .label(adapts[ri].pattern.span, "every module here goes elsewhere")
+                .help("remove the rule, or narrow the later ones")
+            } else {
+                Diagnostic::advice(
+                    Code::AdaptOverridden,
+                    self.file,
+                    format!("{who} {verb} rule {} for {lost} of its module(s)", ri + 1),
+                )
+            };
+            // The rule that finally wins the most recent of them: the last.
+            let d = match winners.keys().next_back() {
+                Some(&w) if owned == 0 => d.label(adapts[w].pattern.span, "this later rule wins"),
+                Some(&w) => d
+                    .label(adapts[w].pattern.span, "this later rule wins")
+                    .label(adapts[ri].pattern.span, "for these modules of this rule")
+                    .help("a later `adapt` overrides an earlier one for the modules both match"),
+                None => d,
+            };
+            self.diags.push(d);
+        }
+        for (rules, code, what) in [
+            (&partly, Code::AdaptOverridden, "are partly overridden by later rules"),
+            (
+                &fully,
+                Code::AdaptFullyOverridden,
+                "adapt nothing: later rules or excludes take all their modules",
+            ),
+        ] {
+            if rules.len() <= SHOWN_OVERRIDES {
+                continue;
+            }
+            let rest = &rules[SHOWN_OVERRIDES..];
+            let d = Diagnostic {
+                severity: if code == Code::AdaptOverridden {
+                    crate::diag::Severity::Advice
+                } else {
+                    crate::diag::Severity::Warning
+                },
+                ..Diagnostic::error(
+                    code,
+                    self.file,
+                    format!("... and {} more rules {what}: {}", rest.len(), rule_ranges(rest)),
+                )
+            };
+            self.diags.push(
+                d.label(adapts[rest[0]].pattern.span, "the first of them")
+                    .help(format!("only the first {SHOWN_OVERRIDES} are shown one by one")),
+            );
+        }
+    }
+
     /// Modules (indices into the model) a pattern matches; `Some(vec)` with
     /// at least one module, or `None` after reporting why not. Adapt patterns
     /// keep only linear modules.
@@ -801,7 +901,7 @@ impl<'a> Resolver<'a> {
         &mut self,
         p: &Pattern,
         model: &ModelInstance,
-        linear: &[usize],
+        linear: &[bool],
         adapt: bool,
     ) -> Option<Vec<usize>> {
         let segs = &p.segments[1..];
@@ -880,10 +980,15 @@ impl<'a> Resolver<'a> {
             self.diags.push(d);
             return None;
         }
+        let parts = self.unmatched_parts(p, model);
+        if !parts.is_empty() {
+            self.diags.extend(parts);
+            return None;
+        }
         if !adapt {
             return Some(all);
         }
-        let lin: Vec<usize> = all.iter().copied().filter(|i| linear.contains(i)).collect();
+        let lin: Vec<usize> = all.iter().copied().filter(|&i| linear[i]).collect();
         if lin.is_empty() {
             let kinds: Vec<&str> = {
                 let mut k: Vec<&str> = all.iter().map(|&i| model.modules[i].kind.name()).collect();
@@ -903,6 +1008,77 @@ impl<'a> Resolver<'a> {
             return None;
         }
         Some(lin)
+    }
+
+    /// Every alternative of a `{...}` and every item of an index list must
+    /// match some module on its own (the rest of the pattern as written): a
+    /// typo in one of them is no less a typo because its siblings match
+    /// (`attn.{q,x}` would otherwise adapt q and say nothing about x).
+    fn unmatched_parts(&self, p: &Pattern, model: &ModelInstance) -> Vec<Diagnostic> {
+        let segs = &p.segments[1..];
+        let mut out = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            let mut parts: Vec<(Vec<Segment>, Span, String)> = Vec::new();
+            if let SegKind::Alts(names) = &s.kind
+                && names.len() > 1
+            {
+                for n in names {
+                    let mut narrowed = segs.to_vec();
+                    narrowed[i].kind = SegKind::Name(n.name.clone());
+                    parts.push((narrowed, n.span, format!("the alternative `{}`", n.name)));
+                }
+            }
+            if let Some(items) = &s.index
+                && items.len() > 1
+            {
+                for it in items {
+                    let mut narrowed = segs.to_vec();
+                    narrowed[i].index = Some(vec![*it]);
+                    let shown = match *it {
+                        IndexItem::One(j, _) => j.to_string(),
+                        IndexItem::Range(a, b, _) => format!("{a}..{b}"),
+                        IndexItem::All(_) => "*".to_string(),
+                    };
+                    parts.push((narrowed, it.span(), format!("the index `{shown}`")));
+                }
+            }
+            for (narrowed, span, what) in parts {
+                if model.modules.iter().any(|m| matches_module(&narrowed, m)) {
+                    continue;
+                }
+                let help = match explain_miss(&narrowed, &model.modules) {
+                    Miss::Segment {
+                        available, suggestion, ..
+                    } => {
+                        let here = if available.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            available.join(", ")
+                        };
+                        match suggestion {
+                            Some(s) => format!("did you mean `{s}`? modules here: {here}"),
+                            None => format!("modules here: {here}"),
+                        }
+                    }
+                    Miss::Index { group, count, .. } => {
+                        format!("`{group}` has entries 0..{}", count.saturating_sub(1))
+                    }
+                    Miss::Incomplete { available } => {
+                        format!("it names a group, not a module; add one of: {}", available.join(", "))
+                    }
+                };
+                out.push(
+                    Diagnostic::error(
+                        Code::PatternNoMatch,
+                        self.file,
+                        format!("{what} of `{p}` matches no module"),
+                    )
+                    .label(span, format!("{what} matches nothing"))
+                    .help(format!("{help} (each alternative and index must match a module)")),
+                );
+            }
+        }
+        out
     }
 
     fn no_match(&self, p: &Pattern, model: &ModelInstance) -> Diagnostic {
@@ -1490,6 +1666,29 @@ enum RankDraft {
         min: Option<(u64, Span)>,
         max: Option<(u64, Span)>,
     },
+}
+
+/// Notes of one kind about overridden rules shown one by one; the rest are
+/// summed up in one note.
+const SHOWN_OVERRIDES: usize = 10;
+
+/// Rule numbers (0-based indices, ascending) as `rules 3, 7-12, 20`.
+fn rule_ranges(rules: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < rules.len() {
+        let mut j = i;
+        while j + 1 < rules.len() && rules[j + 1] == rules[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j == i {
+            (rules[i] + 1).to_string()
+        } else {
+            format!("{}-{}", rules[i] + 1, rules[j] + 1)
+        });
+        i = j + 1;
+    }
+    format!("rules {}", parts.join(", "))
 }
 
 fn item_span(i: &Item) -> Span {

@@ -13,7 +13,7 @@ use crate::syntax::ast::{IndexItem, SegKind, Segment};
 fn seg_matches(p: &Segment, s: &PathSeg) -> bool {
     let name_ok = match &p.kind {
         SegKind::Name(n) => *n == s.name,
-        SegKind::Alts(names) => names.contains(&s.name),
+        SegKind::Alts(names) => names.iter().any(|n| n.name == s.name),
         SegKind::Any => true,
         SegKind::Deep => false,
     };
@@ -53,7 +53,7 @@ fn matches_prefix(pat: &[Segment], path: &[PathSeg]) -> bool {
 
 /// Whether the pattern (root excluded) matches the module.
 pub fn matches_module(pat: &[Segment], m: &Module) -> bool {
-    matches_path(pat, &m.path) || matches_path(pat, &m.short_path())
+    matches_path(pat, &m.path) || matches_path(pat, &m.short)
 }
 
 /// Why a pattern matched nothing, for the diagnostic.
@@ -74,7 +74,10 @@ pub enum Miss {
 
 /// Explains why `pat` matches no module.
 pub fn explain_miss(pat: &[Segment], modules: &[Module]) -> Miss {
-    let paths: Vec<Vec<PathSeg>> = modules.iter().flat_map(|m| [m.path.clone(), m.short_path()]).collect();
+    let paths: Vec<&[PathSeg]> = modules
+        .iter()
+        .flat_map(|m| [m.path.as_slice(), m.short.as_slice()])
+        .collect();
     // The longest pattern prefix that matches a prefix of some path.
     let mut k = pat.len();
     while k > 0 && !paths.iter().any(|p| matches_prefix(&pat[..k], p)) {
@@ -125,8 +128,8 @@ pub fn explain_miss(pat: &[Segment], modules: &[Module]) -> Miss {
         SegKind::Name(n) => crate::suggest::closest(n, available.iter().map(String::as_str)).map(str::to_string),
         SegKind::Alts(names) => names
             .iter()
-            .filter(|n| !available.contains(n))
-            .find_map(|n| crate::suggest::closest(n, available.iter().map(String::as_str)))
+            .filter(|n| !available.contains(&n.name))
+            .find_map(|n| crate::suggest::closest(&n.name, available.iter().map(String::as_str)))
             .map(str::to_string),
         _ => None,
     };

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::diag::{Code, Diagnostic, FileId};
+use crate::limits::{MAX_BATCH, MAX_SEQ, MAX_STEPS, MAX_TOKENS};
 use crate::spec::{AdamW, Device, LrSchedule, TrainConfig};
 use crate::syntax::ast::{Span, TrainBlock, TrainEntry, Value, ValueKind};
 
@@ -23,6 +24,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("checkpoint", "every N (steps)"),
     ("out", "output folder, a string"),
     ("device", "cpu, cuda or auto"),
+    (
+        "stop_on_collapse",
+        "stop after N steps in a row with a zero gradient, an integer >= 0 (0: never)",
+    ),
 ];
 
 /// Names people bring from other trainers, and ours.
@@ -70,8 +75,12 @@ impl Cx<'_> {
         );
     }
     fn int(&mut self, e: &TrainEntry, min: i64, what: &str) -> Option<u64> {
+        self.int_in(e, min, u64::MAX, what)
+    }
+    /// An integer in `min..=max` (a size bounded by [`crate::limits`]).
+    fn int_in(&mut self, e: &TrainEntry, min: i64, max: u64, what: &str) -> Option<u64> {
         match e.value.kind {
-            ValueKind::Int(i) if i >= min && !e.every => Some(i as u64),
+            ValueKind::Int(i) if i >= min && !e.every && (i as u64) <= max => Some(i as u64),
             _ => {
                 self.bad(e, what);
                 None
@@ -119,6 +128,7 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
     let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
     let mut cx = Cx { file, errs };
     let mut warmup_span = None;
+    let (mut batch_span, mut seq_span) = (None, None);
     for e in &block.entries {
         let key = e.key.name.as_str();
         if !KEYS.iter().any(|(k, _)| *k == key) {
@@ -152,7 +162,17 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
             "data" => match &e.value.kind {
                 ValueKind::Str(s) => {
                     let p = join_clean(dir, s);
-                    if !p.is_file() {
+                    if p.is_dir() {
+                        cx.errs.push(
+                            Diagnostic::error(
+                                Code::TrainDataNotAFile,
+                                file,
+                                format!("`{}` is a folder, not a data file", p.display()),
+                            )
+                            .label(e.value.span, "a folder")
+                            .help("name one file: text (.txt), JSONL (.jsonl) or token ids (.safetensors)"),
+                        );
+                    } else if !p.is_file() {
                         cx.errs.push(
                             Diagnostic::error(
                                 Code::TrainDataNotFound,
@@ -167,9 +187,21 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
                 }
                 _ => cx.bad(e, "a file path in quotes"),
             },
-            "steps" => cfg.steps = cx.int(e, 1, "an integer >= 1").unwrap_or(cfg.steps),
-            "batch" => cfg.batch = cx.int(e, 1, "an integer >= 1").unwrap_or(cfg.batch),
-            "seq" => cfg.seq = cx.int(e, 2, "an integer >= 2").unwrap_or(cfg.seq),
+            "steps" => {
+                cfg.steps = cx
+                    .int_in(e, 1, MAX_STEPS, "an integer from 1 to 2^32")
+                    .unwrap_or(cfg.steps);
+            }
+            "batch" => {
+                cfg.batch = cx
+                    .int_in(e, 1, MAX_BATCH, "an integer from 1 to 2^20")
+                    .unwrap_or(cfg.batch);
+                batch_span = Some(e.value.span);
+            }
+            "seq" => {
+                cfg.seq = cx.int_in(e, 2, MAX_SEQ, "an integer from 2 to 2^20").unwrap_or(cfg.seq);
+                seq_span = Some(e.value.span);
+            }
             "lr" => cfg.lr = cx.positive(e, "a number > 0").unwrap_or(cfg.lr),
             "warmup" => {
                 cfg.warmup = cx.int(e, 0, "an integer >= 0").unwrap_or(0);
@@ -190,8 +222,13 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
                 ValueKind::Ident(s) if s == "none" => cfg.clip = None,
                 _ => cfg.clip = cx.positive(e, "a number > 0 or none"),
             },
-            "accumulate" => cfg.accumulate = cx.int(e, 1, "an integer >= 1").unwrap_or(1),
+            "accumulate" => {
+                cfg.accumulate = cx.int_in(e, 1, MAX_STEPS, "an integer from 1 to 2^32").unwrap_or(1);
+            }
             "seed" => cfg.seed = cx.int(e, 0, "an integer >= 0").unwrap_or(0),
+            "stop_on_collapse" => {
+                cfg.stop_on_collapse = cx.int(e, 0, "an integer >= 0").unwrap_or(cfg.stop_on_collapse);
+            }
             "checkpoint" => match e.value.kind {
                 ValueKind::Int(n) if e.every && n >= 1 => cfg.checkpoint_every = Some(n as u64),
                 _ => cx.bad(e, "`every N` with N >= 1"),
@@ -208,6 +245,26 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
             },
             _ => {}
         }
+    }
+    if let Some(span) = seq_span.or(batch_span)
+        && cfg.batch.saturating_mul(cfg.seq) > MAX_TOKENS
+    {
+        let mut d = Diagnostic::error(
+            Code::TrainBadValue,
+            file,
+            format!(
+                "batch {} x seq {} = {} tokens per micro-batch, beyond what a step can hold (at most 2^24 = {MAX_TOKENS})",
+                cfg.batch,
+                cfg.seq,
+                cfg.batch.saturating_mul(cfg.seq)
+            ),
+        )
+        .label(span, "too many tokens per micro-batch")
+        .help("lower batch or seq; `accumulate N` trains on N micro-batches per step");
+        if let (Some(b), Some(_)) = (batch_span, seq_span) {
+            d = d.label(b, "with this batch");
+        }
+        cx.errs.push(d);
     }
     if let Some(span) = warmup_span
         && cfg.warmup >= cfg.steps

@@ -96,8 +96,8 @@ pub enum SegKind {
     Any,
     /// `**`: any number of segments, zero included.
     Deep,
-    /// `{q,v}`: any of these names.
-    Alts(Vec<String>),
+    /// `{q,v}`: any of these names (each with its span, for diagnostics).
+    Alts(Vec<Ident>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,7 +129,10 @@ impl fmt::Display for Segment {
             SegKind::Name(n) => write!(f, "{n}")?,
             SegKind::Any => write!(f, "*")?,
             SegKind::Deep => write!(f, "**")?,
-            SegKind::Alts(a) => write!(f, "{{{}}}", a.join(","))?,
+            SegKind::Alts(a) => {
+                let names: Vec<&str> = a.iter().map(|n| n.name.as_str()).collect();
+                write!(f, "{{{}}}", names.join(","))?;
+            }
         }
         if let Some(items) = &self.index {
             let parts: Vec<String> = items

@@ -416,7 +416,16 @@ fn build_pattern(cx: &Cx, pair: Pair<Rule>) -> R<Pattern> {
                 Rule::seg_name => kind = Some(SegKind::Name(p.as_str().to_string())),
                 Rule::seg_any => kind = Some(SegKind::Any),
                 Rule::seg_deep => kind = Some(SegKind::Deep),
-                Rule::seg_alts => kind = Some(SegKind::Alts(p.into_inner().map(|n| n.as_str().to_string()).collect())),
+                Rule::seg_alts => {
+                    let names = p
+                        .into_inner()
+                        .map(|n| Ident {
+                            name: n.as_str().to_string(),
+                            span: cx.span(&n),
+                        })
+                        .collect();
+                    kind = Some(SegKind::Alts(names));
+                }
                 Rule::seg_index => {
                     let mut items = Vec::new();
                     for item in p.into_inner() {

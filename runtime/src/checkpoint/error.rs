@@ -1,6 +1,7 @@
 //! Errors of checkpoint reading and writing: each names the file, the tensor where
 //! one is involved, and says what to do about it ([`CheckpointError::hint`]).
 
+use lamda_compiler::diag::Code;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -11,24 +12,10 @@ use std::path::PathBuf;
 /// and [`CheckpointError::code`] a stable code for diagnostics.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// The checkpoint folder does not exist.
-    #[error("checkpoint folder `{}` does not exist", path.display())]
-    FolderMissing {
-        /// The folder that was asked for.
-        path: PathBuf,
-    },
-    /// The checkpoint path exists but is not a folder.
-    #[error("`{}` is not a folder", path.display())]
-    NotAFolder {
-        /// The path that was asked for.
-        path: PathBuf,
-    },
-    /// The folder has no config.json.
-    #[error("`{}` does not exist", path.display())]
-    ConfigMissing {
-        /// The config.json path that was looked for.
-        path: PathBuf,
-    },
+    /// config.json (or the checkpoint folder) is missing, unreadable or unusable:
+    /// the compiler's parser said so, with the same code `lamdac check` reports.
+    #[error(transparent)]
+    Config(#[from] crate::checkpoint::config::ConfigError),
     /// An operating-system error while reading a file.
     #[error("cannot read `{}`: {source}", path.display())]
     Io {
@@ -49,62 +36,6 @@ pub enum CheckpointError {
         column: usize,
         /// What the JSON parser said.
         message: String,
-    },
-    /// A required key is absent from config.json.
-    #[error("`{}` has no `{key}`", path.display())]
-    MissingKey {
-        /// The config file.
-        path: PathBuf,
-        /// The key, dotted for nested keys.
-        key: String,
-    },
-    /// A config.json key holds a value of the wrong JSON type.
-    #[error("`{key}` in `{}` should be {expected}, found {found}", path.display())]
-    WrongType {
-        /// The config file.
-        path: PathBuf,
-        /// The key, dotted for nested keys.
-        key: String,
-        /// What was expected, in words.
-        expected: &'static str,
-        /// What was found, in words.
-        found: String,
-    },
-    /// A config.json value has the right type but an impossible value.
-    #[error("invalid `{key}` in `{}`: {reason}", path.display())]
-    InvalidValue {
-        /// The config file.
-        path: PathBuf,
-        /// The key, dotted for nested keys.
-        key: String,
-        /// Why the value is rejected.
-        reason: String,
-    },
-    /// config.json describes a model that is not a Llama-family causal LM.
-    #[error("`{}` describes a `{found}` model, which lamdac cannot load", path.display())]
-    UnsupportedArchitecture {
-        /// The config file.
-        path: PathBuf,
-        /// The model_type or architecture found.
-        found: String,
-    },
-    /// config.json asks for a RoPE scaling variant the runtime does not implement.
-    #[error("`{}` uses rope scaling `{rope_type}`, which lamdac does not implement", path.display())]
-    UnsupportedRopeScaling {
-        /// The config file.
-        path: PathBuf,
-        /// The rope_type found (`linear`, `dynamic`, `llama3`, `yarn`, ...).
-        rope_type: String,
-    },
-    /// config.json turns on a feature of the architecture the runtime does not implement.
-    #[error("`{}` sets `{key}` = {value}, which lamdac does not implement", path.display())]
-    UnsupportedFeature {
-        /// The config file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-        /// The value found.
-        value: String,
     },
     /// The folder has neither model.safetensors nor model.safetensors.index.json.
     #[error("no weights in `{}`: neither model.safetensors nor model.safetensors.index.json", path.display())]
@@ -225,45 +156,30 @@ pub enum CheckpointError {
 
 impl CheckpointError {
     /// A stable diagnostic code, `lamda::checkpoint::<kind>`.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Self::FolderMissing { .. } => "lamda::checkpoint::folder_missing",
-            Self::NotAFolder { .. } => "lamda::checkpoint::not_a_folder",
-            Self::ConfigMissing { .. } => "lamda::checkpoint::config_missing",
-            Self::Io { .. } => "lamda::checkpoint::io",
-            Self::InvalidJson { .. } => "lamda::checkpoint::invalid_json",
-            Self::MissingKey { .. } => "lamda::checkpoint::missing_key",
-            Self::WrongType { .. } => "lamda::checkpoint::wrong_type",
-            Self::InvalidValue { .. } => "lamda::checkpoint::invalid_value",
-            Self::UnsupportedArchitecture { .. } => "lamda::checkpoint::unsupported_architecture",
-            Self::UnsupportedRopeScaling { .. } => "lamda::checkpoint::unsupported_rope_scaling",
-            Self::UnsupportedFeature { .. } => "lamda::checkpoint::unsupported_feature",
-            Self::NoWeights { .. } => "lamda::checkpoint::no_weights",
-            Self::InvalidIndex { .. } => "lamda::checkpoint::invalid_index",
-            Self::MissingShard { .. } => "lamda::checkpoint::missing_shard",
-            Self::MissingTensor { .. } => "lamda::checkpoint::missing_tensor",
-            Self::WrongShape { .. } => "lamda::checkpoint::wrong_shape",
-            Self::WrongRank { .. } => "lamda::checkpoint::wrong_rank",
-            Self::UnsupportedDtype { .. } => "lamda::checkpoint::unsupported_dtype",
-            Self::Truncated { .. } => "lamda::checkpoint::truncated",
-            Self::Corrupt { .. } => "lamda::checkpoint::corrupt",
-            Self::Write { .. } => "lamda::checkpoint::write",
-            Self::WriteShape { .. } => "lamda::checkpoint::write_shape",
+            Self::Config(e) => e.code(),
+            Self::Io { .. } => Code::CheckpointIo,
+            Self::InvalidJson { .. } => Code::CheckpointInvalidJson,
+            Self::NoWeights { .. } => Code::CheckpointNoWeights,
+            Self::InvalidIndex { .. } => Code::CheckpointInvalidIndex,
+            Self::MissingShard { .. } => Code::CheckpointMissingShard,
+            Self::MissingTensor { .. } => Code::CheckpointMissingTensor,
+            Self::WrongShape { .. } => Code::CheckpointWrongShape,
+            Self::WrongRank { .. } => Code::CheckpointWrongRank,
+            Self::UnsupportedDtype { .. } => Code::CheckpointUnsupportedDtype,
+            Self::Truncated { .. } => Code::CheckpointTruncated,
+            Self::Corrupt { .. } => Code::CheckpointCorrupt,
+            // a file that cannot be written is an I/O problem (exit 2), not bad input
+            Self::Write { .. } => Code::Io,
+            Self::WriteShape { .. } => Code::CheckpointWriteShape,
         }
     }
 
     /// The help line: what the user can do about this error.
     pub fn hint(&self) -> String {
         match self {
-            Self::FolderMissing { .. } => {
-                "check the path in `use \"...\"`; it is resolved relative to the .lamda file".into()
-            }
-            Self::NotAFolder { .. } => {
-                "point at the folder that holds config.json and model.safetensors, not at a file".into()
-            }
-            Self::ConfigMissing { .. } => "a Hugging Face checkpoint folder holds config.json next to its \
-                 model.safetensors; download or copy it with the weights"
-                .into(),
+            Self::Config(e) => e.hint(),
             Self::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => "the file does not exist".into(),
                 std::io::ErrorKind::PermissionDenied => "check the file's permissions".into(),
@@ -272,22 +188,6 @@ impl CheckpointError {
             Self::InvalidJson { .. } => "the file was probably cut off or edited by hand; \
                  restore it from the original checkpoint"
                 .into(),
-            Self::MissingKey { key, .. } => {
-                format!("a Llama config.json sets `{key}`; restore the original config.json")
-            }
-            Self::WrongType { key, expected, .. } => format!("set `{key}` to {expected}"),
-            Self::InvalidValue { .. } => "restore the original config.json".into(),
-            Self::UnsupportedArchitecture { .. } => "lamdac supports Llama-family models (`model_type: \"llama\"`, \
-                 `LlamaForCausalLM`): Llama 2, TinyLlama, SmolLM2, ..."
-                .into(),
-            Self::UnsupportedRopeScaling { .. } => {
-                "only the default RoPE (no scaling) is implemented; use a model without \
-                 `rope_scaling` / with `rope_type: \"default\"`"
-                    .into()
-            }
-            Self::UnsupportedFeature { key, .. } => {
-                format!("lamdac implements the standard Llama block; `{key}` changes it")
-            }
             Self::NoWeights { found, .. } => {
                 let mut h = String::from(
                     "put the weights in model.safetensors, or in shards listed by \
@@ -344,17 +244,9 @@ impl CheckpointError {
     /// The file or folder the error is about.
     pub fn path(&self) -> &std::path::Path {
         match self {
-            Self::FolderMissing { path }
-            | Self::NotAFolder { path }
-            | Self::ConfigMissing { path }
-            | Self::Io { path, .. }
+            Self::Config(e) => e.path(),
+            Self::Io { path, .. }
             | Self::InvalidJson { path, .. }
-            | Self::MissingKey { path, .. }
-            | Self::WrongType { path, .. }
-            | Self::InvalidValue { path, .. }
-            | Self::UnsupportedArchitecture { path, .. }
-            | Self::UnsupportedRopeScaling { path, .. }
-            | Self::UnsupportedFeature { path, .. }
             | Self::NoWeights { path, .. }
             | Self::InvalidIndex { path, .. }
             | Self::MissingTensor { path, .. }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2, ArrayD};
 
-pub use config::{ExpectedTensor, LlamaConfig};
+pub use config::{ConfigError, ExpectedTensor, LlamaConfig};
 pub use error::CheckpointError;
 pub use reader::{Dtype, SafetensorsFile, TensorMeta};
 pub use weights::Weights;
@@ -57,17 +57,7 @@ impl Checkpoint {
     /// Opens a checkpoint folder without checking the tensors against the config.
     pub fn open_unchecked(dir: impl AsRef<Path>) -> Result<Self, CheckpointError> {
         let dir = dir.as_ref();
-        if !dir.exists() {
-            return Err(CheckpointError::FolderMissing {
-                path: dir.to_path_buf(),
-            });
-        }
-        if !dir.is_dir() {
-            return Err(CheckpointError::NotAFolder {
-                path: dir.to_path_buf(),
-            });
-        }
-        let config = LlamaConfig::load(&dir.join(CONFIG_FILE))?;
+        let config = config::read_dir_config(dir)?;
         let weights = Weights::open(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),

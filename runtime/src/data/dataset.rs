@@ -108,6 +108,8 @@ impl Dataset {
     /// Loads a JSONL file of `text` or `prompt` + `completion` examples.
     pub fn jsonl(path: &Path, tokenizer: &Tokenizer) -> Result<Self, DataError> {
         let bytes = read(path)?;
+        // A UTF-8 byte order mark (editors on Windows write one) is not JSON.
+        let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
         let mut examples = Vec::new();
         for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
             let line = i + 1;

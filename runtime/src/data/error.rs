@@ -1,6 +1,7 @@
 //! Errors of loading, tokenizing and batching training data; each names the file
 //! (and line, for JSONL) and says what to do ([`DataError::hint`]).
 
+use lamda_compiler::diag::Code;
 use std::path::PathBuf;
 
 use crate::checkpoint::CheckpointError;
@@ -146,23 +147,23 @@ pub enum DataError {
 
 impl DataError {
     /// A stable diagnostic code, `lamda::data::<kind>`.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Self::Io { .. } => "lamda::data::io",
-            Self::NotUtf8 { .. } => "lamda::data::not_utf8",
-            Self::Tokenizer { .. } => "lamda::data::tokenizer",
-            Self::Encode { .. } => "lamda::data::encode",
-            Self::JsonlSyntax { .. } => "lamda::data::jsonl_syntax",
-            Self::JsonlExample { .. } => "lamda::data::jsonl_example",
-            Self::Empty { .. } => "lamda::data::empty",
-            Self::TooShort { .. } => "lamda::data::too_short",
+            Self::Io { .. } => Code::DataIo,
+            Self::NotUtf8 { .. } => Code::DataNotUtf8,
+            Self::Tokenizer { .. } => Code::DataTokenizer,
+            Self::Encode { .. } => Code::DataEncode,
+            Self::JsonlSyntax { .. } => Code::DataJsonlSyntax,
+            Self::JsonlExample { .. } => Code::DataJsonlExample,
+            Self::Empty { .. } => Code::DataEmpty,
+            Self::TooShort { .. } => Code::DataTooShort,
             Self::Checkpoint(e) => e.code(),
-            Self::IdsLayout { .. } => "lamda::data::ids_layout",
-            Self::TokenOutOfVocab { .. } => "lamda::data::token_out_of_vocab",
-            Self::BadLabel { .. } => "lamda::data::bad_label",
-            Self::SeqMismatch { .. } => "lamda::data::seq_mismatch",
-            Self::BadBatching { .. } => "lamda::data::bad_batching",
-            Self::StateMismatch { .. } => "lamda::data::state_mismatch",
+            Self::IdsLayout { .. } => Code::DataIdsLayout,
+            Self::TokenOutOfVocab { .. } => Code::DataTokenOutOfVocab,
+            Self::BadLabel { .. } => Code::DataBadLabel,
+            Self::SeqMismatch { .. } => Code::DataSeqMismatch,
+            Self::BadBatching { .. } => Code::DataBadBatching,
+            Self::StateMismatch { .. } => Code::DataStateMismatch,
         }
     }
 

@@ -348,7 +348,11 @@ mod tests {
                 let w = MatF32Ref::new("w", &data, m, n).unwrap();
                 let exact = thin_svd(w).unwrap();
                 let fast = top_svd(w, r, EXACT_SVD_MAX_DIM).unwrap();
-                assert_eq!((fast.k(), fast.u.nrows(), fast.v.nrows()), (r, m, n), "the Gram path ran");
+                assert_eq!(
+                    (fast.k(), fast.u.nrows(), fast.v.nrows()),
+                    (r, m, n),
+                    "the Gram path ran"
+                );
                 for c in 0..r {
                     assert!((fast.s[c] - exact.s[c]).abs() <= 1e-11 * exact.s[0], "s[{c}]");
                     let du = (0..m).fold(0.0f64, |a, i| a.max((fast.u[(i, c)] - exact.u[(i, c)]).abs()));
@@ -359,7 +363,11 @@ mod tests {
             let steep: Vec<f64> = (0..k).map(|i| 0.3f64.powi(i as i32)).collect();
             let data = with_spectrum(&mut rng, m, n, &steep);
             let w = MatF32Ref::new("w", &data, m, n).unwrap();
-            assert_eq!(top_svd(w, r, EXACT_SVD_MAX_DIM).unwrap().k(), k, "falls back to the exact SVD");
+            assert_eq!(
+                top_svd(w, r, EXACT_SVD_MAX_DIM).unwrap().k(),
+                k,
+                "falls back to the exact SVD"
+            );
         }
     }
 

@@ -3,11 +3,18 @@
 //! A checkpoint is a folder `checkpoints/step-NNNNNN/` with `state.safetensors`
 //! (every adapter tensor, and for trainable ones their AdamW moments) and
 //! `state.json` (the step, per-tensor AdamW step counters, the data position,
-//! the losses so far, and a hash of the spec). It is written into a hidden
+//! the losses so far, a hash of the spec, and a checksum of
+//! `state.safetensors`). It is written into a hidden
 //! temporary folder and renamed into place, then `checkpoints/latest` (one
 //! line: the folder name) is replaced atomically; the two newest checkpoints
 //! are kept. Base and residual weights are not stored: they are recomputed
 //! from the model checkpoint, deterministically, when a run resumes.
+//!
+//! [`load`] trusts nothing it reads: the step must lie within the run and
+//! agree with the saved losses and the folder's name, every trainable tensor
+//! needs its AdamW counter (at most the step), the tensors must match the
+//! checksum, and `checkpoints/latest` must name a checkpoint folder inside
+//! `checkpoints/` ([`locate`]); anything else is `lamda::resume::invalid`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -20,8 +27,8 @@ use super::Trainer;
 use crate::checkpoint::{CheckpointError, SafetensorsFile, TensorRef, write_safetensors};
 use crate::data::BatcherState;
 
-/// Version of the checkpoint layout.
-pub const FORMAT: u32 = 1;
+/// Version of the checkpoint layout (2: `state.json` holds `state_checksum`).
+pub const FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -49,6 +56,18 @@ pub struct StateMeta {
     pub batcher: BatcherState,
     /// Loss of every step run so far.
     pub losses: Vec<f32>,
+    /// FNV-1a (64-bit, hex) of the bytes of `state.safetensors`.
+    pub state_checksum: String,
+}
+
+/// FNV-1a, 64 bit, of `bytes`, as 16 hex digits.
+pub fn checksum(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -96,7 +115,9 @@ pub fn save(tr: &Trainer, root: &Path, spec_hash: &str, losses: &[f32]) -> Resul
             adam_steps.insert(p.name.clone(), tr.adam[i].step);
         }
     }
-    write_safetensors(&tmp.join("state.safetensors"), &tensors, &BTreeMap::new())?;
+    let state_file = tmp.join("state.safetensors");
+    write_safetensors(&state_file, &tensors, &BTreeMap::new())?;
+    let state_checksum = checksum(&std::fs::read(&state_file).map_err(io(&state_file))?);
     let meta = StateMeta {
         format: FORMAT,
         step: tr.step,
@@ -105,6 +126,7 @@ pub fn save(tr: &Trainer, root: &Path, spec_hash: &str, losses: &[f32]) -> Resul
         adam_steps,
         batcher: tr.data.state(),
         losses: losses.to_vec(),
+        state_checksum,
     };
     let json = serde_json::to_vec_pretty(&meta).map_err(|e| StateError::Invalid {
         path: tmp.clone(),
@@ -135,7 +157,8 @@ fn prune(root: &Path, keep: usize) {
 }
 
 /// The checkpoint folder `path` names: a checkpoint itself, a `checkpoints/`
-/// folder, or a run's output folder (its `checkpoints/latest`).
+/// folder, or a run's output folder (its `checkpoints/latest`). `latest` must
+/// name a `step-N` folder next to it: not a path, not `..`.
 pub fn locate(path: &Path) -> Result<PathBuf, StateError> {
     if path.join("state.json").is_file() {
         return Ok(path.to_path_buf());
@@ -144,10 +167,27 @@ pub fn locate(path: &Path) -> Result<PathBuf, StateError> {
         let latest = root.join("latest");
         if latest.is_file() {
             let name = std::fs::read_to_string(&latest).map_err(io(&latest))?;
-            let dir = root.join(name.trim());
+            let name = name.trim();
+            let plain = name.starts_with("step-")
+                && !name.contains(['/', '\\'])
+                && matches!(
+                    Path::new(name).components().collect::<Vec<_>>().as_slice(),
+                    [std::path::Component::Normal(_)]
+                );
+            if !plain {
+                return Err(StateError::Invalid {
+                    path: latest,
+                    msg: format!("it names `{name}`, not a checkpoint folder `step-NNNNNN` inside `checkpoints/`"),
+                });
+            }
+            let dir = root.join(name);
             if dir.join("state.json").is_file() {
                 return Ok(dir);
             }
+            return Err(StateError::Invalid {
+                path: latest,
+                msg: format!("it names `{name}`, which holds no state.json"),
+            });
         }
     }
     Err(StateError::Invalid {
@@ -155,6 +195,13 @@ pub fn locate(path: &Path) -> Result<PathBuf, StateError> {
         msg: "no state.json here and no checkpoints/latest (pass the run's output folder or a checkpoint folder)"
             .into(),
     })
+}
+
+/// The run folder a checkpoint folder belongs to (`<run>/checkpoints/step-N`),
+/// if it sits in one.
+pub fn run_folder(checkpoint: &Path) -> Option<PathBuf> {
+    let root = checkpoint.parent()?;
+    (root.file_name()? == "checkpoints").then(|| root.parent().map(Path::to_path_buf))?
 }
 
 /// Restores a trainer from checkpoint folder `dir`; returns the losses so far.
@@ -183,7 +230,62 @@ pub fn load(tr: &mut Trainer, dir: &Path, spec_hash: &str) -> Result<Vec<f32>, S
             msg: format!("it runs {} steps, this run {}", meta.total_steps, tr.total_steps()),
         });
     }
-    let file = SafetensorsFile::open(&dir.join("state.safetensors"))?;
+    let invalid = |msg: String| StateError::Invalid {
+        path: meta_path.clone(),
+        msg,
+    };
+    if meta.step > meta.total_steps {
+        return Err(invalid(format!(
+            "step {} is past the end of the run ({} steps)",
+            meta.step, meta.total_steps
+        )));
+    }
+    if meta.losses.len() as u64 != meta.step {
+        return Err(invalid(format!(
+            "step {} disagrees with the {} losses saved",
+            meta.step,
+            meta.losses.len()
+        )));
+    }
+    if let Some(n) = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("step-"))
+        .and_then(|n| n.parse::<u64>().ok())
+        && n != meta.step
+    {
+        return Err(invalid(format!(
+            "step {} disagrees with the folder's name (step {n})",
+            meta.step
+        )));
+    }
+    for (i, p) in tr.plan.params.iter().enumerate() {
+        if matches!(p.role, ParamRole::Adapter { .. }) && !tr.grads[i].is_empty() {
+            match meta.adam_steps.get(&p.name) {
+                None => return Err(invalid(format!("`adam_steps` has no counter for `{}`", p.name))),
+                Some(&c) if c > meta.step => {
+                    return Err(invalid(format!(
+                        "the AdamW counter of `{}` ({c}) is past the step ({})",
+                        p.name, meta.step
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let state_path = dir.join("state.safetensors");
+    let bytes = std::fs::read(&state_path).map_err(io(&state_path))?;
+    let sum = checksum(&bytes);
+    if sum != meta.state_checksum {
+        return Err(StateError::Invalid {
+            path: state_path,
+            msg: format!(
+                "its checksum is {sum}, state.json recorded {} (the file was changed or damaged)",
+                meta.state_checksum
+            ),
+        });
+    }
+    let file = SafetensorsFile::from_bytes(&state_path, bytes)?;
     for i in 0..tr.plan.params.len() {
         let p = tr.plan.params[i].clone();
         if !matches!(p.role, ParamRole::Adapter { .. }) {
@@ -193,7 +295,7 @@ pub fn load(tr: &mut Trainer, dir: &Path, spec_hash: &str) -> Result<Vec<f32>, S
         if !tr.grads[i].is_empty() {
             tr.adam[i].exp_avg = read(&file, &format!("{}.exp_avg", p.name), tr.params[i].len())?;
             tr.adam[i].exp_avg_sq = read(&file, &format!("{}.exp_avg_sq", p.name), tr.params[i].len())?;
-            tr.adam[i].step = meta.adam_steps.get(&p.name).copied().unwrap_or(0);
+            tr.adam[i].step = meta.adam_steps.get(&p.name).copied().unwrap_or_default();
         }
     }
     tr.data.restore(&meta.batcher).map_err(|e| StateError::Mismatch {

@@ -29,7 +29,9 @@ use super::error::GgufError;
 use super::reader::{GgufFile, MetaValue};
 use super::tokenizer::tokenizer_json;
 use crate::checkpoint::writer::temporary_path;
-use crate::checkpoint::{CONFIG_FILE, Checkpoint, LlamaConfig, TOKENIZER_FILE, TensorRef, write_safetensors};
+use crate::checkpoint::{
+    CONFIG_FILE, Checkpoint, CheckpointError, LlamaConfig, TOKENIZER_FILE, TensorRef, write_safetensors,
+};
 
 /// File name of the converted weights.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -82,7 +84,7 @@ pub fn convert_gguf(gguf: &Path, out_dir: &Path) -> Result<ConvertSummary, GgufE
     };
     let config_json = hp.config_json(&file)?;
     let config_text = serde_json::to_string_pretty(&config_json).unwrap_or_default() + "\n";
-    let config = LlamaConfig::from_json_str(&config_text, &out_dir.join(CONFIG_FILE))?;
+    let config = LlamaConfig::from_json_str(&config_text, &out_dir.join(CONFIG_FILE)).map_err(CheckpointError::from)?;
 
     let converted: Vec<(String, Vec<usize>, Vec<f32>)> =
         jobs.par_iter().map(|j| j.run(&file)).collect::<Result<_, _>>()?;
@@ -258,6 +260,10 @@ impl Hparams {
 
         let hidden = req_count(f, "llama.embedding_length")?;
         let layers = req_count(f, "llama.block_count")?;
+        if layers as u64 > lamda_compiler::limits::MAX_GROUP {
+            let found = f.metadata().get("llama.block_count");
+            return Err(bad(f, "llama.block_count", "at most 4096 layers", found));
+        }
         let heads = req_count(f, "llama.attention.head_count")?;
         let kv_heads = opt_count(f, "llama.attention.head_count_kv")?.unwrap_or(heads);
         let ffn = req_count(f, "llama.feed_forward_length")?;
@@ -532,7 +538,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GgufError> {
 }
 
 /// Largest dimension accepted from metadata (as config.json's parser does).
-const MAX_DIM: u64 = 1 << 24;
+const MAX_DIM: u64 = lamda_compiler::limits::MAX_DIM;
 
 fn bad(f: &GgufFile, key: &str, expected: &str, found: Option<&MetaValue>) -> GgufError {
     GgufError::BadMetadata {

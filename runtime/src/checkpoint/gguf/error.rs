@@ -1,6 +1,7 @@
 //! Errors of GGUF reading and conversion: each names the file, the tensor or
 //! metadata key where one is involved, and says what to do ([`GgufError::hint`]).
 
+use lamda_compiler::diag::Code;
 use std::path::PathBuf;
 
 use crate::checkpoint::CheckpointError;
@@ -184,25 +185,25 @@ pub enum GgufError {
 
 impl GgufError {
     /// A stable diagnostic code, `lamda::gguf::<kind>`.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Self::Io { .. } => "lamda::gguf::io",
-            Self::BadMagic { .. } => "lamda::gguf::bad_magic",
-            Self::UnsupportedVersion { .. } => "lamda::gguf::unsupported_version",
-            Self::Truncated { .. } => "lamda::gguf::truncated",
-            Self::Corrupt { .. } => "lamda::gguf::corrupt",
-            Self::TensorOutOfBounds { .. } => "lamda::gguf::tensor_out_of_bounds",
-            Self::UnknownDtype { .. } => "lamda::gguf::unknown_dtype",
-            Self::UnsupportedDtype { .. } => "lamda::gguf::unsupported_dtype",
-            Self::MissingMetadata { .. } => "lamda::gguf::missing_metadata",
-            Self::BadMetadata { .. } => "lamda::gguf::bad_metadata",
-            Self::UnsupportedArchitecture { .. } => "lamda::gguf::unsupported_architecture",
-            Self::Unsupported { .. } => "lamda::gguf::unsupported",
-            Self::MissingTensor { .. } => "lamda::gguf::missing_tensor",
-            Self::UnexpectedTensor { .. } => "lamda::gguf::unexpected_tensor",
-            Self::WrongShape { .. } => "lamda::gguf::wrong_shape",
-            Self::Write { .. } => "lamda::gguf::write",
-            Self::Tokenizer { .. } => "lamda::gguf::tokenizer",
+            Self::Io { .. } => Code::GgufIo,
+            Self::BadMagic { .. } => Code::GgufBadMagic,
+            Self::UnsupportedVersion { .. } => Code::GgufUnsupportedVersion,
+            Self::Truncated { .. } => Code::GgufTruncated,
+            Self::Corrupt { .. } => Code::GgufCorrupt,
+            Self::TensorOutOfBounds { .. } => Code::GgufTensorOutOfBounds,
+            Self::UnknownDtype { .. } => Code::GgufUnknownDtype,
+            Self::UnsupportedDtype { .. } => Code::GgufUnsupportedDtype,
+            Self::MissingMetadata { .. } => Code::GgufMissingMetadata,
+            Self::BadMetadata { .. } => Code::GgufBadMetadata,
+            Self::UnsupportedArchitecture { .. } => Code::GgufUnsupportedArchitecture,
+            Self::Unsupported { .. } => Code::GgufUnsupported,
+            Self::MissingTensor { .. } => Code::GgufMissingTensor,
+            Self::UnexpectedTensor { .. } => Code::GgufUnexpectedTensor,
+            Self::WrongShape { .. } => Code::GgufWrongShape,
+            Self::Write { .. } => Code::Io,
+            Self::Tokenizer { .. } => Code::GgufTokenizer,
             Self::Checkpoint(e) => e.code(),
         }
     }
