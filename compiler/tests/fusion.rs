@@ -19,6 +19,16 @@ fn spec(src: &str) -> ResolvedSpec {
     c.spec.unwrap_or_else(|| panic!("{:?}", c.diags))
 }
 
+/// Every trainable parameter of `ir`.
+fn trainable_of(ir: &lamda_compiler::ir::Ir) -> BTreeSet<usize> {
+    ir.params
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.trainable())
+        .map(|(i, _)| i)
+        .collect()
+}
+
 const SRC: &str = "adapt tiny.attn.{q,v} rank 2 freeze_b linear(0.5)\ntrain { steps 4 batch 1 seq 4 }";
 
 #[test]
@@ -26,13 +36,7 @@ fn lamda_fusion_structure() {
     let s = spec(SRC);
     let mut ir = emit_ir(&s, 1, 4, true).unwrap();
     let before = ir.graph.node_count();
-    let trainable: BTreeSet<usize> = ir
-        .params
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.trainable())
-        .map(|(i, _)| i)
-        .collect();
+    let trainable = trainable_of(&ir);
     let st = fuse(&mut ir, &trainable, false);
     lamda_compiler::ir::verify::verify(&ir).unwrap();
     assert!(ir.graph.node_count() < before);
@@ -79,13 +83,7 @@ fn lamda_fusion_structure() {
 fn head_loss_replaces_the_logits_gemm_the_loss_and_its_backward() {
     let s = spec(SRC);
     let mut ir = emit_ir(&s, 1, 4, true).unwrap();
-    let trainable: BTreeSet<usize> = ir
-        .params
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.trainable())
-        .map(|(i, _)| i)
-        .collect();
+    let trainable = trainable_of(&ir);
     let st = fuse(&mut ir, &trainable, true);
     lamda_compiler::ir::verify::verify(&ir).unwrap();
     assert_eq!(st.head_losses, 1);
@@ -130,13 +128,7 @@ fn snapshot_ir_before_and_after_fusion() {
     let s = spec(SRC);
     let before = emit_ir(&s, 1, 4, true).unwrap();
     let mut after = before.clone();
-    let trainable: BTreeSet<usize> = after
-        .params
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.trainable())
-        .map(|(i, _)| i)
-        .collect();
+    let trainable = trainable_of(&after);
     fuse(&mut after, &trainable, true);
     let text = format!(
         "{SRC}\n\n===== before fusion =====\n{}\n===== after fusion =====\n{}",

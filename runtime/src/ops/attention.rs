@@ -760,17 +760,7 @@ mod tests {
     /// instruction set the CPU offers (row lengths around the lane counts).
     #[test]
     fn simd_variants_agree_bitwise() {
-        #[allow(unused_mut)]
-        let mut sets = vec![Simd::Base];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                sets.push(Simd::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                sets.push(Simd::Avx512);
-            }
-        }
+        let sets = Simd::available();
         let (group, seq) = (2, 53);
         let mut rng = Rng::new(64);
         for (r0, r1) in [(0, 17), (17, 34), (34, 53)] {

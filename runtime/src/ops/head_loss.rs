@@ -224,16 +224,7 @@ mod tests {
         let mut rng = Rng::new(5);
         let (v, c) = (37usize, 13usize);
         let z0 = rng.vec_scaled(v * c, 20.0);
-        let mut sets = vec![Simd::Base];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                sets.push(Simd::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                sets.push(Simd::Avx512);
-            }
-        }
+        let sets = Simd::available();
         let run = |simd| {
             let mut z = z0.clone();
             let mut m = vec![f32::NEG_INFINITY; c];

@@ -59,6 +59,24 @@ pub(crate) enum Simd {
 }
 
 impl Simd {
+    /// Every instruction set this CPU can run, the baseline first (for
+    /// tests that check the copies agree).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Simd> {
+        #[allow(unused_mut)]
+        let mut sets = vec![Simd::Base];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                sets.push(Simd::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                sets.push(Simd::Avx512);
+            }
+        }
+        sets
+    }
+
     pub(crate) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
