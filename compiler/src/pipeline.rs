@@ -266,23 +266,17 @@ fn summarize(params: &[ParamInfo], phases: &[PhasePlan], eval: &memory_plan::Pro
         .fold(0u64, u64::saturating_add)
         .saturating_mul(2);
     m.activations_peak = phases.iter().map(|p| p.program.memory.peak_bytes).max().unwrap_or(0);
+    // (saved bytes, of which adapters') of a phase
+    let saved = |p: &PhasePlan| {
+        let mem = &p.program.memory;
+        let adapters = mem.saved_by_adapter.values().fold(0u64, |a, &b| a.saturating_add(b));
+        (mem.saved_bytes, adapters)
+    };
     if let Some(p) = phases.first() {
-        m.saved = p.program.memory.saved_bytes;
-        m.saved_by_adapters = p
-            .program
-            .memory
-            .saved_by_adapter
-            .values()
-            .fold(0u64, |a, &b| a.saturating_add(b));
+        (m.saved, m.saved_by_adapters) = saved(p);
     }
     if let Some(p) = phases.last() {
-        m.saved_last_phase = p.program.memory.saved_bytes;
-        m.saved_by_adapters_last_phase = p
-            .program
-            .memory
-            .saved_by_adapter
-            .values()
-            .fold(0u64, |a, &b| a.saturating_add(b));
+        (m.saved_last_phase, m.saved_by_adapters_last_phase) = saved(p);
     }
     m.total_peak = [m.weights, m.adapters, m.grads, m.optimizer, m.activations_peak]
         .into_iter()

@@ -188,18 +188,6 @@ pub fn initialize(
         params[base] = w;
     }
     // Derived parameters: stacked weights and constant tables (after every residual is final).
-    // A base weight that only lives inside stacks is dropped right after its
-    // last stack is built, so the parts and their stacks never all exist at
-    // once (start-up peak memory).
-    let used = referenced_params(plan);
-    let mut last_stack: BTreeMap<usize, usize> = BTreeMap::new();
-    for (i, p) in plan.params.iter().enumerate() {
-        if let ParamRole::Concat { parts } = &p.role {
-            for &q in parts {
-                last_stack.insert(q, i);
-            }
-        }
-    }
     for (i, p) in plan.params.iter().enumerate() {
         match &p.role {
             ParamRole::Concat { parts } => {
@@ -208,12 +196,6 @@ pub fn initialize(
                     stack.extend_from_slice(&params[q]);
                 }
                 params[i] = stack;
-                for &q in parts {
-                    let droppable = matches!(plan.params[q].role, ParamRole::Base { .. } | ParamRole::Residual { .. });
-                    if q < i && droppable && !used.contains(&q) && last_stack.get(&q) == Some(&i) {
-                        params[q] = Vec::new();
-                    }
-                }
             }
             ParamRole::Table(t) => {
                 let (seq, hd, theta, cos) = match *t {
@@ -233,8 +215,7 @@ pub fn initialize(
             _ => {}
         }
         let want: usize = p.shape.iter().product();
-        let dropped = params[i].is_empty() && last_stack.get(&i).is_some_and(|&st| st > i) && !used.contains(&i);
-        if params[i].len() != want && !dropped {
+        if params[i].len() != want {
             return Err(InitError::Other {
                 name: p.name.clone(),
                 msg: format!("{} values for shape {:?}", params[i].len(), p.shape),
@@ -242,6 +223,7 @@ pub fn initialize(
         }
     }
     // Base weights that only live inside a stack are dropped: the stack is their only copy.
+    let used = referenced_params(plan);
     for (i, p) in plan.params.iter().enumerate() {
         if matches!(p.role, ParamRole::Base { .. } | ParamRole::Residual { .. }) && !used.contains(&i) {
             params[i] = Vec::new();

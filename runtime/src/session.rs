@@ -267,16 +267,6 @@ impl Startup {
     pub fn total(&self) -> std::time::Duration {
         self.phases.iter().map(|(_, d)| *d).sum()
     }
-
-    /// One line: `total 4.2 s (check 0.01, load 0.3, ...)`.
-    pub fn summary(&self) -> String {
-        let parts: Vec<String> = self
-            .phases
-            .iter()
-            .map(|(n, d)| format!("{n} {:.2}", d.as_secs_f64()))
-            .collect();
-        format!("{:.2} s ({} s)", self.total().as_secs_f64(), parts.join(", "))
-    }
 }
 
 struct CheckpointSpectra<'a> {

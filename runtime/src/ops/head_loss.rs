@@ -113,7 +113,6 @@ pub fn linear_cross_entropy(
             Ok((loss, dhc))
         })
         .collect();
-    super::vector_state::clear_upper_all();
     let mut sum = 0.0f64;
     for (rows, res) in active.chunks(CHUNK).zip(results) {
         let (loss, dhc) = res?;
