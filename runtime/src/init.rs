@@ -173,15 +173,35 @@ pub fn initialize(
             };
         }
     }
-    // Residual weights `W - sum coeff * path`, side by side (each reads only
-    // its own adapter's tensors and base weight).
-    let residuals: Vec<(usize, Vec<f32>)> = plan
-        .init
-        .par_iter()
-        .filter_map(|recipe| {
-            let terms = recipe.residual.as_ref()?;
-            Some(residual(plan, &params, recipe, terms))
-        })
+    // Residual weights `W - sum coeff * path`, side by side, each written
+    // over its own base weight: no second (d_out, d_in) buffer per weight,
+    // whose fresh pages cost more start-up time than the arithmetic. A base
+    // that another term reads (or two recipes share) is copied instead.
+    let mut readers: BTreeMap<usize, usize> = BTreeMap::new();
+    for recipe in &plan.init {
+        if let Some(terms) = &recipe.residual {
+            *readers.entry(plan.adapters[recipe.adapter].base).or_default() += 1;
+            for f in terms.iter().flat_map(|t| &t.chain) {
+                let (PathFactor::Matrix(q) | PathFactor::Diag(q)) = *f;
+                *readers.entry(q).or_default() += 1;
+            }
+        }
+    }
+    let mut jobs = Vec::new();
+    for recipe in &plan.init {
+        if let Some(terms) = &recipe.residual {
+            let base = plan.adapters[recipe.adapter].base;
+            let w = if readers.get(&base) == Some(&1) {
+                std::mem::take(&mut params[base])
+            } else {
+                params[base].clone()
+            };
+            jobs.push((recipe, terms, base, w));
+        }
+    }
+    let residuals: Vec<(usize, Vec<f32>)> = jobs
+        .into_par_iter()
+        .map(|(recipe, terms, base, mut w)| residual(plan, &params, recipe, terms, &mut w).map(|()| (base, w)))
         .collect::<Result<_, _>>()?;
     crate::ops::vector_state::clear_upper_all();
     for (base, w) in residuals {
@@ -294,7 +314,8 @@ fn chain_product(plan: &Plan, params: &[Vec<f32>], chain: &[PathFactor]) -> Resu
 }
 
 /// `W_res = W - sum_t coeff_t path_t` of `recipe` in float64, rounded once to
-/// float32: `(the base parameter, its new values)`. By blocks of rows: a term
+/// float32, written over `w` (the base weight W, `(d_out, d_in)`, which no
+/// term reads). By blocks of rows, each read whole before it is written: a term
 /// `F_1 (F_2 ... F_k)` whose first factor is a matrix multiplies the block's
 /// rows of `F_1` by the small right-hand product, so no `(d_out, d_in)`
 /// float64 temporary is made (start-up time went to faulting them in).
@@ -303,7 +324,8 @@ fn residual(
     params: &[Vec<f32>],
     recipe: &InitRecipe,
     terms: &[lamda_compiler::ir::PathTerm],
-) -> Result<(usize, Vec<f32>), InitError> {
+    w: &mut [f32],
+) -> Result<(), InitError> {
     /// Rows per block.
     const RB: usize = 64;
     enum Prepared {
@@ -347,19 +369,17 @@ fn residual(
         };
         prepared.push(p);
     }
-    let base = &params[a.base];
-    if base.len() != d_out * d_in {
-        return Err(fail(format!("{} values for a {d_out} x {d_in} weight", base.len())));
+    if w.len() != d_out * d_in {
+        return Err(fail(format!("{} values for a {d_out} x {d_in} weight", w.len())));
     }
-    let mut out = vec![0.0f32; d_out * d_in];
     let mut acc = vec![0.0f64; RB * d_in];
     // the block's product, transposed: column i is row i, contiguous
     let mut blk_t = Mat::<f64>::zeros(d_in, RB);
     for r0 in (0..d_out).step_by(RB) {
         let rows = RB.min(d_out - r0);
         let acc = &mut acc[..rows * d_in];
-        for (x, &w) in acc.iter_mut().zip(&base[r0 * d_in..(r0 + rows) * d_in]) {
-            *x = f64::from(w);
+        for (x, &v) in acc.iter_mut().zip(&w[r0 * d_in..(r0 + rows) * d_in]) {
+            *x = f64::from(v);
         }
         for term in &prepared {
             match term {
@@ -391,11 +411,11 @@ fn residual(
                 }
             }
         }
-        for (o, &x) in out[r0 * d_in..(r0 + rows) * d_in].iter_mut().zip(acc.iter()) {
+        for (o, &x) in w[r0 * d_in..(r0 + rows) * d_in].iter_mut().zip(acc.iter()) {
             *o = x as f32;
         }
     }
-    Ok((a.base, out))
+    Ok(())
 }
 
 /// The top singular triplets `recipe` reads (`None` when it needs none):

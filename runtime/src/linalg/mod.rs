@@ -8,6 +8,7 @@
 //! - [`init`]: LaMDA (§3), PiSSA-style and kaiming-uniform LoRA-A initialisation;
 //! - [`export`]: LoRA export and merge of a trained LaMDA module (§9);
 //! - [`spectrum`]: squared singular values and the LaMDA++ energy score (§8 step 2);
+//! - [`top_eigen`]: the r largest eigenpairs of a symmetric matrix (tridiagonalisation, bisection, inverse iteration);
 //! - [`rng`]: a small seeded PRNG (splitmix64 / xoshiro256**).
 
 mod dense;
@@ -16,6 +17,7 @@ pub mod init;
 pub mod rng;
 pub mod spectrum;
 pub mod svd;
+mod top_eigen;
 
 pub use dense::{MatF32, MatF32Ref};
 pub use export::{lora_export_b, merge};
