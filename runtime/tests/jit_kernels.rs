@@ -666,3 +666,54 @@ fn splitting_rows_across_threads_gives_the_same_bits() {
         }
     }
 }
+
+/// `Kernel::overwrites` (the executor then hands the output a stale buffer
+/// instead of zeros): every output it claims comes out the same from a
+/// NaN-filled start as from zeros, in the interpreter; an output it does not
+/// claim is not checked (zeros stay correct for it). The claims must cover
+/// the row outputs of the hot kernels, or the test would pass vacuously.
+#[test]
+fn outputs_claimed_overwritten_do_not_depend_on_their_start() {
+    let mut claimed = Vec::new();
+    for k in lib::examples() {
+        let rows = 5;
+        let start = inputs(&k, rows, 3, 0.0);
+        let fill = |v: f32| {
+            let mut bufs = start.clone();
+            for (a, b) in k.args.iter().zip(bufs.iter_mut()) {
+                if let (Access::Write, Buf::F32(x)) = (a.access, b) {
+                    x.fill(v);
+                }
+            }
+            bufs
+        };
+        let (mut zeros, mut nans) = (fill(0.0), fill(f32::NAN));
+        interp::run(&k, &mut kargs(&k, &mut zeros), rows).unwrap();
+        interp::run(&k, &mut kargs(&k, &mut nans), rows).unwrap();
+        for (i, a) in k.args.iter().enumerate() {
+            if !k.overwrites(i) {
+                continue;
+            }
+            claimed.push(format!("{}.{}", k.name, a.name));
+            if let (Buf::F32(z), Buf::F32(n)) = (&zeros[i], &nans[i]) {
+                assert_eq!(
+                    z.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    n.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    "{}: output `{}` read its stale start",
+                    k.name,
+                    a.name
+                );
+            }
+        }
+    }
+    for want in [
+        "swiglu_f13.h",
+        "lamda_epilogue_o9_r3_a5e-1.y",
+        "lamda_epilogue_o9_r3_a5e-1.u",
+    ] {
+        assert!(
+            claimed.iter().any(|c| c == want),
+            "{want} not claimed; claimed: {claimed:?}"
+        );
+    }
+}

@@ -191,6 +191,37 @@ impl Kernel {
             .filter(|&a| self.args[a].access == Access::Write)
             .collect()
     }
+    /// Whether output `arg` is written whole on every row before anything
+    /// adds to it or reads it back (its first store is a plain `Store` over
+    /// all its columns, or a `StoreRow` for a per-row output), so its buffer
+    /// need not start zeroed. Vector and periodic outputs (sums over rows)
+    /// never are.
+    pub fn overwrites(&self, arg: usize) -> bool {
+        let Some(a) = self.args.get(arg) else { return false };
+        if a.access != Access::Write {
+            return false;
+        }
+        for st in &self.body {
+            match (st, a.ty) {
+                (
+                    Stmt::Store {
+                        arg: x,
+                        cols,
+                        accumulate,
+                        value,
+                    },
+                    ArgTy::Rows { cols: width },
+                ) if *x == arg => {
+                    return !*accumulate && *cols == width && !value.reads(arg);
+                }
+                (Stmt::StoreRow { arg: x, value }, ArgTy::PerRow) if *x == arg => return !value.reads(arg),
+                (Stmt::Store { arg: x, .. } | Stmt::StoreRow { arg: x, .. }, _) if *x == arg => return false,
+                (Stmt::Let { value, .. } | Stmt::Reduce { value, .. }, _) if value.reads(arg) => return false,
+                _ => {}
+            }
+        }
+        false
+    }
     /// Indices of its scalar launch parameters.
     pub fn scalars(&self) -> Vec<usize> {
         (0..self.args.len())
@@ -213,6 +244,16 @@ impl Kernel {
 // ------------------------------------------------------------------ building expressions
 
 impl Expr {
+    /// Whether the expression reads argument `arg` (a load or a `RowDot` operand).
+    pub fn reads(&self, arg: usize) -> bool {
+        match self {
+            Expr::Const(_) | Expr::Var(_) => false,
+            Expr::Load { arg: a, .. } => *a == arg,
+            Expr::RowDot { a, b, .. } => *a == arg || *b == arg,
+            Expr::Unary(_, x) => x.reads(arg),
+            Expr::Binary(_, x, y) | Expr::Select(_, x, y) => x.reads(arg) || y.reads(arg),
+        }
+    }
     pub fn c(x: f64) -> Expr {
         Expr::Const(F64(x))
     }

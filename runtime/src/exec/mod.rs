@@ -77,15 +77,14 @@ struct BufferPool {
 }
 
 impl BufferPool {
-    /// A released buffer for `len` values, emptied, if one fits.
+    /// A released buffer for `len` values, with whatever it held, if one fits.
     fn take(&mut self, len: usize) -> Option<Vec<f32>> {
         let cap = *self.free.range(len..=len.saturating_mul(2)).next()?.0;
         let list = self.free.get_mut(&cap)?;
-        let mut v = list.pop()?;
+        let v = list.pop()?;
         if list.is_empty() {
             self.free.remove(&cap);
         }
-        v.clear();
         Some(v)
     }
 
@@ -93,7 +92,25 @@ impl BufferPool {
     fn zeroed(&mut self, len: usize) -> Vec<f32> {
         match self.take(len) {
             Some(mut v) => {
+                v.clear();
                 v.resize(len, 0.0);
+                v
+            }
+            None => vec![0.0; len],
+        }
+    }
+
+    /// `len` values for an op that writes every one of them before reading
+    /// any: a released buffer keeps its stale values (no memset, which took
+    /// ~3% of a SmolLM2 step); a new one is zeros (fresh pages, no memset).
+    fn for_overwrite(&mut self, len: usize) -> Vec<f32> {
+        match self.take(len) {
+            Some(mut v) => {
+                if v.len() >= len {
+                    v.truncate(len);
+                } else {
+                    v.resize(len, 0.0);
+                }
                 v
             }
             None => vec![0.0; len],
@@ -104,6 +121,7 @@ impl BufferPool {
     fn copy_of(&mut self, x: &[f32]) -> Vec<f32> {
         match self.take(x.len()) {
             Some(mut v) => {
+                v.clear();
                 v.extend_from_slice(x);
                 v
             }
@@ -334,7 +352,7 @@ impl Executor {
                 let (idv, table) = (ids(0)?, f(1)?);
                 let n = idv.len();
                 let (vocab, d) = dims2(1)?;
-                let mut y = self.pool.zeroed(n * d);
+                let mut y = self.pool.for_overwrite(n * d);
                 ops::embedding_forward(table, vocab, d, idv, &mut y).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
@@ -342,40 +360,40 @@ impl Executor {
                 let (x, w) = (f(0)?, f(1)?);
                 let d = w.len();
                 let n = x.len() / d.max(1);
-                let (mut y, mut rstd) = (self.pool.zeroed(x.len()), self.pool.zeroed(n));
+                let (mut y, mut rstd) = (self.pool.for_overwrite(x.len()), self.pool.for_overwrite(n));
                 ops::rmsnorm_forward(x, w, n, d, eps.0 as f32, &mut y, &mut rstd).map_err(op_err)?;
                 vec![Slot::F32(y), Slot::F32(rstd)]
             }
             Op::Linear => {
                 let (x, w) = (f(0)?, f(1)?);
                 let ((n, k), (m, _)) = (dims2(0)?, dims2(1)?);
-                let mut y = self.pool.zeroed(n * m);
+                let mut y = self.pool.for_overwrite(n * m);
                 ops::linear_forward(x, w, n, k, m, &mut y, Store::Overwrite).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
             Op::LinearGradInput => {
                 let (g, w) = (f(0)?, f(1)?);
                 let ((n, m), (_, k)) = (dims2(0)?, dims2(1)?);
-                let mut dx = self.pool.zeroed(n * k);
+                let mut dx = self.pool.for_overwrite(n * k);
                 ops::linear_backward_input(g, w, n, k, m, &mut dx, Store::Overwrite).map_err(op_err)?;
                 vec![Slot::F32(dx)]
             }
             Op::LinearGradWeight => {
                 let (g, x) = (f(0)?, f(1)?);
                 let ((n, m), (_, k)) = (dims2(0)?, dims2(1)?);
-                let mut dw = self.pool.zeroed(m * k);
+                let mut dw = self.pool.for_overwrite(m * k);
                 ops::linear_backward_weight(g, x, n, k, m, &mut dw, Store::Overwrite).map_err(op_err)?;
                 vec![Slot::F32(dw)]
             }
             Op::Scale { c } => {
                 let x = f(0)?;
-                let mut y = self.pool.zeroed(x.len());
+                let mut y = self.pool.for_overwrite(x.len());
                 ops::pointwise::scale(x, c.0 as f32, &mut y).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
             Op::Add | Op::Mul | Op::SiluGrad => {
                 let (a, b) = (f(0)?, f(1)?);
-                let mut y = self.pool.zeroed(a.len());
+                let mut y = self.pool.for_overwrite(a.len());
                 match op {
                     Op::Add => ops::pointwise::add(a, b, &mut y),
                     Op::Mul => ops::pointwise::mul(a, b, &mut y),
@@ -386,13 +404,13 @@ impl Executor {
             }
             Op::Silu => {
                 let x = f(0)?;
-                let mut y = self.pool.zeroed(x.len());
+                let mut y = self.pool.for_overwrite(x.len());
                 ops::pointwise::silu(x, &mut y).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
             Op::ColScale => {
                 let (x, v) = (f(0)?, f(1)?);
-                let mut y = self.pool.zeroed(x.len());
+                let mut y = self.pool.for_overwrite(x.len());
                 ops::pointwise::col_scale(x, v, &mut y).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
@@ -424,8 +442,8 @@ impl Executor {
                     head_dim: d.head_dim,
                 };
                 let (q, k, v) = (f(0)?, f(1)?, f(2)?);
-                let mut o = self.pool.zeroed(q.len());
-                let mut lse = self.pool.zeroed(d.batch * d.heads * d.seq);
+                let mut o = self.pool.for_overwrite(q.len());
+                let mut lse = self.pool.for_overwrite(d.batch * d.heads * d.seq);
                 ops::attention_forward(&shape, q, k, v, &mut o, &mut lse).map_err(op_err)?;
                 vec![Slot::F32(o), Slot::F32(lse)]
             }
@@ -439,9 +457,9 @@ impl Executor {
                 };
                 let (g, q, k, v, lse) = (f(0)?, f(1)?, f(2)?, f(3)?, f(4)?);
                 let (mut dq, mut dk, mut dv) = (
-                    self.pool.zeroed(q.len()),
-                    self.pool.zeroed(k.len()),
-                    self.pool.zeroed(v.len()),
+                    self.pool.for_overwrite(q.len()),
+                    self.pool.for_overwrite(k.len()),
+                    self.pool.for_overwrite(v.len()),
                 );
                 ops::attention_backward(&shape, q, k, v, lse, g, &mut dq, &mut dk, &mut dv).map_err(op_err)?;
                 vec![Slot::F32(dq), Slot::F32(dk), Slot::F32(dv)]
@@ -450,14 +468,18 @@ impl Executor {
                 let (g, x, w, rstd) = (f(0)?, f(1)?, f(2)?, f(3)?);
                 let d = w.len();
                 let n = rstd.len();
-                let mut dx = self.pool.zeroed(x.len());
+                let mut dx = self.pool.for_overwrite(x.len());
                 ops::rmsnorm_backward(x, w, rstd, g, n, d, &mut dx, None).map_err(op_err)?;
                 vec![Slot::F32(dx)]
             }
             Op::CrossEntropy { batch, seq, grad } => {
                 let (lg, lb) = (f(0)?, ids(1)?);
                 let vocab = lg.len() / (batch * seq).max(1);
-                let mut dl = if *grad { self.pool.zeroed(lg.len()) } else { Vec::new() };
+                let mut dl = if *grad {
+                    self.pool.for_overwrite(lg.len())
+                } else {
+                    Vec::new()
+                };
                 let ce =
                     ops::causal_lm_cross_entropy(lg, lb, *batch, *seq, vocab, if *grad { Some(&mut dl) } else { None })
                         .map_err(op_err)?;
@@ -489,7 +511,7 @@ impl Executor {
             Op::Split { widths } => {
                 let x = f(0)?;
                 let (n, _) = dims2(0)?;
-                let mut outs: Vec<Vec<f32>> = widths.iter().map(|&c| self.pool.zeroed(n * c)).collect();
+                let mut outs: Vec<Vec<f32>> = widths.iter().map(|&c| self.pool.for_overwrite(n * c)).collect();
                 ops::split_cols(x, n, widths, &mut outs).map_err(op_err)?;
                 outs.into_iter().map(Slot::F32).collect()
             }
@@ -497,14 +519,14 @@ impl Executor {
                 let total: usize = widths.iter().sum();
                 let n = shapes.first().and_then(|s| s.first()).copied().unwrap_or(0);
                 let xs = (0..widths.len()).map(&f).collect::<Result<Vec<_>, _>>()?;
-                let mut y = self.pool.zeroed(n * total);
+                let mut y = self.pool.for_overwrite(n * total);
                 ops::concat_cols(&xs, n, widths, &mut y).map_err(op_err)?;
                 vec![Slot::F32(y)]
             }
             Op::LinearSplit { widths } => {
                 let (x, w) = (f(0)?, f(1)?);
                 let (n, k) = dims2(0)?;
-                let mut ys: Vec<Vec<f32>> = widths.iter().map(|&c| self.pool.zeroed(n * c)).collect();
+                let mut ys: Vec<Vec<f32>> = widths.iter().map(|&c| self.pool.for_overwrite(n * c)).collect();
                 ops::linear::stacked_linear_forward(x, w, n, k, widths, &mut ys).map_err(op_err)?;
                 ys.into_iter().map(Slot::F32).collect()
             }
@@ -514,7 +536,7 @@ impl Executor {
                 let w = f(m)?;
                 let (_, k) = dims2(m)?;
                 let n = shapes.first().and_then(|s| s.first()).copied().unwrap_or(0);
-                let mut dx = self.pool.zeroed(n * k);
+                let mut dx = self.pool.for_overwrite(n * k);
                 ops::linear::stacked_linear_backward_input(&gs, w, n, k, widths, &mut dx).map_err(op_err)?;
                 vec![Slot::F32(dx)]
             }
@@ -523,7 +545,7 @@ impl Executor {
                 let ((n, d), (vocab, _)) = (dims2(0)?, dims2(1)?);
                 let count = t.iter().filter(|&&v| v >= 0).count();
                 let scale = grad_scale / count.max(1) as f32;
-                let (mut rows, mut dh) = (self.pool.zeroed(n), self.pool.zeroed(n * d));
+                let (mut rows, mut dh) = (self.pool.for_overwrite(n), self.pool.for_overwrite(n * d));
                 let r = ops::head_loss::linear_cross_entropy(h, w, t, n, d, vocab, scale, &mut rows, &mut dh)
                     .map_err(op_err)?;
                 *loss = ((r.sum / r.count.max(1) as f64) as f32, r.count);
@@ -565,6 +587,8 @@ impl Executor {
                     .outputs()
                     .iter()
                     .map(|&a| match k.args[a].ty {
+                        ArgTy::Rows { cols } if k.overwrites(a) => self.pool.for_overwrite(rows * cols),
+                        ArgTy::PerRow if k.overwrites(a) => self.pool.for_overwrite(rows),
                         ArgTy::Rows { cols } => self.pool.zeroed(rows * cols),
                         ArgTy::PerRow => self.pool.zeroed(rows),
                         ArgTy::Vector { len } => self.pool.zeroed(len),

@@ -29,8 +29,11 @@ use super::simd::{Simd, exp_approx, multiversion};
 use super::{OpsError, check_len, dims};
 
 /// Rows per chunk: the chunk's transposed logits are `vocab x CHUNK` floats
-/// (12.6 MB at 49,152 x 64), one per thread at a time.
-pub const CHUNK: usize = 64;
+/// (25 MB at 49,152 x 128), one per thread at a time. faer's f32 kernels
+/// work in strips of 96 rows of its column-major destination (the chunk's
+/// columns here): 64 leaves every strip part-empty, 128 one of two (SmolLM2,
+/// Sapphire Rapids, same run: 7% less time in the head than 64).
+pub const CHUNK: usize = 128;
 
 /// What [`linear_cross_entropy`] reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -192,7 +195,13 @@ mod tests {
     #[test]
     fn matches_float64_at_awkward_sizes_with_ignored_rows() {
         let mut rng = Rng::new(11);
-        for (n, d, v) in [(1usize, 1usize, 2usize), (3, 5, 7), (70, 9, 131), (131, 17, 33)] {
+        for (n, d, v) in [
+            (1usize, 1usize, 2usize),
+            (3, 5, 7),
+            (70, 9, 131),
+            (131, 17, 33),
+            (300, 9, 50),
+        ] {
             let h = rng.vec_scaled(n * d, 2.0);
             let w = rng.vec_scaled(v * d, 2.0);
             let t: Vec<i64> = (0..n)
