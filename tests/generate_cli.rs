@@ -131,7 +131,11 @@ fn generate_errors_have_codes() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(golden.join(f), broken.join(f)).unwrap();
     }
-    write(&broken, "tokenizer_config.json", "{\"chat_template\": \"{% for m in messages %}\"}");
+    write(
+        &broken,
+        "tokenizer_config.json",
+        "{\"chat_template\": \"{% for m in messages %}\"}",
+    );
     let spec_broken = write(
         &dir,
         "broken.lamda",
@@ -144,7 +148,11 @@ fn generate_errors_have_codes() {
     let wide = dir.join("wide");
     std::fs::create_dir_all(&wide).unwrap();
     let config = std::fs::read_to_string(golden.join("config.json")).unwrap();
-    std::fs::write(wide.join("config.json"), config.replace("\"vocab_size\": 256", "\"vocab_size\": 300")).unwrap();
+    std::fs::write(
+        wide.join("config.json"),
+        config.replace("\"vocab_size\": 256", "\"vocab_size\": 300"),
+    )
+    .unwrap();
     let st = SafetensorsFile::open(&golden.join("model.safetensors")).unwrap();
     let mut owned: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     for name in st.names() {
@@ -210,7 +218,15 @@ fn eval_reports_base_and_adapted_side_by_side() {
         "6",
     ]);
     assert_eq!(code, 0, "{err}");
-    for want in ["base", "adapted", "perplexity", "exact match", "/2 (", "2 evaluated", "(mixed)"] {
+    for want in [
+        "base",
+        "adapted",
+        "perplexity",
+        "exact match",
+        "/2 (",
+        "2 evaluated",
+        "(mixed)",
+    ] {
         assert!(out.contains(want), "{want:?} missing from:\n{out}");
     }
     let preds = std::fs::read_to_string(run.join("eval-qa.jsonl")).unwrap();
@@ -220,7 +236,11 @@ fn eval_reports_base_and_adapted_side_by_side() {
     assert_eq!(lines[2]["model"], "adapted");
     assert_eq!(lines[0]["reference_answer"], "2");
     assert_eq!(lines[1]["reference_answer"], "5");
-    assert!(lines.iter().all(|l| l["tokens"].as_u64().unwrap() > 0 && l["correct"].is_boolean()));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["tokens"].as_u64().unwrap() > 0 && l["correct"].is_boolean())
+    );
 
     // text: perplexity only, JSON output
     let (code, out, err) = lamdac(&[
@@ -247,5 +267,41 @@ fn eval_reports_base_and_adapted_side_by_side() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("error[lamda::eval::data]"), "{err}");
     assert!(err.contains("bad.jsonl:1"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `messages` JSONL trains (loss on the assistant turns) when the model folder
+/// has a chat template, and is a coded error when it has none.
+#[test]
+fn training_on_chat_messages() {
+    let dir = scratch("chat-train");
+    let golden = Path::new("tests/golden/lamda_qv_r4_linear03");
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(golden.join(f), model.join(f)).unwrap();
+    }
+    let line = "{\"messages\": [{\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": \"assistant\", \"content\": \"4\"}]}\n";
+    let data = write(&dir, "chat.jsonl", &line.repeat(4));
+    let spec = write(
+        &dir,
+        "chat.lamda",
+        &format!(
+            "use \"{}\" as m\nadapt m.attn.{{q,v}} rank 2\ntrain {{\n  data \"{data}\"\n  steps 2  batch 2  seq 32\n}}\n",
+            model.display()
+        ),
+    );
+    let run = dir.join("run");
+    let (code, _, err) = lamdac(&["train", &spec, "--out", run.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[lamda::generate::no_chat_template]"), "{err}");
+    write(
+        &model,
+        "tokenizer_config.json",
+        "{\"chat_template\": \"{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}\"}",
+    );
+    let (code, _, err) = lamdac(&["train", &spec, "--out", run.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(run.join("adapter.safetensors").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }
