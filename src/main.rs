@@ -766,7 +766,25 @@ fn generate(
             generator.adapted_modules
         ),
         None if no_adapter => eprintln!("model {} (base model: --no-adapter)", dir.display()),
-        None => eprintln!("model {} (base model: no --run given, so no adapter)", dir.display()),
+        None => {
+            // the folder `train` writes to by default, if it has an adapter: say how to use it
+            let default_run = spec.train.out.clone().unwrap_or_else(|| {
+                PathBuf::from("runs").join(
+                    file.file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                )
+            });
+            let tip = if default_run.join("adapter.safetensors").is_file() {
+                format!("; --run {} to use its trained adapter", default_run.display())
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "model {} (base model: no --run given, so no adapter{tip})",
+                dir.display()
+            );
+        }
     }
     let ids = match generator.prompt_ids(prompt, chat) {
         Ok(ids) => ids,
