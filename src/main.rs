@@ -975,6 +975,9 @@ fn convert(gguf: &Path, out: &Path) -> ExitCode {
                 s.parameters,
                 s.out_dir.display(),
                 match (&s.tokenizer, &s.tokenizer_skipped) {
+                    (Some(_), _) if s.tokenizer_config.is_some() => {
+                        " with tokenizer.json and tokenizer_config.json (chat template)".to_string()
+                    }
                     (Some(_), _) => " with tokenizer.json".to_string(),
                     (None, Some(why)) => format!(" (no tokenizer: {why})"),
                     (None, None) => String::new(),

@@ -59,6 +59,8 @@ pub struct ConvertSummary {
     pub tokenizer: Option<PathBuf>,
     /// Why no tokenizer.json was written, when none was.
     pub tokenizer_skipped: Option<String>,
+    /// The tokenizer_config.json written (when the GGUF has a chat template).
+    pub tokenizer_config: Option<PathBuf>,
 }
 
 /// Converts the Llama GGUF at `gguf` into a Hugging Face checkpoint folder `out_dir`
@@ -124,9 +126,14 @@ pub fn convert_gguf(gguf: &Path, out_dir: &Path) -> Result<ConvertSummary, GgufE
         }
         None => None,
     };
-    if let Some(text) = &tokenizer_config_text {
-        write_atomic(&out_dir.join(TOKENIZER_CONFIG_FILE), text.as_bytes())?;
-    }
+    let tokenizer_config = match &tokenizer_config_text {
+        Some(text) => {
+            let p = out_dir.join(TOKENIZER_CONFIG_FILE);
+            write_atomic(&p, text.as_bytes())?;
+            Some(p)
+        }
+        None => None,
+    };
     write_atomic(&out_dir.join(CONFIG_FILE), config_text.as_bytes())?;
 
     Checkpoint::open(out_dir)?;
@@ -149,6 +156,7 @@ pub fn convert_gguf(gguf: &Path, out_dir: &Path) -> Result<ConvertSummary, GgufE
         safetensors_bytes,
         tokenizer,
         tokenizer_skipped,
+        tokenizer_config,
     })
 }
 
