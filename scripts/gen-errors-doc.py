@@ -14,7 +14,7 @@ for f in sorted(glob.glob('tests/ui/*.lamda')):
     for m in re.finditer(r'#~\^*\s+(\w+)\s+(lamda::[a-z0-9_:]+)', t):
         ann.setdefault(m.group(2), []).append((f, t, m.group(1)))
 sections = {'io': 'I/O (exit 2)', 'spec': 'Training sessions', 'compile': 'Compiling', 'emit': 'Emitting kernels',
-            'data': 'Training data', 'gguf': 'GGUF conversion', 'export': 'Export and merge', 'resume': 'Resuming',
+            'data': 'Training data', 'gguf': 'GGUF conversion', 'export': 'Export and merge', 'generate': 'Generation (`generate`, `eval`)', 'eval': 'Evaluation data', 'resume': 'Resuming',
             'syntax': 'Syntax', 'def': 'Definitions', 'adapter': 'Adapter methods', 'model': 'Model families',
             'use': '`use` and models', 'checkpoint': 'Checkpoint folders', 'preset': 'Presets',
             'pattern': 'Patterns', 'exclude': '`exclude`', 'adapt': '`adapt` rules', 'rank': 'Ranks and budgets',

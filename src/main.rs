@@ -153,6 +153,60 @@ enum Command {
         /// The folder to write (config.json, model.safetensors, tokenizer.json).
         out: PathBuf,
     },
+    /// Generate text from the spec's model, with a run's adapter merged in or without.
+    Generate {
+        /// The .lamda file (its `use "folder"` names the base model).
+        file: PathBuf,
+        /// A training run's output folder: its adapter.safetensors is merged
+        /// into the weights. Without it, the base model generates.
+        #[arg(long, conflicts_with = "no_adapter")]
+        run: Option<PathBuf>,
+        /// The base model, even where a run is given elsewhere.
+        #[arg(long)]
+        no_adapter: bool,
+        /// The text to continue (with --chat: the user's message).
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        prompt: String,
+        /// Render the prompt as a user turn with the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// New tokens at most.
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// 0 picks the most likely token (greedy, reproducible); above 0 samples.
+        #[arg(long, default_value_t = 0.0, value_parser = parse_temperature)]
+        temperature: f32,
+        /// Nucleus sampling: the smallest set of tokens with this much probability (0 < p <= 1).
+        #[arg(long, default_value_t = 1.0, value_parser = parse_top_p)]
+        top_p: f32,
+        /// Seed of the sampling stream.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Perplexity and answer accuracy on held-out data, base model and adapted model side by side.
+    Eval {
+        /// The .lamda file (its `use "folder"` names the base model).
+        file: PathBuf,
+        /// A training run's output folder: its adapter is evaluated beside the base model.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Text or JSONL to evaluate on (default: the train block's data, said on stderr).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Only the first N examples.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// New tokens at most per generated answer.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Where to write the per-example predictions (JSONL; default:
+        /// <run>/eval-<data name>.jsonl, without --run runs/<file name>/eval-<data name>.jsonl).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Output format of the summary.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Train the adapters of a spec.
     Train {
         file: PathBuf,
@@ -252,6 +306,39 @@ fn main() -> ExitCode {
             variant,
             color,
         } => bench(&file, steps, warmup, json, profile, &variant, style(color)),
+        Command::Generate {
+            file,
+            run,
+            no_adapter,
+            prompt,
+            chat,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+        } => {
+            let sampling = lamda_runtime::generate::Sampling {
+                temperature,
+                top_p,
+                seed,
+            };
+            generate(&file, run.as_deref(), no_adapter, &prompt, chat, max_tokens, sampling)
+        }
+        Command::Eval {
+            file,
+            run,
+            data,
+            limit,
+            max_tokens,
+            out,
+            format,
+        } => {
+            let opts = lamda_runtime::generate::eval::EvalOptions {
+                limit: limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
+                max_tokens,
+            };
+            eval(&file, run.as_deref(), data, out, opts, format)
+        }
         Command::Train {
             file,
             steps,
@@ -585,6 +672,293 @@ fn export(file: &Path, run: Option<PathBuf>, out: Option<PathBuf>, merge: bool) 
     }
 }
 
+fn parse_temperature(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!("`{s}` is not a temperature (a number >= 0)")),
+    }
+}
+
+fn parse_top_p(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err(format!("`{s}` is not a top-p (a number in (0, 1])")),
+    }
+}
+
+/// The base model's folder of a checked spec, or the error (printed) for a stdlib preset.
+fn model_folder(spec: &lamda_compiler::spec::ResolvedSpec, command: &str) -> Result<PathBuf, ExitCode> {
+    match &spec.model.source {
+        lamda_compiler::model::ModelSource::Checkpoint(d) => Ok(d.clone()),
+        lamda_compiler::model::ModelSource::Preset(p) => {
+            eprintln!(
+                "error[{}]: `{p}` is a stdlib preset: there are no weights to run\n  help: `use \"path/to/checkpoint\" as m` in the spec to {command} with a real model",
+                Code::GenerateNoWeights
+            );
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// The adapter file of a run folder (`<run>/adapter.safetensors`), or the error (printed).
+fn run_adapter(file: &Path, run: &Path) -> Result<PathBuf, ExitCode> {
+    let adapter = run.join("adapter.safetensors");
+    if adapter.is_file() {
+        return Ok(adapter);
+    }
+    eprintln!(
+        "error[{}]: `{}` does not exist: `{}` is not the output folder of a training run\n  help: train first (`lamdac train {}`), or pass the folder `train` wrote (its adapter.safetensors is written at every checkpoint)",
+        Code::ExportNoAdapter,
+        adapter.display(),
+        run.display(),
+        file.display()
+    );
+    Err(ExitCode::from(1))
+}
+
+fn generate_error(e: &lamda_runtime::generate::GenerateError) -> ExitCode {
+    eprintln!("error[{}]: {e}", e.code());
+    let hint = e.hint();
+    if !hint.is_empty() {
+        eprintln!("  help: {hint}");
+    }
+    ExitCode::from(e.exit_code())
+}
+
+fn generate(
+    file: &Path,
+    run: Option<&Path>,
+    no_adapter: bool,
+    prompt: &str,
+    chat: bool,
+    max_tokens: usize,
+    sampling: lamda_runtime::generate::Sampling,
+) -> ExitCode {
+    use lamda_runtime::generate::{Generator, Stop, TextStream};
+    let checked = match checked(file, Style::Plain) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(spec) = checked.spec else {
+        return ExitCode::from(1);
+    };
+    let dir = match model_folder(&spec, "generate") {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let adapter = match run {
+        Some(r) if !no_adapter => match run_adapter(file, r) {
+            Ok(a) => Some(a),
+            Err(code) => return code,
+        },
+        _ => None,
+    };
+    let started = std::time::Instant::now();
+    let generator = match Generator::open(&dir, adapter.as_deref()) {
+        Ok(g) => g,
+        Err(e) => return generate_error(&e),
+    };
+    match &adapter {
+        Some(a) => eprintln!(
+            "model {} with the adapter {} ({} modules merged)",
+            dir.display(),
+            a.display(),
+            generator.adapted_modules
+        ),
+        None if no_adapter => eprintln!("model {} (base model: --no-adapter)", dir.display()),
+        None => {
+            // the folder `train` writes to by default, if it has an adapter: say how to use it
+            let default_run = spec.train.out.clone().unwrap_or_else(|| {
+                PathBuf::from("runs").join(
+                    file.file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                )
+            });
+            let tip = if default_run.join("adapter.safetensors").is_file() {
+                format!("; --run {} to use its trained adapter", default_run.display())
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "model {} (base model: no --run given, so no adapter{tip})",
+                dir.display()
+            );
+        }
+    }
+    let ids = match generator.prompt_ids(prompt, chat) {
+        Ok(ids) => ids,
+        Err(e) => return generate_error(&e),
+    };
+    let loaded = started.elapsed();
+    let mut stream = TextStream::new();
+    let decode_started = std::time::Instant::now();
+    let result = generator.generate(&ids, max_tokens, sampling, true, |id| {
+        let piece = stream.push(&generator.tokenizer, id)?;
+        if !piece.is_empty() {
+            out(&piece);
+        }
+        Ok(())
+    });
+    let generation = match result {
+        Ok(g) => g,
+        Err(e) => {
+            out("\n");
+            return generate_error(&e);
+        }
+    };
+    if let Ok(rest) = stream.finish(&generator.tokenizer) {
+        out(&rest);
+    }
+    out("\n");
+    let secs = decode_started.elapsed().as_secs_f64();
+    let why = match generation.stop {
+        Stop::StopToken => "a stop token",
+        Stop::MaxTokens => "--max-tokens",
+        Stop::Context => "the end of the model's context",
+    };
+    eprintln!(
+        "{} prompt tokens, {} new tokens in {secs:.2}s ({:.1} tokens/s; loading {:.2}s); stopped at {why}",
+        generation.prompt.len(),
+        generation.tokens.len(),
+        generation.tokens.len() as f64 / secs.max(1e-9),
+        loaded.as_secs_f64()
+    );
+    ExitCode::SUCCESS
+}
+
+fn eval(
+    file: &Path,
+    run: Option<&Path>,
+    data: Option<PathBuf>,
+    out_path: Option<PathBuf>,
+    opts: lamda_runtime::generate::eval::EvalOptions,
+    format: Format,
+) -> ExitCode {
+    use lamda_runtime::generate::eval::{EvalData, evaluate, render_table};
+    use lamda_runtime::generate::{ChatTemplate, Generator};
+    let checked = match checked(file, Style::Plain) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(spec) = checked.spec else {
+        return ExitCode::from(1);
+    };
+    let dir = match model_folder(&spec, "evaluate") {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let adapter = match run {
+        Some(r) => match run_adapter(file, r) {
+            Ok(a) => Some(a),
+            Err(code) => return code,
+        },
+        None => None,
+    };
+    let data = match data.or_else(|| {
+        let d = spec.train.data.clone();
+        if let Some(p) = &d {
+            eprintln!(
+                "no --data: evaluating on the train block's data {} (not held out)",
+                p.display()
+            );
+        }
+        d
+    }) {
+        Some(d) => d,
+        None => {
+            eprintln!(
+                "error[{}]: nothing to evaluate on: no --data, and the spec's train block names no data\n  help: pass --data FILE (text, or JSONL with `text`, `prompt`/`completion`, `question`/`answer` or `messages`)",
+                Code::TrainNoData
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let template = match ChatTemplate::for_folder(&dir) {
+        Ok(t) => t,
+        Err(e) => return generate_error(&e),
+    };
+    let data = match EvalData::load(&data, template.as_ref()) {
+        Ok(d) => d,
+        Err(e) => return generate_error(&e),
+    };
+    let stem = data
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out_path = out_path.unwrap_or_else(|| {
+        let base = run.map(Path::to_path_buf).unwrap_or_else(|| {
+            spec.train.out.clone().unwrap_or_else(|| {
+                PathBuf::from("runs").join(
+                    file.file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                )
+            })
+        });
+        base.join(format!("eval-{stem}.jsonl"))
+    });
+    let mut models = vec![("base", None)];
+    if let Some(a) = &adapter {
+        models.push(("adapted", Some(a.as_path())));
+    }
+    let shown = opts.limit.unwrap_or(usize::MAX).min(data.items.len());
+    let mut summaries = Vec::new();
+    let mut lines = String::new();
+    for (label, adapter) in models {
+        let g = match Generator::open(&dir, adapter) {
+            Ok(g) => g,
+            Err(e) => return generate_error(&e),
+        };
+        let started = std::time::Instant::now();
+        let result = evaluate(&g, &data, label, opts, |p| {
+            if shown > 1 {
+                eprint!("\r{label}: {}/{shown}", p.index + 1);
+            }
+        });
+        if shown > 1 {
+            eprintln!(" ({:.1}s)", started.elapsed().as_secs_f64());
+        }
+        match result {
+            Ok((summary, preds)) => {
+                for p in &preds {
+                    lines.push_str(&serde_json::to_string(p).unwrap_or_default());
+                    lines.push('\n');
+                }
+                summaries.push(summary);
+            }
+            Err(e) => return generate_error(&e),
+        }
+    }
+    if let Some(parent) = out_path.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Err(e) = std::fs::create_dir_all(parent)
+    {
+        eprintln!("error[{}]: cannot create `{}`: {e}", Code::Io, parent.display());
+        return ExitCode::from(2);
+    }
+    if let Err(e) = std::fs::write(&out_path, &lines) {
+        eprintln!("error[{}]: cannot write `{}`: {e}", Code::Io, out_path.display());
+        return ExitCode::from(2);
+    }
+    match format {
+        Format::Text => out(&render_table(&data, shown, &summaries)),
+        Format::Json => {
+            let v = serde_json::json!({
+                "data": data.path.display().to_string(),
+                "kind": data.kind,
+                "examples": data.items.len(),
+                "evaluated": shown,
+                "predictions": out_path.display().to_string(),
+                "models": summaries,
+            });
+            out(&format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()));
+        }
+    }
+    eprintln!("predictions written to {}", out_path.display());
+    ExitCode::SUCCESS
+}
+
 /// Exit 2 for I/O problems (`lamda::io`: a file that cannot be read or
 /// written), 1 for problems in the input.
 fn exit_for(code: Code) -> ExitCode {
@@ -601,6 +975,9 @@ fn convert(gguf: &Path, out: &Path) -> ExitCode {
                 s.parameters,
                 s.out_dir.display(),
                 match (&s.tokenizer, &s.tokenizer_skipped) {
+                    (Some(_), _) if s.tokenizer_config.is_some() => {
+                        " with tokenizer.json and tokenizer_config.json (chat template)".to_string()
+                    }
                     (Some(_), _) => " with tokenizer.json".to_string(),
                     (None, Some(why)) => format!(" (no tokenizer: {why})"),
                     (None, None) => String::new(),

@@ -81,6 +81,28 @@ pub struct LoraFactors {
     pub lora_alpha: f64,
 }
 
+impl LoraFactors {
+    /// `w += (lora_alpha / r) B A` in float64, rounded once: the merged weight
+    /// `W + Delta W` of this module. w: (d_out, d_in); a `w` of another length
+    /// is left as it is (the caller checks shapes against the checkpoint).
+    pub fn add_to(&self, w: &mut [f32]) {
+        if w.len() != self.d_out * self.d_in {
+            return;
+        }
+        let scale = self.lora_alpha / self.rank as f64;
+        for i in 0..self.d_out {
+            for j in 0..self.d_in {
+                let mut acc = 0.0f64;
+                for c in 0..self.rank {
+                    acc += f64::from(self.b[i * self.rank + c]) * f64::from(self.a[c * self.d_in + j]);
+                }
+                let k = i * self.d_in + j;
+                w[k] = (f64::from(w[k]) + scale * acc) as f32;
+            }
+        }
+    }
+}
+
 fn modules(file: &SafetensorsFile, path: &Path) -> Result<Vec<Module>, ExportError> {
     let bad = |msg: &str| ExportError::NotAnAdapter {
         path: path.to_path_buf(),
@@ -241,24 +263,22 @@ pub fn merge(adapter: &Path, model_dir: &Path, out: &Path) -> Result<(), ExportE
     }
     for f in &factors {
         let key = format!("{}.weight", f.module);
-        let Some((_, w)) = owned.get_mut(&key) else {
+        let Some((shape, w)) = owned.get_mut(&key) else {
             return Err(ExportError::Checkpoint(CheckpointError::MissingTensor {
                 path: model_dir.to_path_buf(),
                 name: key,
                 close: Vec::new(),
             }));
         };
-        let scale = f.lora_alpha / f.rank as f64;
-        for i in 0..f.d_out {
-            for j in 0..f.d_in {
-                let mut acc = 0.0f64;
-                for c in 0..f.rank {
-                    acc += f64::from(f.b[i * f.rank + c]) * f64::from(f.a[c * f.d_in + j]);
-                }
-                let k = i * f.d_in + j;
-                w[k] = (f64::from(w[k]) + scale * acc) as f32;
-            }
+        if *shape != [f.d_out, f.d_in] {
+            return Err(ExportError::Checkpoint(CheckpointError::WrongShape {
+                path: model_dir.to_path_buf(),
+                name: key,
+                expected: vec![f.d_out, f.d_in],
+                found: shape.clone(),
+            }));
         }
+        f.add_to(w);
     }
     let refs: BTreeMap<String, TensorRef<'_>> = owned
         .iter()

@@ -7,6 +7,7 @@ pub mod data;
 pub mod describe;
 pub mod exec;
 pub mod export;
+pub mod generate;
 pub mod init;
 pub mod linalg;
 pub mod ops;

@@ -388,7 +388,9 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         .map(|(i, _)| (i, params[i].clone()))
         .collect();
     let tokenizer = Tokenizer::for_checkpoint(&ckpt)?;
-    let dataset = Dataset::load(&data_path, &tokenizer)?;
+    // a broken tokenizer_config.json only matters to `messages` lines, which then say there is no template
+    let chat = crate::generate::ChatTemplate::for_folder(ckpt.dir()).ok().flatten();
+    let dataset = Dataset::load_with_chat(&data_path, &tokenizer, chat.as_ref())?;
     dataset.check_vocab(plan.vocab)?;
     let cfg = BatchConfig {
         seq: plan.seq,

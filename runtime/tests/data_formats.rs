@@ -125,11 +125,13 @@ fn jsonl_prompt_completion_masks_the_prompt() {
         &vec![
             Example {
                 ids: vec![97, 98, 99, 100],
-                loss_from: 2
+                loss_from: 2,
+                no_loss: vec![],
             },
             Example {
                 ids: vec![120, 121, 122],
-                loss_from: 0
+                loss_from: 0,
+                no_loss: vec![],
             },
         ]
     );
@@ -486,7 +488,8 @@ fn tokenizer_json_from_the_checkpoint_folder() {
         examples,
         &vec![Example {
             ids: vec![1, 14, 15, 6, 9, 5, 10, 2],
-            loss_from: 2
+            loss_from: 2,
+            no_loss: vec![],
         }]
     );
     assert_eq!(*pad_id, 0);
@@ -533,4 +536,83 @@ fn tokenizer_errors() {
     assert!(matches!(e, DataError::NotUtf8 { line: 2, .. }), "{e}");
     // Bytes do not care about UTF-8.
     assert!(Dataset::text(&p, &Tokenizer::bytes()).is_ok());
+}
+
+/// SmolLM2-135M-Instruct's chat template (ChatML with a default system turn), verbatim.
+const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+fn chat_template(source: &str) -> lamda_runtime::generate::ChatTemplate {
+    lamda_runtime::generate::ChatTemplate {
+        path: PathBuf::from("tokenizer_config.json"),
+        source: source.into(),
+        bos_token: String::new(),
+        eos_token: "<|im_end|>".into(),
+    }
+}
+
+#[test]
+fn jsonl_messages_train_on_the_assistant_turns_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = json!({"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "ok?"},
+        {"role": "assistant", "content": "sure"},
+    ]});
+    let p = write(dir.path(), "chat.jsonl", format!("{line}\n").as_bytes());
+    let t = chat_template(CHATML);
+    let data = Dataset::load_with_chat(&p, &Tokenizer::bytes(), Some(&t)).unwrap();
+    let Source::Examples { examples, .. } = &data.source else {
+        panic!("{:?}", data.source)
+    };
+    // the conversation as the template writes it, by hand; the loss covers
+    // each answer with its end-of-turn marker
+    let sys = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
+    let parts = [
+        (
+            format!("{sys}<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
+            false,
+        ),
+        ("yo<|im_end|>\n".to_string(), true),
+        (
+            "<|im_start|>user\nok?<|im_end|>\n<|im_start|>assistant\n".to_string(),
+            false,
+        ),
+        ("sure<|im_end|>\n".to_string(), true),
+    ];
+    let text: String = parts.iter().map(|p| p.0.as_str()).collect();
+    let counts: Vec<bool> = parts
+        .iter()
+        .flat_map(|(s, l)| std::iter::repeat_n(*l, s.len()))
+        .collect();
+    let ex = &examples[0];
+    assert_eq!(ex.ids, text.bytes().map(u32::from).collect::<Vec<_>>());
+    let got: Vec<bool> = (0..ex.ids.len()).map(|i| ex.counts(i)).collect();
+    assert_eq!(got, counts);
+    // through the batcher: labels are the ids on the answers, -100 elsewhere
+    let n = ex.ids.len();
+    let mut b = Batcher::new(data.clone(), no_shuffle(n, 1)).unwrap();
+    let batch = b.next_batch();
+    for (i, (&count, &id)) in counts.iter().zip(&ex.ids).enumerate() {
+        let want = if count { i64::from(id) } else { IGNORE_INDEX };
+        assert_eq!(batch.labels[[0, i]], want, "position {i}");
+    }
+
+    // no template, no assistant turn, a template that does not grow turn by turn
+    let e = Dataset::load_with_chat(&p, &Tokenizer::bytes(), None).unwrap_err();
+    assert_eq!(e.code(), Code::GenerateNoChatTemplate, "{e}");
+    let last_only = chat_template("{{ messages[-1]['content'] }}");
+    let e = Dataset::load_with_chat(&p, &Tokenizer::bytes(), Some(&last_only)).unwrap_err();
+    assert_eq!(e.code(), Code::GenerateChatTemplate, "{e}");
+    assert!(e.to_string().contains("not supported yet"), "{e}");
+    let q = write(
+        dir.path(),
+        "user.jsonl",
+        b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
+    );
+    let e = Dataset::load_with_chat(&q, &Tokenizer::bytes(), Some(&t)).unwrap_err();
+    assert_eq!(e.code(), Code::DataJsonlExample, "{e}");
+    let q = write(dir.path(), "both.jsonl", b"{\"messages\": [], \"text\": \"x\"}\n");
+    let e = Dataset::load_with_chat(&q, &Tokenizer::bytes(), Some(&t)).unwrap_err();
+    assert_eq!(e.code(), Code::DataJsonlExample, "{e}");
 }

@@ -856,6 +856,42 @@ fn tiny_llama_converts_to_a_checkpoint_with_hf_order_weights() {
 }
 
 #[test]
+fn a_chat_template_is_written_to_tokenizer_config_and_used_by_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    // without a template there is no tokenizer_config.json
+    let (bytes, _) = tiny_gguf(false, &[]);
+    let plain = tmp.path().join("plain");
+    convert_gguf(&write_tmp(tmp.path(), "plain.gguf", &bytes), &plain).unwrap();
+    assert!(!plain.join("tokenizer_config.json").exists());
+
+    let template = "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>{% endif %}";
+    let (bytes, _) = tiny_gguf(false, &[("tokenizer.chat_template", s(template))]);
+    let out = tmp.path().join("chat");
+    convert_gguf(&write_tmp(tmp.path(), "chat.gguf", &bytes), &out).unwrap();
+    let text = std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(cfg["chat_template"], template);
+    assert_eq!(cfg["bos_token"], "<|im_start|>");
+    assert_eq!(cfg["eos_token"], "<|im_end|>");
+    assert_eq!(cfg["add_bos_token"], false);
+
+    // `generate --chat` renders it: <|im_start|> ab <|im_end|> <|im_start|>
+    let g = lamda_runtime::generate::Generator::open(&out, None).unwrap();
+    assert_eq!(g.prompt_ids("ab", true).unwrap(), [1, 9, 2, 1]);
+    assert!(g.stop_ids.contains(&2), "{:?}", g.stop_ids);
+    let r = g
+        .generate(
+            &[1, 9, 2, 1],
+            5,
+            lamda_runtime::generate::Sampling::default(),
+            true,
+            |_| Ok(()),
+        )
+        .unwrap();
+    assert!(r.tokens.len() <= 5 && r.tokens.iter().all(|t| !g.stop_ids.contains(t)));
+}
+
+#[test]
 fn untied_output_and_add_bos_are_converted() {
     let tmp = tempfile::tempdir().unwrap();
     let (bytes, hf) = tiny_gguf(true, &[("tokenizer.ggml.add_bos_token", V::Bool(true))]);

@@ -76,7 +76,7 @@ macro_rules! codes {
             /// The codes `lamdac check` reports (each has a UI case in tests/ui/).
             pub const CHECK: &'static [Code] = &[ $( Code::$cv ),* ];
             /// The codes only the other commands report (train, export, merge,
-            /// convert, plan, emit, bench; each is asserted by a test in tests/
+            /// convert, plan, emit, bench, generate, eval; each is asserted by a test in tests/
             /// or runtime/tests/).
             pub const RUN: &'static [Code] = &[ $( Code::$rv ),* ];
             /// The code as users see it: `lamda::resolve::no_match`.
@@ -229,6 +229,14 @@ codes! {
     TrainNonFinite = "lamda::train::non_finite": "the loss became NaN or infinite",
     TrainCollapsed = "lamda::train::collapsed": "the gradient is exactly zero step after step: the model has collapsed",
     TrainStep = "lamda::train::step": "a training step failed to run (an internal error)",
+    // generate and eval
+    GenerateNoWeights = "lamda::generate::no_weights": "`generate` or `eval` on a stdlib preset: there are no weights to run",
+    GenerateNoTokenizer = "lamda::generate::no_tokenizer": "the model folder has no tokenizer.json and its vocabulary is not the 256 bytes",
+    GenerateNoChatTemplate = "lamda::generate::no_chat_template": "`--chat` with a model folder whose tokenizer_config.json has no chat template",
+    GenerateChatTemplate = "lamda::generate::chat_template": "the model's chat template does not parse or fails to render",
+    GeneratePromptTooLong = "lamda::generate::prompt_too_long": "the prompt fills the model's context: no position is left for a new token",
+    GenerateInternal = "lamda::generate::internal": "a kernel rejected its inputs while generating (an internal error)",
+    EvalData = "lamda::eval::data": "an evaluation data file holds no usable example, or a line of it is not one",
     // resume
     ResumeMismatch = "lamda::resume::mismatch": "a checkpoint was written for another spec, model or --steps",
     ResumeInvalid = "lamda::resume::invalid": "a checkpoint is damaged or contradicts itself",

@@ -227,7 +227,7 @@ impl Batcher {
                     let cells = ids.iter_mut().zip(labels.iter_mut());
                     for (j, ((id, label), &t)) in cells.zip(&ex.ids[start.min(ex.ids.len())..]).enumerate() {
                         *id = i64::from(t);
-                        if j + start >= ex.loss_from {
+                        if ex.counts(j + start) {
                             *label = i64::from(t);
                         }
                     }
@@ -369,6 +369,11 @@ fn fingerprint(data: &Dataset) -> u64 {
                 eat(e.ids.len() as i64);
                 eat(e.loss_from as i64);
                 e.ids.iter().for_each(|&v| eat(i64::from(v)));
+                // only chats have gaps: the hashes of other data stay as they were
+                for &(a, b) in &e.no_loss {
+                    eat(a as i64);
+                    eat(b as i64);
+                }
             }
         }
         Source::Rows { input_ids, labels } => {

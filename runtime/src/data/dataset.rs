@@ -3,8 +3,9 @@
 //! - Plain text (any extension but the two below) becomes one token stream, cut
 //!   into `seq`-long windows by the batcher. With a tokenizer.json the whole file
 //!   is encoded at once with special tokens (one BOS at the very start for Llama).
-//! - `.jsonl`: one JSON object per line, `{"text": ...}` or `{"prompt": ...,
-//!   "completion": ...}`. Each line is one example; `text` and the prompt are
+//! - `.jsonl`: one JSON object per line, `{"text": ...}`, `{"prompt": ...,
+//!   "completion": ...}` or `{"messages": [{"role", "content"}, ...]}` (see
+//!   [`chat_example`]). Each line is one example; `text` and the prompt are
 //!   encoded with special tokens, the completion without (prompt and completion
 //!   are encoded separately, so the mask boundary is exact), then EOS when the
 //!   tokenizer knows one (from config.json; never at byte level). Labels are -100
@@ -19,23 +20,38 @@
 
 use std::path::{Path, PathBuf};
 
+use lamda_compiler::diag::Code;
+
 use ndarray::Array2;
 use serde_json::Value;
 
 use super::error::DataError;
 use super::tokenizer::Tokenizer;
 use crate::checkpoint::SafetensorsFile;
+use crate::generate::chat::{ChatTemplate, Message};
 
 /// The label of a position that takes no part in the loss.
 pub const IGNORE_INDEX: i64 = -100;
 
-/// One JSONL example: token ids, of which the first `loss_from` carry no loss.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One JSONL example: token ids, of which the first `loss_from` (and those
+/// in the `no_loss` ranges) carry no loss.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Example {
     /// Token ids (prompt, then completion).
     pub ids: Vec<u32>,
     /// Labels are -100 before this position (the prompt's length; 0 for `text`).
     pub loss_from: usize,
+    /// Further positions without loss after `loss_from`, as `[start, end)`
+    /// ranges in order: the user turns between a chat's assistant turns.
+    /// Empty for `text` and `prompt` / `completion`.
+    pub no_loss: Vec<(usize, usize)>,
+}
+
+impl Example {
+    /// Whether position `i` carries loss.
+    pub fn counts(&self, i: usize) -> bool {
+        i >= self.loss_from && !self.no_loss.iter().any(|&(a, b)| (a..b).contains(&i))
+    }
 }
 
 /// The tokens of a data file, in one of three layouts.
@@ -72,8 +88,13 @@ impl Dataset {
     /// Loads a data file, choosing the format by extension: `.jsonl` → JSONL,
     /// `.safetensors` → token ids, anything else → plain text.
     pub fn load(path: &Path, tokenizer: &Tokenizer) -> Result<Self, DataError> {
+        Self::load_with_chat(path, tokenizer, None)
+    }
+
+    /// [`Dataset::load`], with the model's chat template for JSONL `messages` lines.
+    pub fn load_with_chat(path: &Path, tokenizer: &Tokenizer, chat: Option<&ChatTemplate>) -> Result<Self, DataError> {
         match path.extension().and_then(|e| e.to_str()) {
-            Some("jsonl") => Self::jsonl(path, tokenizer),
+            Some("jsonl") => Self::jsonl_with_chat(path, tokenizer, chat),
             Some("safetensors") => Self::token_ids(path),
             _ => Self::text(path, tokenizer),
         }
@@ -107,6 +128,11 @@ impl Dataset {
 
     /// Loads a JSONL file of `text` or `prompt` + `completion` examples.
     pub fn jsonl(path: &Path, tokenizer: &Tokenizer) -> Result<Self, DataError> {
+        Self::jsonl_with_chat(path, tokenizer, None)
+    }
+
+    /// [`Dataset::jsonl`], with the model's chat template for `messages` lines.
+    pub fn jsonl_with_chat(path: &Path, tokenizer: &Tokenizer, chat: Option<&ChatTemplate>) -> Result<Self, DataError> {
         let bytes = read(path)?;
         // A UTF-8 byte order mark (editors on Windows write one) is not JSON.
         let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
@@ -123,7 +149,7 @@ impl Dataset {
                 column: e.column(),
                 message: crate::checkpoint::config::strip_position(&e),
             })?;
-            examples.push(example(path, line, &value, tokenizer)?);
+            examples.push(example(path, line, &value, tokenizer, chat)?);
         }
         if examples.is_empty() {
             return Err(DataError::Empty {
@@ -276,7 +302,13 @@ fn utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, DataError> {
 }
 
 /// One JSONL line → an example.
-fn example(path: &Path, line: usize, value: &Value, tok: &Tokenizer) -> Result<Example, DataError> {
+fn example(
+    path: &Path,
+    line: usize,
+    value: &Value,
+    tok: &Tokenizer,
+    chat: Option<&ChatTemplate>,
+) -> Result<Example, DataError> {
     let fail = |problem: String| DataError::JsonlExample {
         path: path.to_path_buf(),
         line,
@@ -306,10 +338,19 @@ fn example(path: &Path, line: usize, value: &Value, tok: &Tokenizer) -> Result<E
         })
     };
     let (text, prompt, completion) = (field("text")?, field("prompt")?, field("completion")?);
+    if let Some(messages) = obj.get("messages") {
+        if text.is_some() || prompt.is_some() || completion.is_some() {
+            return Err(fail(
+                "has `messages` and `text` or `prompt`/`completion`; use one form per line".into(),
+            ));
+        }
+        return chat_example(path, line, messages, tok, chat);
+    }
     let mut ex = match (text, prompt, completion) {
         (Some(t), None, None) => Example {
             ids: encode(t, true)?,
             loss_from: 0,
+            no_loss: Vec::new(),
         },
         (Some(_), _, _) => {
             return Err(fail(
@@ -320,7 +361,11 @@ fn example(path: &Path, line: usize, value: &Value, tok: &Tokenizer) -> Result<E
             let mut ids = encode(p, true)?;
             let loss_from = ids.len();
             ids.extend(encode(c, false)?);
-            Example { ids, loss_from }
+            Example {
+                ids,
+                loss_from,
+                no_loss: Vec::new(),
+            }
         }
         (None, Some(_), None) => return Err(fail("has `prompt` but no `completion`".into())),
         (None, None, Some(_)) => return Err(fail("has `completion` but no `prompt`".into())),
@@ -339,5 +384,120 @@ fn example(path: &Path, line: usize, value: &Value, tok: &Tokenizer) -> Result<E
     if let Some(eos) = tok.eos_id() {
         ex.ids.push(eos);
     }
+    Ok(ex)
+}
+
+/// A `messages` line: a chat rendered with the model's template, loss on the
+/// assistant's turns only.
+///
+/// For each assistant turn k the template renders the turns before it with
+/// the assistant's turn opened (`add_generation_prompt`) and then the turns
+/// up to and including it; the text between the two is the assistant's
+/// answer as the template writes it (its end-of-turn marker included), and
+/// carries loss; everything else (system and user turns, the opening of each
+/// assistant turn) does not. Each piece is encoded without added special
+/// tokens (the template writes them), and no EOS is appended (the template's
+/// end-of-turn marker is the stop). A template that does not render a
+/// conversation as a growing text (each rendering a prefix of the next) is
+/// not supported yet, and said so.
+fn chat_example(
+    path: &Path,
+    line: usize,
+    messages: &Value,
+    tok: &Tokenizer,
+    chat: Option<&ChatTemplate>,
+) -> Result<Example, DataError> {
+    let fail = |problem: String| DataError::JsonlExample {
+        path: path.to_path_buf(),
+        line,
+        problem,
+    };
+    let chat_fail = |problem: String, code| DataError::Chat {
+        path: path.to_path_buf(),
+        line,
+        problem,
+        code,
+    };
+    let Value::Array(items) = messages else {
+        return Err(fail(format!(
+            "`messages` should be a list, found {}",
+            crate::checkpoint::config::describe(messages)
+        )));
+    };
+    let turns: Vec<Message> = items
+        .iter()
+        .map(|m| {
+            match (
+                m.get("role").and_then(Value::as_str),
+                m.get("content").and_then(Value::as_str),
+            ) {
+                (Some(role), Some(content)) => Ok(Message {
+                    role: role.to_string(),
+                    content: content.to_string(),
+                }),
+                _ => Err(fail("a message needs `role` and `content` strings".into())),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    if !turns.iter().any(|m| m.role == "assistant") {
+        return Err(fail("`messages` has no assistant turn, so nothing would train".into()));
+    }
+    let Some(template) = chat else {
+        return Err(chat_fail(
+            "`messages` needs the model's chat template, and the model folder has none".into(),
+            Code::GenerateNoChatTemplate,
+        ));
+    };
+    let render = |upto: usize, open: bool| {
+        template
+            .render(&turns[..upto], open)
+            .map_err(|e| chat_fail(e.to_string(), Code::GenerateChatTemplate))
+    };
+    let encode = |text: &str| {
+        tok.encode(text, false).map_err(|message| DataError::Encode {
+            path: path.to_path_buf(),
+            line,
+            message,
+        })
+    };
+    let not_growing = || {
+        chat_fail(
+            "the chat template does not render the conversation as a growing text (each turn's rendering a prefix of the next): not supported yet".into(),
+            Code::GenerateChatTemplate,
+        )
+    };
+    // (text, carries loss) pieces in order
+    let mut pieces: Vec<(String, bool)> = Vec::new();
+    let mut done = String::new();
+    for (k, m) in turns.iter().enumerate() {
+        if m.role != "assistant" {
+            continue;
+        }
+        let opened = render(k, true)?;
+        let answered = render(k + 1, false)?;
+        let context = opened.strip_prefix(done.as_str()).ok_or_else(not_growing)?;
+        let answer = answered.strip_prefix(opened.as_str()).ok_or_else(not_growing)?;
+        pieces.push((context.to_string(), false));
+        pieces.push((answer.to_string(), true));
+        done = answered;
+    }
+    let all = render(turns.len(), false)?;
+    pieces.push((
+        all.strip_prefix(done.as_str()).ok_or_else(not_growing)?.to_string(),
+        false,
+    ));
+    let mut ex = Example::default();
+    let mut first_loss = None;
+    for (text, loss) in pieces {
+        let start = ex.ids.len();
+        ex.ids.extend(encode(&text)?);
+        let end = ex.ids.len();
+        match (loss, first_loss) {
+            (true, None) => first_loss = Some(start),
+            (false, Some(_)) if end > start => ex.no_loss.push((start, end)),
+            _ => {}
+        }
+    }
+    ex.loss_from = first_loss.unwrap_or(ex.ids.len());
     Ok(ex)
 }

@@ -66,6 +66,19 @@ pub enum DataError {
         /// What is wrong: a missing or mistyped field, or both forms at once.
         problem: String,
     },
+    /// A `messages` line cannot be rendered: the model has no chat template,
+    /// the template fails, or it does not render the conversation turn by turn.
+    #[error("`{}` line {line}: {problem}", path.display())]
+    Chat {
+        /// The data file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What went wrong.
+        problem: String,
+        /// `lamda::generate::no_chat_template` or `lamda::generate::chat_template`.
+        code: Code,
+    },
     /// A data file yields no example or no token at all.
     #[error("`{}` holds no training data", path.display())]
     Empty {
@@ -155,6 +168,7 @@ impl DataError {
             Self::Encode { .. } => Code::DataEncode,
             Self::JsonlSyntax { .. } => Code::DataJsonlSyntax,
             Self::JsonlExample { .. } => Code::DataJsonlExample,
+            Self::Chat { code, .. } => *code,
             Self::Empty { .. } => Code::DataEmpty,
             Self::TooShort { .. } => Code::DataTooShort,
             Self::Checkpoint(e) => e.code(),
@@ -183,8 +197,14 @@ impl DataError {
             Self::Encode { .. } => "check the text on that line".into(),
             Self::JsonlSyntax { .. } => "each line must be one JSON object, e.g. {\"text\": \"...\"}".into(),
             Self::JsonlExample { .. } => "each line needs either `text`, or `prompt` and \
-                 `completion` (loss on the completion only), as strings"
+                 `completion` (loss on the completion only), as strings, or `messages` (a chat: \
+                 loss on the assistant's turns only)"
                 .into(),
+            Self::Chat {
+                code: Code::GenerateNoChatTemplate,
+                ..
+            } => "`messages` lines need the model's chat template in its tokenizer_config.json (`lamdac convert` copies a GGUF's); or write the lines as `prompt` and `completion`".into(),
+            Self::Chat { .. } => "write the lines as `prompt` and `completion` instead of `messages`".into(),
             Self::Empty { .. } => "add training text to the file".into(),
             Self::TooShort { .. } => "lower `seq` or add more text".into(),
             Self::Checkpoint(e) => e.hint(),

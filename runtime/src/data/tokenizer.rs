@@ -129,6 +129,30 @@ impl Tokenizer {
         }
     }
 
+    /// Decodes ids back to text. `skip_special` leaves out special tokens
+    /// (BOS, EOS, chat markers). Byte level: the bytes as UTF-8, an incomplete
+    /// or invalid sequence as U+FFFD (as the byte-level BPE decoder does), so a
+    /// caller streaming text can hold back a trailing U+FFFD until the
+    /// character's last byte arrives. The error is the tokenizers library's message.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, String> {
+        match self {
+            Self::Bytes => {
+                let bytes: Vec<u8> = ids.iter().map(|&i| u8::try_from(i).unwrap_or(b'?')).collect();
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            Self::Hf(t) => t.inner.decode(ids, skip_special).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The id of a token given by its text (`<|im_end|>`), if the vocabulary
+    /// has it (added tokens included). None at byte level.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        match self {
+            Self::Bytes => None,
+            Self::Hf(t) => t.inner.token_to_id(token),
+        }
+    }
+
     /// Encodes text. `special` adds the tokenizer's special tokens (e.g. BOS); ignored
     /// at byte level. The error is the tokenizers library's message.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, String> {

@@ -64,7 +64,7 @@ pub use embedding::{embedding_backward, embedding_forward};
 pub use gemm::{Trans, gemm};
 pub use linear::{linear_backward_input, linear_backward_weight, linear_forward};
 pub use rmsnorm::{rmsnorm_backward, rmsnorm_forward};
-pub use rope::{RopeTable, rope_backward, rope_forward};
+pub use rope::{RopeTable, rope_backward, rope_forward, rope_forward_at};
 
 /// Whether a kernel overwrites its output or adds into it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -97,6 +97,10 @@ impl RopeTable {
 
 /// Rotates every head of every row by the angles of its position, in place.
 /// `inverse = false` is the forward rotation `R(t)`, `true` its inverse `R(-t)`.
+///
+/// `start = None`: row i is at position `i % seq` (full sequences, training);
+/// `Some(s)`: row i is at position `s + i` (the rows a KV-cached decoder
+/// appends after `s` cached positions), which must stay below `table.seq()`.
 fn rotate(
     op: &'static str,
     table: &RopeTable,
@@ -104,15 +108,25 @@ fn rotate(
     n: usize,
     heads: usize,
     inverse: bool,
+    start: Option<usize>,
 ) -> Result<(), OpsError> {
     let (seq, hd) = (table.seq, table.head_dim);
     let width = dims(op, &[heads, hd])?;
     check_len(op, "x", x.len(), dims(op, &[n, width])?)?;
-    if seq == 0 || !n.is_multiple_of(seq) {
-        return Err(OpsError::Config {
-            op,
-            msg: format!("n = {n} rows is not a whole number of sequences of {seq}"),
-        });
+    match start {
+        None if seq == 0 || !n.is_multiple_of(seq) => {
+            return Err(OpsError::Config {
+                op,
+                msg: format!("n = {n} rows is not a whole number of sequences of {seq}"),
+            });
+        }
+        Some(s) if s.checked_add(n).is_none_or(|end| end > seq) => {
+            return Err(OpsError::Config {
+                op,
+                msg: format!("positions {s} .. {s} + {n} run past the table's {seq}"),
+            });
+        }
+        _ => {}
     }
     if width == 0 {
         return Ok(());
@@ -121,7 +135,8 @@ fn rotate(
     let rows = rows_per_task(width);
     x.par_chunks_mut(rows * width).enumerate().for_each(|(chunk, x)| {
         for (i, row) in x.chunks_exact_mut(width).enumerate() {
-            let (cos, sin) = table.row((chunk * rows + i) % seq);
+            let row_index = chunk * rows + i;
+            let (cos, sin) = table.row(start.map_or(row_index % seq, |s| s + row_index));
             for head in row.chunks_exact_mut(hd) {
                 let (a, b) = head.split_at_mut(half);
                 for j in 0..half {
@@ -148,7 +163,7 @@ fn rotate(
 /// x: `(n, heads * head_dim)` with `n` a multiple of `table.seq()`. Nothing is
 /// saved for the backward.
 pub fn rope_forward(table: &RopeTable, x: &mut [f32], n: usize, heads: usize) -> Result<(), OpsError> {
-    rotate("rope_forward", table, x, n, heads, false)
+    rotate("rope_forward", table, x, n, heads, false, None)
 }
 
 /// RoPE backward in place on the gradient: the forward is, per pair
@@ -158,7 +173,16 @@ pub fn rope_forward(table: &RopeTable, x: &mut [f32], n: usize, heads: usize) ->
 ///
 /// g: `(n, heads * head_dim)`, overwritten with `dL/dx`.
 pub fn rope_backward(table: &RopeTable, g: &mut [f32], n: usize, heads: usize) -> Result<(), OpsError> {
-    rotate("rope_backward", table, g, n, heads, true)
+    rotate("rope_backward", table, g, n, heads, true, None)
+}
+
+/// RoPE forward in place for rows at consecutive positions `start ..
+/// start + n` (one sequence continued by a KV-cached decoder): the same
+/// rotation as [`rope_forward`], row i at position `start + i`.
+///
+/// x: `(n, heads * head_dim)`; `start + n` must not exceed `table.seq()`.
+pub fn rope_forward_at(table: &RopeTable, x: &mut [f32], n: usize, heads: usize, start: usize) -> Result<(), OpsError> {
+    rotate("rope_forward_at", table, x, n, heads, false, Some(start))
 }
 
 #[cfg(test)]
@@ -217,6 +241,23 @@ mod tests {
             rope_backward(&table, &mut y, n, heads).unwrap();
             assert_close("roundtrip", &y, &x64, 1e-6, 0.0);
         }
+    }
+
+    #[test]
+    fn rows_at_an_offset_are_the_rows_of_the_full_sequence() {
+        let mut rng = Rng::new(7);
+        let (seq, heads, hd) = (11usize, 3usize, 6usize);
+        let table = RopeTable::new(seq, hd, 10000.0).unwrap();
+        let x = rng.vec(seq * heads * hd);
+        let want = rope_ref(&to64(&x), seq, heads, hd, 10000.0);
+        for (start, n) in [(0usize, 11usize), (4, 1), (10, 1), (3, 5)] {
+            let w = heads * hd;
+            let mut y = x[start * w..(start + n) * w].to_vec();
+            rope_forward_at(&table, &mut y, n, heads, start).unwrap();
+            assert_close("y", &y, &want[start * w..(start + n) * w], 1e-5, 1e-5);
+        }
+        let mut y = vec![0.0; 2 * heads * hd];
+        assert!(rope_forward_at(&table, &mut y, 2, heads, 10).is_err()); // positions 10, 11 of 11
     }
 
     #[test]

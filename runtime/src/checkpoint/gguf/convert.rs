@@ -1,5 +1,6 @@
 //! GGUF Llama → Hugging Face checkpoint folder (`config.json`, `model.safetensors`
-//! in F32 with `transformers` names, `tokenizer.json`).
+//! in F32 with `transformers` names, `tokenizer.json`, and `tokenizer_config.json`
+//! with the chat template when the GGUF has one).
 //!
 //! Expects `general.architecture = llama` and llama.cpp's tensor names. Guarantees
 //! that every GGUF tensor lands under exactly one Hugging Face name with the shape
@@ -27,7 +28,7 @@ use serde_json::{Value, json};
 
 use super::error::GgufError;
 use super::reader::{GgufFile, MetaValue};
-use super::tokenizer::tokenizer_json;
+use super::tokenizer::{tokenizer_config_json, tokenizer_json};
 use crate::checkpoint::writer::temporary_path;
 use crate::checkpoint::{
     CONFIG_FILE, Checkpoint, CheckpointError, LlamaConfig, TOKENIZER_FILE, TensorRef, write_safetensors,
@@ -35,6 +36,9 @@ use crate::checkpoint::{
 
 /// File name of the converted weights.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of the tokenizer settings (chat template, BOS / EOS names), written
+/// when the GGUF has a chat template.
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
 /// What [`convert_gguf`] wrote.
 #[derive(Debug, Clone)]
@@ -55,6 +59,8 @@ pub struct ConvertSummary {
     pub tokenizer: Option<PathBuf>,
     /// Why no tokenizer.json was written, when none was.
     pub tokenizer_skipped: Option<String>,
+    /// The tokenizer_config.json written (when the GGUF has a chat template).
+    pub tokenizer_config: Option<PathBuf>,
 }
 
 /// Converts the Llama GGUF at `gguf` into a Hugging Face checkpoint folder `out_dir`
@@ -81,6 +87,11 @@ pub fn convert_gguf(gguf: &Path, out_dir: &Path) -> Result<ConvertSummary, GgufE
             (None, Some("the GGUF has no tokenizer metadata".into()))
         }
         Err(e) => return Err(e),
+    };
+    // the chat template travels with the tokenizer (a template without one is of no use)
+    let tokenizer_config_text = match &tokenizer_text {
+        Some(_) => tokenizer_config_json(&file)?.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"),
+        None => None,
     };
     let config_json = hp.config_json(&file)?;
     let config_text = serde_json::to_string_pretty(&config_json).unwrap_or_default() + "\n";
@@ -115,6 +126,14 @@ pub fn convert_gguf(gguf: &Path, out_dir: &Path) -> Result<ConvertSummary, GgufE
         }
         None => None,
     };
+    let tokenizer_config = match &tokenizer_config_text {
+        Some(text) => {
+            let p = out_dir.join(TOKENIZER_CONFIG_FILE);
+            write_atomic(&p, text.as_bytes())?;
+            Some(p)
+        }
+        None => None,
+    };
     write_atomic(&out_dir.join(CONFIG_FILE), config_text.as_bytes())?;
 
     Checkpoint::open(out_dir)?;
@@ -137,6 +156,7 @@ pub fn convert_gguf(gguf: &Path, out_dir: &Path) -> Result<ConvertSummary, GgufE
         safetensors_bytes,
         tokenizer,
         tokenizer_skipped,
+        tokenizer_config,
     })
 }
 

@@ -173,6 +173,40 @@ pub fn tokenizer_json(gguf: &GgufFile) -> Result<Value, GgufError> {
     }))
 }
 
+/// A Hugging Face `tokenizer_config.json` for the GGUF's tokenizer: its chat
+/// template (`tokenizer.chat_template`, verbatim) and the names of its BOS and
+/// EOS tokens, so that `transformers`' `apply_chat_template` and `lamdac
+/// generate --chat` render the conversation format the model was tuned on.
+/// `None` when the GGUF has no chat template (a base model): there is nothing a
+/// config file would add then.
+pub fn tokenizer_config_json(gguf: &GgufFile) -> Result<Option<Value>, GgufError> {
+    let Some(template) = gguf.get("tokenizer.chat_template") else {
+        return Ok(None);
+    };
+    let template = template
+        .as_str()
+        .ok_or_else(|| bad(gguf, "tokenizer.chat_template", "a string".into(), template))?;
+    let tokens = string_array(gguf, "tokenizer.ggml.tokens")?;
+    let name = |key: &str| -> Value {
+        gguf.get(key)
+            .and_then(MetaValue::as_u64)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| tokens.get(i))
+            .map_or(Value::Null, |t| Value::String((*t).to_string()))
+    };
+    let flag = |key: &str| gguf.get(key).and_then(MetaValue::as_bool).unwrap_or(false);
+    Ok(Some(json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": template,
+        "bos_token": name("tokenizer.ggml.bos_token_id"),
+        "eos_token": name("tokenizer.ggml.eos_token_id"),
+        "pad_token": name("tokenizer.ggml.padding_token_id"),
+        "add_bos_token": flag("tokenizer.ggml.add_bos_token"),
+        "add_eos_token": flag("tokenizer.ggml.add_eos_token"),
+        "clean_up_tokenization_spaces": false,
+    })))
+}
+
 /// A `ByteLevel` component (pre-tokenizer, post-processor or decoder) with the GPT-2 regex.
 fn byte_level(add_prefix_space: bool, trim_offsets: bool) -> Value {
     json!({
