@@ -190,7 +190,8 @@ enum Command {
         /// A training run's output folder: its adapter is evaluated beside the base model.
         #[arg(long)]
         run: Option<PathBuf>,
-        /// Text or JSONL to evaluate on (default: the train block's data, said on stderr).
+        /// Text or JSONL to evaluate on (default: the train block's `eval_data`, else the
+        /// part of its data that `split` holds out, else its data; said on stderr).
         #[arg(long)]
         data: Option<PathBuf>,
         /// Only the first N examples.
@@ -200,7 +201,8 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         max_tokens: usize,
         /// Where to write the per-example predictions (JSONL; default:
-        /// <run>/eval-<data name>.jsonl, without --run runs/<file name>/eval-<data name>.jsonl).
+        /// <run>/eval-<data name>.jsonl, without --run runs/<file name>/eval-<data name>.jsonl;
+        /// `-held-out` before `.jsonl` for the part `split` holds out).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Output format of the summary.
@@ -855,13 +857,29 @@ fn eval(
         },
         None => None,
     };
+    // Without --data: the spec's held-out data (`eval_data`, or the part
+    // `split` keeps out of training), else its training data, said as such.
+    let mut held_out = None;
     let data = match data.or_else(|| {
+        if let Some(p) = &spec.train.eval_data {
+            eprintln!("no --data: evaluating on the train block's eval_data {}", p.display());
+            return Some(p.clone());
+        }
         let d = spec.train.data.clone();
         if let Some(p) = &d {
-            eprintln!(
-                "no --data: evaluating on the train block's data {} (not held out)",
-                p.display()
-            );
+            match spec.train.split {
+                Some(f) => {
+                    held_out = Some(f);
+                    eprintln!(
+                        "no --data: evaluating on the part of {} that `split {f}` holds out of training",
+                        p.display()
+                    );
+                }
+                None => eprintln!(
+                    "no --data: evaluating on the train block's data {} (not held out)",
+                    p.display()
+                ),
+            }
         }
         d
     }) {
@@ -878,7 +896,10 @@ fn eval(
         Ok(t) => t,
         Err(e) => return generate_error(&e),
     };
-    let data = match EvalData::load(&data, template.as_ref()) {
+    let data = match EvalData::load(&data, template.as_ref()).and_then(|d| match held_out {
+        Some(f) => d.held_out(f),
+        None => Ok(d),
+    }) {
         Ok(d) => d,
         Err(e) => return generate_error(&e),
     };
@@ -897,7 +918,8 @@ fn eval(
                 )
             })
         });
-        base.join(format!("eval-{stem}.jsonl"))
+        let part = if held_out.is_some() { "-held-out" } else { "" };
+        base.join(format!("eval-{stem}{part}.jsonl"))
     });
     let mut models = vec![("base", None)];
     if let Some(a) = &adapter {
@@ -1038,6 +1060,8 @@ struct Progress {
     bar: Option<ProgressBar>,
     total: u64,
     first_loss: Option<f32>,
+    /// The last validation loss.
+    val_loss: Option<f32>,
     started: std::time::Instant,
 }
 
@@ -1058,12 +1082,24 @@ impl Observer for Progress {
             bar.reset_eta();
         }
     }
+    fn validation(&mut self, _tr: &Trainer, v: &lamda_runtime::train::Validation) {
+        self.val_loss = Some(v.loss);
+        let line = format!(
+            "step {:>6}/{}  validation loss {:.4} ({} held-out targets)",
+            v.step, self.total, v.loss, v.targets
+        );
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
     fn step(&mut self, _tr: &Trainer, s: &StepStats, tps: f64) {
         self.first_loss.get_or_insert(s.loss);
+        let val = self.val_loss.map(|v| format!("  val {v:.4}")).unwrap_or_default();
         match &self.bar {
             Some(bar) => {
                 bar.set_position(s.step + 1);
-                bar.set_message(format!("loss {:.4}  {:.0} tok/s  lr {:.2e}", s.loss, tps, s.lr));
+                bar.set_message(format!("loss {:.4}{val}  {:.0} tok/s  lr {:.2e}", s.loss, tps, s.lr));
             }
             None => {
                 let every = (self.total / 10).max(1);
@@ -1136,6 +1172,7 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
         bar,
         total: 0,
         first_loss: None,
+        val_loss: None,
         started: std::time::Instant::now(),
     };
     let summary = match session::run(&mut session, &mut progress, &stop) {
@@ -1168,10 +1205,17 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
     let first = summary.losses.first().copied().unwrap_or(f32::NAN);
     let last = summary.losses.last().copied().unwrap_or(f32::NAN);
     eprintln!(
-        "trained {} steps in {:.1}s: loss {first:.4} -> {last:.4} (step 0 -> final evaluation on the first batch)\noutputs in {out}: adapter.safetensors, metrics.jsonl, checkpoints/",
+        "trained {} steps in {:.1}s: loss {first:.4} -> {last:.4} (step 0 -> final evaluation on the first batch)",
         summary.steps,
         progress.started.elapsed().as_secs_f64()
     );
+    if let (Some(a), Some(b)) = (summary.validations.first(), summary.validations.last()) {
+        eprintln!(
+            "validation loss {:.4} -> {:.4} (step {} -> {}, {} held-out targets)",
+            a.loss, b.loss, a.step, b.step, b.targets
+        );
+    }
+    eprintln!("outputs in {out}: adapter.safetensors, metrics.jsonl, loss.svg, checkpoints/");
     ExitCode::SUCCESS
 }
 

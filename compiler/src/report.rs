@@ -114,6 +114,9 @@ pub struct ModelReport {
 pub struct Report {
     pub model: ModelReport,
     pub steps: u64,
+    /// The held-out data and when its loss is measured, in words (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<String>,
     pub rules: Vec<RuleReport>,
     pub modules: Vec<ModuleReport>,
     pub totals: Totals,
@@ -265,9 +268,25 @@ pub fn report(spec: &ResolvedSpec) -> Report {
             .filter(|m| matches!(m.kind, crate::model::ModuleKind::Linear { .. }))
             .count(),
     };
+    let t = &spec.train;
+    let when = match t.eval_every {
+        Some(n) => format!("every {n} steps"),
+        None => match t.checkpoint_every {
+            Some(n) => format!("every {n} steps (at each checkpoint)"),
+            None => "before the first step and after the last".into(),
+        },
+    };
+    let validation = match (t.split, &t.eval_data) {
+        (Some(f), _) => Some(format!(
+            "split {f}: that share of the data is held out (never trained on); validation loss {when}"
+        )),
+        (None, Some(p)) => Some(format!("{}; validation loss {when}", p.display())),
+        (None, None) => None,
+    };
     Report {
         model,
         steps,
+        validation,
         rules,
         modules,
         totals,
@@ -360,7 +379,11 @@ pub fn render_text(r: &Report) -> String {
         short(r.model.base_params),
         r.model.linear_modules
     ));
-    out.push_str(&format!("run     {} optimizer steps\n\n", r.steps));
+    out.push_str(&format!("run     {} optimizer steps\n", r.steps));
+    if let Some(v) = &r.validation {
+        out.push_str(&format!("valid   {v}\n"));
+    }
+    out.push('\n');
     let mut rows = vec![vec![
         "rule".to_string(),
         "pattern".into(),

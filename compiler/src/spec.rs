@@ -102,6 +102,13 @@ impl Default for AdamW {
 pub struct TrainConfig {
     /// Data file, resolved against the spec's folder.
     pub data: Option<PathBuf>,
+    /// Held-out data file for the validation loss, resolved against the spec's folder.
+    pub eval_data: Option<PathBuf>,
+    /// Share of the training data held out for the validation loss (0 < x < 1).
+    pub split: Option<f64>,
+    /// Validation loss every N steps (and before the first and after the
+    /// last); `None`: at every checkpoint, before the first step and after the last.
+    pub eval_every: Option<u64>,
     pub steps: u64,
     pub batch: u64,
     pub seq: u64,
@@ -127,6 +134,9 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             data: None,
+            eval_data: None,
+            split: None,
+            eval_every: None,
             steps: 1000,
             batch: 8,
             seq: 256,

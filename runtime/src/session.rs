@@ -25,7 +25,7 @@ use crate::data::{Batch, BatchConfig, Batcher, DataError, Dataset, Tokenizer};
 use crate::init::{InitError, initialize};
 use crate::linalg::{LinalgError, MatF32Ref};
 use crate::train::state::{self, StateError};
-use crate::train::{Backend, StepError, StepStats, Trainer};
+use crate::train::{Backend, StepError, StepStats, Trainer, Validation};
 
 /// Everything that can stop a session, each with a code and a hint.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,7 @@ impl SessionError {
             SessionError::Compile(_) => Code::Compile,
             SessionError::Init(_) => Code::TrainInit,
             SessionError::Step(StepError::NonFinite { .. }) | SessionError::NonFinite { .. } => Code::TrainNonFinite,
+            SessionError::Step(StepError::Data(e)) => e.code(),
             SessionError::Collapsed { .. } => Code::TrainCollapsed,
             SessionError::Step(_) => Code::TrainStep,
             SessionError::State(StateError::Mismatch { .. }) => Code::ResumeMismatch,
@@ -138,6 +139,10 @@ impl SessionError {
             SessionError::Checkpoint(e) => e.hint(),
             SessionError::Data(e) => e.hint(),
             SessionError::Step(StepError::NonFinite { .. }) => "lower the learning rate or add `clip 1.0`".into(),
+            SessionError::Step(StepError::Data(e)) => e.hint(),
+            SessionError::Step(StepError::NoValidationTargets) => "every held-out example lost its loss positions: \
+                 raise `seq` so that completions (assistant turns) fit, or hold out other data"
+                .into(),
             SessionError::NonFinite { checkpoint, lr, .. } => {
                 format!(
                     "lower the learning rate (lr {lr:e}) or add `clip 1.0`; {}",
@@ -224,6 +229,8 @@ pub trait Observer {
     fn start(&mut self, _tr: &Trainer) {}
     /// Called after every optimizer step; `tr.grads` holds that step's gradients.
     fn step(&mut self, _tr: &Trainer, _stats: &StepStats, _tokens_per_s: f64) {}
+    /// Called after each validation loss (before the first step, every `eval every N`, after the last).
+    fn validation(&mut self, _tr: &Trainer, _v: &Validation) {}
     /// Called once after the last step with the final evaluation.
     fn finish(&mut self, _tr: &Trainer, _loss: f32, _logits: &[f32]) {}
     /// A problem that does not stop the run (yet): its code and the message.
@@ -240,6 +247,10 @@ pub struct Session {
     pub out: PathBuf,
     /// The batch the final evaluation uses (the first batch of the run).
     pub eval_batch: Batch,
+    /// The held-out data of the validation loss (`split` or `eval_data`).
+    pub validation: Option<Dataset>,
+    /// Validation losses measured so far (read back from metrics.jsonl after a resume).
+    pub validations: Vec<Validation>,
     pub spec_text: String,
     pub spec_hash: String,
     pub resumed_from: Option<u64>,
@@ -390,7 +401,17 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     let tokenizer = Tokenizer::for_checkpoint(&ckpt)?;
     // a broken tokenizer_config.json only matters to `messages` lines, which then say there is no template
     let chat = crate::generate::ChatTemplate::for_folder(ckpt.dir()).ok().flatten();
-    let dataset = Dataset::load_with_chat(&data_path, &tokenizer, chat.as_ref())?;
+    let (dataset, validation) = match (spec.train.split, &spec.train.eval_data) {
+        (Some(f), _) => {
+            let (train, held) = Dataset::load_split(&data_path, &tokenizer, chat.as_ref(), f)?;
+            (train, Some(held))
+        }
+        (None, Some(p)) => (
+            Dataset::load_with_chat(&data_path, &tokenizer, chat.as_ref())?,
+            Some(Dataset::load_with_chat(p, &tokenizer, chat.as_ref())?),
+        ),
+        (None, None) => (Dataset::load_with_chat(&data_path, &tokenizer, chat.as_ref())?, None),
+    };
     dataset.check_vocab(plan.vocab)?;
     let cfg = BatchConfig {
         seq: plan.seq,
@@ -398,6 +419,11 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         seed: plan.train.seed,
         shuffle: None,
     };
+    if let Some(v) = &validation {
+        v.check_vocab(plan.vocab)?;
+        // a held-out text shorter than one window fails here, not after the first steps
+        Batcher::new(v.clone(), cfg)?;
+    }
     let eval_batch = Batcher::new(dataset.clone(), cfg)?.next_batch();
     let batcher = Batcher::new(dataset, cfg)?;
     startup.lap("data", &mut since);
@@ -456,6 +482,8 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         losses,
         out,
         eval_batch,
+        validation,
+        validations: Vec::new(),
         spec_text,
         spec_hash,
         startup,
@@ -469,6 +497,8 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
 pub struct Summary {
     /// Loss of every step, then the final evaluation: T + 1 values when complete.
     pub losses: Vec<f32>,
+    /// Validation losses, in step order (empty without held-out data).
+    pub validations: Vec<Validation>,
     /// Steps run in total (resumed ones included).
     pub steps: u64,
     /// Set when the run stopped early on request; a checkpoint was saved.
@@ -490,22 +520,58 @@ fn append_metrics(path: &Path, line: &serde_json::Value) -> Result<(), SessionEr
     writeln!(f, "{line}").map_err(werr)
 }
 
-/// Keeps the lines of `metrics.jsonl` for steps before `step` (after a resume).
-fn truncate_metrics(path: &Path, step: u64) -> Result<(), SessionError> {
+/// Keeps the lines of `metrics.jsonl` for steps before `step` (after a
+/// resume), and returns the validation losses among them.
+fn truncate_metrics(path: &Path, step: u64) -> Result<Vec<Validation>, SessionError> {
     let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Vec::new());
+    };
+    let mut kept = String::new();
+    let mut validations = Vec::new();
+    for l in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
+        let Some(s) = v.get("step").and_then(serde_json::Value::as_u64).filter(|&s| s < step) else {
+            continue;
+        };
+        kept.push_str(l);
+        kept.push('\n');
+        if let (Some(loss), Some(targets)) = (
+            v.get("val_loss").and_then(serde_json::Value::as_f64),
+            v.get("val_targets").and_then(serde_json::Value::as_u64),
+        ) {
+            validations.push(Validation {
+                step: s,
+                loss: loss as f32,
+                targets: targets as usize,
+            });
+        }
+    }
+    state::write_atomic(path, kept.as_bytes())?;
+    Ok(validations)
+}
+
+/// Measures the validation loss (when the run has held-out data), records it
+/// in metrics.jsonl and tells the observer.
+fn validate(session: &mut Session, metrics: &Path, observer: &mut dyn Observer) -> Result<(), SessionError> {
+    let Some(data) = &session.validation else {
         return Ok(());
     };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
-                .is_some_and(|s| s < step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    state::write_atomic(path, kept.as_bytes())?;
+    let v = session.trainer.validation_loss(data)?;
+    append_metrics(
+        metrics,
+        &serde_json::json!({ "step": v.step, "val_loss": v.loss, "val_targets": v.targets }),
+    )?;
+    observer.validation(&session.trainer, &v);
+    session.validations.push(v);
+    Ok(())
+}
+
+/// Writes the run's picture, `loss.svg` (train and validation loss against step).
+fn write_plot(session: &Session, out: &Path) -> Result<(), SessionError> {
+    let svg = crate::train::plot::loss_svg(&session.losses, &session.validations);
+    state::write_atomic(&out.join("loss.svg"), svg.as_bytes())?;
     Ok(())
 }
 
@@ -519,20 +585,30 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
     let metrics = out.join("metrics.jsonl");
     let ckpt_root = out.join("checkpoints");
     match session.resumed_from {
-        Some(step) => truncate_metrics(&metrics, step)?,
+        Some(step) => session.validations = truncate_metrics(&metrics, step)?,
         None => state::write_atomic(&metrics, b"")?,
     }
-    let tr = &mut session.trainer;
-    let total = tr.total_steps();
-    let every = tr.plan.train.checkpoint_every;
-    observer.start(tr);
+    let total = session.trainer.total_steps();
+    let every = session.trainer.plan.train.checkpoint_every;
+    let eval_every = session.trainer.plan.train.eval_every.or(every);
+    observer.start(&session.trainer);
+    // before the first step; after a resume only where the uninterrupted run
+    // measured one (its line went with the truncated metrics)
+    let due_now = match session.resumed_from {
+        None => true,
+        Some(s) => eval_every.is_some_and(|n| s.is_multiple_of(n)),
+    };
+    if due_now && session.trainer.step < total {
+        validate(session, &metrics, observer)?;
+    }
     let mut last_ckpt = session.resumed_checkpoint.clone();
-    let patience = tr.plan.train.stop_on_collapse;
-    let lr = tr.plan.train.lr;
-    let uniform_loss = (tr.plan.vocab.max(1) as f64).ln();
+    let patience = session.trainer.plan.train.stop_on_collapse;
+    let lr = session.trainer.plan.train.lr;
+    let uniform_loss = (session.trainer.plan.vocab.max(1) as f64).ln();
     // (first step, steps so far) of the current run of zero-gradient steps
     let mut collapse: Option<(u64, u64)> = None;
-    while tr.step < total {
+    while session.trainer.step < total {
+        let tr = &mut session.trainer;
         let started = std::time::Instant::now();
         let stats = match tr.train_step() {
             Ok(s) => s,
@@ -599,12 +675,20 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
             collapse = None;
         }
         let due = every.is_some_and(|n| tr.step.is_multiple_of(n)) && tr.step < total && collapse.is_none();
+        let step = tr.step;
+        if eval_every.is_some_and(|n| step.is_multiple_of(n)) && step < total && !stop.load(Ordering::SeqCst) {
+            validate(session, &metrics, observer)?;
+        }
+        let tr = &mut session.trainer;
         if due || stop.load(Ordering::SeqCst) {
             last_ckpt = Some(state::save(tr, &ckpt_root, &session.spec_hash, &session.losses)?);
             state::write_adapter(tr, &session.init, &out.join("adapter.safetensors"), &session.spec_text)?;
+            write_plot(session, &out)?;
         }
+        let tr = &mut session.trainer;
         if stop.load(Ordering::SeqCst) && tr.step < total {
             return Ok(Summary {
+                validations: session.validations.clone(),
                 losses: session.losses.clone(),
                 steps: tr.step,
                 interrupted: true,
@@ -613,6 +697,8 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
             });
         }
     }
+    validate(session, &metrics, observer)?;
+    let tr = &mut session.trainer;
     let final_eval = tr.evaluate(&session.eval_batch, true)?;
     let logits = final_eval.logits.unwrap_or_default();
     let mut losses = session.losses.clone();
@@ -624,7 +710,10 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
     observer.finish(tr, final_eval.loss, &logits);
     let ckpt = state::save(tr, &ckpt_root, &session.spec_hash, &session.losses)?;
     state::write_adapter(tr, &session.init, &out.join("adapter.safetensors"), &session.spec_text)?;
+    write_plot(session, &out)?;
+    let tr = &session.trainer;
     Ok(Summary {
+        validations: session.validations.clone(),
         losses,
         steps: tr.step,
         interrupted: false,

@@ -185,6 +185,7 @@ codes! {
     DataSeqMismatch = "lamda::data::seq_mismatch": "the rows of a token-id file are not `seq` long",
     DataBadBatching = "lamda::data::bad_batching": "batch or seq is zero, or too large for the data",
     DataStateMismatch = "lamda::data::state_mismatch": "a checkpoint's data position was saved for other data or batching",
+    DataSplit = "lamda::data::split": "`split F` would leave no data to train on or none held out",
     // checkpoint weights
     CheckpointNoWeights = "lamda::checkpoint::no_weights": "a checkpoint folder has neither model.safetensors nor an index of shards",
     CheckpointInvalidIndex = "lamda::checkpoint::invalid_index": "model.safetensors.index.json is not a valid index",

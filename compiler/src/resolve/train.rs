@@ -11,6 +11,15 @@ use crate::syntax::ast::{Span, TrainBlock, TrainEntry, Value, ValueKind};
 /// Every key of a train block with what it takes, for errors and spec/language.md.
 pub const KEYS: &[(&str, &str)] = &[
     ("data", "a file: \"data.txt\", \"data.jsonl\" or \"ids.safetensors\""),
+    (
+        "eval_data",
+        "a held-out file for the validation loss, in a format `data` takes",
+    ),
+    (
+        "split",
+        "share of the data held out for the validation loss, a number in (0, 0.5]",
+    ),
+    ("eval", "every N (steps): the validation loss"),
     ("steps", "optimizer steps, an integer >= 1"),
     ("batch", "sequences per micro-batch, an integer >= 1"),
     ("seq", "tokens per sequence, an integer >= 2"),
@@ -47,6 +56,12 @@ const SYNONYMS: &[(&str, &str)] = &[
     ("optim", "optimizer"),
     ("save_steps", "checkpoint"),
     ("dataset", "data"),
+    ("eval_dataset", "eval_data"),
+    ("validation_data", "eval_data"),
+    ("val_data", "eval_data"),
+    ("validation_split", "split"),
+    ("val_split", "split"),
+    ("eval_steps", "eval"),
 ];
 
 struct Cx<'a> {
@@ -129,6 +144,7 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
     let mut cx = Cx { file, errs };
     let mut warmup_span = None;
     let (mut batch_span, mut seq_span) = (None, None);
+    let (mut eval_data_span, mut split_span, mut eval_span) = (None, None, None);
     for e in &block.entries {
         let key = e.key.name.as_str();
         if !KEYS.iter().any(|(k, _)| *k == key) {
@@ -159,33 +175,24 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
             continue;
         }
         match key {
-            "data" => match &e.value.kind {
-                ValueKind::Str(s) => {
-                    let p = join_clean(dir, s);
-                    if p.is_dir() {
-                        cx.errs.push(
-                            Diagnostic::error(
-                                Code::TrainDataNotAFile,
-                                file,
-                                format!("`{}` is a folder, not a data file", p.display()),
-                            )
-                            .label(e.value.span, "a folder")
-                            .help("name one file: text (.txt), JSONL (.jsonl) or token ids (.safetensors)"),
-                        );
-                    } else if !p.is_file() {
-                        cx.errs.push(
-                            Diagnostic::error(
-                                Code::TrainDataNotFound,
-                                file,
-                                format!("data file `{}` does not exist", p.display()),
-                            )
-                            .label(e.value.span, "no such file")
-                            .help("paths are relative to the folder of the .lamda file"),
-                        );
-                    }
-                    cfg.data = Some(p);
+            "data" => cfg.data = data_file(e, &mut cx, dir),
+            "eval_data" => {
+                cfg.eval_data = data_file(e, &mut cx, dir);
+                eval_data_span = Some(e.key.span);
+            }
+            "split" => {
+                match e.value.kind.as_f64() {
+                    Some(x) if x > 0.0 && x <= 0.5 && !e.every => cfg.split = Some(x),
+                    _ => cx.bad(e, "a number in (0, 0.5]: the share of the data held out"),
                 }
-                _ => cx.bad(e, "a file path in quotes"),
+                split_span = Some(e.key.span);
+            }
+            "eval" => match e.value.kind {
+                ValueKind::Int(n) if e.every && n >= 1 => {
+                    cfg.eval_every = Some(n as u64);
+                    eval_span = Some(e.key.span);
+                }
+                _ => cx.bad(e, "`every N` with N >= 1"),
             },
             "steps" => {
                 cfg.steps = cx
@@ -266,6 +273,28 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
         }
         cx.errs.push(d);
     }
+    if let (Some(a), Some(b)) = (eval_data_span, split_span) {
+        cx.errs.push(
+            Diagnostic::error(
+                Code::TrainBadValue,
+                file,
+                "`eval_data` and `split` both name the validation data",
+            )
+            .label(b, "held out from `data`")
+            .label(a, "a file of its own")
+            .help("keep one: `eval_data \"FILE\"` or `split 0.1`"),
+        );
+    }
+    if let Some(span) = eval_span
+        && eval_data_span.is_none()
+        && split_span.is_none()
+    {
+        cx.errs.push(
+            Diagnostic::error(Code::TrainBadValue, file, "`eval every` without validation data")
+                .label(span, "nothing to evaluate on")
+                .help("hold out part of the data with `split 0.1`, or name a file with `eval_data \"FILE\"`"),
+        );
+    }
     if let Some(span) = warmup_span
         && cfg.warmup >= cfg.steps
     {
@@ -282,6 +311,38 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
         );
     }
     cfg
+}
+
+/// A data file setting (`data`, `eval_data`): a path in quotes, relative to
+/// `dir`, that names an existing file.
+fn data_file(e: &TrainEntry, cx: &mut Cx<'_>, dir: &Path) -> Option<std::path::PathBuf> {
+    let ValueKind::Str(s) = &e.value.kind else {
+        cx.bad(e, "a file path in quotes");
+        return None;
+    };
+    let p = join_clean(dir, s);
+    if p.is_dir() {
+        cx.errs.push(
+            Diagnostic::error(
+                Code::TrainDataNotAFile,
+                cx.file,
+                format!("`{}` is a folder, not a data file", p.display()),
+            )
+            .label(e.value.span, "a folder")
+            .help("name one file: text (.txt), JSONL (.jsonl) or token ids (.safetensors)"),
+        );
+    } else if !p.is_file() {
+        cx.errs.push(
+            Diagnostic::error(
+                Code::TrainDataNotFound,
+                cx.file,
+                format!("data file `{}` does not exist", p.display()),
+            )
+            .label(e.value.span, "no such file")
+            .help("paths are relative to the folder of the .lamda file"),
+        );
+    }
+    Some(p)
 }
 
 fn optimizer(v: &Value, cx: &mut Cx<'_>) -> Option<AdamW> {

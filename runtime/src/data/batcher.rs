@@ -324,9 +324,14 @@ impl Iterator for Batcher {
 }
 
 /// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and fixed forever.
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator started at `seed`.
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
     /// A generator whose stream depends on both the seed and the epoch.
     fn for_epoch(seed: u64, epoch: u64) -> Self {
         let mut g = Self(seed);
@@ -343,7 +348,7 @@ impl SplitMix64 {
     }
 
     /// Uniform in `0..n` (Lemire's multiply-shift; bias below n / 2^64).
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 }

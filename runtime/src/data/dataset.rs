@@ -100,13 +100,77 @@ impl Dataset {
         }
     }
 
+    /// [`Dataset::load_with_chat`], split into the part that trains and the
+    /// part held out at share `fraction` (see [`super::split`]).
+    pub fn load_split(
+        path: &Path,
+        tokenizer: &Tokenizer,
+        chat: Option<&ChatTemplate>,
+        fraction: f64,
+    ) -> Result<(Self, Self), DataError> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl" | "safetensors") => Self::load_with_chat(path, tokenizer, chat)?.split_items(fraction),
+            _ => {
+                let bytes = read(path)?;
+                let cut = super::split::text_cut(&bytes, fraction, path)?;
+                Ok((
+                    Self::text_bytes(path, &bytes[..cut], tokenizer)?,
+                    Self::text_bytes(path, &bytes[cut..], tokenizer)?,
+                ))
+            }
+        }
+    }
+
+    /// Examples or rows split by [`super::split::held_out`]: (train, held out).
+    fn split_items(self, fraction: f64) -> Result<(Self, Self), DataError> {
+        let part = |source| Self {
+            path: self.path.clone(),
+            byte_level: self.byte_level,
+            source,
+        };
+        match &self.source {
+            Source::Examples { examples, pad_id } => {
+                let held = super::split::held_out(examples.len(), fraction, &self.path)?;
+                let (mut train, mut val) = (Vec::new(), Vec::new());
+                for (e, h) in examples.iter().zip(held) {
+                    if h { &mut val } else { &mut train }.push(e.clone());
+                }
+                let pad_id = *pad_id;
+                Ok((
+                    part(Source::Examples {
+                        examples: train,
+                        pad_id,
+                    }),
+                    part(Source::Examples { examples: val, pad_id }),
+                ))
+            }
+            Source::Rows { input_ids, labels } => {
+                let held = super::split::held_out(input_ids.nrows(), fraction, &self.path)?;
+                let pick = |want: bool| -> Vec<usize> { (0..held.len()).filter(|&i| held[i] == want).collect() };
+                let rows = |ix: &[usize]| Source::Rows {
+                    input_ids: input_ids.select(ndarray::Axis(0), ix),
+                    labels: labels.select(ndarray::Axis(0), ix),
+                };
+                Ok((part(rows(&pick(false))), part(rows(&pick(true)))))
+            }
+            Source::Stream(_) => Err(DataError::Split {
+                path: self.path.clone(),
+                problem: "a token stream is split as text, before tokenizing".into(),
+            }),
+        }
+    }
+
     /// Loads a plain-text file as one token stream.
     pub fn text(path: &Path, tokenizer: &Tokenizer) -> Result<Self, DataError> {
-        let bytes = read(path)?;
+        Self::text_bytes(path, &read(path)?, tokenizer)
+    }
+
+    /// The text `bytes` (of the file `path`) as one token stream.
+    fn text_bytes(path: &Path, bytes: &[u8], tokenizer: &Tokenizer) -> Result<Self, DataError> {
         let tokens: Vec<u32> = match tokenizer {
             Tokenizer::Bytes => bytes.iter().map(|&b| u32::from(b)).collect(),
             Tokenizer::Hf(_) => {
-                let text = utf8(path, &bytes)?;
+                let text = utf8(path, bytes)?;
                 tokenizer.encode(text, true).map_err(|message| DataError::Encode {
                     path: path.to_path_buf(),
                     line: 1,

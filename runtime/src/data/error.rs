@@ -140,6 +140,14 @@ pub enum DataError {
         /// The sequence length asked for.
         seq: usize,
     },
+    /// `split F` would leave one part of the data empty.
+    #[error("`{}`: {problem}", path.display())]
+    Split {
+        /// The data file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// `seq` or `batch` is zero.
     #[error("invalid batching: {problem}")]
     BadBatching {
@@ -177,6 +185,7 @@ impl DataError {
             Self::BadLabel { .. } => Code::DataBadLabel,
             Self::SeqMismatch { .. } => Code::DataSeqMismatch,
             Self::BadBatching { .. } => Code::DataBadBatching,
+            Self::Split { .. } => Code::DataSplit,
             Self::StateMismatch { .. } => Code::DataStateMismatch,
         }
     }
@@ -222,6 +231,9 @@ impl DataError {
             Self::BadLabel { .. } => "use -100 for positions without loss".into(),
             Self::SeqMismatch { file_seq, .. } => format!("set `seq {file_seq}` in the train block"),
             Self::BadBatching { .. } => "`seq` and `batch` must be at least 1".into(),
+            Self::Split { .. } => {
+                "add data, use a smaller `split`, or name a held-out file with `eval_data \"FILE\"`".into()
+            }
             Self::StateMismatch { .. } => "resume with the same data file and the same `seq`, \
                  `batch` and `seed`, or start a fresh run"
                 .into(),

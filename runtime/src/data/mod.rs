@@ -3,11 +3,13 @@
 //! - [`tokenizer`]: bytes, or a Hugging Face tokenizer.json.
 //! - [`dataset`]: a data file → tokens ([`Dataset`]), and the vocabulary check.
 //! - [`batcher`]: `(input_ids, labels)` batches, deterministic and resumable.
+//! - [`split`]: the held-out part of a file (`split F`).
 //! - [`error`]: [`DataError`], with a hint and a code per variant.
 
 pub mod batcher;
 pub mod dataset;
 pub mod error;
+pub mod split;
 pub mod tokenizer;
 
 pub use batcher::{Batch, BatchConfig, Batcher, BatcherState};

@@ -141,6 +141,33 @@ impl EvalData {
     }
 }
 
+impl EvalData {
+    /// The part of the file that `split fraction` holds out of training
+    /// (the same examples, or the same tail of a text: [`crate::data::split`]).
+    pub fn held_out(mut self, fraction: f64) -> Result<Self, GenerateError> {
+        match self.items.as_slice() {
+            [Item::Text(t)]
+                if self.kind == "text" && self.path.extension().and_then(|e| e.to_str()) != Some("jsonl") =>
+            {
+                let cut = crate::data::split::text_cut(t.as_bytes(), fraction, &self.path)?;
+                let tail = t[cut..].to_string();
+                self.items = vec![Item::Text(tail)];
+            }
+            _ => {
+                let held = crate::data::split::held_out(self.items.len(), fraction, &self.path)?;
+                self.items = self
+                    .items
+                    .into_iter()
+                    .zip(held)
+                    .filter(|(_, h)| *h)
+                    .map(|(i, _)| i)
+                    .collect();
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// A `messages` line: every turn before the last as the prompt (assistant
 /// turn opened), the last, an assistant turn, as the reference.
 fn chat_item(path: &Path, line: usize, messages: &Json, chat: Option<&ChatTemplate>) -> Result<Item, GenerateError> {

@@ -11,13 +11,14 @@
 //! (`lr (1 + cos(pi q)) / 2`) or linear (`lr (1 - q)`) decay with
 //! `q = (t - warmup) / (T - warmup)`.
 
+pub mod plot;
 pub mod state;
 
 use lamda_compiler::ir::ParamRole;
 use lamda_compiler::plan::Plan;
 use lamda_compiler::spec::LrSchedule;
 
-use crate::data::{Batch, Batcher, IGNORE_INDEX};
+use crate::data::{Batch, BatchConfig, Batcher, Dataset, IGNORE_INDEX};
 use crate::exec::{ExecError, Executor, RunOutput};
 use crate::ops::{AdamState, AdamW, OpsError, adamw_step};
 
@@ -31,6 +32,20 @@ pub enum StepError {
     NonFinite { step: u64, loss: f32 },
     #[error("step {step}: no position of the batch has a label to predict")]
     NoTargets { step: u64 },
+    #[error("the validation data has no position with a label to predict")]
+    NoValidationTargets,
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+}
+
+/// The validation loss: the mean over every counted position of the held-out data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Validation {
+    /// Steps trained when it was measured.
+    pub step: u64,
+    pub loss: f32,
+    /// Positions that counted.
+    pub targets: usize,
 }
 
 /// What one optimizer step did.
@@ -356,6 +371,43 @@ impl Trainer {
         ];
         args.extend(scalars.iter().map(|&x| KArg::Scalar(x)));
         exec.launch(&kernel, &mut args, len / cols).map_err(StepError::Exec)
+    }
+
+    /// The loss of the current parameters over all of `data`, forward only:
+    /// its items in file order, `batch` at a time, the last batch filled with
+    /// rows that carry no loss; batches weighted by their counted positions.
+    pub fn validation_loss(&mut self, data: &Dataset) -> Result<Validation, StepError> {
+        let cfg = BatchConfig {
+            seq: self.plan.seq,
+            batch: self.plan.batch,
+            seed: 0,
+            shuffle: Some(false),
+        };
+        let mut batcher = Batcher::new(data.clone(), cfg)?;
+        let items = batcher.items_per_epoch();
+        let (mut sum, mut targets) = (0.0f64, 0usize);
+        for j in 0..batcher.batches_per_epoch() {
+            let mut b = batcher.next_batch();
+            // rows past the last item wrap into the next epoch: no loss there
+            let real = items - j * self.plan.batch;
+            for r in real..b.labels.nrows() {
+                b.labels.row_mut(r).fill(IGNORE_INDEX);
+            }
+            let c = count_targets(b.labels.as_slice().unwrap_or(&[]), self.plan.seq);
+            if c == 0 {
+                continue;
+            }
+            sum += f64::from(self.evaluate(&b, false)?.loss) * c as f64;
+            targets += c;
+        }
+        if targets == 0 {
+            return Err(StepError::NoValidationTargets);
+        }
+        Ok(Validation {
+            step: self.step,
+            loss: (sum / targets as f64) as f32,
+            targets,
+        })
     }
 
     /// The loss (and logits) of the current parameters on `batch`, forward only.
