@@ -934,12 +934,18 @@ fn eval(
             Err(e) => return generate_error(&e),
         };
         let started = std::time::Instant::now();
+        // a counter on a terminal; in a log, a line per tenth
+        let tty = std::io::stderr().is_terminal();
+        let tenth = shown.div_ceil(10).max(1);
         let result = evaluate(&g, &data, label, opts, |p| {
-            if shown > 1 {
-                eprint!("\r{label}: {}/{shown}", p.index + 1);
+            let done = p.index + 1;
+            if shown > 1 && tty {
+                eprint!("\r{label}: {done}/{shown}");
+            } else if shown > 1 && (done.is_multiple_of(tenth) || done == shown) {
+                eprintln!("{label}: {done}/{shown} ({:.1}s)", started.elapsed().as_secs_f64());
             }
         });
-        if shown > 1 {
+        if shown > 1 && tty {
             eprintln!(" ({:.1}s)", started.elapsed().as_secs_f64());
         }
         match result {
