@@ -616,13 +616,7 @@ fn export(file: &Path, run: Option<PathBuf>, out: Option<PathBuf>, merge: bool) 
     let Some(spec) = checked.spec else {
         return ExitCode::from(1);
     };
-    let run = run.or_else(|| spec.train.out.clone()).unwrap_or_else(|| {
-        PathBuf::from("runs").join(
-            file.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        )
-    });
+    let run = run.unwrap_or_else(|| session::default_run_folder(file, spec.train.out.as_deref()));
     let adapter = run.join("adapter.safetensors");
     if !adapter.is_file() {
         eprintln!(
@@ -703,6 +697,19 @@ fn model_folder(spec: &lamda_compiler::spec::ResolvedSpec, command: &str) -> Res
 }
 
 /// The adapter file of a run folder (`<run>/adapter.safetensors`), or the error (printed).
+/// The checked spec of `file`, its model folder, and the adapter of `run`
+/// (when given): what `generate` and `eval` start from.
+fn spec_model_adapter(
+    file: &Path,
+    run: Option<&Path>,
+    command: &str,
+) -> Result<(lamda_compiler::spec::ResolvedSpec, PathBuf, Option<PathBuf>), ExitCode> {
+    let spec = checked(file, Style::Plain)?.spec.ok_or(ExitCode::from(1))?;
+    let dir = model_folder(&spec, command)?;
+    let adapter = run.map(|r| run_adapter(file, r)).transpose()?;
+    Ok((spec, dir, adapter))
+}
+
 fn run_adapter(file: &Path, run: &Path) -> Result<PathBuf, ExitCode> {
     let adapter = run.join("adapter.safetensors");
     if adapter.is_file() {
@@ -737,23 +744,9 @@ fn generate(
     sampling: lamda_runtime::generate::Sampling,
 ) -> ExitCode {
     use lamda_runtime::generate::{Generator, Stop, TextStream};
-    let checked = match checked(file, Style::Plain) {
-        Ok(c) => c,
+    let (spec, dir, adapter) = match spec_model_adapter(file, run.filter(|_| !no_adapter), "generate") {
+        Ok(t) => t,
         Err(code) => return code,
-    };
-    let Some(spec) = checked.spec else {
-        return ExitCode::from(1);
-    };
-    let dir = match model_folder(&spec, "generate") {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    let adapter = match run {
-        Some(r) if !no_adapter => match run_adapter(file, r) {
-            Ok(a) => Some(a),
-            Err(code) => return code,
-        },
-        _ => None,
     };
     let started = std::time::Instant::now();
     let generator = match Generator::open(&dir, adapter.as_deref()) {
@@ -770,13 +763,7 @@ fn generate(
         None if no_adapter => eprintln!("model {} (base model: --no-adapter)", dir.display()),
         None => {
             // the folder `train` writes to by default, if it has an adapter: say how to use it
-            let default_run = spec.train.out.clone().unwrap_or_else(|| {
-                PathBuf::from("runs").join(
-                    file.file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                )
-            });
+            let default_run = session::default_run_folder(file, spec.train.out.as_deref());
             let tip = if default_run.join("adapter.safetensors").is_file() {
                 format!("; --run {} to use its trained adapter", default_run.display())
             } else {
@@ -839,23 +826,9 @@ fn eval(
 ) -> ExitCode {
     use lamda_runtime::generate::eval::{EvalData, evaluate, render_table};
     use lamda_runtime::generate::{ChatTemplate, Generator};
-    let checked = match checked(file, Style::Plain) {
-        Ok(c) => c,
+    let (spec, dir, adapter) = match spec_model_adapter(file, run, "evaluate") {
+        Ok(t) => t,
         Err(code) => return code,
-    };
-    let Some(spec) = checked.spec else {
-        return ExitCode::from(1);
-    };
-    let dir = match model_folder(&spec, "evaluate") {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    let adapter = match run {
-        Some(r) => match run_adapter(file, r) {
-            Ok(a) => Some(a),
-            Err(code) => return code,
-        },
-        None => None,
     };
     // Without --data: the spec's held-out data (`eval_data`, or the part
     // `split` keeps out of training), else its training data, said as such.
@@ -909,15 +882,9 @@ fn eval(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let out_path = out_path.unwrap_or_else(|| {
-        let base = run.map(Path::to_path_buf).unwrap_or_else(|| {
-            spec.train.out.clone().unwrap_or_else(|| {
-                PathBuf::from("runs").join(
-                    file.file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                )
-            })
-        });
+        let base = run
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| session::default_run_folder(file, spec.train.out.as_deref()));
         let part = if held_out.is_some() { "-held-out" } else { "" };
         base.join(format!("eval-{stem}{part}.jsonl"))
     });

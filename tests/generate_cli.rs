@@ -1,23 +1,12 @@
 //! `lamdac generate` and `lamdac eval`: output, adapters from a run, and every coded error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::lamdac;
+use lamda_runtime::checkpoint::{SafetensorsFile, TensorRef, write_safetensors};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use lamda_runtime::checkpoint::{SafetensorsFile, TensorRef, write_safetensors};
-
-fn lamdac(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lamdac"))
-        .args(args)
-        .output()
-        .expect("runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lamdac-gen-{name}-{}", std::process::id()));

@@ -3,31 +3,20 @@
 //! SIGINT, then `--resume`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use lamda_runtime::session::{Observer, RunOptions, prepare, run};
-use lamda_runtime::train::{StepStats, Trainer};
+use common::{Quiet, StopAt};
+use lamda_runtime::session::{RunOptions, prepare, run};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lamdac-resume-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
-
-struct StopAt<'a>(u64, &'a AtomicBool);
-
-impl Observer for StopAt<'_> {
-    fn step(&mut self, _: &Trainer, s: &StepStats, _: f64) {
-        if s.step + 1 == self.0 {
-            self.1.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
-struct Quiet;
-impl Observer for Quiet {}
 
 fn losses_of(metrics: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(metrics)

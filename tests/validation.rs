@@ -3,24 +3,13 @@
 //! model), its place in metrics.jsonl and loss.svg, resume, and bad settings.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use lamda_runtime::session::{Observer, RunOptions, prepare, run};
-use lamda_runtime::train::{StepStats, Trainer};
-
-fn lamdac(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lamdac"))
-        .args(args)
-        .output()
-        .expect("runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{Quiet, StopAt, lamdac};
+use lamda_runtime::session::{RunOptions, prepare, run};
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lamdac-val-{name}-{}", std::process::id()));
@@ -158,19 +147,6 @@ fn eval_data_is_validated_and_training_never_sees_the_held_out_part() {
     assert!(all.iter().all(|e| train.contains(e) || val.contains(e)));
     let _ = std::fs::remove_dir_all(dir);
 }
-
-struct StopAt<'a>(u64, &'a AtomicBool);
-
-impl Observer for StopAt<'_> {
-    fn step(&mut self, _: &Trainer, s: &StepStats, _: f64) {
-        if s.step + 1 == self.0 {
-            self.1.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
-struct Quiet;
-impl Observer for Quiet {}
 
 #[test]
 fn a_resumed_run_has_the_validation_losses_of_an_uninterrupted_one() {

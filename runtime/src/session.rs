@@ -199,6 +199,18 @@ fn before(checkpoint: Option<&Path>) -> String {
     }
 }
 
+/// The folder a run of the spec at `spec_path` writes to without `--out`:
+/// the train block's `out`, else `runs/<file name>`.
+pub fn default_run_folder(spec_path: &Path, out: Option<&Path>) -> PathBuf {
+    out.map(Path::to_path_buf).unwrap_or_else(|| {
+        let stem = spec_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into());
+        PathBuf::from("runs").join(stem)
+    })
+}
+
 /// How to run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -439,15 +451,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         .out
         .clone()
         .or(resumed_run)
-        .or_else(|| spec.train.out.clone())
-        .unwrap_or_else(|| {
-            let stem = opts
-                .spec
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "run".into());
-            PathBuf::from("runs").join(stem)
-        });
+        .unwrap_or_else(|| default_run_folder(&opts.spec, spec.train.out.as_deref()));
     let backend = match device {
         Device::Cuda => Backend::Cuda(Box::new(
             CudaExecutor::with_options(

@@ -146,9 +146,8 @@ impl EvalData {
     /// (the same examples, or the same tail of a text: [`crate::data::split`]).
     pub fn held_out(mut self, fraction: f64) -> Result<Self, GenerateError> {
         match self.items.as_slice() {
-            [Item::Text(t)]
-                if self.kind == "text" && self.path.extension().and_then(|e| e.to_str()) != Some("jsonl") =>
-            {
+            // a plain-text file is one item: its tail is held out, as training cuts it
+            [Item::Text(t)] if self.path.extension().and_then(|e| e.to_str()) != Some("jsonl") => {
                 let cut = crate::data::split::text_cut(t.as_bytes(), fraction, &self.path)?;
                 let tail = t[cut..].to_string();
                 self.items = vec![Item::Text(tail)];
