@@ -22,38 +22,12 @@ use lamda_runtime::backend::cuda::Precision;
 use lamda_runtime::session::{self, Observer, RunOptions, SessionError};
 use lamda_runtime::train::{StepStats, Trainer};
 
-/// mimalloc keeps freed memory mapped and reuses it: a training step frees
-/// and allocates the same activation buffers every step, and with the system
-/// allocator each large one is a fresh mmap whose pages fault in again
-/// (measured with `lamdac bench`: a large share of a small model's step).
+/// mimalloc for the small allocations that remain in a step (faer's and
+/// rayon's job bookkeeping) and for everything around it (data, checkpoints,
+/// decoding). Activations no longer churn through the allocator: the
+/// executor keeps them in a pool laid out by the memory plan.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc v3's `mi_option_purge_delay` (`mi_option_e` in mimalloc.h; not
-/// exported by libmimalloc-sys 0.1.49): milliseconds before freed memory is
-/// returned to the OS, -1 for never.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Keeps freed memory committed for reuse instead of returning it to the OS
-/// shortly after the free: a training step frees and re-allocates buffers of
-/// hundreds of MB (logits and their gradient), and every page of a purged
-/// one faults in again (`lamdac bench --profile` on SmolLM2-135M: the fused
-/// cross-entropy took 3.5x longer, and the GEMMs 1.5x). The process keeps
-/// its peak, as PyTorch's caching allocator does. `MIMALLOC_PURGE_DELAY` in
-/// the environment wins.
-fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: mimalloc's option getter and setter, callable at any time from any thread.
-    unsafe {
-        // a delay (positive) is what this option holds by default; anything
-        // else means it is not the option we think it is: leave it
-        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) > 0 {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
-        }
-    }
-}
 
 #[derive(Parser)]
 #[command(
@@ -284,7 +258,6 @@ fn style(c: Color) -> Style {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file, format, color } => check(&file, format, style(color)),

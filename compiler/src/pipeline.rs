@@ -227,6 +227,23 @@ fn allocate_ranks(
     Ok(out)
 }
 
+/// Bytes of the executor's buffer pool for `programs`: one buffer per slot
+/// index, as large as the largest slot of that index in any of them (one
+/// program runs at a time, so they share the pool).
+pub fn pool_bytes<'p>(programs: impl IntoIterator<Item = &'p memory_plan::Program>) -> u64 {
+    let mut slots: Vec<u64> = Vec::new();
+    for prog in programs {
+        for (s, &b) in prog.memory.slots.iter().enumerate() {
+            if slots.len() <= s {
+                slots.push(0);
+            }
+            // the executor holds f32 values: a slot is rounded up to whole floats
+            slots[s] = slots[s].max(b.div_ceil(4).saturating_mul(4));
+        }
+    }
+    slots.into_iter().fold(0u64, u64::saturating_add)
+}
+
 fn summarize(params: &[ParamInfo], phases: &[PhasePlan], eval: &memory_plan::Program) -> MemorySummary {
     let mut m = MemorySummary::default();
     // Weights the programs read; parts of a stacked weight live only in the stack.
@@ -265,7 +282,8 @@ fn summarize(params: &[ParamInfo], phases: &[PhasePlan], eval: &memory_plan::Pro
         .map(|&i| bytes(i))
         .fold(0u64, u64::saturating_add)
         .saturating_mul(2);
-    m.activations_peak = phases.iter().map(|p| p.program.memory.peak_bytes).max().unwrap_or(0);
+    m.activations_live = phases.iter().map(|p| p.program.memory.peak_bytes).max().unwrap_or(0);
+    m.activations_peak = pool_bytes(phases.iter().map(|p| &p.program).chain(std::iter::once(eval)));
     // (saved bytes, of which adapters') of a phase
     let saved = |p: &PhasePlan| {
         let mem = &p.program.memory;

@@ -42,8 +42,13 @@ pub struct MemorySummary {
     pub adapters: u64,
     pub grads: u64,
     pub optimizer: u64,
-    /// Peak of live activations over the phases.
+    /// Activations as the runtime holds them: the buffer pool the executor
+    /// allocates from the memory plans' slots (phases and evaluation share
+    /// it; see [`crate::pipeline::pool_bytes`]). At least `activations_live`.
     pub activations_peak: u64,
+    /// Largest sum of live activation bytes at any instruction of a phase
+    /// (the lower bound a perfect packing of the buffers would reach).
+    pub activations_live: u64,
     /// Saved activations (for backward) in the first phase: all, and the adapters' share.
     pub saved: u64,
     pub saved_by_adapters: u64,
@@ -111,9 +116,14 @@ impl Plan {
 
     /// The phase that covers step `t`.
     pub fn phase_at(&self, t: u64) -> Option<&PhasePlan> {
+        self.phases.get(self.phase_index_at(t)?)
+    }
+
+    /// The index of the phase that covers step `t` (the last one past the end).
+    pub fn phase_index_at(&self, t: u64) -> Option<usize> {
         self.phases
             .iter()
-            .find(|p| p.from <= t && t < p.to)
-            .or(self.phases.last())
+            .position(|p| p.from <= t && t < p.to)
+            .or(self.phases.len().checked_sub(1))
     }
 }

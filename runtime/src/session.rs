@@ -468,7 +468,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
             let mut exec = crate::exec::Executor::with_mode(opts.kernels);
             exec.precompile(&plan.kernels())
                 .map_err(|e| SessionError::Step(StepError::Exec(e)))?;
-            Backend::Cpu(exec)
+            Backend::Cpu(Box::new(exec))
         }
     };
     startup.lap("kernels", &mut since);

@@ -9,9 +9,12 @@
 //! adapter module whose backward reads it (or to the base model); the peak
 //! is the largest sum of live activation bytes at any instruction, and
 //! buffers are assigned to reusable slots (best fit among free slots, the
-//! lowest-numbered of equal size, a new slot otherwise; free slots are kept
-//! ordered by size, so planning takes O(n log n), not O(n^2), in the number of
-//! values). Parameters, gradients and optimizer state are not
+//! lowest-numbered of equal size; else the largest free slot, grown to fit;
+//! a new slot only when none is free; free slots are kept ordered by size,
+//! so planning takes O(n log n), not O(n^2), in the number of values). A
+//! slot's capacity is the largest value it ever holds: the runtime's pool
+//! allocates one buffer per slot number, shared by the programs of a plan,
+//! so slots are numbered largest first. Parameters, gradients and optimizer state are not
 //! activations: the runtime owns them and the [`crate::plan`] summary adds
 //! them. It does not reorder instructions to lower the peak (a later pass
 //! could; the forward-then-backward order of the builder is kept).
@@ -191,9 +194,13 @@ pub fn plan_memory(ir: &Ir) -> Program {
             let bytes = values[o].ty.bytes();
             live = live.saturating_add(bytes);
             let best = free_slots.range((bytes, 0)..).next().copied();
-            let slot = match best {
+            // no free slot is large enough: grow the largest free one (the pool
+            // grows by the difference) rather than open a new one
+            let grow = || free_slots.iter().next_back().copied();
+            let slot = match best.or_else(grow) {
                 Some(k) => {
                     free_slots.remove(&k);
+                    memory.slots[k.1] = memory.slots[k.1].max(bytes);
                     k.1
                 }
                 None => {
@@ -210,6 +217,18 @@ pub fn plan_memory(ir: &Ir) -> Program {
                 free_slots.insert((memory.slots[s], s));
             }
         }
+    }
+    // Number the slots largest first: programs run one at a time share one
+    // pool with a buffer per slot number, so their large slots line up.
+    let mut order: Vec<usize> = (0..memory.slots.len()).collect();
+    order.sort_by_key(|&s| (std::cmp::Reverse(memory.slots[s]), s));
+    let mut renumber = vec![0usize; order.len()];
+    for (new, &old) in order.iter().enumerate() {
+        renumber[old] = new;
+    }
+    memory.slots = order.iter().map(|&s| memory.slots[s]).collect();
+    for v in &mut values {
+        v.slot = v.slot.map(|s| renumber[s]);
     }
     Program {
         values,

@@ -1,17 +1,38 @@
-//! The CPU executor: runs a lowered program of the Plan over flat f32 buffers.
+//! The executor: runs a lowered program of the Plan on any [`Backend`], over a buffer pool laid out by the memory plan.
 //!
-//! Values live in a slot table indexed like the program's values; parameters
-//! are borrowed from the parameter store, never copied; every other value is
-//! allocated when its instruction runs and dropped at the release point the
-//! memory plan chose. `ParamGrad` instructions add into the gradient buffers
-//! the caller owns, so several micro-batches accumulate.
+//! One executor serves every device. It owns what does not depend on the
+//! device: the run loop, the value table, shapes (read from the Program's
+//! value types, never from buffer lengths), fused-kernel argument binding,
+//! loss reduction and target counting. The backend owns storage and
+//! arithmetic ([`backend::Backend`]).
+//!
+//! Memory: every value that is not a parameter lives in the buffer slot the
+//! memory plan gave it (`ValueInfo::slot`). The pool holds one buffer per
+//! slot index, as large as the largest value any program run so far puts
+//! there; it is allocated by the first run of each program and reused by
+//! every later run of every program (one program runs at a time), so a
+//! steady-state step allocates no value buffer. Its size is
+//! [`lamda_compiler::plan::MemorySummary::pool`] — what `check` prints as
+//! activations. Parameters are borrowed from the caller, never copied;
+//! `ParamGrad` instructions add into the gradient buffers the caller owns,
+//! so several micro-batches accumulate. Integer values (token ids, labels,
+//! shifted targets) keep a host copy for target counting and validation,
+//! and a backend copy for kernels.
 
-use std::collections::HashMap;
+pub mod backend;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use lamda_compiler::ir::Op;
-use lamda_compiler::passes::memory_plan::Program;
+use lamda_compiler::kernel::{Access, ArgTy, Kernel};
+use lamda_compiler::passes::memory_plan::{Instr, Program};
+use smallvec::SmallVec;
 
-use crate::ops::{self, AttnShape, OpsError, RopeTable, Store};
+pub use crate::backend::cpu::{CpuBackend, KernelMode};
+pub use backend::{Backend, Gemm, IdsRef, KernelArg, LossSum, Pointwise};
+
+use crate::ops::{AttnShape, OpsError};
 
 /// Why a program could not run.
 #[derive(Debug, thiserror::Error)]
@@ -22,15 +43,17 @@ pub enum ExecError {
     Internal(String),
 }
 
-/// Buffers of a program run.
-enum Slot {
-    Empty,
-    F32(Vec<f32>),
-    I64(Vec<i64>),
-    /// A parameter of the store.
-    Param(usize),
-    /// Values `start .. start + len` of a parameter (a row block of a stacked weight).
-    ParamSlice(usize, usize, usize),
+impl ExecError {
+    /// The error with the instruction's label in front.
+    fn at(self, label: &str) -> ExecError {
+        match self {
+            ExecError::Internal(m) => ExecError::Internal(format!("{label}: {m}")),
+            ExecError::Op { source, .. } => ExecError::Op {
+                label: label.to_string(),
+                source,
+            },
+        }
+    }
 }
 
 /// The result of running a program.
@@ -44,110 +67,89 @@ pub struct RunOutput {
     pub logits: Option<Vec<f32>>,
 }
 
-/// How fused kernels run on the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KernelMode {
-    /// Compiled with Cranelift at first use (the default).
-    #[default]
-    Jit,
-    /// The reference interpreter (slow; for tests).
-    Interpret,
+/// Positions of a (batch, seq) label block that count for the loss: position
+/// `i` predicts label `i + 1` of its row, so the first label of each row and
+/// ignored labels (`IGNORE_INDEX`) count for nothing.
+pub fn count_targets(labels: &[i64], seq: usize) -> usize {
+    labels
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| i % seq.max(1) != 0 && **l != crate::data::IGNORE_INDEX)
+        .count()
 }
 
-/// Runs programs; caches RoPE tables and compiled kernels across runs.
-#[derive(Default)]
-pub struct Executor {
-    rope: HashMap<(usize, usize, u64), RopeTable>,
-    mode: KernelMode,
-    jit: Option<crate::backend::cpu::jit::Jit>,
+/// Where a value of the running program lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bind {
+    /// Not made yet (or released).
+    None,
+    /// Values `start .. start + len` of parameter `p`.
+    Param { p: usize, start: usize, len: usize },
+    /// Its pool slot.
+    Slot(usize),
+    /// The host/backend integer table.
+    Ids,
+}
+
+/// Runs programs on a backend; keeps the pool and the backend's caches across runs.
+pub struct Executor<B: Backend> {
+    backend: B,
+    /// One buffer per slot index of the memory plans run so far.
+    pool: Vec<B::Buf>,
+    /// Where each value of the running program lives.
+    bind: Vec<Bind>,
+    /// Integer values by value index: host copy (len) and backend copy.
+    ids: Vec<(Vec<i64>, B::Ids)>,
+    /// The running instruction's outputs, taken out of the pool while it runs.
+    outs: Vec<B::Buf>,
     /// Time and count per op, when profiling.
-    profile: Option<std::collections::BTreeMap<String, (std::time::Duration, u64)>>,
-    /// Released f32 buffers, for the next run's values of the same size.
-    pool: BufferPool,
+    profile: Option<BTreeMap<String, (Duration, u64)>>,
 }
 
-/// Released buffers, by capacity: every step of a program allocates the
-/// same sizes, so from the second step on its values reuse memory that is
-/// already mapped (a fresh large `Vec` costs page faults and the kernel's
-/// zeroing of every page: ~10% of a SmolLM2 step). A request takes the
-/// smallest free buffer of at least its length and at most twice it.
-#[derive(Default)]
-struct BufferPool {
-    free: std::collections::BTreeMap<usize, Vec<Vec<f32>>>,
-}
-
-impl BufferPool {
-    /// A released buffer for `len` values, with whatever it held, if one fits.
-    fn take(&mut self, len: usize) -> Option<Vec<f32>> {
-        let cap = *self.free.range(len..=len.saturating_mul(2)).next()?.0;
-        let list = self.free.get_mut(&cap)?;
-        let v = list.pop()?;
-        if list.is_empty() {
-            self.free.remove(&cap);
-        }
-        Some(v)
-    }
-
-    /// `len` zeros, in a released buffer when one fits.
-    fn zeroed(&mut self, len: usize) -> Vec<f32> {
-        match self.take(len) {
-            Some(mut v) => {
-                v.clear();
-                v.resize(len, 0.0);
-                v
-            }
-            None => vec![0.0; len],
-        }
-    }
-
-    /// `len` values for an op that writes every one of them before reading
-    /// any: a released buffer keeps its stale values (no memset, which took
-    /// ~3% of a SmolLM2 step); a new one is zeros (fresh pages, no memset).
-    fn for_overwrite(&mut self, len: usize) -> Vec<f32> {
-        match self.take(len) {
-            Some(mut v) => {
-                if v.len() >= len {
-                    v.truncate(len);
-                } else {
-                    v.resize(len, 0.0);
-                }
-                v
-            }
-            None => vec![0.0; len],
-        }
-    }
-
-    /// A copy of `x`, in a released buffer when one fits.
-    fn copy_of(&mut self, x: &[f32]) -> Vec<f32> {
-        match self.take(x.len()) {
-            Some(mut v) => {
-                v.clear();
-                v.extend_from_slice(x);
-                v
-            }
-            None => x.to_vec(),
-        }
-    }
-
-    /// Keeps `v` for a later value.
-    fn put(&mut self, v: Vec<f32>) {
-        if v.capacity() > 0 {
-            self.free.entry(v.capacity()).or_default().push(v);
-        }
-    }
-}
-
-impl Executor {
+impl Executor<CpuBackend> {
+    /// An executor on the CPU, fused kernels by the JIT.
     pub fn new() -> Self {
-        Self::default()
+        Self::on(CpuBackend::default())
     }
 
-    /// An executor running fused kernels as `mode` says.
+    /// An executor on the CPU running fused kernels as `mode` says.
     pub fn with_mode(mode: KernelMode) -> Self {
+        Self::on(CpuBackend::new(mode))
+    }
+
+    /// Compiles `kernels` now (with the JIT), so errors and compile time come at plan load.
+    pub fn precompile(&mut self, kernels: &[Kernel]) -> Result<(), ExecError> {
+        self.backend.precompile(kernels)
+    }
+}
+
+impl Default for Executor<CpuBackend> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B: Backend> Executor<B> {
+    /// An executor on `backend`.
+    pub fn on(backend: B) -> Self {
         Executor {
-            mode,
-            ..Self::default()
+            backend,
+            pool: Vec::new(),
+            bind: Vec::new(),
+            ids: Vec::new(),
+            outs: Vec::new(),
+            profile: None,
         }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, to run buffers through it (optimizer, uploads).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
     }
 
     /// Starts recording the time spent per op.
@@ -156,7 +158,7 @@ impl Executor {
     }
 
     /// Time and count per op since profiling started, slowest first.
-    pub fn profile(&self) -> Vec<(String, std::time::Duration, u64)> {
+    pub fn profile(&self) -> Vec<(String, Duration, u64)> {
         let mut v: Vec<_> = self
             .profile
             .iter()
@@ -167,46 +169,32 @@ impl Executor {
         v
     }
 
-    /// Compiles `kernels` now (with the JIT), so errors and compile time come at plan load.
-    pub fn precompile(&mut self, kernels: &[lamda_compiler::kernel::Kernel]) -> Result<(), ExecError> {
-        if self.mode != KernelMode::Jit || kernels.is_empty() {
-            return Ok(());
-        }
-        if self.jit.is_none() {
-            self.jit =
-                Some(crate::backend::cpu::jit::Jit::new().map_err(|e| ExecError::Internal(format!("JIT: {e}")))?);
-        }
-        let jit = self.jit.as_mut().ok_or_else(|| ExecError::Internal("JIT".into()))?;
-        for k in kernels {
-            jit.compile(k).map_err(|e| ExecError::Internal(format!("JIT: {e}")))?;
-        }
-        Ok(())
+    /// Values the pool holds (f32 each), over all slots.
+    pub fn pool_values(&self) -> usize {
+        self.pool.iter().map(B::buf_len).sum()
     }
 
-    /// Runs one fused kernel over `rows` rows (JIT or interpreter, by mode).
-    pub fn launch(
-        &mut self,
-        k: &lamda_compiler::kernel::Kernel,
-        args: &mut [crate::backend::cpu::interp::KArg<'_>],
-        rows: usize,
-    ) -> Result<(), ExecError> {
-        match self.mode {
-            KernelMode::Interpret => {
-                crate::backend::cpu::interp::run(k, args, rows).map_err(|e| ExecError::Internal(e.to_string()))
-            }
-            KernelMode::Jit => {
-                if self.jit.is_none() {
-                    self.jit = Some(
-                        crate::backend::cpu::jit::Jit::new().map_err(|e| ExecError::Internal(format!("JIT: {e}")))?,
-                    );
-                }
-                let jit = self.jit.as_mut().ok_or_else(|| ExecError::Internal("JIT".into()))?;
-                let compiled = jit.compile(k).map_err(|e| ExecError::Internal(format!("JIT: {e}")))?;
-                compiled
-                    .launch(args, rows)
-                    .map_err(|e| ExecError::Internal(e.to_string()))
+    /// Grows the pool to hold every slot of `program`.
+    fn reserve(&mut self, program: &Program) -> Result<(), ExecError> {
+        let slots = &program.memory.slots;
+        while self.pool.len() < slots.len() {
+            self.pool.push(B::Buf::default());
+        }
+        for (s, &bytes) in slots.iter().enumerate() {
+            let need = usize::try_from(bytes.div_ceil(4))
+                .map_err(|_| ExecError::Internal(format!("slot {s} of {bytes} bytes")))?;
+            if B::buf_len(&self.pool[s]) < need {
+                self.pool[s] = self.backend.alloc(need)?;
             }
         }
+        if self.bind.len() < program.values.len() {
+            self.bind.resize(program.values.len(), Bind::None);
+        }
+        while self.ids.len() < program.values.len() {
+            self.ids.push(Default::default());
+        }
+        self.bind[..program.values.len()].fill(Bind::None);
+        Ok(())
     }
 
     /// Runs `program` on one micro-batch. `params[i]` holds parameter i;
@@ -218,43 +206,25 @@ impl Executor {
     pub fn run(
         &mut self,
         program: &Program,
-        params: &[Vec<f32>],
-        grads: &mut [Vec<f32>],
+        params: &[B::Buf],
+        grads: &mut [B::Buf],
         tokens: &[i64],
         labels: &[i64],
         grad_scale: f32,
         want_logits: bool,
     ) -> Result<RunOutput, ExecError> {
-        let mut slots: Vec<Slot> = (0..program.values.len()).map(|_| Slot::Empty).collect();
-        let mut loss = (f32::NAN, 0usize);
+        self.reserve(program)?;
+        let mut loss = LossSum { sum: 0.0, count: 0 };
+        let mut have_loss = false;
         let mut logits = None;
         for ins in &program.instrs {
-            let started = self.profile.is_some().then(std::time::Instant::now);
-            let shapes: Vec<&[usize]> = ins
-                .inputs
-                .iter()
-                .map(|&v| program.values[v].ty.shape.as_slice())
-                .collect();
-            let outs = self
-                .step(
-                    &ins.op,
-                    &ins.inputs,
-                    &shapes,
-                    &slots,
-                    params,
-                    grads,
-                    (tokens, labels, grad_scale),
-                    &mut loss,
-                )
-                .map_err(|e| match e {
-                    ExecError::Internal(m) => ExecError::Internal(format!("{}: {m}", ins.label)),
-                    ExecError::Op { source, .. } => ExecError::Op {
-                        label: ins.label.clone(),
-                        source,
-                    },
-                })?;
-            for (&o, s) in ins.outputs.iter().zip(outs) {
-                slots[o] = s;
+            let started = self.profile.is_some().then(Instant::now);
+            if let Some(l) = self
+                .instr(program, ins, params, grads, (tokens, labels, grad_scale))
+                .map_err(|e| e.at(&ins.label))?
+            {
+                loss = l;
+                have_loss = true;
             }
             if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
                 let key = match &ins.op {
@@ -266,372 +236,458 @@ impl Executor {
                 e.1 += 1;
             }
             for &r in &ins.release {
-                if want_logits && Some(r) == program.logits {
-                    if let Slot::F32(v) = std::mem::replace(&mut slots[r], Slot::Empty) {
-                        logits = Some(v);
-                    }
-                    continue;
+                if want_logits
+                    && Some(r) == program.logits
+                    && let Bind::Slot(s) = self.bind[r]
+                {
+                    let view = B::view(&self.pool[s], 0, numel(program, r))?;
+                    let mut host = Vec::new();
+                    self.backend.download(view, &mut host)?;
+                    logits = Some(host);
                 }
-                if let Slot::F32(v) = std::mem::replace(&mut slots[r], Slot::Empty) {
-                    self.pool.put(v);
-                }
+                self.bind[r] = Bind::None;
             }
         }
+        let mean = if have_loss {
+            (loss.sum / loss.count.max(1) as f64) as f32
+        } else {
+            f32::NAN
+        };
         Ok(RunOutput {
-            loss: loss.0,
-            count: loss.1,
+            loss: mean,
+            count: loss.count,
             logits,
         })
     }
 
-    fn rope_table(&mut self, seq: usize, head_dim: usize, theta: f64) -> Result<&RopeTable, OpsError> {
-        let key = (seq, head_dim, theta.to_bits());
-        match self.rope.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
-            std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(RopeTable::new(seq, head_dim, theta)?)),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn step(
+    /// Runs one instruction; returns the loss when it computes one.
+    fn instr(
         &mut self,
-        op: &Op,
-        inputs: &[usize],
-        shapes: &[&[usize]],
-        slots: &[Slot],
-        params: &[Vec<f32>],
-        grads: &mut [Vec<f32>],
+        program: &Program,
+        ins: &Instr,
+        params: &[B::Buf],
+        grads: &mut [B::Buf],
         (tokens, labels, grad_scale): (&[i64], &[i64], f32),
-        loss: &mut (f32, usize),
-    ) -> Result<Vec<Slot>, ExecError> {
-        let f = |i: usize| -> Result<&[f32], ExecError> {
-            let v = *inputs
-                .get(i)
-                .ok_or_else(|| ExecError::Internal(format!("missing operand {i}")))?;
-            match slots.get(v) {
-                Some(Slot::F32(x)) => Ok(x),
-                Some(Slot::Param(p)) => params
-                    .get(*p)
-                    .map(Vec::as_slice)
-                    .ok_or_else(|| ExecError::Internal(format!("no parameter {p}"))),
-                Some(Slot::ParamSlice(p, start, len)) => params
-                    .get(*p)
-                    .and_then(|b| b.get(*start..start + len))
-                    .ok_or_else(|| ExecError::Internal(format!("no values {start}..{} of parameter {p}", start + len))),
-                _ => Err(ExecError::Internal(format!(
-                    "operand {i} (value {v}) is not an f32 buffer"
-                ))),
+    ) -> Result<Option<LossSum>, ExecError> {
+        // Values that are not pool buffers: parameters and integers.
+        match &ins.op {
+            Op::Param(p) => {
+                let len = numel(program, out(ins, 0)?);
+                self.bind[out(ins, 0)?] = Bind::Param { p: *p, start: 0, len };
+                return Ok(None);
             }
-        };
-        let ids = |i: usize| -> Result<&[i64], ExecError> {
-            let v = *inputs
-                .get(i)
-                .ok_or_else(|| ExecError::Internal(format!("missing operand {i}")))?;
-            match slots.get(v) {
-                Some(Slot::I64(x)) => Ok(x),
-                _ => Err(ExecError::Internal(format!("operand {i} is not an i64 buffer"))),
-            }
-        };
-        let op_err = |source: OpsError| ExecError::Op {
-            label: String::new(),
-            source,
-        };
-        // (rows, cols) of operand i.
-        let dims2 = |i: usize| -> Result<(usize, usize), ExecError> {
-            match shapes.get(i) {
-                Some([a, b]) => Ok((*a, *b)),
-                other => Err(ExecError::Internal(format!("operand {i} is not a matrix: {other:?}"))),
-            }
-        };
-        let out = match op {
-            Op::Tokens => vec![Slot::I64(tokens.to_vec())],
-            Op::Labels => vec![Slot::I64(labels.to_vec())],
-            Op::Param(p) => vec![Slot::Param(*p)],
-            Op::ParamSlice { param, start, len } => vec![Slot::ParamSlice(*param, *start, *len)],
-            Op::Embedding => {
-                let (idv, table) = (ids(0)?, f(1)?);
-                let n = idv.len();
-                let (vocab, d) = dims2(1)?;
-                let mut y = self.pool.for_overwrite(n * d);
-                ops::embedding_forward(table, vocab, d, idv, &mut y).map_err(op_err)?;
-                vec![Slot::F32(y)]
-            }
-            Op::RmsNorm { eps } => {
-                let (x, w) = (f(0)?, f(1)?);
-                let d = w.len();
-                let n = x.len() / d.max(1);
-                let (mut y, mut rstd) = (self.pool.for_overwrite(x.len()), self.pool.for_overwrite(n));
-                ops::rmsnorm_forward(x, w, n, d, eps.0 as f32, &mut y, &mut rstd).map_err(op_err)?;
-                vec![Slot::F32(y), Slot::F32(rstd)]
-            }
-            Op::Linear => {
-                let (x, w) = (f(0)?, f(1)?);
-                let ((n, k), (m, _)) = (dims2(0)?, dims2(1)?);
-                let mut y = self.pool.for_overwrite(n * m);
-                ops::linear_forward(x, w, n, k, m, &mut y, Store::Overwrite).map_err(op_err)?;
-                vec![Slot::F32(y)]
-            }
-            Op::LinearGradInput => {
-                let (g, w) = (f(0)?, f(1)?);
-                let ((n, m), (_, k)) = (dims2(0)?, dims2(1)?);
-                let mut dx = self.pool.for_overwrite(n * k);
-                ops::linear_backward_input(g, w, n, k, m, &mut dx, Store::Overwrite).map_err(op_err)?;
-                vec![Slot::F32(dx)]
-            }
-            Op::LinearGradWeight => {
-                let (g, x) = (f(0)?, f(1)?);
-                let ((n, m), (_, k)) = (dims2(0)?, dims2(1)?);
-                let mut dw = self.pool.for_overwrite(m * k);
-                ops::linear_backward_weight(g, x, n, k, m, &mut dw, Store::Overwrite).map_err(op_err)?;
-                vec![Slot::F32(dw)]
-            }
-            Op::Scale { c } => {
-                let x = f(0)?;
-                let mut y = self.pool.for_overwrite(x.len());
-                ops::pointwise::scale(x, c.0 as f32, &mut y).map_err(op_err)?;
-                vec![Slot::F32(y)]
-            }
-            Op::Add | Op::Mul | Op::SiluGrad => {
-                let (a, b) = (f(0)?, f(1)?);
-                let mut y = self.pool.for_overwrite(a.len());
-                match op {
-                    Op::Add => ops::pointwise::add(a, b, &mut y),
-                    Op::Mul => ops::pointwise::mul(a, b, &mut y),
-                    _ => ops::pointwise::silu_grad(a, b, &mut y),
-                }
-                .map_err(op_err)?;
-                vec![Slot::F32(y)]
-            }
-            Op::Silu => {
-                let x = f(0)?;
-                let mut y = self.pool.for_overwrite(x.len());
-                ops::pointwise::silu(x, &mut y).map_err(op_err)?;
-                vec![Slot::F32(y)]
-            }
-            Op::ColScale => {
-                let (x, v) = (f(0)?, f(1)?);
-                let mut y = self.pool.for_overwrite(x.len());
-                ops::pointwise::col_scale(x, v, &mut y).map_err(op_err)?;
-                vec![Slot::F32(y)]
-            }
-            Op::ColScaleGrad => {
-                let (g, x) = (f(0)?, f(1)?);
-                let (_, k) = dims2(0)?;
-                let mut dv = self.pool.zeroed(k);
-                ops::pointwise::col_scale_grad(g, x, &mut dv).map_err(op_err)?;
-                vec![Slot::F32(dv)]
-            }
-            Op::Rope { head_dim, seq, theta } | Op::RopeGrad { head_dim, seq, theta } => {
-                let mut y = self.pool.copy_of(f(0)?);
-                let n = tokens.len();
-                let heads = y.len() / n.max(1) / (*head_dim).max(1);
-                let table = self.rope_table(*seq, *head_dim, theta.0).map_err(op_err)?;
-                if matches!(op, Op::Rope { .. }) {
-                    ops::rope_forward(table, &mut y, n, heads).map_err(op_err)?;
-                } else {
-                    ops::rope_backward(table, &mut y, n, heads).map_err(op_err)?;
-                }
-                vec![Slot::F32(y)]
-            }
-            Op::Attention(d) => {
-                let shape = AttnShape {
-                    batch: d.batch,
-                    seq: d.seq,
-                    heads: d.heads,
-                    kv_heads: d.kv_heads,
-                    head_dim: d.head_dim,
+            Op::ParamSlice { param, start, len } => {
+                self.bind[out(ins, 0)?] = Bind::Param {
+                    p: *param,
+                    start: *start,
+                    len: *len,
                 };
-                let (q, k, v) = (f(0)?, f(1)?, f(2)?);
-                let mut o = self.pool.for_overwrite(q.len());
-                let mut lse = self.pool.for_overwrite(d.batch * d.heads * d.seq);
-                ops::attention_forward(&shape, q, k, v, &mut o, &mut lse).map_err(op_err)?;
-                vec![Slot::F32(o), Slot::F32(lse)]
+                return Ok(None);
             }
-            Op::AttentionGrad(d) => {
-                let shape = AttnShape {
-                    batch: d.batch,
-                    seq: d.seq,
-                    heads: d.heads,
-                    kv_heads: d.kv_heads,
-                    head_dim: d.head_dim,
-                };
-                let (g, q, k, v, lse) = (f(0)?, f(1)?, f(2)?, f(3)?, f(4)?);
-                let (mut dq, mut dk, mut dv) = (
-                    self.pool.for_overwrite(q.len()),
-                    self.pool.for_overwrite(k.len()),
-                    self.pool.for_overwrite(v.len()),
-                );
-                ops::attention_backward(&shape, q, k, v, lse, g, &mut dq, &mut dk, &mut dv).map_err(op_err)?;
-                vec![Slot::F32(dq), Slot::F32(dk), Slot::F32(dv)]
-            }
-            Op::RmsNormGrad => {
-                let (g, x, w, rstd) = (f(0)?, f(1)?, f(2)?, f(3)?);
-                let d = w.len();
-                let n = rstd.len();
-                let mut dx = self.pool.for_overwrite(x.len());
-                ops::rmsnorm_backward(x, w, rstd, g, n, d, &mut dx, None).map_err(op_err)?;
-                vec![Slot::F32(dx)]
-            }
-            Op::CrossEntropy { batch, seq, grad } => {
-                let (lg, lb) = (f(0)?, ids(1)?);
-                let vocab = lg.len() / (batch * seq).max(1);
-                let mut dl = if *grad {
-                    self.pool.for_overwrite(lg.len())
-                } else {
-                    Vec::new()
-                };
-                let ce =
-                    ops::causal_lm_cross_entropy(lg, lb, *batch, *seq, vocab, if *grad { Some(&mut dl) } else { None })
-                        .map_err(op_err)?;
-                *loss = (ce.loss, ce.count);
-                if *grad && grad_scale != 1.0 {
-                    dl.iter_mut().for_each(|v| *v *= grad_scale);
+            Op::Tokens | Op::Labels | Op::ShiftLabels { .. } => {
+                let o = out(ins, 0)?;
+                let mut host = std::mem::take(&mut self.ids[o].0);
+                host.clear();
+                match &ins.op {
+                    Op::Tokens => host.extend_from_slice(tokens),
+                    Op::Labels => host.extend_from_slice(labels),
+                    Op::ShiftLabels { seq } => {
+                        let src = ins.inputs.first().copied().ok_or_else(|| missing(0))?;
+                        let seq = (*seq).max(1);
+                        let l = &self.ids[src].0;
+                        host.extend((0..l.len()).map(|i| {
+                            if i % seq == seq - 1 {
+                                crate::data::IGNORE_INDEX
+                            } else {
+                                l[i + 1]
+                            }
+                        }));
+                    }
+                    _ => {}
                 }
-                let mut out = vec![Slot::F32(vec![ce.loss])];
-                if *grad {
-                    out.push(Slot::F32(dl));
-                }
-                out
+                self.ids[o].0 = host;
+                let (host, dev) = &mut self.ids[o];
+                self.backend.set_ids(host, dev)?;
+                self.bind[o] = Bind::Ids;
+                return Ok(None);
             }
             Op::ParamGrad(p) => {
-                let g = f(0)?;
+                let src = ins.inputs.first().copied().ok_or_else(|| missing(0))?;
+                let len = numel(program, src);
+                let g = value::<B>(program, &self.bind, params, &self.pool, src)?;
                 let dst = grads
                     .get_mut(*p)
                     .ok_or_else(|| ExecError::Internal(format!("no gradient buffer for parameter {p}")))?;
-                if dst.len() != g.len() {
+                if B::buf_len(dst) != len {
                     return Err(ExecError::Internal(format!(
-                        "gradient of parameter {p}: {} entries into {}",
-                        g.len(),
-                        dst.len()
+                        "gradient of parameter {p}: {len} entries into {}",
+                        B::buf_len(dst)
                     )));
                 }
-                ops::add_assign(dst, g).map_err(op_err)?;
-                vec![]
+                let dst = B::view_mut(dst, len)?;
+                self.backend.add_into(dst, g)?;
+                return Ok(None);
+            }
+            _ => {}
+        }
+        // Pool values: take the outputs' buffers out of the pool while the op runs.
+        self.outs.clear();
+        for &o in &ins.outputs {
+            let s = program.values[o]
+                .slot
+                .ok_or_else(|| ExecError::Internal(format!("value {o} has no slot")))?;
+            self.outs.push(std::mem::take(&mut self.pool[s]));
+        }
+        let mut outs = std::mem::take(&mut self.outs);
+        let res = {
+            let cx = Cx {
+                program,
+                ins,
+                params,
+                pool: &self.pool,
+                bind: &self.bind,
+                ids: &self.ids,
+            };
+            cx.run(&mut self.backend, &mut outs, tokens.len(), grad_scale)
+        };
+        for (&o, buf) in ins.outputs.iter().zip(outs.drain(..)) {
+            if let Some(s) = program.values[o].slot {
+                self.pool[s] = buf;
+                self.bind[o] = Bind::Slot(s);
+            }
+        }
+        self.outs = outs;
+        res
+    }
+}
+
+/// Elements of value `v`.
+fn numel(program: &Program, v: usize) -> usize {
+    program.values.get(v).map_or(0, |i| i.ty.shape.iter().product())
+}
+
+fn out(ins: &Instr, i: usize) -> Result<usize, ExecError> {
+    ins.outputs
+        .get(i)
+        .copied()
+        .ok_or_else(|| ExecError::Internal(format!("missing output {i}")))
+}
+
+fn missing(i: usize) -> ExecError {
+    ExecError::Internal(format!("missing operand {i}"))
+}
+
+/// The float value `v`, wherever it lives.
+fn value<'a, B: Backend>(
+    program: &Program,
+    bind: &[Bind],
+    params: &'a [B::Buf],
+    pool: &'a [B::Buf],
+    v: usize,
+) -> Result<B::View<'a>, ExecError> {
+    match bind.get(v).copied().unwrap_or(Bind::None) {
+        Bind::Param { p, start, len } => {
+            let buf = params
+                .get(p)
+                .ok_or_else(|| ExecError::Internal(format!("no parameter {p}")))?;
+            B::view(buf, start, len)
+        }
+        Bind::Slot(s) => B::view(&pool[s], 0, numel(program, v)),
+        Bind::Ids => Err(ExecError::Internal(format!("value {v} is an integer buffer"))),
+        Bind::None => Err(ExecError::Internal(format!(
+            "value {v} (`{}`) is read before it is made or after its release",
+            program.values.get(v).map_or("?", |i| i.label.as_str())
+        ))),
+    }
+}
+
+/// What one instruction reads: the program, its operands, and the tables they live in.
+struct Cx<'a, B: Backend> {
+    program: &'a Program,
+    ins: &'a Instr,
+    params: &'a [B::Buf],
+    pool: &'a [B::Buf],
+    bind: &'a [Bind],
+    ids: &'a [(Vec<i64>, B::Ids)],
+}
+
+/// Operand views of a stacked op without allocating (up to 8).
+type Many<T> = SmallVec<[T; 8]>;
+
+impl<'a, B: Backend> Cx<'a, B> {
+    fn input(&self, i: usize) -> Result<usize, ExecError> {
+        self.ins.inputs.get(i).copied().ok_or_else(|| missing(i))
+    }
+
+    /// Float operand i.
+    fn f(&self, i: usize) -> Result<B::View<'a>, ExecError> {
+        value::<B>(self.program, self.bind, self.params, self.pool, self.input(i)?)
+    }
+
+    /// Integer operand i.
+    fn ids(&self, i: usize) -> Result<IdsRef<'a, B>, ExecError> {
+        let v = self.input(i)?;
+        match self.bind.get(v) {
+            Some(Bind::Ids) => {
+                let (host, dev) = &self.ids[v];
+                Ok(IdsRef { host, dev })
+            }
+            _ => Err(ExecError::Internal(format!("operand {i} is not an integer buffer"))),
+        }
+    }
+
+    /// Shape of operand i.
+    fn shape(&self, i: usize) -> Result<&'a [usize], ExecError> {
+        Ok(self.program.values[self.input(i)?].ty.shape.as_slice())
+    }
+
+    /// (rows, cols) of operand i.
+    fn dims2(&self, i: usize) -> Result<(usize, usize), ExecError> {
+        match self.shape(i)? {
+            [a, b] => Ok((*a, *b)),
+            other => Err(ExecError::Internal(format!("operand {i} is not a matrix: {other:?}"))),
+        }
+    }
+
+    /// Elements of output j.
+    fn out_len(&self, j: usize) -> Result<usize, ExecError> {
+        Ok(numel(self.program, out(self.ins, j)?))
+    }
+
+    /// Runs the op with its outputs in `outs` (in output order); returns the loss when it makes one.
+    fn run(
+        &self,
+        be: &mut B,
+        outs: &mut [B::Buf],
+        n_tokens: usize,
+        grad_scale: f32,
+    ) -> Result<Option<LossSum>, ExecError> {
+        let op = &self.ins.op;
+        let mut lens: Many<usize> = SmallVec::new();
+        for j in 0..outs.len() {
+            lens.push(self.out_len(j)?);
+        }
+        if let Op::Fused(k) = op {
+            return self.fused(be, k, outs, &lens, n_tokens, grad_scale);
+        }
+        let mut ys: Many<B::ViewMut<'_>> = SmallVec::new();
+        for (buf, &len) in outs.iter_mut().zip(&lens) {
+            ys.push(B::view_mut(buf, len)?);
+        }
+        let mut ys = ys.into_iter();
+        let mut y = || ys.next().ok_or_else(|| ExecError::Internal("missing output".into()));
+        match op {
+            Op::Embedding => {
+                let (vocab, d) = self.dims2(1)?;
+                be.embedding(self.ids(0)?, self.f(1)?, vocab, d, y()?)?;
+            }
+            Op::RmsNorm { eps } => {
+                let (n, d) = self.dims2(0)?;
+                be.rmsnorm(self.f(0)?, self.f(1)?, n, d, eps.0 as f32, y()?, y()?)?;
+            }
+            Op::RmsNormGrad => {
+                let (n, d) = self.dims2(1)?;
+                be.rmsnorm_grad(self.f(0)?, self.f(1)?, self.f(2)?, self.f(3)?, n, d, y()?)?;
+            }
+            Op::Linear => {
+                let ((n, k), (m, _)) = (self.dims2(0)?, self.dims2(1)?);
+                be.gemm(Gemm::Forward, self.f(0)?, self.f(1)?, n, k, m, y()?, false)?;
+            }
+            Op::LinearAdd => {
+                // y = r + x W^T: the residual first, then the product accumulated onto it.
+                let ((n, k), (m, _)) = (self.dims2(1)?, self.dims2(2)?);
+                let mut c = y()?;
+                be.copy(self.f(0)?, B::reborrow(&mut c))?;
+                be.gemm(Gemm::Forward, self.f(1)?, self.f(2)?, n, k, m, c, true)?;
+            }
+            Op::LinearGradInput => {
+                let ((n, m), (_, k)) = (self.dims2(0)?, self.dims2(1)?);
+                be.gemm(Gemm::GradInput, self.f(0)?, self.f(1)?, n, k, m, y()?, false)?;
+            }
+            Op::LinearGradWeight => {
+                let ((n, m), (_, k)) = (self.dims2(0)?, self.dims2(1)?);
+                be.gemm(Gemm::GradWeight, self.f(0)?, self.f(1)?, n, k, m, y()?, false)?;
+            }
+            Op::Scale { c } => be.pointwise(Pointwise::Scale(c.0 as f32), self.f(0)?, None, y()?)?,
+            Op::Silu => be.pointwise(Pointwise::Silu, self.f(0)?, None, y()?)?,
+            Op::Add | Op::Mul | Op::SiluGrad | Op::ColScale => {
+                let pw = match op {
+                    Op::Add => Pointwise::Add,
+                    Op::Mul => Pointwise::Mul,
+                    Op::SiluGrad => Pointwise::SiluGrad,
+                    _ => Pointwise::ColScale,
+                };
+                be.pointwise(pw, self.f(0)?, Some(self.f(1)?), y()?)?;
+            }
+            Op::ColScaleGrad => {
+                let (_, k) = self.dims2(0)?;
+                be.col_scale_grad(self.f(0)?, self.f(1)?, k, y()?)?;
+            }
+            Op::Rope { head_dim, seq, theta } | Op::RopeGrad { head_dim, seq, theta } => {
+                let (n, w) = self.dims2(0)?;
+                let heads = w / (*head_dim).max(1);
+                let inverse = matches!(op, Op::RopeGrad { .. });
+                be.rope(self.f(0)?, n, heads, *head_dim, *seq, theta.0, inverse, y()?)?;
+            }
+            Op::Attention(d) => {
+                let shape = attn_shape(d);
+                be.attention(&shape, self.f(0)?, self.f(1)?, self.f(2)?, y()?, y()?)?;
+            }
+            Op::AttentionGrad(d) => {
+                let shape = attn_shape(d);
+                let (g, q, k, v, lse) = (self.f(0)?, self.f(1)?, self.f(2)?, self.f(3)?, self.f(4)?);
+                be.attention_grad(&shape, g, q, k, v, lse, y()?, y()?, y()?)?;
+            }
+            Op::CrossEntropy { batch, seq, grad } => {
+                let (_, vocab) = self.dims2(0)?;
+                let (lg, lb) = (self.f(0)?, self.ids(1)?);
+                let loss_out = y()?;
+                let dl = if *grad { Some((y()?, grad_scale)) } else { None };
+                let l = be.cross_entropy(lg, lb, *batch, *seq, vocab, dl)?;
+                let mean = (l.sum / l.count.max(1) as f64) as f32;
+                be.upload(std::slice::from_ref(&mean), loss_out)?;
+                return Ok(Some(l));
+            }
+            Op::LinearCrossEntropy => {
+                let ((n, d), (vocab, _)) = (self.dims2(0)?, self.dims2(1)?);
+                let t = self.ids(2)?;
+                let count = t.host.iter().filter(|&&v| v >= 0).count();
+                let scale = grad_scale / count.max(1) as f32;
+                let l = be.linear_cross_entropy(self.f(0)?, self.f(1)?, t, n, d, vocab, scale, y()?, y()?)?;
+                return Ok(Some(l));
             }
             Op::Split { widths } => {
-                let x = f(0)?;
-                let (n, _) = dims2(0)?;
-                let mut outs: Vec<Vec<f32>> = widths.iter().map(|&c| self.pool.for_overwrite(n * c)).collect();
-                ops::split_cols(x, n, widths, &mut outs).map_err(op_err)?;
-                outs.into_iter().map(Slot::F32).collect()
+                let (n, _) = self.dims2(0)?;
+                let mut parts: Many<B::ViewMut<'_>> = SmallVec::new();
+                for _ in widths {
+                    parts.push(y()?);
+                }
+                be.split_cols(self.f(0)?, n, widths, &mut parts)?;
             }
             Op::Concat { widths } => {
-                let total: usize = widths.iter().sum();
-                let n = shapes.first().and_then(|s| s.first()).copied().unwrap_or(0);
-                let xs = (0..widths.len()).map(&f).collect::<Result<Vec<_>, _>>()?;
-                let mut y = self.pool.for_overwrite(n * total);
-                ops::concat_cols(&xs, n, widths, &mut y).map_err(op_err)?;
-                vec![Slot::F32(y)]
+                let (n, _) = self.dims2(0)?;
+                let mut xs: Many<B::View<'a>> = SmallVec::new();
+                for i in 0..widths.len() {
+                    xs.push(self.f(i)?);
+                }
+                be.concat_cols(&xs, n, widths, y()?)?;
             }
             Op::LinearSplit { widths } => {
-                let (x, w) = (f(0)?, f(1)?);
-                let (n, k) = dims2(0)?;
-                let mut ys: Vec<Vec<f32>> = widths.iter().map(|&c| self.pool.for_overwrite(n * c)).collect();
-                ops::linear::stacked_linear_forward(x, w, n, k, widths, &mut ys).map_err(op_err)?;
-                ys.into_iter().map(Slot::F32).collect()
+                let (n, k) = self.dims2(0)?;
+                let mut parts: Many<B::ViewMut<'_>> = SmallVec::new();
+                for _ in widths {
+                    parts.push(y()?);
+                }
+                be.linear_split(self.f(0)?, self.f(1)?, n, k, widths, &mut parts)?;
             }
             Op::LinearGradInputCat { widths } => {
                 let m = widths.len();
-                let gs = (0..m).map(&f).collect::<Result<Vec<_>, _>>()?;
-                let w = f(m)?;
-                let (_, k) = dims2(m)?;
-                let n = shapes.first().and_then(|s| s.first()).copied().unwrap_or(0);
-                let mut dx = self.pool.for_overwrite(n * k);
-                ops::linear::stacked_linear_backward_input(&gs, w, n, k, widths, &mut dx).map_err(op_err)?;
-                vec![Slot::F32(dx)]
+                let (n, _) = self.dims2(0)?;
+                let (_, k) = self.dims2(m)?;
+                let mut gs: Many<B::View<'a>> = SmallVec::new();
+                for i in 0..m {
+                    gs.push(self.f(i)?);
+                }
+                be.linear_grad_input_cat(&gs, self.f(m)?, n, k, widths, y()?)?;
             }
-            Op::LinearCrossEntropy => {
-                let (h, w, t) = (f(0)?, f(1)?, ids(2)?);
-                let ((n, d), (vocab, _)) = (dims2(0)?, dims2(1)?);
-                let count = t.iter().filter(|&&v| v >= 0).count();
-                let scale = grad_scale / count.max(1) as f32;
-                let (mut rows, mut dh) = (self.pool.for_overwrite(n), self.pool.for_overwrite(n * d));
-                let r = ops::head_loss::linear_cross_entropy(h, w, t, n, d, vocab, scale, &mut rows, &mut dh)
-                    .map_err(op_err)?;
-                *loss = ((r.sum / r.count.max(1) as f64) as f32, r.count);
-                vec![Slot::F32(rows), Slot::F32(dh)]
+            Op::Fused(_)
+            | Op::Tokens
+            | Op::Labels
+            | Op::ShiftLabels { .. }
+            | Op::Param(_)
+            | Op::ParamSlice { .. }
+            | Op::ParamGrad(_) => {
+                return Err(ExecError::Internal(format!("{} is not a pool op", op.name())));
             }
-            Op::LinearAdd => {
-                let (r, x, w) = (f(0)?, f(1)?, f(2)?);
-                let ((n, k), (m, _)) = (dims2(1)?, dims2(2)?);
-                let mut y = self.pool.copy_of(r);
-                ops::linear_forward(x, w, n, k, m, &mut y, Store::Accumulate).map_err(op_err)?;
-                vec![Slot::F32(y)]
+        }
+        Ok(None)
+    }
+
+    /// A generated kernel: binds its arguments in kernel order (reads from the
+    /// operands, writes to the outputs, scalars by name), zeroes the outputs it
+    /// accumulates into, and reduces a per-row `loss` output to the step's loss.
+    fn fused(
+        &self,
+        be: &mut B,
+        k: &Kernel,
+        outs: &mut [B::Buf],
+        lens: &[usize],
+        n_tokens: usize,
+        grad_scale: f32,
+    ) -> Result<Option<LossSum>, ExecError> {
+        let rows = self
+            .ins
+            .inputs
+            .iter()
+            .find_map(|&v| match self.program.values[v].ty.shape.as_slice() {
+                [r, _] => Some(*r),
+                _ => None,
+            })
+            .unwrap_or(n_tokens);
+        // Read arguments bind the operands in order, written ones the outputs in order.
+        let reads = k
+            .args
+            .iter()
+            .filter(|a| a.access != Access::Write && a.ty != ArgTy::Scalar);
+        let count = reads
+            .enumerate()
+            .find(|(_, a)| a.ty == ArgTy::PerRowI64)
+            .and_then(|(i, _)| self.ids(i).ok())
+            .map(|t| t.host.iter().filter(|&&v| v >= 0).count());
+        let writes = || k.args.iter().enumerate().filter(|(_, a)| a.access == Access::Write);
+        let mut views: Many<B::ViewMut<'_>> = SmallVec::new();
+        for ((buf, &len), (a, _)) in outs.iter_mut().zip(lens).zip(writes()) {
+            let mut v = B::view_mut(buf, len)?;
+            if !k.overwrites(a) {
+                be.zero(B::reborrow(&mut v))?;
             }
-            Op::ShiftLabels { seq } => {
-                let l = ids(0)?;
-                let t: Vec<i64> = (0..l.len())
-                    .map(|i| {
-                        if i % seq == seq - 1 {
-                            crate::data::IGNORE_INDEX
-                        } else {
-                            l[i + 1]
-                        }
-                    })
-                    .collect();
-                vec![Slot::I64(t)]
-            }
-            Op::Fused(k) => {
-                use crate::backend::cpu::interp::KArg;
-                use lamda_compiler::kernel::{Access, ArgTy};
-                let reads = k.inputs();
-                let rows = shapes
-                    .iter()
-                    .find_map(|s| if s.len() == 2 { Some(s[0]) } else { None })
-                    .unwrap_or(tokens.len());
-                let count = (0..reads.len())
-                    .find(|&i| k.args[reads[i]].ty == ArgTy::PerRowI64)
-                    .and_then(|i| ids(i).ok())
-                    .map_or(0, |t| t.iter().filter(|&&v| v >= 0).count());
-                let mut outs: Vec<Vec<f32>> = k
-                    .outputs()
-                    .iter()
-                    .map(|&a| match k.args[a].ty {
-                        ArgTy::Rows { cols } if k.overwrites(a) => self.pool.for_overwrite(rows * cols),
-                        ArgTy::PerRow if k.overwrites(a) => self.pool.for_overwrite(rows),
-                        ArgTy::Rows { cols } => self.pool.zeroed(rows * cols),
-                        ArgTy::PerRow => self.pool.zeroed(rows),
-                        ArgTy::Vector { len } => self.pool.zeroed(len),
-                        ArgTy::Periodic { period, cols } => self.pool.zeroed(period * cols),
-                        ArgTy::PerRowI64 | ArgTy::Scalar => Vec::new(),
-                    })
-                    .collect();
-                {
-                    let mut out_iter = outs.iter_mut();
-                    let mut args: Vec<KArg<'_>> = Vec::with_capacity(k.args.len());
-                    let mut read_at = 0;
-                    for a in &k.args {
-                        args.push(match (a.access, a.ty) {
-                            (_, ArgTy::Scalar) => KArg::Scalar(match a.name.as_str() {
-                                "grad_scale" => grad_scale / count.max(1) as f32,
-                                other => return Err(ExecError::Internal(format!("no value for scalar `{other}`"))),
-                            }),
-                            (Access::Write, _) => KArg::F32Mut(
-                                out_iter
-                                    .next()
-                                    .ok_or_else(|| ExecError::Internal("outputs".into()))?
-                                    .as_mut_slice(),
-                            ),
-                            (_, ArgTy::PerRowI64) => {
-                                read_at += 1;
-                                KArg::I64(ids(read_at - 1)?)
-                            }
-                            _ => {
-                                read_at += 1;
-                                KArg::F32(f(read_at - 1)?)
-                            }
-                        });
+            views.push(v);
+        }
+        let loss_at = writes().position(|(_, a)| a.name == "loss");
+        {
+            let mut views = views.into_iter();
+            let mut args: SmallVec<[KernelArg<'_, B>; 16]> = SmallVec::new();
+            let mut read_at = 0;
+            for a in &k.args {
+                args.push(match (a.access, a.ty) {
+                    (_, ArgTy::Scalar) => KernelArg::Scalar(match a.name.as_str() {
+                        "grad_scale" => grad_scale / count.unwrap_or(0).max(1) as f32,
+                        other => return Err(ExecError::Internal(format!("no value for scalar `{other}`"))),
+                    }),
+                    (Access::Write, _) => {
+                        KernelArg::Write(views.next().ok_or_else(|| ExecError::Internal("outputs".into()))?)
                     }
-                    self.launch(k, &mut args, rows)?;
-                }
-                // A fused cross-entropy reports per-row losses: the step's loss is their mean.
-                if let Some(pos) = k.outputs().iter().position(|&a| k.args[a].name == "loss") {
-                    let total: f64 = outs[pos].iter().map(|&v| f64::from(v)).sum();
-                    *loss = ((total / count.max(1) as f64) as f32, count);
-                }
-                outs.into_iter().map(Slot::F32).collect()
+                    (_, ArgTy::PerRowI64) => {
+                        read_at += 1;
+                        KernelArg::Ids(self.ids(read_at - 1)?)
+                    }
+                    _ => {
+                        read_at += 1;
+                        KernelArg::Read(self.f(read_at - 1)?)
+                    }
+                });
             }
-        };
-        Ok(out)
+            be.launch(k, &mut args, rows)?;
+        }
+        // A fused cross-entropy reports per-row losses: the step's loss is their mean.
+        if let Some(pos) = loss_at {
+            let view = B::view(&outs[pos], 0, lens[pos])?;
+            let sum = be.sum(view)?;
+            return Ok(Some(LossSum {
+                sum,
+                count: count.unwrap_or(0),
+            }));
+        }
+        Ok(None)
+    }
+}
+
+fn attn_shape(d: &lamda_compiler::ir::AttnDims) -> AttnShape {
+    AttnShape {
+        batch: d.batch,
+        seq: d.seq,
+        heads: d.heads,
+        kv_heads: d.kv_heads,
+        head_dim: d.head_dim,
     }
 }

@@ -7,8 +7,8 @@
 //! for all the query heads that share them, owns the group's columns of `o`
 //! (or `dq`) and its `dK`, `dV`, so the sum over the heads of a group needs
 //! no synchronisation and every output is written in place. Scratch buffers
-//! are allocated once per rayon job (`try_for_each_init`) and reused by the
-//! tasks it runs, never `(seq, seq)`: at most `(group * BLOCK, seq)`.
+//! come from a process-wide pool (taken by a task, given back when it ends,
+//! grown only when shapes grow), never `(seq, seq)`: at most `(group * BLOCK, seq)`.
 //!
 //! Causal blocking: query rows are processed in blocks of [`BLOCK`]; the
 //! block `r0 .. r1` only multiplies against keys `0 .. r1`, so the masked
@@ -41,7 +41,7 @@ use rayon::prelude::*;
 
 use super::gemm::{Trans, auto_par, gemm_with};
 use super::simd::{Simd, exp_approx, multiversion};
-use super::{OpsError, check_len, dims};
+use super::{OpsError, ScratchPool, at_least, check_len, dims};
 
 /// Shape of one attention call. Query head `h` reads key/value head
 /// `h / (heads / kv_heads)`.
@@ -107,21 +107,59 @@ impl AttnShape {
 /// rows measured best at seq 192 and 512 (16 and 64 within a few percent).
 const BLOCK: usize = 32;
 
-/// Splits the `(batch * seq, width)` buffer `buf` into `parts` column parts
-/// of width `pw = width / parts`: entry `b * parts + p` holds, in row order,
-/// the `seq` row slices `buf[b * seq + t, p * pw .. (p + 1) * pw]`. Lets the
-/// `(batch, kv head)` tasks write their own columns of an output in place.
-fn split_parts(buf: &mut [f32], seq: usize, width: usize, parts: usize) -> Vec<Vec<&mut [f32]>> {
-    let pw = width / parts;
-    let batch = buf.len() / (seq * width);
-    let mut out: Vec<Vec<&mut [f32]>> = (0..batch * parts).map(|_| Vec::with_capacity(seq)).collect();
-    for (r, row) in buf.chunks_exact_mut(width).enumerate() {
-        let b = r / seq;
-        for (p, part) in row.chunks_exact_mut(pw).enumerate() {
-            out[b * parts + p].push(part);
+/// The `(batch * seq, width)` buffer split into `batch * parts` column parts
+/// of width `pw = width / parts`: part `b * parts + p` is, in row order, the
+/// `seq` row slices `buf[b * seq + t, p * pw .. (p + 1) * pw]`. Lets the
+/// `(batch, kv head)` tasks write their own columns of an output in place,
+/// with no list of row slices to allocate per call.
+struct Parts<'a> {
+    ptr: *mut f32,
+    seq: usize,
+    width: usize,
+    pw: usize,
+    parts: usize,
+    count: usize,
+    _buf: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a `Parts` hands out disjoint slices of the buffer it borrows
+// mutably (see `row`); sharing it between threads is sharing that borrow.
+unsafe impl Send for Parts<'_> {}
+unsafe impl Sync for Parts<'_> {}
+
+impl<'a> Parts<'a> {
+    fn new(buf: &'a mut [f32], seq: usize, width: usize, parts: usize) -> Self {
+        let rows = buf.len() / width.max(1);
+        Parts {
+            ptr: buf.as_mut_ptr(),
+            seq,
+            width,
+            pw: width / parts.max(1),
+            parts,
+            count: rows / seq.max(1) * parts,
+            _buf: std::marker::PhantomData,
         }
     }
-    out
+
+    /// Row `t` of part `part`.
+    ///
+    /// # Safety
+    /// At any time at most one caller may use a given `part` (its rows are
+    /// disjoint from every other part's), and no two slices of the same
+    /// (part, row) may be live at once.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, part: usize, t: usize) -> &mut [f32] {
+        assert!(
+            part < self.count && t < self.seq,
+            "part {part} row {t} of {} x {}",
+            self.count,
+            self.seq
+        );
+        let (b, p) = (part / self.parts, part % self.parts);
+        let start = (b * self.seq + t) * self.width + p * self.pw;
+        // SAFETY: in bounds (rows * width values, checked above); disjoint as the caller promised.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), self.pw) }
+    }
 }
 
 /// Copies head columns `col .. col + hd` of rows `row0 .. row0 + rows` of a
@@ -282,7 +320,11 @@ fn inner_par(tasks: usize, m: usize, n: usize, k: usize) -> Par {
     }
 }
 
-/// Scratch of a forward task, allocated once per rayon job and reused.
+static FWD_SCRATCH: ScratchPool<FwdScratch> = ScratchPool::new();
+static BWD_SCRATCH: ScratchPool<BwdScratch> = ScratchPool::new();
+
+/// Scratch of a forward task (from [`FWD_SCRATCH`]).
+#[derive(Default)]
 struct FwdScratch {
     /// `K_g`: (seq, hd)
     k: Vec<f32>,
@@ -297,15 +339,14 @@ struct FwdScratch {
 }
 
 impl FwdScratch {
-    fn new(seq: usize, hd: usize, group: usize) -> Self {
+    /// Grows every buffer to the task's shapes.
+    fn fit(&mut self, seq: usize, hd: usize, group: usize) {
         let rows = group * BLOCK.min(seq);
-        FwdScratch {
-            k: vec![0.0; seq * hd],
-            v: vec![0.0; seq * hd],
-            q: vec![0.0; rows * hd],
-            s: vec![0.0; rows * seq],
-            o: vec![0.0; rows * hd],
-        }
+        at_least(&mut self.k, seq * hd);
+        at_least(&mut self.v, seq * hd);
+        at_least(&mut self.q, rows * hd);
+        at_least(&mut self.s, rows * seq);
+        at_least(&mut self.o, rows * hd);
     }
 }
 
@@ -342,13 +383,15 @@ pub fn attention_forward(
     let par_o = inner_par(tasks, rows, hd, seq);
     // task b * KV + g owns the columns of heads g*group .. (g+1)*group of o,
     // and lse[b, g*group .. (g+1)*group, :], which is contiguous
-    split_parts(o, seq, sz.qw, kvh)
-        .into_par_iter()
-        .zip(lse.par_chunks_mut(group * seq))
+    let o_parts = Parts::new(o, seq, sz.qw, kvh);
+    lse.par_chunks_mut(group * seq)
+        .take(tasks)
         .enumerate()
-        .try_for_each_init(
-            || FwdScratch::new(seq, hd, group),
-            |scr, (task, (mut o_rows, lse_g))| -> Result<(), OpsError> {
+        .try_for_each(|(task, lse_g)| -> Result<(), OpsError> {
+            let mut held = FWD_SCRATCH.take();
+            held.fit(seq, hd, group);
+            let scr = &mut held;
+            let res = (|| -> Result<(), OpsError> {
                 let (b, g) = (task / kvh, task % kvh);
                 gather(&mut scr.k, k, sz.kvw, b * seq, seq, g * hd, hd);
                 gather(&mut scr.v, v, sz.kvw, b * seq, seq, g * hd, hd);
@@ -367,15 +410,20 @@ pub fn attention_forward(
                     gemm_with(par_o, m, hd, r1, 1.0, s, Trans::N, vp, Trans::N, 0.0, os)?;
                     for (row_idx, src) in os.chunks_exact(hd).enumerate() {
                         let (j, i) = (row_idx / bq, row_idx % bq);
-                        o_rows[r0 + i][j * hd..(j + 1) * hd].copy_from_slice(src);
+                        // SAFETY: this task alone writes part `task`.
+                        let row = unsafe { o_parts.row(task, r0 + i) };
+                        row[j * hd..(j + 1) * hd].copy_from_slice(src);
                     }
                 }
                 Ok(())
-            },
-        )
+            })();
+            FWD_SCRATCH.give(held);
+            res
+        })
 }
 
-/// Scratch of a backward task, allocated once per rayon job and reused.
+/// Scratch of a backward task (from [`BWD_SCRATCH`]).
+#[derive(Default)]
 struct BwdScratch {
     /// `K_g`: (seq, hd)
     k: Vec<f32>,
@@ -398,19 +446,17 @@ struct BwdScratch {
 }
 
 impl BwdScratch {
-    fn new(seq: usize, hd: usize, group: usize) -> Self {
+    /// Grows every buffer to the task's shapes.
+    fn fit(&mut self, seq: usize, hd: usize, group: usize) {
         let rows = group * BLOCK.min(seq);
-        BwdScratch {
-            k: vec![0.0; seq * hd],
-            v: vec![0.0; seq * hd],
-            dk: vec![0.0; seq * hd],
-            dv: vec![0.0; seq * hd],
-            q: vec![0.0; rows * hd],
-            d_o: vec![0.0; rows * hd],
-            dq: vec![0.0; rows * hd],
-            p: vec![0.0; rows * seq],
-            dp: vec![0.0; rows * seq],
+        for b in [&mut self.k, &mut self.v, &mut self.dk, &mut self.dv] {
+            at_least(b, seq * hd);
         }
+        for b in [&mut self.q, &mut self.d_o, &mut self.dq] {
+            at_least(b, rows * hd);
+        }
+        at_least(&mut self.p, rows * seq);
+        at_least(&mut self.dp, rows * seq);
     }
 }
 
@@ -460,15 +506,19 @@ pub fn attention_backward(
     let par_k = inner_par(tasks, seq, hd, rows);
     // task b * KV + g owns dK_g, dV_g, the dq columns of heads
     // g*group .. (g+1)*group, and reads lse[b, g*group .. (g+1)*group, :]
-    split_parts(dq, seq, sz.qw, kvh)
-        .into_par_iter()
-        .zip(split_parts(dk, seq, sz.kvw, kvh))
-        .zip(split_parts(dv, seq, sz.kvw, kvh))
-        .zip(lse.par_chunks(group * seq))
+    let (dq_parts, dk_parts, dv_parts) = (
+        Parts::new(dq, seq, sz.qw, kvh),
+        Parts::new(dk, seq, sz.kvw, kvh),
+        Parts::new(dv, seq, sz.kvw, kvh),
+    );
+    lse.par_chunks(group * seq)
+        .take(tasks)
         .enumerate()
-        .try_for_each_init(
-            || BwdScratch::new(seq, hd, group),
-            |scr, (task, (((mut dq_rows, mut dk_rows), mut dv_rows), lse_g))| -> Result<(), OpsError> {
+        .try_for_each(|(task, lse_g)| -> Result<(), OpsError> {
+            let mut held = BWD_SCRATCH.take();
+            held.fit(seq, hd, group);
+            let scr = &mut held;
+            let res = (|| -> Result<(), OpsError> {
                 let (b, g) = (task / kvh, task % kvh);
                 gather(&mut scr.k, k, sz.kvw, b * seq, seq, g * hd, hd);
                 gather(&mut scr.v, v, sz.kvw, b * seq, seq, g * hd, hd);
@@ -500,17 +550,22 @@ pub fn attention_backward(
                     gemm_with(par_k, r1, hd, m, sz.scale, dp, Trans::T, qs, Trans::N, 1.0, dkp)?;
                     for (row_idx, src) in dqs.chunks_exact(hd).enumerate() {
                         let (j, i) = (row_idx / bq, row_idx % bq);
-                        dq_rows[r0 + i][j * hd..(j + 1) * hd].copy_from_slice(src);
+                        // SAFETY: this task alone writes part `task`.
+                        let row = unsafe { dq_parts.row(task, r0 + i) };
+                        row[j * hd..(j + 1) * hd].copy_from_slice(src);
                     }
                 }
                 let acc = scr.dk.chunks_exact(hd).zip(scr.dv.chunks_exact(hd));
-                for ((dkr, dvr), (dks, dvs)) in dk_rows.iter_mut().zip(dv_rows.iter_mut()).zip(acc) {
-                    dkr.copy_from_slice(dks);
-                    dvr.copy_from_slice(dvs);
+                for (t, (dks, dvs)) in acc.take(seq).enumerate() {
+                    // SAFETY: this task alone writes part `task` of dk and dv.
+                    unsafe { dk_parts.row(task, t) }.copy_from_slice(dks);
+                    unsafe { dv_parts.row(task, t) }.copy_from_slice(dvs);
                 }
                 Ok(())
-            },
-        )
+            })();
+            BWD_SCRATCH.give(held);
+            res
+        })
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! its columns) and `concat` (the inverse), as the fused plans use around
 //! stacked GEMMs.
 //!
-//! Both walk blocks of [`ROWS`] rows in parallel, and within a block each
-//! row once, copying every part of it: one pass over the wide matrix, with
-//! contiguous writes into every narrow one. Pure copies: results are exact.
+//! Both walk blocks of [`ROWS`] rows in parallel: `concat` each row of the
+//! wide matrix once, copying every part of it; `split` one pass per part
+//! (contiguous writes, no allocation). Pure copies: results are exact.
 
 use rayon::prelude::*;
 
@@ -14,7 +14,9 @@ use super::{OpsError, check_len};
 const ROWS: usize = 64;
 
 /// The `outs[i]` (`(n, widths[i])`, as many as `widths`) of `x (n, sum widths)`.
-pub fn split_cols(x: &[f32], n: usize, widths: &[usize], outs: &mut [Vec<f32>]) -> Result<(), OpsError> {
+///
+/// One parallel pass per part over its columns of `x`: no allocation.
+pub fn split_cols(x: &[f32], n: usize, widths: &[usize], outs: &mut [&mut [f32]]) -> Result<(), OpsError> {
     const OP: &str = "split";
     let total: usize = widths.iter().sum();
     check_len(OP, "x", x.len(), n * total)?;
@@ -25,26 +27,19 @@ pub fn split_cols(x: &[f32], n: usize, widths: &[usize], outs: &mut [Vec<f32>]) 
     if n == 0 || total == 0 {
         return Ok(());
     }
-    let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(ROWS)).map(|_| Vec::new()).collect();
+    let mut at = 0;
     for (o, &w) in outs.iter_mut().zip(widths) {
-        // a zero-width part has no rows to give: its tasks get empty slices
-        let mut chunks = o.chunks_mut((ROWS * w).max(1));
-        for t in tasks.iter_mut() {
-            t.push(chunks.next().unwrap_or_default());
+        if w > 0 {
+            o.par_chunks_mut(ROWS * w).enumerate().for_each(|(b, block)| {
+                let r0 = b * ROWS;
+                for (r, dst) in block.chunks_exact_mut(w).enumerate() {
+                    let src = (r0 + r) * total + at;
+                    dst.copy_from_slice(&x[src..src + w]);
+                }
+            });
         }
+        at += w;
     }
-    tasks.into_par_iter().enumerate().for_each(|(b, mut parts)| {
-        let r0 = b * ROWS;
-        let rows = ROWS.min(n - r0);
-        for r in 0..rows {
-            let row = &x[(r0 + r) * total..(r0 + r + 1) * total];
-            let mut at = 0;
-            for (dst, &w) in parts.iter_mut().zip(widths) {
-                dst[r * w..(r + 1) * w].copy_from_slice(&row[at..at + w]);
-                at += w;
-            }
-        }
-    });
     Ok(())
 }
 
@@ -86,7 +81,8 @@ mod tests {
         for n in [0, 1, 63, 64, 65, 200] {
             let x: Vec<f32> = (0..n * total).map(|i| i as f32).collect();
             let mut outs: Vec<Vec<f32>> = widths.iter().map(|&w| vec![f32::NAN; n * w]).collect();
-            split_cols(&x, n, &widths, &mut outs).unwrap();
+            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+            split_cols(&x, n, &widths, &mut views).unwrap();
             let mut at = 0;
             for (o, &w) in outs.iter().zip(&widths) {
                 for r in 0..n {
@@ -105,8 +101,8 @@ mod tests {
 
     #[test]
     fn wrong_lengths_are_errors() {
-        let mut outs = vec![vec![0.0; 4], vec![0.0; 3]];
-        assert!(split_cols(&[0.0; 9], 2, &[2, 2], &mut outs).is_err());
+        let (mut a, mut b) = (vec![0.0; 4], vec![0.0; 3]);
+        assert!(split_cols(&[0.0; 9], 2, &[2, 2], &mut [&mut a, &mut b]).is_err());
         let mut y = vec![0.0; 8];
         assert!(concat_cols(&[&[0.0; 4], &[0.0; 3]], 2, &[2, 2], &mut y).is_err());
     }

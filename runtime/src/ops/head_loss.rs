@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use super::gemm::{Trans, gemm_with};
 use super::simd::{Simd, exp_approx, multiversion};
-use super::{OpsError, check_len, dims};
+use super::{OpsError, ScratchPool, at_least, check_len, dims};
 
 /// Rows per chunk: the chunk's transposed logits are `vocab x CHUNK` floats
 /// (25 MB at 49,152 x 128), one per thread at a time. faer's f32 kernels
@@ -45,7 +45,44 @@ pub struct HeadLoss {
 }
 
 /// A chunk's losses `(c)` and input-gradient rows `(c, d)`.
-type ChunkOut = (Vec<f32>, Vec<f32>);
+/// Scratch of one chunk (from [`CHUNKS`]); after the chunk ran, `loss`
+/// holds its rows' losses and `dhc` their `dH` rows.
+#[derive(Default)]
+struct Chunk {
+    /// gathered rows of H: (c, d)
+    hc: Vec<f32>,
+    /// logits, then dZ, transposed: (vocab, c)
+    zt: Vec<f32>,
+    /// column max and sum of exponentials: (c)
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    /// per-row loss and `scale / sum`: (c)
+    loss: Vec<f32>,
+    inv: Vec<f32>,
+    /// dH rows: (c, d)
+    dhc: Vec<f32>,
+}
+
+impl Chunk {
+    /// Grows every buffer to a chunk of `c` rows.
+    fn fit(&mut self, c: usize, d: usize, vocab: usize) {
+        at_least(&mut self.hc, c * d);
+        at_least(&mut self.zt, vocab * c);
+        for b in [&mut self.max, &mut self.sum, &mut self.loss, &mut self.inv] {
+            at_least(b, c);
+        }
+        at_least(&mut self.dhc, c * d);
+    }
+}
+
+/// Chunk scratch, reused across chunks and calls: a step allocates none.
+static CHUNKS: ScratchPool<Chunk> = ScratchPool::new();
+
+/// The chunks' results, reused across calls.
+static RESULTS: ScratchPool<Vec<Result<Chunk, OpsError>>> = ScratchPool::new();
+
+/// The row indices with a target, reused across calls.
+static ACTIVE: ScratchPool<Vec<usize>> = ScratchPool::new();
 
 /// Loss and input gradient of `loss_rows = CE(h W^T, targets)`.
 ///
@@ -79,56 +116,98 @@ pub fn linear_cross_entropy(
     }
     loss_rows.fill(0.0);
     dh.fill(0.0);
-    let active: Vec<usize> = (0..n).filter(|&i| targets[i] >= 0).collect();
+    let mut active = ACTIVE.take();
+    active.clear();
+    active.extend((0..n).filter(|&i| targets[i] >= 0));
     if active.is_empty() || vocab == 0 {
+        ACTIVE.give(active);
         return Ok(HeadLoss { count: 0, sum: 0.0 });
     }
     let simd = Simd::detect();
-    // Per chunk: its rows' losses (c) and dH rows (c, d).
-    let results: Vec<Result<ChunkOut, OpsError>> = active
+    // Per chunk: its rows' losses (c) and dH rows (c, d), in a pooled scratch.
+    let mut results = RESULTS.take();
+    active
         .par_chunks(CHUNK)
         .map(|rows| {
             let c = rows.len();
-            let mut hc = vec![0.0f32; c * d];
-            for (dst, &i) in hc.chunks_exact_mut(d.max(1)).zip(rows) {
+            let mut k = CHUNKS.take();
+            k.fit(c, d, vocab);
+            for (dst, &i) in k.hc[..c * d].chunks_exact_mut(d.max(1)).zip(rows) {
                 dst.copy_from_slice(&h[i * d..(i + 1) * d]);
             }
             // 1. Z^T (vocab, c) = W (vocab, d) H_c^T
-            let mut zt = vec![0.0f32; vocab * c];
-            gemm_with(Par::Seq, vocab, c, d, 1.0, w, Trans::N, &hc, Trans::T, 0.0, &mut zt)?;
-            let tgt: Vec<usize> = rows.iter().map(|&i| targets[i] as usize).collect();
-            let picked: Vec<f32> = tgt.iter().enumerate().map(|(j, &t)| zt[t * c + j]).collect();
+            let zt = &mut k.zt[..vocab * c];
+            gemm_with(
+                Par::Seq,
+                vocab,
+                c,
+                d,
+                1.0,
+                w,
+                Trans::N,
+                &k.hc[..c * d],
+                Trans::T,
+                0.0,
+                zt,
+            )?;
             // 2. column max, then exp(z - max) in place with the column sums
-            let mut max = vec![f32::NEG_INFINITY; c];
-            col_max(simd, &zt, &mut max);
-            let mut sum = vec![0.0f32; c];
-            col_exp_sum(simd, &mut zt, &max, &mut sum);
-            // 3. losses; dZ = (p - onehot) * scale
-            let loss: Vec<f32> = (0..c).map(|j| sum[j].ln() + max[j] - picked[j]).collect();
-            let inv: Vec<f32> = sum.iter().map(|&s| scale / s).collect();
-            col_scale(simd, &mut zt, &inv);
-            for (j, &t) in tgt.iter().enumerate() {
-                zt[t * c + j] -= scale;
+            let (max, sum) = (&mut k.max[..c], &mut k.sum[..c]);
+            max.fill(f32::NEG_INFINITY);
+            sum.fill(0.0);
+            for (j, &i) in rows.iter().enumerate() {
+                k.loss[j] = -zt[targets[i] as usize * c + j];
+            }
+            col_max(simd, zt, max);
+            col_exp_sum(simd, zt, max, sum);
+            // 3. losses (log sum exp - picked logit); dZ = (p - onehot) * scale
+            for j in 0..c {
+                k.loss[j] += sum[j].ln() + max[j];
+                k.inv[j] = scale / sum[j];
+            }
+            col_scale(simd, zt, &k.inv[..c]);
+            for (j, &i) in rows.iter().enumerate() {
+                zt[targets[i] as usize * c + j] -= scale;
             }
             // 4. dH_c (c, d) = dZ^T (c, vocab) W (vocab, d)
-            let mut dhc = vec![0.0f32; c * d];
-            gemm_with(Par::Seq, c, d, vocab, 1.0, &zt, Trans::T, w, Trans::N, 0.0, &mut dhc)?;
-            Ok((loss, dhc))
+            let dhc = &mut k.dhc[..c * d];
+            gemm_with(
+                Par::Seq,
+                c,
+                d,
+                vocab,
+                1.0,
+                &k.zt[..vocab * c],
+                Trans::T,
+                w,
+                Trans::N,
+                0.0,
+                dhc,
+            )?;
+            Ok(k)
         })
-        .collect();
+        .collect_into_vec(&mut results);
     let mut sum = 0.0f64;
-    for (rows, res) in active.chunks(CHUNK).zip(results) {
-        let (loss, dhc) = res?;
-        for ((&i, &l), src) in rows.iter().zip(&loss).zip(dhc.chunks_exact(d.max(1))) {
-            loss_rows[i] = l;
-            sum += f64::from(l);
-            dh[i * d..(i + 1) * d].copy_from_slice(src);
+    let mut failed = None;
+    for (rows, res) in active.chunks(CHUNK).zip(results.drain(..)) {
+        match res {
+            Ok(k) => {
+                for ((&i, &l), src) in rows.iter().zip(&k.loss).zip(k.dhc.chunks_exact(d.max(1))) {
+                    loss_rows[i] = l;
+                    sum += f64::from(l);
+                    dh[i * d..(i + 1) * d].copy_from_slice(src);
+                }
+                CHUNKS.give(k);
+            }
+            Err(e) => failed = Some(e),
         }
     }
-    Ok(HeadLoss {
-        count: active.len(),
-        sum,
-    })
+    let count = active.len();
+    ACTIVE.give(active);
+    RESULTS.give(results);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(HeadLoss { count, sum })
 }
 
 /// `max[j] = max(max[j], max_v z[v, j])`, z: `(vocab, c)`, max: `(c)`.

@@ -63,6 +63,14 @@ pub fn linear_backward_weight(
     gemm(d_out, d_in, n, 1.0, g, Trans::T, x, Trans::N, beta(store), dw)
 }
 
+/// The first `len` values of `scratch`, grown (with zeros) when it is shorter.
+fn grown(scratch: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if scratch.len() < len {
+        scratch.resize(len, 0.0);
+    }
+    &mut scratch[..len]
+}
+
 /// Blocks narrower than this many columns share one GEMM with their narrow
 /// neighbours (through a small copy): a GEMM of 16 columns runs at about half
 /// the rate of a wide one, and the A's of a stack (rank r each) sit side by side.
@@ -71,20 +79,22 @@ pub const NARROW_BLOCK: usize = 64;
 /// The runs of [`stacked_linear_forward`] and [`stacked_linear_backward_input`]:
 /// `(first block, past the last block)` — a wide block alone, or a maximal
 /// run of adjacent narrow blocks.
-fn block_runs(widths: &[usize]) -> Vec<(usize, usize)> {
-    let mut runs = Vec::new();
+fn block_runs(widths: &[usize]) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut i = 0;
-    while i < widths.len() {
+    std::iter::from_fn(move || {
+        if i >= widths.len() {
+            return None;
+        }
         let mut j = i + 1;
         if widths[i] < NARROW_BLOCK {
             while j < widths.len() && widths[j] < NARROW_BLOCK {
                 j += 1;
             }
         }
-        runs.push((i, j));
+        let run = (i, j);
         i = j;
-    }
-    runs
+        Some(run)
+    })
 }
 
 /// Linear forward against a weight stacked by rows, each block of the
@@ -93,14 +103,17 @@ fn block_runs(widths: &[usize]) -> Vec<(usize, usize)> {
 /// x: `(n, d_in)`, w: `(sum widths, d_in)`, ys\[i\]: `(n, widths[i])`. A wide
 /// block is one GEMM writing its buffer; a run of narrow blocks is one GEMM
 /// into a scratch `(n, run width)` split afterwards (a copy of only those
-/// columns). The whole product never exists.
+/// columns; `scratch` is that buffer, grown once and reused by the caller).
+/// The whole product never exists.
+#[allow(clippy::too_many_arguments)]
 pub fn stacked_linear_forward(
     x: &[f32],
     w: &[f32],
     n: usize,
     d_in: usize,
     widths: &[usize],
-    ys: &mut [Vec<f32>],
+    ys: &mut [&mut [f32]],
+    scratch: &mut Vec<f32>,
 ) -> Result<(), OpsError> {
     const OP: &str = "linear_split";
     let total: usize = widths.iter().sum();
@@ -113,11 +126,11 @@ pub fn stacked_linear_forward(
         let wb = &w[row * d_in..(row + cols) * d_in];
         if b == a + 1 {
             check_len(OP, "y", ys[a].len(), n * cols)?;
-            linear_forward(x, wb, n, d_in, cols, &mut ys[a], Store::Overwrite)?;
+            linear_forward(x, wb, n, d_in, cols, ys[a], Store::Overwrite)?;
         } else {
-            let mut scratch = vec![0.0; n * cols];
-            linear_forward(x, wb, n, d_in, cols, &mut scratch, Store::Overwrite)?;
-            split_cols(&scratch, n, &widths[a..b], &mut ys[a..b])?;
+            let scratch = grown(scratch, n * cols);
+            linear_forward(x, wb, n, d_in, cols, scratch, Store::Overwrite)?;
+            split_cols(scratch, n, &widths[a..b], &mut ys[a..b])?;
         }
         row += cols;
     }
@@ -129,7 +142,9 @@ pub fn stacked_linear_forward(
 ///
 /// gs\[i\]: `(n, widths[i])`, w: `(sum widths, d_in)`, dx: `(n, d_in)`. A wide
 /// block is one GEMM accumulating into dx; a run of narrow blocks is
-/// concatenated first (a copy of only those columns) and multiplied once.
+/// concatenated first (a copy of only those columns, into `scratch`) and
+/// multiplied once.
+#[allow(clippy::too_many_arguments)]
 pub fn stacked_linear_backward_input(
     gs: &[&[f32]],
     w: &[f32],
@@ -137,6 +152,7 @@ pub fn stacked_linear_backward_input(
     d_in: usize,
     widths: &[usize],
     dx: &mut [f32],
+    scratch: &mut Vec<f32>,
 ) -> Result<(), OpsError> {
     const OP: &str = "linear_grad_input_cat";
     let total: usize = widths.iter().sum();
@@ -152,9 +168,9 @@ pub fn stacked_linear_backward_input(
             check_len(OP, "g", gs[a].len(), n * cols)?;
             linear_backward_input(gs[a], wb, n, d_in, cols, dx, store)?;
         } else {
-            let mut scratch = vec![0.0; n * cols];
-            concat_cols(&gs[a..b], n, &widths[a..b], &mut scratch)?;
-            linear_backward_input(&scratch, wb, n, d_in, cols, dx, store)?;
+            let scratch = grown(scratch, n * cols);
+            concat_cols(&gs[a..b], n, &widths[a..b], scratch)?;
+            linear_backward_input(scratch, wb, n, d_in, cols, dx, store)?;
         }
         store = Store::Accumulate;
         row += cols;
@@ -221,7 +237,8 @@ mod tests {
             let w = rng.vec(total * d_in);
             let y = linear_ref(&to64(&x), &to64(&w), n, d_in, total);
             let mut ys: Vec<Vec<f32>> = widths.iter().map(|&c| vec![f32::NAN; n * c]).collect();
-            stacked_linear_forward(&x, &w, n, d_in, &widths, &mut ys).unwrap();
+            let mut views: Vec<&mut [f32]> = ys.iter_mut().map(Vec::as_mut_slice).collect();
+            stacked_linear_forward(&x, &w, n, d_in, &widths, &mut views, &mut Vec::new()).unwrap();
             let mut at = 0;
             for (yi, &c) in ys.iter().zip(&widths) {
                 let want: Vec<f64> = (0..n)
@@ -249,7 +266,7 @@ mod tests {
                 .collect();
             let mut dx = vec![f32::NAN; n * d_in];
             let refs: Vec<&[f32]> = gs.iter().map(Vec::as_slice).collect();
-            stacked_linear_backward_input(&refs, &w, n, d_in, &widths, &mut dx).unwrap();
+            stacked_linear_backward_input(&refs, &w, n, d_in, &widths, &mut dx, &mut Vec::new()).unwrap();
             assert_close("dx", &dx, &want, 1e-6, 1e-6);
         }
     }

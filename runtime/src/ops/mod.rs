@@ -54,6 +54,34 @@ pub mod vector_state;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+/// Scratch buffers of finished tasks, for the next tasks (of this call or a
+/// later one): a task takes one, grows it to its shapes if needed, and gives
+/// it back, so a steady-state training step allocates no scratch. A lock per
+/// task (attention: `batch x kv heads` of them per call) costs nothing next
+/// to its GEMMs.
+pub(crate) struct ScratchPool<T>(std::sync::Mutex<Vec<T>>);
+
+impl<T: Default> ScratchPool<T> {
+    pub(crate) const fn new() -> Self {
+        ScratchPool(std::sync::Mutex::new(Vec::new()))
+    }
+    pub(crate) fn take(&self) -> T {
+        self.0.lock().ok().and_then(|mut v| v.pop()).unwrap_or_default()
+    }
+    pub(crate) fn give(&self, t: T) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(t);
+        }
+    }
+}
+
+/// Grows `v` to at least `len` values.
+pub(crate) fn at_least(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
 pub use adamw::{AdamState, AdamW, adamw_step};
 pub use adapters::{AdapterShape, lamda_backward, lamda_forward, lora_backward, lora_forward};
 pub use attention::{AttnShape, attention_backward, attention_forward};

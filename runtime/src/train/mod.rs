@@ -19,7 +19,8 @@ use lamda_compiler::plan::Plan;
 use lamda_compiler::spec::LrSchedule;
 
 use crate::data::{Batch, BatchConfig, Batcher, Dataset, IGNORE_INDEX};
-use crate::exec::{ExecError, Executor, RunOutput};
+use crate::exec::Backend as _;
+use crate::exec::{CpuBackend, ExecError, Executor, RunOutput};
 use crate::ops::{AdamState, AdamW, OpsError, adamw_step};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,14 +76,7 @@ pub fn lr_at(plan_lr: f64, warmup: u64, schedule: LrSchedule, t: u64, steps: u64
     }
 }
 
-/// Positions of a (batch, seq) label block that count for the loss.
-pub fn count_targets(labels: &[i64], seq: usize) -> usize {
-    labels
-        .iter()
-        .enumerate()
-        .filter(|(i, l)| i % seq != 0 && **l != IGNORE_INDEX)
-        .count()
-}
+pub use crate::exec::count_targets;
 
 /// The live state of a run.
 pub struct Trainer {
@@ -100,7 +94,7 @@ pub struct Trainer {
 
 /// Where programs run.
 pub enum Backend {
-    Cpu(Executor),
+    Cpu(Box<Executor<CpuBackend>>),
     Cuda(Box<crate::backend::cuda::CudaExecutor>),
 }
 
@@ -177,7 +171,7 @@ impl Trainer {
             adam,
             step: 0,
             data,
-            backend: Backend::Cpu(Executor::new()),
+            backend: Backend::Cpu(Box::default()),
         }
     }
 
@@ -219,9 +213,9 @@ impl Trainer {
     }
 
     /// The CPU executor, if programs run on the CPU.
-    pub fn cpu_executor(&mut self) -> Option<&mut Executor> {
+    pub fn cpu_executor(&mut self) -> Option<&mut Executor<CpuBackend>> {
         match &mut self.backend {
-            Backend::Cpu(e) => Some(e),
+            Backend::Cpu(e) => Some(&mut **e),
             Backend::Cuda(_) => None,
         }
     }
@@ -252,8 +246,9 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepStats, StepError> {
         let t = self.step;
         let steps = self.total_steps();
-        let phase = self.plan.phase_at(t).cloned().ok_or(StepError::NoTargets { step: t })?;
-        for &p in &phase.trainable {
+        let phase_index = self.plan.phase_index_at(t).ok_or(StepError::NoTargets { step: t })?;
+        let train_set = self.plan.phases[phase_index].trainable.clone();
+        for &p in &train_set {
             self.grads[p].fill(0.0);
         }
         let accumulate = self.plan.train.accumulate.max(1) as usize;
@@ -275,7 +270,7 @@ impl Trainer {
             tokens += ids.len();
             let scale = c as f32 / total as f32;
             let out = self.backend.run(
-                &phase.program,
+                &self.plan.phases[phase_index].program,
                 &self.params,
                 &mut self.grads,
                 &ids,
@@ -291,7 +286,7 @@ impl Trainer {
         }
         // Frozen columns get no gradient.
         let mut trainable = 0u64;
-        for &p in &phase.trainable {
+        for &p in &train_set {
             let f = self.frozen_cols(p, t);
             let cols = self.plan.params[p].shape.get(1).copied().unwrap_or(1);
             if f > 0 {
@@ -301,8 +296,7 @@ impl Trainer {
             }
             trainable += (self.params[p].len() - self.params[p].len() / cols * f.min(cols)) as u64;
         }
-        let norm = phase
-            .trainable
+        let norm = train_set
             .iter()
             .map(|&p| self.grads[p].iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
             .sum::<f64>()
@@ -311,7 +305,7 @@ impl Trainer {
             && norm > clip
         {
             let s = (clip / (norm + 1e-6)) as f32;
-            for &p in &phase.trainable {
+            for &p in &train_set {
                 self.grads[p].iter_mut().for_each(|g| *g *= s);
             }
         }
@@ -324,7 +318,7 @@ impl Trainer {
             eps: tc.optimizer.eps,
             weight_decay: tc.optimizer.weight_decay,
         };
-        for &p in &phase.trainable {
+        for &p in &train_set {
             let cols = self.plan.params[p].shape.get(1).copied().unwrap_or(1);
             let f = self.frozen_cols(p, t);
             if self.plan.fused && matches!(self.backend, Backend::Cpu(_)) {
@@ -351,26 +345,26 @@ impl Trainer {
 
     /// AdamW as the generated kernel (`kernel::lib::adamw`), same semantics as `ops::adamw_step`.
     fn fused_adamw(&mut self, p: usize, cfg: &AdamW, cols: usize, frozen: usize) -> Result<(), StepError> {
-        use crate::backend::cpu::interp::KArg;
         let len = self.params[p].len();
         if frozen >= cols || len == 0 {
             return Ok(());
         }
-        let st = &mut self.adam[p];
-        st.step += 1;
-        let scalars = crate::ops::adamw::fused_scalars(cfg, st.step, frozen);
-        let kernel = lamda_compiler::kernel::lib::adamw(cols);
         let Backend::Cpu(exec) = &mut self.backend else {
             return Ok(());
         };
-        let mut args = vec![
-            KArg::F32Mut(&mut self.params[p]),
-            KArg::F32(&self.grads[p]),
-            KArg::F32Mut(&mut st.exp_avg),
-            KArg::F32Mut(&mut st.exp_avg_sq),
-        ];
-        args.extend(scalars.iter().map(|&x| KArg::Scalar(x)));
-        exec.launch(&kernel, &mut args, len / cols).map_err(StepError::Exec)
+        let st = &mut self.adam[p];
+        st.step += 1;
+        let scalars = crate::ops::adamw::fused_scalars(cfg, st.step, frozen);
+        exec.backend_mut()
+            .adamw(
+                &mut self.params[p],
+                &self.grads[p],
+                &mut st.exp_avg,
+                &mut st.exp_avg_sq,
+                cols,
+                &scalars,
+            )
+            .map_err(StepError::Exec)
     }
 
     /// The loss of the current parameters over all of `data`, forward only:

@@ -200,7 +200,7 @@ impl Jit {
 }
 
 /// The pointers of a launch, shared by its blocks.
-struct ArgPtrs(Vec<*mut u8>);
+struct ArgPtrs(smallvec::SmallVec<[*mut u8; 16]>);
 
 // SAFETY: the pointers are only dereferenced by the kernel code, which reads
 // shared arguments and writes row ranges that differ between blocks (see
