@@ -55,10 +55,7 @@ fn tiny_plan(fuse: bool) -> Plan {
     let src = "adapt tiny.attn.{q,v} rank 2 freeze_b linear(0.5)\ntrain { steps 4 batch 1 seq 4 }";
     let c = check_source("t.lamda", src, Path::new("."));
     let spec = c.spec.unwrap_or_else(|| panic!("{:?}", c.diags));
-    let opts = Options {
-        fuse,
-        head_loss: false,
-    };
+    let opts = Options { fuse, head_loss: false };
     compile_with(&spec, 1, 4, None, opts).unwrap()
 }
 
@@ -82,16 +79,31 @@ fn unfused_ops_pick_their_instance_from_shapes_and_attributes() {
             Op::Rope { head_dim, seq, theta }
         }
     };
-    assert_eq!(unfused_kernel(&rope(false, 16), &[&[8, 32]]), Some(lib::rope(32, 16, 4)));
-    assert_eq!(unfused_kernel(&rope(true, 16), &[&[8, 32]]), Some(lib::rope_grad(32, 16, 4)));
+    assert_eq!(
+        unfused_kernel(&rope(false, 16), &[&[8, 32]]),
+        Some(lib::rope(32, 16, 4))
+    );
+    assert_eq!(
+        unfused_kernel(&rope(true, 16), &[&[8, 32]]),
+        Some(lib::rope_grad(32, 16, 4))
+    );
     // Not whole heads, an odd head: no instance (the executor reports the shapes).
     assert_eq!(unfused_kernel(&rope(false, 12), &[&[8, 32]]), None);
     assert_eq!(unfused_kernel(&rope(false, 5), &[&[8, 30]]), None);
     let ce = |grad| Op::CrossEntropy { batch: 2, seq: 4, grad };
-    assert_eq!(unfused_kernel(&ce(true), &[&[8, 256], &[8]]), Some(lib::cross_entropy(256, true)));
-    assert_eq!(unfused_kernel(&ce(false), &[&[8, 256], &[8]]), Some(lib::cross_entropy(256, false)));
+    assert_eq!(
+        unfused_kernel(&ce(true), &[&[8, 256], &[8]]),
+        Some(lib::cross_entropy(256, true))
+    );
+    assert_eq!(
+        unfused_kernel(&ce(false), &[&[8, 256], &[8]]),
+        Some(lib::cross_entropy(256, false))
+    );
     assert_eq!(unfused_kernel(&Op::Silu, &[&[8, 172]]), Some(lib::silu(172)));
-    assert_eq!(unfused_kernel(&Op::SiluGrad, &[&[8, 172], &[8, 172]]), Some(lib::silu_grad(172)));
+    assert_eq!(
+        unfused_kernel(&Op::SiluGrad, &[&[8, 172], &[8, 172]]),
+        Some(lib::silu_grad(172))
+    );
     assert_eq!(unfused_kernel(&Op::RmsNorm { eps: F64(1e-6) }, &[&[8, 0], &[0]]), None);
     // Ops with hand-written kernels or cuBLAS.
     for op in [Op::Add, Op::Mul, Op::Linear, Op::ColScale, Op::Embedding] {
@@ -124,7 +136,10 @@ fn an_unfused_plan_lists_the_instances_its_ops_run() {
     for ph in &plan.phases {
         for &p in &ph.trainable {
             let info = &plan.params[p];
-            want.push(adamw_kernel(info.numel() as usize, info.shape.get(1).copied().unwrap_or(1)));
+            want.push(adamw_kernel(
+                info.numel() as usize,
+                info.shape.get(1).copied().unwrap_or(1),
+            ));
         }
     }
     for k in &want {
@@ -158,7 +173,13 @@ fn a_fused_plan_shares_instances_with_its_fused_kernels() {
     let mut ks: Vec<Kernel> = progs
         .iter()
         .flat_map(|p| &p.instrs)
-        .filter_map(|i| if let Op::Fused(k) = &i.op { Some((**k).clone()) } else { None })
+        .filter_map(|i| {
+            if let Op::Fused(k) = &i.op {
+                Some((**k).clone())
+            } else {
+                None
+            }
+        })
         .collect();
     assert!(!ks.is_empty());
     let unfused = unfused_kernels(progs.iter().copied());

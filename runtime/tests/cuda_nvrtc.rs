@@ -82,7 +82,13 @@ fn the_module_of_a_plan_compiles() {
         let mut kernels: Vec<Kernel> = progs
             .iter()
             .flat_map(|p| &p.instrs)
-            .filter_map(|i| if let Op::Fused(k) = &i.op { Some((**k).clone()) } else { None })
+            .filter_map(|i| {
+                if let Op::Fused(k) = &i.op {
+                    Some((**k).clone())
+                } else {
+                    None
+                }
+            })
             .collect();
         let unfused = unfused_kernels(progs.iter().copied());
         assert!(!unfused.is_empty());
@@ -92,7 +98,10 @@ fn the_module_of_a_plan_compiles() {
             let entry = format!(".entry {}(", c_ident(&k.name));
             assert!(ptx.contains(&entry), "fuse {fuse}: no {entry} in the PTX");
         }
-        eprintln!("NVRTC: the tiny plan (fuse {fuse}) module, {} kernel-IR kernels", kernels.len());
+        eprintln!(
+            "NVRTC: the tiny plan (fuse {fuse}) module, {} kernel-IR kernels",
+            kernels.len()
+        );
     }
 }
 

@@ -572,7 +572,11 @@ pub fn module_kernels<'p>(programs: impl IntoIterator<Item = &'p Program> + Clon
             }
         }
     }
-    out.extend(unfused_kernels(programs).into_iter().filter(|k| !seen.contains(&k.name)));
+    out.extend(
+        unfused_kernels(programs)
+            .into_iter()
+            .filter(|k| !seen.contains(&k.name)),
+    );
     out
 }
 

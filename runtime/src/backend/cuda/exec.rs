@@ -186,12 +186,8 @@ fn len_check(op: &'static str, name: &'static str, got: usize, expected: usize) 
 
 /// The kernel-IR instance of an unfused op (see [`unfused_kernel`]), or why there is none.
 fn op_kernel(op: &Op, shapes: &[&[usize]]) -> Result<Kernel, CudaError> {
-    unfused_kernel(op, shapes).ok_or_else(|| {
-        CudaError::Program(format!(
-            "{}: no kernel for operands of shapes {shapes:?}",
-            op.name()
-        ))
-    })
+    unfused_kernel(op, shapes)
+        .ok_or_else(|| CudaError::Program(format!("{}: no kernel for operands of shapes {shapes:?}", op.name())))
 }
 
 impl CudaExecutor {
@@ -1122,7 +1118,12 @@ impl CudaExecutor {
                 // The kernel-IR cross-entropy reads targets already shifted (-100 at a
                 // sequence end) and the scale of its gradient per counted target.
                 let targets = gpu.alloc::<i64>(n)?;
-                let shift = [KArg::Ptr(lbp), KArg::Ptr(targets.ptr(gpu)), int(n, "n")?, int(*seq, "seq")?];
+                let shift = [
+                    KArg::Ptr(lbp),
+                    KArg::Ptr(targets.ptr(gpu)),
+                    int(n, "n")?,
+                    int(*seq, "seq")?,
+                ];
                 gpu.launch_elems(support::SHIFT_LABELS, n, &shift)?;
                 let rows = gpu.alloc::<f32>(n)?;
                 let dl = if *grad { Some(gpu.alloc::<f32>(ll)?) } else { None };
