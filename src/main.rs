@@ -979,7 +979,14 @@ fn emit_kernels(spec: &lamda_compiler::spec::ResolvedSpec, target: Target) -> Ex
             return ExitCode::from(1);
         }
     };
-    let kernels = plan.kernels();
+    let kernels = match target {
+        // what the CUDA executor compiles: the fused kernels and the kernel-IR
+        // instances of the unfused ops and of AdamW
+        Target::Cuda => {
+            lamda_compiler::codegen::cuda::module_kernels(plan.phases.iter().map(|p| &p.program).chain([&plan.eval]))
+        }
+        _ => plan.kernels(),
+    };
     let text = match target {
         Target::Cuda => lamda_compiler::codegen::cuda::module_source(&kernels).map_err(|e| e.to_string()),
         _ => kernels

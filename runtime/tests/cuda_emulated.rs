@@ -1,12 +1,17 @@
-//! The CUDA C, run on the CPU: the support kernels and some fused kernels
-//! executed by a small CUDA emulator (one OS thread per CUDA thread of a
-//! block, `__syncthreads` a barrier, warp shuffles through memory) and
-//! compared with naive f64 references written here in C++: attention forward
-//! and backward with grouped heads at awkward sizes, RMSNorm and its grad,
-//! cross-entropy (unfused and fused), the LaMDA epilogue, RoPE and its
-//! inverse, AdamW with frozen columns, bf16 rounding and widening, the
-//! embedding from a bf16 table, column copies, the
-//! f64 sum of squares. It checks the kernels' arithmetic and their use of
+//! The CUDA C, run on the CPU: the hand-written support kernels and the
+//! generated kernel-IR kernels (the instances the unfused ops and AdamW run,
+//! and fused ones) executed by a small CUDA emulator (one OS thread per CUDA
+//! thread of a block, `__syncthreads` a barrier, warp shuffles through
+//! memory) and compared with naive f64 references written here in C++:
+//! attention forward and backward with grouped heads at awkward sizes
+//! (support), RMSNorm and its grad at d 37 (two warps) and 17, label shifting
+//! (support) then cross-entropy and its gradient on the shifted targets, the
+//! LaMDA epilogue, RoPE and its inverse, SiLU and its grad, AdamW with frozen
+//! columns (parameter and both moments), bf16 rounding and widening, the
+//! embedding from a bf16 table, column copies, zeroing frozen columns, the
+//! f64 sum of squares (support). Generated kernels are launched with their
+//! contract: arguments in kernel order, then `rows`, a grid smaller than
+//! `rows` (so the grid-stride loop runs) of `block_threads` threads. It checks the kernels' arithmetic and their use of
 //! barriers and shared memory without a GPU (real races may still need one
 //! to show). Needs a C++20 compiler (`$CXX`, else g++ or clang++); skips
 //! with a message without one.
@@ -52,7 +57,15 @@ fn kernels_run_in_the_emulator_and_match_the_references() {
         return;
     };
     // The emulator gives every block one static `sm` for dynamic shared memory.
-    let module = module_source(&lib::examples())
+    let mut kernels = lib::examples();
+    // The instances unfused ops run at shapes the examples lack (the others are examples).
+    kernels.extend([
+        lib::rmsnorm(37, 1e-5),
+        lib::rmsnorm_grad(37),
+        lib::silu(45),
+        lib::silu_grad(45),
+    ]);
+    let module = module_source(&kernels)
         .unwrap()
         .replace("extern __shared__ float sm[];", "");
     std::fs::write(dir.join("module_emu.cu"), module).unwrap();
@@ -167,8 +180,8 @@ int main() {
   check("attention dq", dq, rdq, 1e-5); check("attention dk", dk, rdk, 1e-5); check("attention dv", dv, rdv, 1e-5);
   // ---- rmsnorm + grad, d = 37
   { int N = 5, D = 37; auto x = rnd(N*D), w = rnd(D), g = rnd(N*D); std::vector<float> y(N*D), r(N), dx(N*D);
-    launch(lamdac_rmsnorm, 3, 64, x.data(), w.data(), y.data(), r.data(), N, D, 1e-5f);
-    launch(lamdac_rmsnorm_grad, 2, 64, g.data(), x.data(), w.data(), r.data(), dx.data(), N, D);
+    launch(rmsnorm_d37_eps1em5, 3, 64, (const float*)x.data(), (const float*)w.data(), y.data(), r.data(), N);
+    launch(rmsnorm_grad_d37, 2, 64, (const float*)g.data(), (const float*)x.data(), (const float*)w.data(), (const float*)r.data(), dx.data(), N);
     std::vector<double> ry(N*D), rr(N), rdx(N*D);
     for (int i = 0; i < N; ++i) { double ss = 0; for (int c = 0; c < D; ++c) ss += (double)x[i*D+c]*x[i*D+c];
       double rs = 1/std::sqrt(ss/D + 1e-5); rr[i] = rs; double cc = 0;
@@ -182,21 +195,25 @@ int main() {
     for (int i = 0; i < N; ++i) { double ss = 0; for (int c = 0; c < F; ++c) ss += (double)xf[i*F+c]*xf[i*F+c];
       double rs = 1/std::sqrt(ss/F + 1e-5); rrf[i] = rs; for (int c = 0; c < F; ++c) ryf[i*F+c] = wf[c]*xf[i*F+c]*rs; }
     check("fused rmsnorm y", yf, ryf, 1e-5); check("fused rmsnorm rstd", rf, rrf, 1e-5); }
-  // ---- cross entropy, unfused (labels unshifted) and fused (targets)
+  // ---- cross entropy: labels shifted on the device, then per-row loss (and gradient) on the targets
   { int Bc = 2, Sc = 5, V = 11, N = Bc*Sc; auto z = rnd(N*V, 3);
     std::vector<long long> lab(N); for (int i = 0; i < N; ++i) lab[i] = (i == 3) ? -100 : (i*7) % V;
-    std::vector<float> loss(N), dl(N*V); int count = 0; std::vector<long long> tgt(N);
+    int count = 0; std::vector<long long> tgt(N);
     for (int i = 0; i < N; ++i) { tgt[i] = (i % Sc == Sc-1) ? -100 : lab[i+1]; if (tgt[i] >= 0) ++count; }
+    std::vector<long long> dt(N, 12345);
+    launch(lamdac_shift_labels, 1, 32, (const long long*)lab.data(), dt.data(), N, Sc);
+    std::vector<float> same(N); for (int i = 0; i < N; ++i) same[i] = (float)(dt[i] == tgt[i]);
+    check("shift_labels", same, std::vector<double>(N, 1.0), 0);
     float inv = 1.f/count, gs = 0.5f;
-    launch(lamdac_cross_entropy, 4, 32, z.data(), lab.data(), loss.data(), dl.data(), N, Sc, V, inv, gs);
     std::vector<double> rloss(N, 0), rdl(N*V, 0);
     for (int i = 0; i < N; ++i) { if (tgt[i] < 0) continue; double m = -1e300; for (int c = 0; c < V; ++c) m = std::max(m, (double)z[i*V+c]);
       double s = 0; for (int c = 0; c < V; ++c) s += std::exp(z[i*V+c]-m); rloss[i] = std::log(s) + m - z[i*V+tgt[i]];
       for (int c = 0; c < V; ++c) rdl[i*V+c] = (std::exp(z[i*V+c]-m)/s - (c == tgt[i])) * inv * gs; }
-    check("cross_entropy loss", loss, rloss, 1e-5); check("cross_entropy dlogits", dl, rdl, 1e-6);
-    std::vector<float> floss(N), fdl(N*V);
-    launch(cross_entropy_grad_v11, 3, 32, (const float*)z.data(), (const long long*)tgt.data(), floss.data(), inv * gs, fdl.data(), N);
-    check("fused ce loss", floss, rloss, 1e-5); check("fused ce dlogits", fdl, rdl, 1e-6); }
+    std::vector<float> loss(N, 7.f), floss(N, 7.f), fdl(N*V, 7.f);
+    launch(cross_entropy_v11, 4, 32, (const float*)z.data(), (const long long*)dt.data(), loss.data(), N);
+    check("cross_entropy loss", loss, rloss, 1e-5);
+    launch(cross_entropy_grad_v11, 3, 32, (const float*)z.data(), (const long long*)dt.data(), floss.data(), inv * gs, fdl.data(), N);
+    check("cross_entropy_grad loss", floss, rloss, 1e-5); check("cross_entropy_grad dlogits", fdl, rdl, 1e-6); }
   // ---- fused lamda epilogue o9 r3 alpha .5
   { int N = 4, O = 9, R = 3; auto base = rnd(N*O), z = rnd(N*R), S = rnd(R*R), Bm = rnd(O*R); std::vector<float> u(N*R), y(N*O);
     launch(lamda_epilogue_o9_r3_a5em1, 3, 32, (const float*)base.data(), (const float*)z.data(), (const float*)S.data(), (const float*)Bm.data(), u.data(), y.data(), N);
@@ -207,22 +224,31 @@ int main() {
   // ---- rope forward and inverse, hd 6, heads 4, seq 5
   { int Sr = 5, HDr = 6, Hr = 4, Nr = 10, half = 3, W = Hr*HDr; auto x = rnd(Nr*W), cs = rnd(Sr*half), sn = rnd(Sr*half);
     std::vector<float> y(Nr*W), yi(Nr*W), yf(Nr*W);
-    launch(lamdac_rope, 2, 64, x.data(), cs.data(), sn.data(), y.data(), Nr, Hr, HDr, Sr, 0);
-    launch(lamdac_rope, 2, 64, x.data(), cs.data(), sn.data(), yi.data(), Nr, Hr, HDr, Sr, 1);
-    launch(rope_w24_hd6_s5, 3, 32, (const float*)x.data(), (const float*)cs.data(), (const float*)sn.data(), yf.data(), Nr);
+    launch(rope_w24_hd6_s5, 3, 32, (const float*)x.data(), (const float*)cs.data(), (const float*)sn.data(), y.data(), Nr);
+    launch(rope_grad_w24_hd6_s5, 4, 32, (const float*)x.data(), (const float*)cs.data(), (const float*)sn.data(), yi.data(), Nr);
+    launch(rope_w24_hd6_s5, 10, 32, (const float*)x.data(), (const float*)cs.data(), (const float*)sn.data(), yf.data(), Nr);
     std::vector<double> ry(Nr*W), ri(Nr*W);
     for (int r = 0; r < Nr; ++r) for (int h = 0; h < Hr; ++h) for (int j = 0; j < half; ++j) {
       int b0 = r*W + h*HDr; double c = cs[(r%Sr)*half+j], s = sn[(r%Sr)*half+j], x1 = x[b0+j], x2 = x[b0+j+half];
       ry[b0+j] = x1*c - x2*s; ry[b0+j+half] = x2*c + x1*s; ri[b0+j] = x1*c + x2*s; ri[b0+j+half] = x2*c - x1*s; }
-    check("rope", y, ry, 1e-6); check("rope inverse", yi, ri, 1e-6); check("fused rope", yf, ry, 1e-6); }
+    check("rope", y, ry, 1e-6); check("rope inverse", yi, ri, 1e-6); check("rope, a block per row", yf, ry, 1e-6); }
+  // ---- silu and its grad, d 45 (two warps, a partial one)
+  { int N = 3, D = 45; auto x = rnd(N*D, 6), g = rnd(N*D); std::vector<float> y(N*D), dx(N*D);
+    launch(silu_d45, 2, 64, (const float*)x.data(), y.data(), N);
+    launch(silu_grad_d45, 2, 64, (const float*)g.data(), (const float*)x.data(), dx.data(), N);
+    std::vector<double> ry(N*D), rdx(N*D);
+    for (int e = 0; e < N*D; ++e) { double v = x[e], s = 1/(1+std::exp(-v)); ry[e] = v*s; rdx[e] = g[e]*s*(1 + v*(1-s)); }
+    check("silu", y, ry, 1e-6); check("silu_grad", dx, rdx, 1e-6); }
   // ---- adamw with 2 frozen columns, bf16, copy_cols, zero_cols, sum_sq
   { int R = 3, C = 5, L = R*C; auto p = rnd(L), g = rnd(L), m = rnd(L), vv = rnd(L); for (auto& x : vv) x = std::fabs(x);
     auto p0 = p, m0 = m, v0 = vv;
-    launch(lamdac_adamw, 1, 32, p.data(), (const float*)g.data(), m.data(), vv.data(), (long long)L, C, 2, 0.999f, 0.01f, 0.9f, 0.1f, 0.999f, 0.001f, 0.05f, 1e-8f, 1);
-    std::vector<double> rp(L);
-    for (int e = 0; e < L; ++e) { if (e % C < 2) { rp[e] = p0[e]; continue; } double pe = p0[e]*0.999; double me = 0.9*m0[e] + 0.1*g[e]; double ve = 0.999*v0[e] + 0.001*g[e]*g[e];
-      rp[e] = pe - 0.01 * me / (std::sqrt(ve)/0.05 + 1e-8); }
-    check("adamw p", p, rp, 1e-5);
+    // decay, step, b1, c1, b2, c2, bc2, eps, frozen
+    launch(adamw_c5, 2, 32, p.data(), (const float*)g.data(), m.data(), vv.data(), 0.999f, 0.01f, 0.9f, 0.1f, 0.999f, 0.001f, 0.05f, 1e-8f, 2.0f, R);
+    std::vector<double> rp(L), rm(L), rv(L);
+    for (int e = 0; e < L; ++e) { if (e % C < 2) { rp[e] = p0[e]; rm[e] = m0[e]; rv[e] = v0[e]; continue; }
+      double pe = p0[e]*0.999; double me = 0.9*m0[e] + 0.1*g[e]; double ve = 0.999*v0[e] + 0.001*g[e]*g[e];
+      rp[e] = pe - 0.01 * me / (std::sqrt(ve)/0.05 + 1e-8); rm[e] = me; rv[e] = ve; }
+    check("adamw p", p, rp, 1e-5); check("adamw m", m, rm, 1e-6); check("adamw v", vv, rv, 1e-6);
     std::vector<float> xs = {1.f, -2.5f, 3.14159f, 1e-3f, NAN, 65504.f}; std::vector<unsigned short> hb(6); std::vector<float> back(6);
     launch(lamdac_f32_to_bf16, 1, 32, (const float*)xs.data(), hb.data(), 6LL); launch(lamdac_bf16_to_f32, 1, 32, (const unsigned short*)hb.data(), back.data(), 6LL);
     printf("bf16 round trip: "); for (int i = 0; i < 6; ++i) printf("%g->%g(0x%04x) ", xs[i], back[i], hb[i]); printf("\n");

@@ -1,12 +1,22 @@
 //! NVRTC compiles the generated CUDA C: the support kernels and every library
 //! kernel of `kernel::lib::examples()`, for compute_90 (H100/H200) and
-//! compute_80 (A100). Needs only libnvrtc, no GPU; skips with a message when
+//! compute_80 (A100), and the module a CUDA executor builds for the stdlib
+//! `tiny` llama, unfused and fused (its fused kernels plus the kernel-IR
+//! instances of its unfused ops and AdamW steps). Needs only libnvrtc, no GPU; skips with a message when
 //! the library cannot be loaded (`.ci/run` installs it from PyPI and puts it
 //! on `LD_LIBRARY_PATH`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use lamda_compiler::codegen::cuda::{c_ident, cuda_source, module_source, prelude, support, support_source};
-use lamda_compiler::kernel::lib;
+use std::path::Path;
+
+use lamda_compiler::codegen::cuda::{
+    c_ident, cuda_source, module_source, prelude, support, support_source, unfused_kernels,
+};
+use lamda_compiler::ir::Op;
+use lamda_compiler::kernel::{Kernel, lib};
+use lamda_compiler::passes::memory_plan::Program;
+use lamda_compiler::pipeline::{Options, compile_with};
+use lamda_compiler::resolve::check_source;
 use lamda_runtime::backend::cuda::{compile_ptx, nvrtc_available};
 
 const ARCHS: [&str; 2] = ["compute_90", "compute_80"];
@@ -55,6 +65,44 @@ fn each_kernel_compiles_alone() {
         compile_ptx(&src, "compute_90").unwrap_or_else(|e| panic!("{}: {e}\n{src}", k.name));
     }
     compile_ptx(&support_source(), "compute_80").unwrap();
+}
+
+#[test]
+fn the_module_of_a_plan_compiles() {
+    if skip() {
+        return;
+    }
+    let src = "adapt tiny.attn.{q,v} rank 2 freeze_b linear(0.5)\ntrain { steps 4 batch 1 seq 4 }";
+    let c = check_source("t.lamda", src, Path::new("."));
+    let spec = c.spec.unwrap_or_else(|| panic!("{:?}", c.diags));
+    for fuse in [false, true] {
+        let plan = compile_with(&spec, 1, 4, None, Options { fuse, head_loss: false }).unwrap();
+        let progs: Vec<&Program> = plan.phases.iter().map(|p| &p.program).chain([&plan.eval]).collect();
+        // As the executor gathers them: fused kernels, then the unfused ops' instances.
+        let mut kernels: Vec<Kernel> = progs
+            .iter()
+            .flat_map(|p| &p.instrs)
+            .filter_map(|i| {
+                if let Op::Fused(k) = &i.op {
+                    Some((**k).clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let unfused = unfused_kernels(progs.iter().copied());
+        assert!(!unfused.is_empty());
+        kernels.extend(unfused);
+        let ptx = compile_ptx(&module_source(&kernels).unwrap(), "compute_90").unwrap_or_else(|e| panic!("{e}"));
+        for k in &kernels {
+            let entry = format!(".entry {}(", c_ident(&k.name));
+            assert!(ptx.contains(&entry), "fuse {fuse}: no {entry} in the PTX");
+        }
+        eprintln!(
+            "NVRTC: the tiny plan (fuse {fuse}) module, {} kernel-IR kernels",
+            kernels.len()
+        );
+    }
 }
 
 #[test]

@@ -208,6 +208,8 @@ fn library_kernels_at_awkward_sizes_match_the_interpreter() {
             lib::rmsnorm_grad(c),
             lib::swiglu(c),
             lib::swiglu_grad(c),
+            lib::silu(c),
+            lib::silu_grad(c),
             lib::add_n(c, 1),
             lib::add_n(c, 3),
             lib::cross_entropy(c, false),
@@ -240,6 +242,33 @@ fn library_kernels_at_awkward_sizes_match_the_interpreter() {
     ] {
         check_all(&mut jit, &lib::rope(width, hd, seq));
         check_all(&mut jit, &lib::rope_grad(width, hd, seq));
+    }
+}
+
+/// SiLU and its grad compiled by the JIT against the unfused CPU ops
+/// (`ops::pointwise::silu`, `silu_grad`), not only the interpreter: wide
+/// inputs (|x| up to 12) at every column count, with the file's tolerance.
+#[test]
+fn silu_kernels_match_the_cpu_ops() {
+    use lamda_runtime::ops::pointwise;
+    let mut jit = Jit::new().unwrap();
+    let mut rng = Rng(99);
+    for &d in &COLS {
+        for &rows in &ROWS {
+            let x: Vec<f32> = (0..rows * d).map(|_| 12.0 * rng.f32()).collect();
+            let g: Vec<f32> = (0..rows * d).map(|_| rng.f32()).collect();
+            let mut want = vec![0.0; rows * d];
+            pointwise::silu(&x, &mut want).unwrap();
+            let mut got = vec![f32::NAN; rows * d];
+            let k = jit.compile(&lib::silu(d)).unwrap();
+            k.launch(&mut [KArg::F32(&x), KArg::F32Mut(&mut got)], rows).unwrap();
+            assert_close(&format!("silu d {d} rows {rows}"), &got, &want);
+            pointwise::silu_grad(&g, &x, &mut want).unwrap();
+            let k = jit.compile(&lib::silu_grad(d)).unwrap();
+            k.launch(&mut [KArg::F32(&g), KArg::F32(&x), KArg::F32Mut(&mut got)], rows)
+                .unwrap();
+            assert_close(&format!("silu_grad d {d} rows {rows}"), &got, &want);
+        }
     }
 }
 

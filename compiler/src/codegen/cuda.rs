@@ -35,17 +35,31 @@
 //! leaves it unspecified). Fused-vs-CPU differences therefore stay at float
 //! rounding, a few ulp per element and `O(sqrt(cols))` ulp for sums.
 //!
-//! [`support_source`] is hand-written CUDA C for the non-GEMM ops a Plan runs
-//! unfused (embedding, RMSNorm, RoPE, attention, cross-entropy, pointwise
-//! ops, column copies, AdamW, gradient accumulation, bf16 conversion); its
-//! kernels and their launch shapes are listed in [`support`]. GEMMs go to
-//! cuBLAS. [`module_source`] is one translation unit: the shared helpers, the
-//! support kernels and each fused kernel once.
+//! Unfused ops run kernel-IR instances too wherever the kernel IR expresses
+//! their per-row math: RMSNorm and its grad, RoPE and its inverse,
+//! cross-entropy (on labels shifted by `lamdac_shift_labels`), SiLU and its
+//! grad, and the device AdamW step. [`unfused_kernel`] picks the instance of
+//! an op from its operand shapes and attributes, [`adamw_kernel`] the AdamW
+//! instance of a parameter, and [`unfused_kernels`] lists every instance a
+//! set of programs needs; [`module_kernels`] adds them to the fused kernels
+//! for the runtime's module (an instance and a fused kernel of the same
+//! kernel and shape are the same kernel under the same name, compiled once).
+//!
+//! [`support_source`] is hand-written CUDA C for the rest, what the kernel IR
+//! cannot express: embedding (a row gather), attention, elementwise scale,
+//! add and multiply, column scaling and its grad, column copies, label
+//! shifting, gradient accumulation, the clipping and freezing helpers (sum
+//! of squares, in-place scale, zeroing frozen columns) and bf16 conversion;
+//! its kernels and their launch shapes are listed in [`support`]. GEMMs go
+//! to cuBLAS. [`module_source`] is one translation unit: the shared helpers,
+//! the support kernels and each kernel-IR kernel once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use crate::kernel::{Access, ArgTy, BinOp, Col, Cond, Expr, Kernel, Reduce, Stmt, UnOp, verify_kernel};
+use crate::ir::Op;
+use crate::kernel::{Access, ArgTy, BinOp, Col, Cond, Expr, Kernel, Reduce, Stmt, UnOp, lib, verify_kernel};
+use crate::passes::memory_plan::Program;
 
 /// Why a kernel has no CUDA C.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -463,6 +477,109 @@ pub fn cuda_source(k: &Kernel) -> Result<String, CodegenError> {
     Ok(out)
 }
 
+/// The kernel-IR instance the CUDA backend runs for the unfused `op` whose
+/// operands have the (program value) shapes `shapes`, or None for an op that
+/// runs a support kernel or cuBLAS, and for shapes no instance fits (a zero
+/// size, a RoPE width that is not whole heads of even `head_dim`): the
+/// executor reports those as it checks its operands.
+///
+/// | op | instance | launch arguments (then `rows`) |
+/// |---|---|---|
+/// | `RmsNorm { eps }` (x (n, d), w (d)) | [`lib::rmsnorm`]`(d, eps)` | x, w, y, rstd; n rows |
+/// | `RmsNormGrad` (g, x, w (d), rstd) | [`lib::rmsnorm_grad`]`(d)` | g, x, w, rstd, dx; n rows |
+/// | `Rope`/`RopeGrad { head_dim, seq }` (x (n, width)) | [`lib::rope`]/[`lib::rope_grad`]`(width, head_dim, seq)` | x, cos, sin, y; n rows |
+/// | `CrossEntropy { grad }` (logits (n, V), labels) | [`lib::cross_entropy`]`(V, grad)` | logits, shifted targets, per-row loss, (`grad_scale / count`, dlogits); n rows |
+/// | `Silu` (x (.., d)) | [`lib::silu`]`(d)` | x, y; len / d rows |
+/// | `SiluGrad` (g, x (.., d)) | [`lib::silu_grad`]`(d)` | g, x, dx; len / d rows |
+pub fn unfused_kernel(op: &Op, shapes: &[&[usize]]) -> Option<Kernel> {
+    let last = |i: usize| shapes.get(i).and_then(|s| s.last()).copied().filter(|&c| c > 0);
+    match op {
+        Op::RmsNorm { eps } => Some(lib::rmsnorm(last(1)?, eps.0)),
+        Op::RmsNormGrad => Some(lib::rmsnorm_grad(last(2)?)),
+        Op::Rope { head_dim, seq, .. } | Op::RopeGrad { head_dim, seq, .. } => {
+            let (width, hd) = (last(0)?, *head_dim);
+            if hd == 0 || !hd.is_multiple_of(2) || !width.is_multiple_of(hd) || *seq == 0 {
+                return None;
+            }
+            Some(if matches!(op, Op::Rope { .. }) {
+                lib::rope(width, hd, *seq)
+            } else {
+                lib::rope_grad(width, hd, *seq)
+            })
+        }
+        Op::CrossEntropy { grad, .. } => Some(lib::cross_entropy(last(0)?, *grad)),
+        Op::Silu => Some(lib::silu(last(0)?)),
+        Op::SiluGrad => Some(lib::silu_grad(last(1)?)),
+        _ => None,
+    }
+}
+
+/// The AdamW instance the CUDA backend runs for a parameter of `len` values
+/// updated as rows of `cols` (the columns below `frozen` stay): [`lib::adamw`]`(cols)`
+/// over `len / cols` rows, or, when `cols` is 1 (nothing can be frozen), one
+/// row of `len` columns.
+pub fn adamw_kernel(len: usize, cols: usize) -> Kernel {
+    lib::adamw(if cols > 1 { cols } else { len.max(1) })
+}
+
+/// Every kernel-IR instance the unfused ops of `programs` need
+/// ([`unfused_kernel`] of each instruction, from its operands' value
+/// shapes), and the AdamW instance ([`adamw_kernel`]) of each parameter
+/// whose gradient they accumulate, as the trainer updates it: rows of its
+/// second dimension (`cols` 1 for a vector). Each once, by name, in first-use
+/// order; instances that would not verify are left out.
+pub fn unfused_kernels<'p>(programs: impl IntoIterator<Item = &'p Program>) -> Vec<Kernel> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for prog in programs {
+        for ins in &prog.instrs {
+            let shapes: Vec<&[usize]> = ins
+                .inputs
+                .iter()
+                .map(|&v| prog.values.get(v).map_or(&[][..], |i| i.ty.shape.as_slice()))
+                .collect();
+            let k = match &ins.op {
+                Op::ParamGrad(_) => shapes.first().and_then(|s| {
+                    let len: usize = s.iter().product();
+                    (len > 0 && !s.is_empty()).then(|| adamw_kernel(len, s.get(1).copied().unwrap_or(1)))
+                }),
+                op => unfused_kernel(op, &shapes),
+            };
+            if let Some(k) = k
+                && verify_kernel(&k).is_ok()
+                && seen.insert(k.name.clone())
+            {
+                out.push(k);
+            }
+        }
+    }
+    out
+}
+
+/// Every kernel-IR kernel the CUDA backend compiles for `programs`: their
+/// fused kernels (first-use order, once by name), then [`unfused_kernels`].
+/// An instance equal to a fused kernel keeps its place once in the module
+/// ([`module_source`] deduplicates equal kernels by name).
+pub fn module_kernels<'p>(programs: impl IntoIterator<Item = &'p Program> + Clone) -> Vec<Kernel> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for prog in programs.clone() {
+        for ins in &prog.instrs {
+            if let Op::Fused(k) = &ins.op
+                && seen.insert(k.name.clone())
+            {
+                out.push((**k).clone());
+            }
+        }
+    }
+    out.extend(
+        unfused_kernels(programs)
+            .into_iter()
+            .filter(|k| !seen.contains(&k.name)),
+    );
+    out
+}
+
 /// Device helpers shared by fused and support kernels: warp and block
 /// reductions (every thread receives the result) and the bounded gather.
 /// Block reductions need `blockDim.x` to be a multiple of 32 (at most 1024)
@@ -539,27 +656,16 @@ pub mod support {
     /// `(ids (n) i64, table (vocab, d) bf16 bits, out (n, d) f32, int n, int d, int vocab)`: [`EMBEDDING`]
     /// from a bf16 table, widened exactly; block per row.
     pub const EMBEDDING_BF16: &str = "lamdac_embedding_bf16";
-    /// `(x (n, d), w (d), y (n, d), rstd (n), int n, int d, float eps)`; block per row.
-    pub const RMSNORM: &str = "lamdac_rmsnorm";
-    /// `(g (n, d), x (n, d), w (d), rstd (n), dx (n, d), int n, int d)`; block per row.
-    pub const RMSNORM_GRAD: &str = "lamdac_rmsnorm_grad";
     /// `(x, y, float c, long long len)`: `y = c x`; grid-stride.
     pub const SCALE: &str = "lamdac_scale";
     /// `(a, b, y, long long len)`: `y = a + b`; grid-stride.
     pub const ADD: &str = "lamdac_add";
     /// `(a, b, y, long long len)`: `y = a * b`; grid-stride.
     pub const MUL: &str = "lamdac_mul";
-    /// `(x, y, long long len)`: `y = x / (1 + exp(-x))`; grid-stride.
-    pub const SILU: &str = "lamdac_silu";
-    /// `(g, x, y, long long len)`: `y = g silu'(x)`; grid-stride.
-    pub const SILU_GRAD: &str = "lamdac_silu_grad";
     /// `(x (n, k), v (k), y (n, k), long long len, int k)`: `y = x diag(v)`; grid-stride.
     pub const COL_SCALE: &str = "lamdac_col_scale";
     /// `(g (n, k), x (n, k), dv (k), int n, int k)`: `dv = sum_rows g x`, rows in order; one thread per column.
     pub const COL_SCALE_GRAD: &str = "lamdac_col_scale_grad";
-    /// `(x (n, heads hd), cos (seq, hd/2), sin, y, int n, int heads, int hd, int seq, int inverse)`; grid-stride
-    /// over `n heads hd/2` pairs.
-    pub const ROPE: &str = "lamdac_rope";
     /// `(q (n, H hd), k (n, KV hd), v, o (n, H hd), lse (batch, H, seq), int batch, int seq, int heads,
     /// int kv_heads, int hd, float scale)`; block per (b, h, query i), dynamic shared memory
     /// `(seq + 32) * 4` bytes.
@@ -575,13 +681,6 @@ pub mod support {
     pub const COPY_COLS: &str = "lamdac_copy_cols";
     /// `(labels (n) i64, targets (n) i64, int n, int seq)`: `labels[i + 1]`, -100 at a sequence end; grid-stride.
     pub const SHIFT_LABELS: &str = "lamdac_shift_labels";
-    /// `(logits (n, V), labels (n) i64 unshifted, loss (n), dlogits (n, V) or null, int n, int seq, int vocab,
-    /// float inv_count, float grad_scale)`; block per row. Per-row losses (0 where nothing is predicted);
-    /// `dlogits = (softmax - onehot) inv_count (* grad_scale when != 1)`.
-    pub const CROSS_ENTROPY: &str = "lamdac_cross_entropy";
-    /// `(p, g, m, v, long long len, int cols, int frozen, float decay, float step, float b1, float c1,
-    /// float b2, float c2, float bc2, float eps, int decay_on)`: AdamW on columns `>= frozen`; grid-stride.
-    pub const ADAMW: &str = "lamdac_adamw";
     /// `(dst, src, long long len)`: `dst += src`; grid-stride.
     pub const ADD_INTO: &str = "lamdac_add_into";
     /// `(x, float c, long long len)`: `x *= c`; grid-stride.
@@ -600,23 +699,16 @@ pub mod support {
     pub const ALL: &[&str] = &[
         EMBEDDING,
         EMBEDDING_BF16,
-        RMSNORM,
-        RMSNORM_GRAD,
         SCALE,
         ADD,
         MUL,
-        SILU,
-        SILU_GRAD,
         COL_SCALE,
         COL_SCALE_GRAD,
-        ROPE,
         ATTENTION_FWD,
         ATTENTION_BWD_DQ,
         ATTENTION_BWD_DKV,
         COPY_COLS,
         SHIFT_LABELS,
-        CROSS_ENTROPY,
-        ADAMW,
         ADD_INTO,
         SCALE_INPLACE,
         ZERO_COLS,
@@ -656,38 +748,6 @@ extern "C" __global__ void lamdac_embedding_bf16(const long long* __restrict__ i
   }
 }
 
-// rstd = 1 / sqrt(mean(x^2) + eps), y = w * (x * rstd)
-extern "C" __global__ void lamdac_rmsnorm(const float* __restrict__ x, const float* __restrict__ w, float* y,
-                                          float* rstd, int n, int d, float eps) {
-  __shared__ float red[32];
-  for (int i = blockIdx.x; i < n; i += gridDim.x) {
-    const float* xr = x + (long long)i * d;
-    float acc = 0.0f;
-    for (int c = threadIdx.x; c < d; c += blockDim.x) acc += xr[c] * xr[c];
-    const float ss = lamdac_block_sum(acc, red);
-    const float r = 1.0f / sqrtf(ss / (float)d + eps);
-    if (threadIdx.x == 0) rstd[i] = r;
-    for (int c = threadIdx.x; c < d; c += blockDim.x) y[(long long)i * d + c] = w[c] * (xr[c] * r);
-  }
-}
-
-// dx = r w g - (r^3 / d) c x, c = sum_j g_j w_j x_j
-extern "C" __global__ void lamdac_rmsnorm_grad(const float* __restrict__ g, const float* __restrict__ x,
-                                               const float* __restrict__ w, const float* __restrict__ rstd,
-                                               float* dx, int n, int d) {
-  __shared__ float red[32];
-  const float inv_d = 1.0f / (float)d;
-  for (int i = blockIdx.x; i < n; i += gridDim.x) {
-    const long long o = (long long)i * d;
-    float acc = 0.0f;
-    for (int c = threadIdx.x; c < d; c += blockDim.x) acc += g[o + c] * w[c] * x[o + c];
-    const float cs = lamdac_block_sum(acc, red);
-    const float r = rstd[i];
-    const float k = r * r * r * inv_d * cs;
-    for (int c = threadIdx.x; c < d; c += blockDim.x) dx[o + c] = r * w[c] * g[o + c] - k * x[o + c];
-  }
-}
-
 #define LAMDAC_GRID_STRIDE(e, len) \
   for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < (len); \
        e += (long long)gridDim.x * blockDim.x)
@@ -706,23 +766,6 @@ extern "C" __global__ void lamdac_mul(const float* __restrict__ a, const float* 
   LAMDAC_GRID_STRIDE(e, len) y[e] = a[e] * b[e];
 }
 
-extern "C" __global__ void lamdac_silu(const float* __restrict__ x, float* y, long long len) {
-  LAMDAC_GRID_STRIDE(e, len) {
-    const float v = x[e];
-    y[e] = v / (1.0f + expf(-v));
-  }
-}
-
-// g s (1 + x (1 - s)), s = sigmoid(x)
-extern "C" __global__ void lamdac_silu_grad(const float* __restrict__ g, const float* __restrict__ x, float* y,
-                                            long long len) {
-  LAMDAC_GRID_STRIDE(e, len) {
-    const float v = x[e];
-    const float s = 1.0f / (1.0f + expf(-v));
-    y[e] = g[e] * s * (1.0f + v * (1.0f - s));
-  }
-}
-
 extern "C" __global__ void lamdac_col_scale(const float* __restrict__ x, const float* __restrict__ v, float* y,
                                             long long len, int k) {
   LAMDAC_GRID_STRIDE(e, len) y[e] = x[e] * v[e % k];
@@ -735,32 +778,6 @@ extern "C" __global__ void lamdac_col_scale_grad(const float* __restrict__ g, co
     float acc = 0.0f;
     for (int r = 0; r < n; ++r) acc += g[(long long)r * k + c] * x[(long long)r * k + c];
     dv[c] = acc;
-  }
-}
-
-// Rotate-half RoPE over pairs (x[j], x[j + hd/2]) of every head; position = row % seq.
-// Forward [x1 c - x2 s, x2 c + x1 s]; inverse [x1 c + x2 s, x2 c - x1 s].
-extern "C" __global__ void lamdac_rope(const float* __restrict__ x, const float* __restrict__ cosv,
-                                       const float* __restrict__ sinv, float* y, int n, int heads, int hd, int seq,
-                                       int inverse) {
-  const int half = hd / 2;
-  const long long pairs = (long long)n * heads * half;
-  LAMDAC_GRID_STRIDE(e, pairs) {
-    const int jj = (int)(e % half);
-    const int hh = (int)((e / half) % heads);
-    const long long r = e / ((long long)half * heads);
-    const int p = (int)(r % seq);
-    const float c = cosv[(long long)p * half + jj];
-    const float s = sinv[(long long)p * half + jj];
-    const long long base = r * heads * hd + (long long)hh * hd + jj;
-    const float x1 = x[base], x2 = x[base + half];
-    if (inverse) {
-      y[base] = x1 * c + x2 * s;
-      y[base + half] = x2 * c - x1 * s;
-    } else {
-      y[base] = x1 * c + (-x2) * s;
-      y[base + half] = x2 * c + x1 * s;
-    }
   }
 }
 
@@ -924,64 +941,6 @@ extern "C" __global__ void lamdac_copy_cols(const float* __restrict__ src, float
 extern "C" __global__ void lamdac_shift_labels(const long long* __restrict__ labels, long long* targets, int n,
                                                int seq) {
   LAMDAC_GRID_STRIDE(e, (long long)n) targets[e] = (e % seq == seq - 1) ? -100LL : labels[e + 1];
-}
-
-// Causal-LM cross-entropy per row: the target of row i is labels[i + 1] unless i ends a sequence or the
-// label is -100 (or outside the vocabulary, which the runtime rejects before launching).
-extern "C" __global__ void lamdac_cross_entropy(const float* __restrict__ logits,
-                                                const long long* __restrict__ labels, float* loss,
-                                                float* dlogits, int n, int seq, int vocab, float inv_count,
-                                                float grad_scale) {
-  __shared__ float red[32];
-  for (int i = blockIdx.x; i < n; i += gridDim.x) {
-    const float* z = logits + (long long)i * vocab;
-    float* d = dlogits ? dlogits + (long long)i * vocab : 0;
-    long long t = -1;
-    if (i % seq != seq - 1) {
-      const long long l = labels[i + 1];
-      if (l >= 0 && l < vocab) t = l;
-    }
-    if (t < 0) {  // uniform across the block
-      if (threadIdx.x == 0) loss[i] = 0.0f;
-      if (d)
-        for (int c = threadIdx.x; c < vocab; c += blockDim.x) d[c] = 0.0f;
-      continue;
-    }
-    float m = LAMDAC_NEG_INF;
-    for (int c = threadIdx.x; c < vocab; c += blockDim.x) m = fmaxf(m, z[c]);
-    m = lamdac_block_max(m, red);
-    float s = 0.0f;
-    for (int c = threadIdx.x; c < vocab; c += blockDim.x) s += expf(z[c] - m);
-    s = lamdac_block_sum(s, red);
-    const float log_sum = logf(s);
-    if (threadIdx.x == 0) loss[i] = -((z[t] - m) - log_sum);
-    if (d)
-      for (int c = threadIdx.x; c < vocab; c += blockDim.x) {
-        float x = expf(z[c] - m) / s * inv_count;
-        if (c == t) x -= inv_count;
-        if (grad_scale != 1.0f) x *= grad_scale;
-        d[c] = x;
-      }
-  }
-}
-
-// AdamW (PyTorch semantics) on entries whose column is >= frozen; frozen entries keep p, m, v.
-extern "C" __global__ void lamdac_adamw(float* p, const float* __restrict__ g, float* m, float* v, long long len,
-                                        int cols, int frozen, float decay, float step, float b1, float c1,
-                                        float b2, float c2, float bc2, float eps, int decay_on) {
-  LAMDAC_GRID_STRIDE(e, len) {
-    if ((int)(e % cols) < frozen) continue;
-    float pe = p[e];
-    if (decay_on) pe *= decay;
-    const float ge = g[e];
-    const float me = b1 * m[e] + c1 * ge;
-    const float ve = b2 * v[e] + c2 * (ge * ge);
-    const float denom = sqrtf(ve) / bc2 + eps;
-    pe -= step * (me / denom);
-    p[e] = pe;
-    m[e] = me;
-    v[e] = ve;
-  }
 }
 
 extern "C" __global__ void lamdac_add_into(float* dst, const float* __restrict__ src, long long len) {

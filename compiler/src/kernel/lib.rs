@@ -1,4 +1,5 @@
-//! The kernels lamdac fuses, as kernel IR. Each constructor documents its
+//! The kernels lamdac fuses, and those the CUDA backend runs for unfused ops
+//! (`codegen::cuda::unfused_kernel`), as kernel IR. Each constructor documents its
 //! arguments in order; the math matches the unfused CPU ops (runtime/src/ops)
 //! up to float rounding (tests compare the two).
 
@@ -141,6 +142,41 @@ pub fn swiglu_grad(f: usize) -> Kernel {
                 accumulate: false,
             },
         ],
+    }
+}
+
+/// SiLU forward (unfused, e.g. a gated MLP whose product is not fused): `y = x / (1 + exp(-x))`.
+/// Args: x (R, rows d), y (W, rows d).
+pub fn silu(d: usize) -> Kernel {
+    Kernel {
+        name: format!("silu_d{d}"),
+        args: vec![arg("x", rows(d), Access::Read), arg("y", rows(d), Access::Write)],
+        body: vec![Stmt::Store {
+            arg: 1,
+            cols: d,
+            value: Expr::load(0) / (Expr::c(1.0) + (-Expr::load(0)).exp()),
+            accumulate: false,
+        }],
+    }
+}
+
+/// SiLU backward: with `s = sigmoid(x)`, `dx = g s (1 + x (1 - s))`.
+/// Args: g (R, rows d), x (R, rows d), dx (W, rows d).
+pub fn silu_grad(d: usize) -> Kernel {
+    let s = || sigmoid(Expr::load(1));
+    Kernel {
+        name: format!("silu_grad_d{d}"),
+        args: vec![
+            arg("g", rows(d), Access::Read),
+            arg("x", rows(d), Access::Read),
+            arg("dx", rows(d), Access::Write),
+        ],
+        body: vec![Stmt::Store {
+            arg: 2,
+            cols: d,
+            value: Expr::load(0) * s() * (Expr::c(1.0) + Expr::load(1) * (Expr::c(1.0) - s())),
+            accumulate: false,
+        }],
     }
 }
 
@@ -423,6 +459,8 @@ pub fn examples() -> Vec<Kernel> {
         rmsnorm_grad(17),
         swiglu(13),
         swiglu_grad(13),
+        silu(13),
+        silu_grad(13),
         add_n(7, 3),
         rope(24, 6, 5),
         rope_grad(24, 6, 5),

@@ -308,6 +308,28 @@ mod tests {
     }
 
     #[test]
+    fn silu_and_its_grad_match_the_ops() {
+        let (n, d) = (4, 37);
+        let mut rng = Rng::new(7);
+        let (x, g) = (rng.vec_scaled(n * d, 6.0), rng.vec(n * d));
+        let mut y = vec![0.0; n * d];
+        ops::pointwise::silu(&x, &mut y).unwrap();
+        let mut ky = vec![0.0; n * d];
+        run(&lib::silu(d), &mut [KArg::F32(&x), KArg::F32Mut(&mut ky)], n).unwrap();
+        assert_close("silu", &ky, &to64(&y), 1e-6, 1e-5);
+        let mut dx = vec![0.0; n * d];
+        ops::pointwise::silu_grad(&g, &x, &mut dx).unwrap();
+        let mut kdx = vec![0.0; n * d];
+        run(
+            &lib::silu_grad(d),
+            &mut [KArg::F32(&g), KArg::F32(&x), KArg::F32Mut(&mut kdx)],
+            n,
+        )
+        .unwrap();
+        assert_close("silu_grad", &kdx, &to64(&dx), 1e-6, 1e-5);
+    }
+
+    #[test]
     fn rope_and_its_grad_match_the_ops() {
         let (seq, hd, heads, batch) = (5, 6, 4, 2);
         let n = batch * seq;

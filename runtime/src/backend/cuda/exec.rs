@@ -35,7 +35,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use lamda_compiler::codegen::cuda::{block_threads, c_ident, support};
+use lamda_compiler::codegen::cuda::{adamw_kernel, block_threads, c_ident, module_kernels, support, unfused_kernel};
 use lamda_compiler::ir::{AttnDims, Op};
 use lamda_compiler::kernel::{Access, ArgTy, Kernel};
 use lamda_compiler::passes::memory_plan::{Instr, Program};
@@ -184,27 +184,18 @@ fn len_check(op: &'static str, name: &'static str, got: usize, expected: usize) 
     }
 }
 
-/// Every fused kernel of `programs`, once.
-fn program_kernels<'p>(programs: impl IntoIterator<Item = &'p Program>) -> Vec<Kernel> {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for prog in programs {
-        for ins in &prog.instrs {
-            if let Op::Fused(k) = &ins.op
-                && seen.insert(k.name.clone())
-            {
-                out.push((**k).clone());
-            }
-        }
-    }
-    out
+/// The kernel-IR instance of an unfused op (see [`unfused_kernel`]), or why there is none.
+fn op_kernel(op: &Op, shapes: &[&[usize]]) -> Result<Kernel, CudaError> {
+    unfused_kernel(op, shapes)
+        .ok_or_else(|| CudaError::Program(format!("{}: no kernel for operands of shapes {shapes:?}", op.name())))
 }
 
 impl CudaExecutor {
     /// An executor for `plan` on the first GPU with `params[i]` holding
     /// parameter i (Plan order, as the CPU trainer keeps them): detects the
-    /// device, compiles the module (support kernels and every fused kernel of
-    /// the Plan) with NVRTC, uploads the parameters.
+    /// device, compiles the module (support kernels, every fused kernel of
+    /// the Plan, and the kernel-IR instances its unfused ops and AdamW steps
+    /// run: `codegen::cuda::module_kernels`) with NVRTC, uploads the parameters.
     pub fn new(plan: &Plan, params: &[Vec<f32>]) -> Result<CudaExecutor, CudaError> {
         Self::with_options(plan, params, CudaOptions::default())
     }
@@ -287,7 +278,8 @@ impl CudaExecutor {
         narrow: &[bool],
         opts: CudaOptions,
     ) -> Result<CudaExecutor, CudaError> {
-        let gpu = Gpu::new(dev, &program_kernels(programs.iter().copied()), opts.tf32)?;
+        // The fused kernels and the kernel-IR instances of the unfused ops and AdamW.
+        let gpu = Gpu::new(dev, &module_kernels(programs.iter().copied()), opts.tf32)?;
         if let Some(&p) = trainable.iter().find(|&&p| p >= params.len()) {
             return Err(CudaError::Program(format!(
                 "trainable parameter {p} of {}",
@@ -660,29 +652,18 @@ impl CudaExecutor {
             return Err(CudaError::Program(format!("no AdamW state for parameter {p}")));
         };
         st.step += 1;
-        let k = i32::try_from(st.step).unwrap_or(i32::MAX);
-        let decay = (1.0 - cfg.lr * cfg.weight_decay) as f32;
-        let step_size = (cfg.lr / (1.0 - cfg.beta1.powi(k))) as f32;
-        let bc2 = (1.0 - cfg.beta2.powi(k)).sqrt() as f32;
-        let args = [
-            KArg::Ptr(param),
-            KArg::Ptr(g),
-            KArg::Ptr(st.m.ptr(&self.gpu)),
-            KArg::Ptr(st.v.ptr(&self.gpu)),
-            long(len),
-            int(cols, "cols")?,
-            int(frozen_cols, "frozen")?,
-            KArg::F32(decay),
-            KArg::F32(step_size),
-            KArg::F32(cfg.beta1 as f32),
-            KArg::F32((1.0 - cfg.beta1) as f32),
-            KArg::F32(cfg.beta2 as f32),
-            KArg::F32((1.0 - cfg.beta2) as f32),
-            KArg::F32(bc2),
-            KArg::F32(cfg.eps as f32),
-            KArg::I32(i32::from(cfg.weight_decay != 0.0)),
+        // The kernel-IR AdamW (as the CPU's fused path runs it), with its scalars.
+        let k = adamw_kernel(len, cols);
+        let kcols = if cols > 1 { cols } else { len };
+        let mut args = vec![
+            (KArg::Ptr(param), len),
+            (KArg::Ptr(g), len),
+            (KArg::Ptr(st.m.ptr(&self.gpu)), len),
+            (KArg::Ptr(st.v.ptr(&self.gpu)), len),
         ];
-        self.gpu.launch_elems(support::ADAMW, len, &args)?;
+        let scalars = crate::ops::adamw::fused_scalars(cfg, st.step, frozen_cols);
+        args.extend(scalars.iter().map(|&x| (KArg::F32(x), 0)));
+        self.gpu.launch_kernel(&k, &args, len / kcols)?;
         Ok(true)
     }
 
@@ -858,7 +839,7 @@ impl CudaExecutor {
                 }
                 vec![Val::F32(y)]
             }
-            Op::RmsNorm { eps } => {
+            Op::RmsNorm { .. } => {
                 const OP: &str = "rmsnorm_forward";
                 let ((x, xl), (w, d)) = (f(0)?, f(1)?);
                 if d == 0 {
@@ -870,16 +851,14 @@ impl CudaExecutor {
                 let n = xl / d;
                 len_check(OP, "x", xl, n * d)?;
                 let (y, rstd) = (gpu.alloc::<f32>(xl)?, gpu.alloc::<f32>(n)?);
+                let k = op_kernel(&ins.op, &shapes)?;
                 let args = [
-                    KArg::Ptr(x),
-                    KArg::Ptr(w),
-                    KArg::Ptr(y.ptr(gpu)),
-                    KArg::Ptr(rstd.ptr(gpu)),
-                    int(n, "n")?,
-                    int(d, "d")?,
-                    KArg::F32(eps.0 as f32),
+                    (KArg::Ptr(x), xl),
+                    (KArg::Ptr(w), d),
+                    (KArg::Ptr(y.ptr(gpu)), xl),
+                    (KArg::Ptr(rstd.ptr(gpu)), n),
                 ];
-                gpu.launch_rows(support::RMSNORM, n, d, &args)?;
+                gpu.launch_kernel(&k, &args, n)?;
                 vec![Val::F32(y), Val::F32(rstd)]
             }
             Op::Linear | Op::LinearAdd => {
@@ -929,11 +908,10 @@ impl CudaExecutor {
                 gpu.launch_elems(support::SCALE, len, &args)?;
                 vec![Val::F32(y)]
             }
-            Op::Add | Op::Mul | Op::SiluGrad => {
+            Op::Add | Op::Mul => {
                 let (name, kernel) = match ins.op {
                     Op::Add => ("add", support::ADD),
-                    Op::Mul => ("mul", support::MUL),
-                    _ => ("silu_grad", support::SILU_GRAD),
+                    _ => ("mul", support::MUL),
                 };
                 let ((a, al), (b, bl)) = (f(0)?, f(1)?);
                 len_check(name, "b", bl, al)?;
@@ -942,10 +920,19 @@ impl CudaExecutor {
                 gpu.launch_elems(kernel, al, &args)?;
                 vec![Val::F32(y)]
             }
-            Op::Silu => {
-                let (x, len) = f(0)?;
+            Op::Silu | Op::SiluGrad => {
+                // (x) or (g, x); rows of x's last dimension.
+                let k = op_kernel(&ins.op, &shapes)?;
+                let cols = shapes.last().and_then(|s| s.last()).copied().unwrap_or(1).max(1);
+                let ops = (0..inputs.len()).map(&f).collect::<Result<Vec<_>, _>>()?;
+                let len = ops.last().map_or(0, |o| o.1);
+                if let [(_, gl), _] = ops[..] {
+                    len_check("silu_grad", "g", gl, len)?;
+                }
                 let y = gpu.alloc::<f32>(len)?;
-                gpu.launch_elems(support::SILU, len, &[KArg::Ptr(x), KArg::Ptr(y.ptr(gpu)), long(len)])?;
+                let mut args: Vec<(KArg, usize)> = ops.iter().map(|&(p, l)| (KArg::Ptr(p), l)).collect();
+                args.push((KArg::Ptr(y.ptr(gpu)), len));
+                gpu.launch_kernel(&k, &args, len / cols)?;
                 vec![Val::F32(y)]
             }
             Op::ColScale => {
@@ -1011,18 +998,15 @@ impl CudaExecutor {
                     }));
                 }
                 let y = gpu.alloc::<f32>(len)?;
+                let k = op_kernel(&ins.op, &shapes)?;
+                let table = seq * (hd / 2);
                 let args = [
-                    KArg::Ptr(x),
-                    KArg::Ptr(cos),
-                    KArg::Ptr(sin),
-                    KArg::Ptr(y.ptr(gpu)),
-                    int(n, "n")?,
-                    int(heads, "heads")?,
-                    int(hd, "head_dim")?,
-                    int(*seq, "seq")?,
-                    KArg::I32(i32::from(matches!(ins.op, Op::RopeGrad { .. }))),
+                    (KArg::Ptr(x), len),
+                    (KArg::Ptr(cos), table),
+                    (KArg::Ptr(sin), table),
+                    (KArg::Ptr(y.ptr(gpu)), len),
                 ];
-                gpu.launch_elems(support::ROPE, n * heads * (hd / 2), &args)?;
+                gpu.launch_kernel(&k, &args, n)?;
                 vec![Val::F32(y)]
             }
             Op::Attention(d) => {
@@ -1106,16 +1090,15 @@ impl CudaExecutor {
                 len_check(OP, "x", xl, n * d)?;
                 len_check(OP, "dy", gl, n * d)?;
                 let dx = gpu.alloc::<f32>(xl)?;
+                let k = op_kernel(&ins.op, &shapes)?;
                 let args = [
-                    KArg::Ptr(g),
-                    KArg::Ptr(x),
-                    KArg::Ptr(w),
-                    KArg::Ptr(rstd),
-                    KArg::Ptr(dx.ptr(gpu)),
-                    int(n, "n")?,
-                    int(d, "d")?,
+                    (KArg::Ptr(g), gl),
+                    (KArg::Ptr(x), xl),
+                    (KArg::Ptr(w), d),
+                    (KArg::Ptr(rstd), n),
+                    (KArg::Ptr(dx.ptr(gpu)), xl),
                 ];
-                gpu.launch_rows(support::RMSNORM_GRAD, n, d, &args)?;
+                gpu.launch_kernel(&k, &args, n)?;
                 vec![Val::F32(dx)]
             }
             Op::CrossEntropy { batch, seq, grad } => {
@@ -1132,21 +1115,29 @@ impl CudaExecutor {
                     }));
                 }
                 let count = count_targets(lb, *seq, vocab)?;
-                let inv_n = if count == 0 { 0.0 } else { 1.0 / count as f32 };
-                let rows = gpu.alloc::<f32>(n)?;
-                let dl = if *grad { Some(gpu.alloc::<f32>(ll)?) } else { None };
-                let args = [
-                    KArg::Ptr(lg),
+                // The kernel-IR cross-entropy reads targets already shifted (-100 at a
+                // sequence end) and the scale of its gradient per counted target.
+                let targets = gpu.alloc::<i64>(n)?;
+                let shift = [
                     KArg::Ptr(lbp),
-                    KArg::Ptr(rows.ptr(gpu)),
-                    KArg::Ptr(dl.as_ref().map_or(0, |b| b.ptr(gpu))),
+                    KArg::Ptr(targets.ptr(gpu)),
                     int(n, "n")?,
                     int(*seq, "seq")?,
-                    int(vocab, "vocab")?,
-                    KArg::F32(inv_n),
-                    KArg::F32(grad_scale),
                 ];
-                gpu.launch_rows(support::CROSS_ENTROPY, n, vocab, &args)?;
+                gpu.launch_elems(support::SHIFT_LABELS, n, &shift)?;
+                let rows = gpu.alloc::<f32>(n)?;
+                let dl = if *grad { Some(gpu.alloc::<f32>(ll)?) } else { None };
+                let k = op_kernel(&ins.op, &shapes)?;
+                let mut args = vec![
+                    (KArg::Ptr(lg), ll),
+                    (KArg::Ptr(targets.ptr(gpu)), n),
+                    (KArg::Ptr(rows.ptr(gpu)), n),
+                ];
+                if let Some(dl) = &dl {
+                    args.push((KArg::F32(grad_scale / count.max(1) as f32), 0));
+                    args.push((KArg::Ptr(dl.ptr(gpu)), ll));
+                }
+                gpu.launch_kernel(&k, &args, n)?;
                 let total: f64 = gpu.download(&rows)?.iter().map(|&v| f64::from(v)).sum();
                 let mean = if count == 0 { 0.0 } else { (total / count as f64) as f32 };
                 *loss = (mean, count);

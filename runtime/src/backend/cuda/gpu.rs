@@ -27,8 +27,8 @@ use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasOperation_t, cublasStatus_t, cudaDataType,
 };
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
-use lamda_compiler::codegen::cuda::{c_ident, module_source, support};
-use lamda_compiler::kernel::Kernel;
+use lamda_compiler::codegen::cuda::{block_threads, c_ident, module_source, support};
+use lamda_compiler::kernel::{ArgTy, Kernel};
 
 use super::{CudaDevice, CudaError, compile_ptx, cublas_available};
 
@@ -101,7 +101,7 @@ fn ptx_cache() -> &'static PtxCache {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// PTX of the support kernels plus `kernels`, for the first of `archs` NVRTC accepts.
+/// PTX of the support kernels plus the kernel-IR `kernels`, for the first of `archs` NVRTC accepts.
 fn module_ptx(kernels: &[Kernel], archs: &[&'static str]) -> Result<(String, &'static str), CudaError> {
     let names: Vec<String> = kernels
         .iter()
@@ -138,7 +138,7 @@ fn module_ptx(kernels: &[Kernel], archs: &[&'static str]) -> Result<(String, &'s
 }
 
 impl Gpu {
-    /// Compiles and loads the module (support kernels and `kernels`) on `dev`
+    /// Compiles and loads the module (support kernels and the kernel-IR `kernels`) on `dev`
     /// and opens cuBLAS; `tf32` lets cuBLAS use TF32 tensor cores for SGEMM.
     pub fn new(dev: CudaDevice, kernels: &[Kernel], tf32: bool) -> Result<Gpu, CudaError> {
         if !cublas_available() {
@@ -305,6 +305,47 @@ impl Gpu {
     pub(crate) fn launch_rows(&self, name: &str, rows: usize, cols: usize, args: &[KArg]) -> Result<(), CudaError> {
         let grid = rows.min(1 << 16) as u32;
         self.launch(name, grid, row_threads(cols), 0, args)
+    }
+
+    /// Launches the kernel-IR kernel `k` with its launch contract over `rows`
+    /// rows: `args` in the kernel's argument order, each with the number of
+    /// elements of its buffer (ignored for scalars), then `rows`; a grid of up
+    /// to `rows` blocks (the kernel strides over the rest) of
+    /// [`block_threads`] threads. Every buffer must hold exactly what the
+    /// argument's type needs for `rows` rows, and every scalar argument be a
+    /// [`KArg::F32`], so the kernel never indexes past a buffer.
+    pub(crate) fn launch_kernel(&self, k: &Kernel, args: &[(KArg, usize)], rows: usize) -> Result<(), CudaError> {
+        if args.len() != k.args.len() {
+            return Err(CudaError::Program(format!(
+                "kernel {} takes {} arguments, got {}",
+                k.name,
+                k.args.len(),
+                args.len()
+            )));
+        }
+        let mut kargs = Vec::with_capacity(args.len() + 1);
+        for (a, &(v, len)) in k.args.iter().zip(args) {
+            let want = match a.ty {
+                ArgTy::Rows { cols } => Some(rows * cols),
+                ArgTy::Vector { len } => Some(len),
+                ArgTy::PerRow | ArgTy::PerRowI64 => Some(rows),
+                ArgTy::Periodic { period, cols } => Some(period * cols),
+                ArgTy::Scalar => None,
+            };
+            match (want, v) {
+                (None, KArg::F32(_)) => {}
+                (Some(w), KArg::Ptr(_)) if w == len => {}
+                _ => {
+                    return Err(CudaError::Program(format!(
+                        "kernel {}: argument `{}` ({:?}) given {v:?} of {len} values for {rows} rows",
+                        k.name, a.name, a.ty
+                    )));
+                }
+            }
+            kargs.push(v);
+        }
+        kargs.push(int(rows, "rows")?);
+        self.launch(&c_ident(&k.name), rows.min(1 << 16) as u32, block_threads(k), 0, &kargs)
     }
 
     /// Column-major GEMM `C = op(A) op(B) + beta C`, `C` (m, n) f32. A and B

@@ -11,10 +11,12 @@
 //! - [`device`]: detection ([`CudaDevice::detect`]), one context and one
 //!   stream per device; event tracking is off (a single stream orders
 //!   everything), so buffers are plain stream-ordered allocations.
-//! - [`gpu`]: device buffers, kernel launches, cuBLAS SGEMM with the
+//! - [`gpu`]: device buffers, kernel launches (support kernels by name,
+//!   kernel-IR kernels with their launch contract), cuBLAS SGEMM with the
 //!   row-major transposition trick, and the NVRTC module of a Plan (the
-//!   support kernels plus every fused kernel of its programs, compiled once
-//!   per process for a given set of kernel names and architecture).
+//!   support kernels plus every fused kernel of its programs and the
+//!   kernel-IR instances its unfused ops and AdamW run, compiled once per
+//!   process for a given set of kernel names and architecture).
 //! - [`exec`]: [`CudaExecutor`], the counterpart of [`crate::exec::Executor`]:
 //!   one device buffer per program value, freed at the release point the
 //!   memory plan chose (the driver's stream-ordered pool makes that cheap);
