@@ -124,6 +124,13 @@ pub trait Backend: 'static {
     /// `y = x` (same length).
     fn copy(&mut self, x: Self::View<'_>, y: Self::ViewMut<'_>) -> Result<(), ExecError>;
 
+    /// Called with every saved activation (a forward value the backward
+    /// reads) right after the instruction that made it: a backend may round
+    /// it to its storage precision there. The default keeps it as it is.
+    fn saved(&mut self, _y: Self::ViewMut<'_>) -> Result<(), ExecError> {
+        Ok(())
+    }
+
     // ------------------------------------------------------------- ops
 
     /// `y (n, d)`: rows `ids[i]` of `table (vocab, d)`.

@@ -357,7 +357,14 @@ impl<B: Backend> Executor<B> {
             }
         }
         self.outs = outs;
-        res
+        let res = res?;
+        for &o in &ins.outputs {
+            if let (true, Bind::Slot(s)) = (program.values[o].saved, self.bind[o]) {
+                let y = B::view_mut(&mut self.pool[s], numel(program, o))?;
+                self.backend.saved(y)?;
+            }
+        }
+        Ok(res)
     }
 }
 
