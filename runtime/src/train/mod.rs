@@ -11,6 +11,7 @@
 //! (`lr (1 + cos(pi q)) / 2`) or linear (`lr (1 - q)`) decay with
 //! `q = (t - warmup) / (T - warmup)`.
 
+pub mod device;
 pub mod plot;
 pub mod state;
 
@@ -19,9 +20,8 @@ use lamda_compiler::plan::Plan;
 use lamda_compiler::spec::LrSchedule;
 
 use crate::data::{Batch, BatchConfig, Batcher, Dataset, IGNORE_INDEX};
-use crate::exec::Backend as _;
 use crate::exec::{CpuBackend, ExecError, Executor, RunOutput};
-use crate::ops::{AdamState, AdamW, OpsError, adamw_step};
+use crate::ops::{AdamState, AdamW, OpsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -247,68 +247,36 @@ impl Trainer {
         let t = self.step;
         let steps = self.total_steps();
         let phase_index = self.plan.phase_index_at(t).ok_or(StepError::NoTargets { step: t })?;
-        let train_set = self.plan.phases[phase_index].trainable.clone();
-        for &p in &train_set {
-            self.grads[p].fill(0.0);
-        }
         let accumulate = self.plan.train.accumulate.max(1) as usize;
         let batches: Vec<Batch> = (0..accumulate).map(|_| self.data.next_batch()).collect();
         let seq = self.plan.seq;
-        let counts: Vec<usize> = batches
+        let flat: Vec<(Vec<i64>, Vec<i64>)> = batches
             .iter()
-            .map(|b| count_targets(b.labels.as_slice().unwrap_or(&[]), seq))
+            .map(|b| {
+                (
+                    b.input_ids.iter().copied().collect(),
+                    b.labels.iter().copied().collect(),
+                )
+            })
             .collect();
+        let counts: Vec<usize> = flat.iter().map(|(_, l)| count_targets(l, seq)).collect();
         let total: usize = counts.iter().sum();
         if total == 0 {
             return Err(StepError::NoTargets { step: t });
         }
-        let mut loss_sum = 0.0f64;
-        let mut tokens = 0;
-        for (b, &c) in batches.iter().zip(&counts) {
-            let ids: Vec<i64> = b.input_ids.iter().copied().collect();
-            let labels: Vec<i64> = b.labels.iter().copied().collect();
-            tokens += ids.len();
-            let scale = c as f32 / total as f32;
-            let out = self.backend.run(
-                &self.plan.phases[phase_index].program,
-                &self.params,
-                &mut self.grads,
-                &ids,
-                &labels,
-                scale,
-                false,
-            )?;
-            loss_sum += f64::from(out.loss) * c as f64;
-        }
-        let loss = (loss_sum / total as f64) as f32;
-        if !loss.is_finite() {
-            return Err(StepError::NonFinite { step: t, loss });
-        }
-        // Frozen columns get no gradient.
-        let mut trainable = 0u64;
-        for &p in &train_set {
-            let f = self.frozen_cols(p, t);
-            let cols = self.plan.params[p].shape.get(1).copied().unwrap_or(1);
-            if f > 0 {
-                for row in self.grads[p].chunks_mut(cols) {
-                    row[..f.min(cols)].fill(0.0);
-                }
-            }
-            trainable += (self.params[p].len() - self.params[p].len() / cols * f.min(cols)) as u64;
-        }
-        let norm = train_set
+        let micro: Vec<device::Micro<'_>> = flat
             .iter()
-            .map(|&p| self.grads[p].iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
-            .sum::<f64>()
-            .sqrt();
-        if let Some(clip) = self.plan.train.clip
-            && norm > clip
-        {
-            let s = (clip / (norm + 1e-6)) as f32;
-            for &p in &train_set {
-                self.grads[p].iter_mut().for_each(|g| *g *= s);
-            }
-        }
+            .zip(&counts)
+            .map(|((ids, labels), &count)| device::Micro {
+                tokens: ids,
+                labels,
+                share: count as f32 / total as f32,
+                count,
+            })
+            .collect();
+        let tokens = flat.iter().map(|(ids, _)| ids.len()).sum();
+        let trainable = &self.plan.phases[phase_index].trainable;
+        let frozen: Vec<usize> = trainable.iter().map(|&p| self.frozen_cols(p, t)).collect();
         let tc = &self.plan.train;
         let lr = lr_at(tc.lr, tc.warmup, tc.schedule, t, steps);
         let cfg = AdamW {
@@ -318,20 +286,72 @@ impl Trainer {
             eps: tc.optimizer.eps,
             weight_decay: tc.optimizer.weight_decay,
         };
-        for &p in &train_set {
-            let cols = self.plan.params[p].shape.get(1).copied().unwrap_or(1);
-            let f = self.frozen_cols(p, t);
-            if self.plan.fused && matches!(self.backend, Backend::Cpu(_)) {
-                self.fused_adamw(p, &cfg, cols, f)?;
-            } else {
-                adamw_step(&cfg, &mut self.params[p], &self.grads[p], &mut self.adam[p], cols, f).map_err(
-                    |source| StepError::Optimizer {
-                        name: self.plan.params[p].name.clone(),
-                        source,
-                    },
+        let program = &self.plan.phases[phase_index].program;
+        let (loss, norm) = match &mut self.backend {
+            Backend::Cpu(exec) => {
+                let mut state = device::HostState {
+                    params: &mut self.params,
+                    grads: &mut self.grads,
+                    adam: &mut self.adam,
+                };
+                let loss = device::accumulate(exec, &mut state, program, trainable, &micro)?;
+                if !loss.is_finite() {
+                    return Err(StepError::NonFinite { step: t, loss });
+                }
+                // Unfused plans are the reference path: AdamW by the reference op too.
+                let reference = !self.plan.fused;
+                let norm = device::optimize(
+                    exec.backend_mut(),
+                    &mut state,
+                    &self.plan,
+                    trainable,
+                    &frozen,
+                    &cfg,
+                    reference,
                 )?;
+                (loss, norm)
             }
-        }
+            Backend::Cuda(e) => {
+                for &p in trainable {
+                    self.grads[p].fill(0.0);
+                }
+                let mut loss_sum = 0.0f64;
+                for m in &micro {
+                    let out = e.run(
+                        program,
+                        &self.params,
+                        &mut self.grads,
+                        m.tokens,
+                        m.labels,
+                        m.share,
+                        false,
+                    )?;
+                    loss_sum += f64::from(out.loss) * m.count as f64;
+                }
+                let loss = (loss_sum / total as f64) as f32;
+                if !loss.is_finite() {
+                    return Err(StepError::NonFinite { step: t, loss });
+                }
+                let mut state = device::HostState {
+                    params: &mut self.params,
+                    grads: &mut self.grads,
+                    adam: &mut self.adam,
+                };
+                let mut cpu = crate::exec::CpuBackend::default();
+                let norm = device::optimize(&mut cpu, &mut state, &self.plan, trainable, &frozen, &cfg, true)?;
+                (loss, norm)
+            }
+        };
+        let trainable_entries = trainable
+            .iter()
+            .zip(&frozen)
+            .map(|(&p, &f)| {
+                let info = &self.plan.params[p];
+                let cols = info.shape.get(1).copied().unwrap_or(1).max(1);
+                let numel = info.numel() as usize;
+                (numel - numel / cols * f.min(cols)) as u64
+            })
+            .sum();
         self.step += 1;
         Ok(StepStats {
             step: t,
@@ -339,32 +359,8 @@ impl Trainer {
             lr,
             grad_norm: norm,
             tokens,
-            trainable,
+            trainable: trainable_entries,
         })
-    }
-
-    /// AdamW as the generated kernel (`kernel::lib::adamw`), same semantics as `ops::adamw_step`.
-    fn fused_adamw(&mut self, p: usize, cfg: &AdamW, cols: usize, frozen: usize) -> Result<(), StepError> {
-        let len = self.params[p].len();
-        if frozen >= cols || len == 0 {
-            return Ok(());
-        }
-        let Backend::Cpu(exec) = &mut self.backend else {
-            return Ok(());
-        };
-        let st = &mut self.adam[p];
-        st.step += 1;
-        let scalars = crate::ops::adamw::fused_scalars(cfg, st.step, frozen);
-        exec.backend_mut()
-            .adamw(
-                &mut self.params[p],
-                &self.grads[p],
-                &mut st.exp_avg,
-                &mut st.exp_avg_sq,
-                cols,
-                &scalars,
-            )
-            .map_err(StepError::Exec)
     }
 
     /// The loss of the current parameters over all of `data`, forward only:
