@@ -385,7 +385,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         Some(&mut CheckpointSpectra { ckpt: &ckpt }),
         Options {
             fuse: opts.fuse,
-            // the chunked head loss is a CPU op (the CUDA executor keeps the three ops)
+            // the chunked head loss is a CPU op (the CUDA backend keeps the three ops)
             head_loss: opts.fuse && device != Device::Cuda,
         },
     )?;
