@@ -147,6 +147,7 @@ impl CudaBuf {
 /// Read access to `len` values of a [`CudaBuf`] at a device address.
 #[derive(Debug, Clone, Copy)]
 pub struct CudaView<'a> {
+    /// Device address of the first value: (len) values of storage `dt`.
     ptr: u64,
     len: usize,
     dt: Dt,
@@ -156,6 +157,7 @@ pub struct CudaView<'a> {
 /// Exclusive write access to `len` values of a [`CudaBuf`].
 #[derive(Debug)]
 pub struct CudaViewMut<'a> {
+    /// Device address of the first value: (len) values of storage `dt`.
     ptr: u64,
     len: usize,
     dt: Dt,
