@@ -980,7 +980,7 @@ fn emit_kernels(spec: &lamda_compiler::spec::ResolvedSpec, target: Target) -> Ex
         }
     };
     let kernels = match target {
-        // what the CUDA executor compiles: the fused kernels and the kernel-IR
+        // what the CUDA backend compiles: the fused kernels and the kernel-IR
         // instances of the unfused ops and of AdamW
         Target::Cuda => {
             lamda_compiler::codegen::cuda::module_kernels(plan.phases.iter().map(|p| &p.program).chain([&plan.eval]))

@@ -19,7 +19,7 @@ use lamda_compiler::pipeline::{CompileError, Options, Spectra, compile_with};
 use lamda_compiler::resolve::check_path;
 use lamda_compiler::spec::Device;
 
-use crate::backend::cuda::{CudaDevice, CudaExecutor, CudaOptions, Precision};
+use crate::backend::cuda::{CudaDevice, CudaOptions, Precision};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::data::{Batch, BatchConfig, Batcher, DataError, Dataset, Tokenizer};
 use crate::init::{InitError, initialize};
@@ -385,7 +385,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         Some(&mut CheckpointSpectra { ckpt: &ckpt }),
         Options {
             fuse: opts.fuse,
-            // the chunked head loss is a CPU op (the CUDA executor keeps the three ops)
+            // the chunked head loss is a CPU op (the CUDA backend keeps the three ops)
             head_loss: opts.fuse && device != Device::Cuda,
         },
     )?;
@@ -454,15 +454,15 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
         .unwrap_or_else(|| default_run_folder(&opts.spec, spec.train.out.as_deref()));
     let backend = match device {
         Device::Cuda => Backend::Cuda(Box::new(
-            CudaExecutor::with_options(
-                &plan,
-                &params,
-                CudaOptions {
-                    precision,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| SessionError::Device(e.to_string()))?,
+            CudaDevice::open(0)
+                .and_then(|dev| {
+                    let opts = CudaOptions {
+                        precision,
+                        ..Default::default()
+                    };
+                    crate::train::CudaRun::new(dev, &plan, &params, opts)
+                })
+                .map_err(|e| SessionError::Device(e.to_string()))?,
         )),
         _ => {
             let mut exec = crate::exec::Executor::with_mode(opts.kernels);

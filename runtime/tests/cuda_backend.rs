@@ -3,10 +3,11 @@
 //! Without a GPU (or without libcuda, libnvrtc, libcublas) every test but the
 //! detection ones prints why and returns. With one:
 //! - the golden case `lamda_qv_r4_linear03` (tests/golden_specs): forward +
-//!   backward of its first phase and its evaluation program on both
-//!   backends, losses (rtol 1e-5), logits (atol 1e-4) and every gradient
-//!   (max error <= 1e-4 x max |g|), through the CPU executor's contract and
-//!   the device-resident one, then a device AdamW step against the CPU's;
+//!   backward of every phase and its evaluation program on
+//!   `Executor<CudaBackend>` and the CPU `Executor`, losses (rtol 1e-5),
+//!   logits (atol 1e-4) and every gradient (max error <= 1e-4 x max |g|),
+//!   gradients accumulated on the device over two runs, then a device AdamW
+//!   step (the backend's `adamw`) against the CPU's;
 //! - every library kernel (`kernel::lib::examples()`) against the interpreter;
 //! - single-op programs at awkward shapes (seq 17, head_dim 10, d 783,
 //!   vocab 1001) against the CPU executor;
@@ -24,9 +25,11 @@ use lamda_compiler::ir::{AttnDims, F64, Op, TensorType};
 use lamda_compiler::kernel::{Access, ArgTy, Kernel, lib};
 use lamda_compiler::passes::memory_plan::{Instr, MemoryPlan, Program, ValueInfo};
 use lamda_runtime::backend::cpu::interp::{self, KArg};
-use lamda_runtime::backend::cuda::exec::bf16_saved_schedule;
-use lamda_runtime::backend::cuda::{CudaDevice, CudaError, CudaExecutor, CudaOptions, KernelRunner, Precision};
-use lamda_runtime::exec::Executor;
+use lamda_runtime::backend::cuda::backend::bf16_saved_schedule;
+use lamda_runtime::backend::cuda::{
+    CudaBackend, CudaBuf, CudaDevice, CudaError, CudaOptions, KernelRunner, Precision, plan_bf16_storage,
+};
+use lamda_runtime::exec::{Backend, Executor};
 use lamda_runtime::ops::{AdamState, AdamW, adamw_step};
 use lamda_runtime::session::{RunOptions, prepare};
 
@@ -116,9 +119,50 @@ fn without_a_gpu_the_executor_says_why() {
         lamda_runtime::testkit::skip("a GPU is present: the no-GPU error cannot be seen");
         return;
     }
-    let s = golden_session();
-    let err = CudaExecutor::new(&s.trainer.plan, &s.trainer.params).err().unwrap();
+    let err = CudaDevice::open(0).err().unwrap();
     assert!(matches!(err, CudaError::NoDriver | CudaError::NoDevice(_)), "{err}");
+}
+
+/// `Executor<CudaBackend>` for a Plan on `dev` with its parameters on the
+/// device (bf16 where `plan_bf16_storage` says), or None when NVRTC or
+/// cuBLAS is missing.
+fn cuda_exec(
+    dev: CudaDevice,
+    plan: &lamda_compiler::plan::Plan,
+    params: &[Vec<f32>],
+    opts: CudaOptions,
+) -> Option<(Executor<CudaBackend>, Vec<CudaBuf>)> {
+    let programs: Vec<_> = plan.phases.iter().map(|p| &p.program).chain([&plan.eval]).collect();
+    let mut be = or_skip(CudaBackend::new(dev, &programs, opts))?;
+    let narrow = plan_bf16_storage(plan, opts.precision);
+    let bufs = params
+        .iter()
+        .zip(&narrow)
+        .map(|(h, &b)| be.param_buffer(h, b).unwrap())
+        .collect();
+    Some((Executor::on(be), bufs))
+}
+
+/// Zeroed device gradient buffers for what `phase` trains (empty for the others).
+fn device_grads(
+    cuda: &mut Executor<CudaBackend>,
+    phase: &lamda_compiler::plan::PhasePlan,
+    params: &[Vec<f32>],
+) -> Vec<CudaBuf> {
+    (0..params.len())
+        .map(|p| {
+            if phase.trainable.contains(&p) {
+                cuda.backend_mut().alloc(params[p].len()).unwrap()
+            } else {
+                CudaBuf::default()
+            }
+        })
+        .collect()
+}
+
+/// The device gradients on the host.
+fn host_grads(cuda: &Executor<CudaBackend>, grads: &[CudaBuf]) -> Vec<Vec<f32>> {
+    grads.iter().map(|g| cuda.backend().download_buf(g).unwrap()).collect()
 }
 
 /// Runs `run` with zeroed gradient buffers for what `phase` trains: its
@@ -190,7 +234,7 @@ fn golden_case_in_bf16_stays_within_bf16_error_of_the_cpu() {
         precision: Precision::Bf16,
         ..CudaOptions::default()
     };
-    let Some(mut cuda) = or_skip(CudaExecutor::on_device(dev, plan, &tr.params, opts)) else {
+    let Some((mut cuda, dparams)) = cuda_exec(dev, plan, &tr.params, opts) else {
         return;
     };
     let ids: Vec<i64> = s.eval_batch.input_ids.iter().copied().collect();
@@ -201,19 +245,26 @@ fn golden_case_in_bf16_stays_within_bf16_error_of_the_cpu() {
         f32_bytes += 4 * host.len() as u64;
         let info = &plan.params[p];
         let matrix = info.shape.len() == 2 && !matches!(info.role, lamda_compiler::ir::ParamRole::Table(_));
-        assert_eq!(cuda.param_is_bf16(p), !trains.contains(&p) && matrix, "parameter {p}");
-        if cuda.param_is_bf16(p) {
+        assert_eq!(dparams[p].is_bf16(), !trains.contains(&p) && matrix, "parameter {p}");
+        if dparams[p].is_bf16() {
             frozen_values += host.len() as u64;
             let rounded: Vec<f32> = host.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
-            assert_eq!(cuda.download_param(p).unwrap(), rounded, "parameter {p} as stored");
+            assert_eq!(
+                cuda.backend().download_buf(&dparams[p]).unwrap(),
+                rounded,
+                "parameter {p} as stored"
+            );
         }
     }
-    assert_eq!(cuda.param_bytes(), f32_bytes - 2 * frozen_values);
+    let param_bytes: u64 = dparams.iter().map(|b| b.bytes() as u64).sum();
+    assert_eq!(param_bytes, f32_bytes - 2 * frozen_values);
     let mut cpu = Executor::new();
     for (k, phase) in plan.phases.iter().enumerate() {
         let prog = &phase.program;
         let (want, gc) = with_grads(phase, tr, |g| cpu.run(prog, &tr.params, g, &ids, &labels, 1.0, false));
-        let (got, gg) = with_grads(phase, tr, |g| cuda.run(prog, &tr.params, g, &ids, &labels, 1.0, false));
+        let mut dg = device_grads(&mut cuda, phase, &tr.params);
+        let got = cuda.run(prog, &dparams, &mut dg, &ids, &labels, 1.0, false);
+        let gg = host_grads(&cuda, &dg);
         let (want, got) = (want.unwrap(), got.unwrap());
         eprintln!("phase {k}: loss bf16 {} f32 {}", got.loss, want.loss);
         close(&format!("phase {k} bf16 loss"), &[got.loss], &[want.loss], 0.0, 2e-2);
@@ -235,10 +286,10 @@ fn golden_case_forward_backward_matches_the_cpu() {
     let s = golden_session();
     let tr = &s.trainer;
     let plan = &tr.plan;
-    let Some(mut cuda) = or_skip(CudaExecutor::on_device(dev, plan, &tr.params, CudaOptions::default())) else {
+    let Some((mut cuda, mut dparams)) = cuda_exec(dev, plan, &tr.params, CudaOptions::default()) else {
         return;
     };
-    eprintln!("module compiled for {}", cuda.arch());
+    eprintln!("module compiled for {}", cuda.backend().arch());
     let ids: Vec<i64> = s.eval_batch.input_ids.iter().copied().collect();
     let labels: Vec<i64> = s.eval_batch.labels.iter().copied().collect();
     let mut cpu = Executor::new();
@@ -248,7 +299,7 @@ fn golden_case_forward_backward_matches_the_cpu() {
         .run(&plan.eval, &tr.params, &mut [], &ids, &labels, 1.0, true)
         .unwrap();
     let got = cuda
-        .run(&plan.eval, &tr.params, &mut [], &ids, &labels, 1.0, true)
+        .run(&plan.eval, &dparams, &mut [], &ids, &labels, 1.0, true)
         .unwrap();
     assert_eq!(got.count, want.count);
     close("eval loss", &[got.loss], &[want.loss], 0.0, 1e-5);
@@ -258,8 +309,11 @@ fn golden_case_forward_backward_matches_the_cpu() {
     for (k, phase) in plan.phases.iter().enumerate() {
         let prog = &phase.program;
         let (want, gc) = with_grads(phase, tr, |g| cpu.run(prog, &tr.params, g, &ids, &labels, 0.5, false));
-        let (got, gg) = with_grads(phase, tr, |g| cuda.run(prog, &tr.params, g, &ids, &labels, 0.5, false));
+        let mut dg = device_grads(&mut cuda, phase, &tr.params);
+        let got = cuda.run(prog, &dparams, &mut dg, &ids, &labels, 0.5, false);
+        let gg = host_grads(&cuda, &dg);
         let (want, got) = (want.unwrap(), got.unwrap());
+        assert_eq!(got.count, want.count);
         close(&format!("phase {k} loss"), &[got.loss], &[want.loss], 0.0, 1e-5);
         for &p in &phase.trainable {
             close(
@@ -270,40 +324,62 @@ fn golden_case_forward_backward_matches_the_cpu() {
                 1e-4,
             );
         }
-        // Device-resident: the same gradients without host copies, accumulated twice.
-        cuda.zero_grads(&phase.trainable).unwrap();
-        for _ in 0..2 {
-            cuda.run_device(&phase.program, &ids, &labels, 0.5, false).unwrap();
-        }
+        // The gradients accumulate on the device: a second run doubles them.
+        cuda.run(prog, &dparams, &mut dg, &ids, &labels, 0.5, false).unwrap();
         for &p in &phase.trainable {
             let twice: Vec<f32> = gc[p].iter().map(|g| 2.0 * g).collect();
-            close("accumulated grad", &cuda.download_grad(p).unwrap(), &twice, 1e-7, 1e-4);
+            close(
+                "accumulated grad",
+                &cuda.backend().download_buf(&dg[p]).unwrap(),
+                &twice,
+                1e-7,
+                1e-4,
+            );
         }
     }
 
-    // A device AdamW step (columns 0..1 frozen on B-like tensors) against the CPU's.
+    // A device AdamW step (columns 0..1 frozen on B-like tensors) against the CPU's,
+    // on the gradients of one run of the first phase.
     let phase = &plan.phases[0];
+    let mut dg = device_grads(&mut cuda, phase, &tr.params);
+    cuda.run(&phase.program, &dparams, &mut dg, &ids, &labels, 1.0, false)
+        .unwrap();
     let cfg = AdamW {
         lr: 1e-2,
         weight_decay: 0.1,
         ..AdamW::default()
     };
+    let mut norm_sq = 0.0f64;
     for &p in &phase.trainable {
         let cols = plan.params[p].shape.get(1).copied().unwrap_or(1);
         let frozen = usize::from(cols > 1);
-        let g = cuda.download_grad(p).unwrap();
+        let g = cuda.backend().download_buf(&dg[p]).unwrap();
         let mut host = tr.params[p].clone();
         let mut st = AdamState::new(host.len());
         adamw_step(&cfg, &mut host, &g, &mut st, cols, frozen).unwrap();
-        assert!(cuda.adamw_step(p, &cfg, cols, frozen).unwrap());
-        close("adamw p", &cuda.download_param(p).unwrap(), &host, 1e-7, 1e-5);
-        let dst = cuda.adam_state(p).unwrap();
-        assert_eq!(dst.step, 1);
-        close("adamw m", &dst.exp_avg, &st.exp_avg, 1e-9, 1e-5);
-        close("adamw v", &dst.exp_avg_sq, &st.exp_avg_sq, 1e-12, 1e-5);
+        let len = host.len();
+        let be = cuda.backend_mut();
+        let (mut m, mut v) = (be.alloc(len).unwrap(), be.alloc(len).unwrap());
+        let gview = CudaBackend::view(&dg[p], 0, len).unwrap();
+        norm_sq += be.sum_sq(gview).unwrap();
+        be.zero_cols(CudaBackend::view_mut(&mut dg[p], len).unwrap(), cols, frozen)
+            .unwrap();
+        let scalars = lamda_runtime::ops::adamw::fused_scalars(&cfg, 1, frozen);
+        be.adamw(
+            CudaBackend::view_mut(&mut dparams[p], len).unwrap(),
+            CudaBackend::view(&dg[p], 0, len).unwrap(),
+            CudaBackend::view_mut(&mut m, len).unwrap(),
+            CudaBackend::view_mut(&mut v, len).unwrap(),
+            cols,
+            &scalars,
+        )
+        .unwrap();
+        let be = cuda.backend();
+        close("adamw p", &be.download_buf(&dparams[p]).unwrap(), &host, 1e-7, 1e-5);
+        close("adamw m", &be.download_buf(&m).unwrap(), &st.exp_avg, 1e-9, 1e-5);
+        close("adamw v", &be.download_buf(&v).unwrap(), &st.exp_avg_sq, 1e-12, 1e-5);
     }
-    let norm = cuda.grad_norm(&phase.trainable).unwrap();
-    assert!(norm.is_finite() && norm > 0.0);
+    assert!(norm_sq.is_finite() && norm_sq > 0.0);
 }
 
 #[test]
@@ -412,13 +488,21 @@ fn one_op(dev: &CudaDevice, op: Op, ins: &[In], outs: &[Vec<usize>], tokens: &[i
     let mut values = Vec::new();
     let mut instrs = Vec::new();
     let mut params: Vec<Vec<f32>> = Vec::new();
-    let value = |ty: TensorType, param: Option<usize>| ValueInfo {
-        ty,
-        label: "v".into(),
-        param,
-        saved: false,
-        adapter: None,
-        slot: None,
+    // Every value that is not a parameter or an integer gets its own pool slot.
+    let mut slots: Vec<u64> = Vec::new();
+    let mut value = |ty: TensorType, param: Option<usize>| {
+        let slot = (param.is_none() && ty.dtype == lamda_compiler::ir::Dtype::F32).then(|| {
+            slots.push(4 * ty.shape.iter().product::<usize>() as u64);
+            slots.len() - 1
+        });
+        ValueInfo {
+            ty,
+            label: "v".into(),
+            param,
+            saved: false,
+            adapter: None,
+            slot,
+        }
     };
     let instr = |op: Op, inputs: Vec<usize>, outputs: Vec<usize>| Instr {
         op,
@@ -468,19 +552,26 @@ fn one_op(dev: &CudaDevice, op: Op, ins: &[In], outs: &[Vec<usize>], tokens: &[i
         instrs,
         loss: None,
         logits: None,
-        memory: MemoryPlan::default(),
+        memory: MemoryPlan {
+            slots,
+            ..MemoryPlan::default()
+        },
     };
     let zeros: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
     let (mut gc, mut gg) = (zeros.clone(), zeros);
     let want = Executor::new()
         .run(&program, &params, &mut gc, tokens, labels, 0.5, false)
         .unwrap();
-    let mut cuda = CudaExecutor::for_programs(dev.clone(), &[&program], &params, &[], CudaOptions::default()).unwrap();
+    let mut be = CudaBackend::new(dev.clone(), &[&program], CudaOptions::default()).unwrap();
+    let dparams: Vec<CudaBuf> = params.iter().map(|h| be.param_buffer(h, false).unwrap()).collect();
+    let mut dgrads: Vec<CudaBuf> = gg.iter().map(|h| be.param_buffer(h, false).unwrap()).collect();
+    let mut cuda = Executor::on(be);
     let got = cuda
-        .run(&program, &params, &mut gg, tokens, labels, 0.5, false)
+        .run(&program, &dparams, &mut dgrads, tokens, labels, 0.5, false)
         .unwrap();
     assert_eq!(got.count, want.count);
     for (k, &p) in sinks.iter().enumerate() {
+        gg[p] = cuda.backend().download_buf(&dgrads[p]).unwrap();
         close(&format!("{name} output {k}"), &gg[p], &gc[p], tol, tol);
     }
 }

@@ -125,9 +125,10 @@ pub trait Backend: 'static {
     fn copy(&mut self, x: Self::View<'_>, y: Self::ViewMut<'_>) -> Result<(), ExecError>;
 
     /// Called with every saved activation (a forward value the backward
-    /// reads) right after the instruction that made it: a backend may round
-    /// it to its storage precision there. The default keeps it as it is.
-    fn saved(&mut self, _y: Self::ViewMut<'_>) -> Result<(), ExecError> {
+    /// reads; not the loss or the logits) of shape `shape` right after the
+    /// instruction that made it: a backend may round it to its storage
+    /// precision there. The default keeps it as it is.
+    fn saved(&mut self, _y: Self::ViewMut<'_>, _shape: &[usize]) -> Result<(), ExecError> {
         Ok(())
     }
 

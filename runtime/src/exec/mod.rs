@@ -359,9 +359,11 @@ impl<B: Backend> Executor<B> {
         self.outs = outs;
         let res = res?;
         for &o in &ins.outputs {
-            if let (true, Bind::Slot(s)) = (program.values[o].saved, self.bind[o]) {
+            let info = &program.values[o];
+            let special = program.loss == Some(o) || program.logits == Some(o);
+            if let (true, false, Bind::Slot(s)) = (info.saved, special, self.bind[o]) {
                 let y = B::view_mut(&mut self.pool[s], numel(program, o))?;
-                self.backend.saved(y)?;
+                self.backend.saved(y, &info.ty.shape)?;
             }
         }
         Ok(res)

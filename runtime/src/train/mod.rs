@@ -95,7 +95,124 @@ pub struct Trainer {
 /// Where programs run.
 pub enum Backend {
     Cpu(Box<Executor<CpuBackend>>),
-    Cuda(Box<crate::backend::cuda::CudaExecutor>),
+    Cuda(Box<CudaRun>),
+}
+
+/// `Executor<CudaBackend>` behind the CPU trainer's host-parameter contract
+/// (what `CudaExecutor::run` did): every parameter uploaded once (frozen
+/// matrices in bf16 in bf16 mode), those that train re-uploaded before each
+/// run, device gradients zeroed, accumulated by the program, then added into
+/// the host gradients.
+pub struct CudaRun {
+    exec: Executor<crate::backend::cuda::CudaBackend>,
+    /// Every parameter of the Plan on the device, Plan order: (numel), f32 or bf16.
+    params: Vec<crate::backend::cuda::CudaBuf>,
+    /// Device gradients by parameter: (numel) for those that train in some phase, empty otherwise.
+    grads: Vec<crate::backend::cuda::CudaBuf>,
+    /// Parameters that train in some phase.
+    trainable: Vec<usize>,
+}
+
+impl CudaRun {
+    /// Compiles the Plan's module on `dev` and uploads `params` (Plan order).
+    pub fn new(
+        dev: crate::backend::cuda::CudaDevice,
+        plan: &Plan,
+        params: &[Vec<f32>],
+        opts: crate::backend::cuda::CudaOptions,
+    ) -> Result<CudaRun, crate::backend::cuda::CudaError> {
+        use crate::backend::cuda::{CudaBackend, CudaError, plan_bf16_storage};
+        if params.len() != plan.params.len() {
+            return Err(CudaError::Program(format!(
+                "{} parameter buffers for a plan of {}",
+                params.len(),
+                plan.params.len()
+            )));
+        }
+        let programs: Vec<_> = plan.phases.iter().map(|p| &p.program).chain([&plan.eval]).collect();
+        let mut be = CudaBackend::new(dev, &programs, opts)?;
+        let narrow = plan_bf16_storage(plan, opts.precision);
+        let trainable: Vec<usize> = plan
+            .phases
+            .iter()
+            .flat_map(|p| p.trainable.iter().copied())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut dev_params = Vec::with_capacity(params.len());
+        let mut grads = Vec::with_capacity(params.len());
+        for (p, host) in params.iter().enumerate() {
+            dev_params.push(be.param_buffer(host, narrow[p])?);
+            grads.push(if trainable.contains(&p) {
+                be.alloc(host.len()).map_err(|e| CudaError::Program(e.to_string()))?
+            } else {
+                Default::default()
+            });
+        }
+        Ok(CudaRun {
+            exec: Executor::on(be),
+            params: dev_params,
+            grads,
+            trainable,
+        })
+    }
+
+    /// The backend (device, precision).
+    pub fn backend(&self) -> &crate::backend::cuda::CudaBackend {
+        self.exec.backend()
+    }
+
+    /// Device bytes of the parameters as stored.
+    pub fn param_bytes(&self) -> u64 {
+        self.params.iter().map(|b| b.bytes() as u64).sum()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        program: &lamda_compiler::passes::memory_plan::Program,
+        params: &[Vec<f32>],
+        grads: &mut [Vec<f32>],
+        tokens: &[i64],
+        labels: &[i64],
+        grad_scale: f32,
+        want_logits: bool,
+    ) -> Result<RunOutput, ExecError> {
+        use crate::backend::cuda::CudaBackend;
+        let be = self.exec.backend_mut();
+        for &p in &self.trainable {
+            let host = params
+                .get(p)
+                .ok_or_else(|| ExecError::Internal(format!("no parameter {p}")))?;
+            be.upload(host, CudaBackend::view_mut(&mut self.params[p], host.len())?)?;
+            let len = CudaBackend::buf_len(&self.grads[p]);
+            be.zero(CudaBackend::view_mut(&mut self.grads[p], len)?)?;
+        }
+        let out = self.exec.run(
+            program,
+            &self.params,
+            &mut self.grads,
+            tokens,
+            labels,
+            grad_scale,
+            want_logits,
+        )?;
+        for &p in &self.trainable {
+            let g = self.exec.backend().download_buf(&self.grads[p])?;
+            let dst = grads
+                .get_mut(p)
+                .ok_or_else(|| ExecError::Internal(format!("no gradient buffer for parameter {p}")))?;
+            if dst.len() != g.len() {
+                return Err(ExecError::Internal(format!(
+                    "gradient of parameter {p}: {} entries into {}",
+                    g.len(),
+                    dst.len()
+                )));
+            }
+            dst.iter_mut().zip(&g).for_each(|(d, s)| *d += s);
+        }
+        Ok(out)
+    }
 }
 
 impl Backend {
@@ -124,9 +241,9 @@ impl Backend {
             Backend::Cpu(_) => None,
             Backend::Cuda(e) => Some(format!(
                 "device: cuda {} ({}), {} storage, parameters {:.1} MiB on the device",
-                e.device().name(),
-                e.arch(),
-                e.precision().name(),
+                e.backend().device().name(),
+                e.backend().arch(),
+                e.backend().precision().name(),
                 e.param_bytes() as f64 / (1u64 << 20) as f64
             )),
         }

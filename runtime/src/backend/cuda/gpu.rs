@@ -36,9 +36,36 @@ use super::{CudaDevice, CudaError, compile_ptx, cublas_available};
 pub struct DevBuf<T> {
     slice: Option<CudaSlice<T>>,
     len: usize,
+    /// The device address of `slice` (0 when empty), read once when it is made.
+    addr: u64,
+}
+
+impl<T> Default for DevBuf<T> {
+    /// An empty buffer (allocates nothing).
+    fn default() -> Self {
+        DevBuf {
+            slice: None,
+            len: 0,
+            addr: 0,
+        }
+    }
 }
 
 impl<T> DevBuf<T> {
+    /// A buffer over `slice`, its address read on `stream` (event tracking is
+    /// off, so the address is all a later `device_ptr` would give).
+    fn new(slice: CudaSlice<T>, len: usize, stream: &cudarc::driver::CudaStream) -> Self {
+        let addr = slice.device_ptr(stream).0;
+        DevBuf {
+            slice: Some(slice),
+            len,
+            addr,
+        }
+    }
+    /// The device address (0 when empty), without the stream.
+    pub(crate) fn addr(&self) -> u64 {
+        self.addr
+    }
     /// Elements.
     pub fn len(&self) -> usize {
         self.len
@@ -184,14 +211,11 @@ impl Gpu {
     /// An uninitialised buffer of `len` elements.
     pub(crate) fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<DevBuf<T>, CudaError> {
         if len == 0 {
-            return Ok(DevBuf { slice: None, len });
+            return Ok(DevBuf::default());
         }
         // SAFETY: every caller writes the whole buffer before reading it.
         let slice = unsafe { self.dev.stream.alloc::<T>(len) }?;
-        Ok(DevBuf {
-            slice: Some(slice),
-            len,
-        })
+        Ok(DevBuf::new(slice, len, &self.dev.stream))
     }
 
     /// A zeroed buffer.
@@ -204,28 +228,10 @@ impl Gpu {
     /// A buffer holding `data`.
     pub(crate) fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<DevBuf<T>, CudaError> {
         if data.is_empty() {
-            return Ok(DevBuf { slice: None, len: 0 });
+            return Ok(DevBuf::default());
         }
         let slice = self.dev.stream.clone_htod(data)?;
-        Ok(DevBuf {
-            slice: Some(slice),
-            len: data.len(),
-        })
-    }
-
-    /// Overwrites `dst` with `data` (same length).
-    pub(crate) fn write<T: DeviceRepr>(&self, dst: &mut DevBuf<T>, data: &[T]) -> Result<(), CudaError> {
-        if data.len() != dst.len {
-            return Err(CudaError::Program(format!(
-                "writing {} values into a buffer of {}",
-                data.len(),
-                dst.len
-            )));
-        }
-        if let Some(s) = &mut dst.slice {
-            self.dev.stream.memcpy_htod(data, s)?;
-        }
-        Ok(())
+        Ok(DevBuf::new(slice, data.len(), &self.dev.stream))
     }
 
     /// The contents of `b` (waits for the stream).
@@ -234,6 +240,31 @@ impl Gpu {
             Some(s) => Ok(self.dev.stream.clone_dtoh(s)?),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Copies `data` to the device address `dst` (a live buffer of at least `data.len()` values).
+    pub(crate) fn write_at<T: DeviceRepr>(&self, dst: u64, data: &[T]) -> Result<(), CudaError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `dst` starts a live buffer of at least `data.len()` values
+        // (the callers check lengths); the stream is synchronized before
+        // `data` can be dropped.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, data, self.dev.stream.cu_stream()) }?;
+        self.dev.stream.synchronize()?;
+        Ok(())
+    }
+
+    /// Copies `out.len()` values from the device address `src` into `out` (waits for the stream).
+    pub(crate) fn read_at<T: DeviceRepr>(&self, src: u64, out: &mut [T]) -> Result<(), CudaError> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `src` starts a live buffer of at least `out.len()` values;
+        // the stream is synchronized before `out` is read.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(out, src, self.dev.stream.cu_stream()) }?;
+        self.dev.stream.synchronize()?;
+        Ok(())
     }
 
     /// `bytes` zero bytes at `ptr`.
@@ -454,7 +485,7 @@ impl Gpu {
         self.gemm(dt, c.trans, c.dims, (w, c.lda), (x, c.ldb), beta, (y, c.ldc))
     }
 
-    /// `dx (n, k) = g (n, m) w (m, k)`, row-major; g and w of storage `dt`, dx f32.
+    /// `dx (n, k) = g (n, m) w (m, k)` (+ dx when `accumulate`), row-major; g and w of storage `dt`, dx f32.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear_grad_input(
         &self,
@@ -465,12 +496,14 @@ impl Gpu {
         n: usize,
         k: usize,
         m: usize,
+        accumulate: bool,
     ) -> Result<(), CudaError> {
         let c = gemm_call(RowMajor::GradInput, n, k, m);
-        self.gemm(dt, c.trans, c.dims, (w, c.lda), (g, c.ldb), 0.0, (dx, c.ldc))
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        self.gemm(dt, c.trans, c.dims, (w, c.lda), (g, c.ldb), beta, (dx, c.ldc))
     }
 
-    /// `dw (m, k) = g^T (m, n) x (n, k)`, row-major; g and x of storage `dt`, dw f32.
+    /// `dw (m, k) = g^T (m, n) x (n, k)` (+ dw when `accumulate`), row-major; g and x of storage `dt`, dw f32.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear_grad_weight(
         &self,
@@ -481,9 +514,11 @@ impl Gpu {
         n: usize,
         k: usize,
         m: usize,
+        accumulate: bool,
     ) -> Result<(), CudaError> {
         let c = gemm_call(RowMajor::GradWeight, n, k, m);
-        self.gemm(dt, c.trans, c.dims, (x, c.lda), (g, c.ldb), 0.0, (dw, c.ldc))
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        self.gemm(dt, c.trans, c.dims, (x, c.lda), (g, c.ldb), beta, (dw, c.ldc))
     }
 
     /// `y (bf16 bits) = x (f32)` rounded to nearest even, `len` values.

@@ -1,4 +1,4 @@
-//! The CUDA backend: runs a Plan's programs on an NVIDIA GPU, op for op as the CPU executor does.
+//! The CUDA backend: runs a Plan's programs on an NVIDIA GPU through the one executor, op for op as on the CPU.
 //!
 //! # Design
 //!
@@ -17,34 +17,39 @@
 //!   support kernels plus every fused kernel of its programs and the
 //!   kernel-IR instances its unfused ops and AdamW run, compiled once per
 //!   process for a given set of kernel names and architecture).
-//! - [`exec`]: [`CudaExecutor`], the counterpart of [`crate::exec::Executor`]:
-//!   one device buffer per program value, freed at the release point the
-//!   memory plan chose (the driver's stream-ordered pool makes that cheap);
-//!   parameters uploaded once; gradients accumulated on the device; losses
-//!   read back to the host and averaged in f64 as the CPU does.
+//! - [`backend`]: [`CudaBackend`], the GPU as a [`crate::exec::Backend`]:
+//!   [`crate::exec::Executor`]`<CudaBackend>` runs programs on the device
+//!   (the one executor owns the run loop, the value table, the slot pool,
+//!   fused binding, loss reduction and target counting; the backend stores
+//!   and computes). Pool, parameters, gradients and AdamW moments are device
+//!   buffers ([`CudaBuf`]); op temporaries come from one reused scratch
+//!   buffer; losses are read back and summed in f64 as the CPU does.
 //! - [`kernels`]: [`KernelRunner`], one fused kernel on host buffers with the
 //!   interpreter's launch contract (for tests against the interpreter).
 //!
 //! Precision ([`Precision`]): `F32` keeps f32 storage and f32 arithmetic
 //! everywhere (the parity mode); cuBLAS runs in its default math mode (no
 //! TF32) unless [`CudaOptions::tf32`] asks for it. `Bf16` stores the
-//! weight matrices that never train in bf16 and rounds the saved feature
-//! activations to bf16 as soon as they are made
-//! ([`exec::bf16_saved_schedule`]); trainable parameters, gradients and
+//! weight matrices that never train in bf16 ([`CudaBackend::param_buffer`],
+//! [`plan_bf16_storage`]) and rounds the saved feature activations to bf16
+//! (in place, in their f32 pool slots) as soon as they are made
+//! ([`backend::bf16_saved_schedule`]); trainable parameters, gradients and
 //! AdamW moments stay f32. GEMMs reading a bf16 operand run in bf16 with f32
 //! accumulation (`cublasGemmEx`); every other op widens its bf16 operands to
-//! f32 into a transient buffer, except the embedding, which reads a bf16
+//! f32 into the scratch buffer, except the embedding, which reads a bf16
 //! table itself.
 
+pub mod backend;
 pub mod device;
-pub mod exec;
 pub mod gpu;
 pub mod kernels;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+pub use backend::{
+    CudaBackend, CudaBuf, CudaOptions, CudaView, CudaViewMut, Precision, bf16_storage, plan_bf16_storage,
+};
 pub use device::CudaDevice;
-pub use exec::{CudaExecutor, CudaOptions, Precision};
 pub use kernels::KernelRunner;
 
 use crate::exec::ExecError;
