@@ -460,7 +460,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
                         precision,
                         ..Default::default()
                     };
-                    crate::train::CudaRun::new(dev, &plan, &params, opts)
+                    crate::train::cuda_run(dev, &plan, &params, opts)
                 })
                 .map_err(|e| SessionError::Device(e.to_string()))?,
         )),
@@ -477,6 +477,9 @@ pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
     let mut resumed_from = None;
     if let Some(dir) = &resume_dir {
         losses = state::load(&mut trainer, dir, &spec_hash)?;
+        trainer
+            .sync_device()
+            .map_err(|e| SessionError::Step(StepError::Exec(e)))?;
         resumed_from = Some(trainer.step);
     }
     startup.lap("resume", &mut since);
@@ -685,6 +688,7 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
         }
         let tr = &mut session.trainer;
         if due || stop.load(Ordering::SeqCst) {
+            tr.sync_host().map_err(|e| SessionError::Step(StepError::Exec(e)))?;
             last_ckpt = Some(state::save(tr, &ckpt_root, &session.spec_hash, &session.losses)?);
             state::write_adapter(tr, &session.init, &out.join("adapter.safetensors"), &session.spec_text)?;
             write_plot(session, &out)?;
@@ -712,6 +716,7 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
         &serde_json::json!({ "step": total, "loss": final_eval.loss, "final": true }),
     )?;
     observer.finish(tr, final_eval.loss, &logits);
+    tr.sync_host().map_err(|e| SessionError::Step(StepError::Exec(e)))?;
     let ckpt = state::save(tr, &ckpt_root, &session.spec_hash, &session.losses)?;
     state::write_adapter(tr, &session.init, &out.join("adapter.safetensors"), &session.spec_text)?;
     write_plot(session, &out)?;

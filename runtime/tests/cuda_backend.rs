@@ -361,7 +361,7 @@ fn golden_case_forward_backward_matches_the_cpu() {
         let be = cuda.backend_mut();
         let (mut m, mut v) = (be.alloc(len).unwrap(), be.alloc(len).unwrap());
         let gview = CudaBackend::view(&dg[p], 0, len).unwrap();
-        norm_sq += be.sum_sq(gview).unwrap();
+        norm_sq += be.sum_sq(&[gview]).unwrap();
         be.zero_cols(CudaBackend::view_mut(&mut dg[p], len).unwrap(), cols, frozen)
             .unwrap();
         let scalars = lamda_runtime::ops::adamw::fused_scalars(&cfg, 1, frozen);

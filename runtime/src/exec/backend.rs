@@ -325,8 +325,9 @@ pub trait Backend: 'static {
 
     // ------------------------------------------------------------- optimizer
 
-    /// `sum of x^2`, accumulated in f64.
-    fn sum_sq(&mut self, x: Self::View<'_>) -> Result<f64, ExecError>;
+    /// `sum of x^2` over all of `xs`, accumulated in f64: one value for the
+    /// host per call (the step's gradient norm), however many tensors.
+    fn sum_sq(&mut self, xs: &[Self::View<'_>]) -> Result<f64, ExecError>;
     /// `x *= s`.
     fn scale_inplace(&mut self, x: Self::ViewMut<'_>, s: f32) -> Result<(), ExecError>;
     /// Zeroes the leading `frozen` columns of `x (len / cols, cols)`.

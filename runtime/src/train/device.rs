@@ -80,9 +80,8 @@ impl<B: Backend<Buf = Vec<f32>>> TrainState<B> for HostState<'_> {
     }
 }
 
-/// State kept on a device for the whole run, with the executor that runs there.
-pub struct Resident<B: Backend> {
-    pub exec: Executor<B>,
+/// Parameters, gradients and AdamW moments kept on a device for the whole run.
+pub struct DeviceState<B: Backend> {
     /// Every parameter, Plan order: (numel), f32 (bf16 where a frozen weight is stored narrow).
     pub params: Vec<B::Buf>,
     /// Gradients of the parameters that train in some phase (empty buffers for the others): (numel).
@@ -94,7 +93,57 @@ pub struct Resident<B: Backend> {
     pub steps: Vec<u64>,
 }
 
-impl<B: Backend> TrainState<B> for Resident<B> {
+impl<B: Backend> DeviceState<B> {
+    /// The state for `params` (already on the device): zeroed gradients and
+    /// moments for the parameters in `trainable`, nothing for the others.
+    pub fn new(be: &mut B, params: Vec<B::Buf>, trainable: &[usize]) -> Result<Self, ExecError> {
+        let n = params.len();
+        let mut zeros = |p: usize| -> Result<B::Buf, ExecError> {
+            if trainable.contains(&p) {
+                be.alloc(B::buf_len(&params[p]))
+            } else {
+                Ok(B::Buf::default())
+            }
+        };
+        let grads = (0..n).map(&mut zeros).collect::<Result<Vec<_>, _>>()?;
+        let m = (0..n).map(&mut zeros).collect::<Result<Vec<_>, _>>()?;
+        let v = (0..n).map(&mut zeros).collect::<Result<Vec<_>, _>>()?;
+        Ok(DeviceState {
+            params,
+            grads,
+            m,
+            v,
+            steps: vec![0; n],
+        })
+    }
+
+    /// Copies parameter `p` and its AdamW state to the host (`adam` is left
+    /// alone for a parameter that never trains).
+    pub fn download(&self, be: &mut B, p: usize, param: &mut Vec<f32>, adam: &mut AdamState) -> Result<(), ExecError> {
+        let len = B::buf_len(&self.params[p]);
+        be.download(B::view(&self.params[p], 0, len)?, param)?;
+        if B::buf_len(&self.m[p]) == len && len > 0 {
+            be.download(B::view(&self.m[p], 0, len)?, &mut adam.exp_avg)?;
+            be.download(B::view(&self.v[p], 0, len)?, &mut adam.exp_avg_sq)?;
+            adam.step = self.steps[p];
+        }
+        Ok(())
+    }
+
+    /// Copies parameter `p` and its AdamW state from the host (after a resume).
+    pub fn upload(&mut self, be: &mut B, p: usize, param: &[f32], adam: &AdamState) -> Result<(), ExecError> {
+        let len = B::buf_len(&self.params[p]);
+        be.upload(param, B::view_mut(&mut self.params[p], len)?)?;
+        if B::buf_len(&self.m[p]) == len && len > 0 {
+            be.upload(&adam.exp_avg, B::view_mut(&mut self.m[p], len)?)?;
+            be.upload(&adam.exp_avg_sq, B::view_mut(&mut self.v[p], len)?)?;
+            self.steps[p] = adam.step;
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> TrainState<B> for DeviceState<B> {
     fn buffers(&mut self) -> (&[B::Buf], &mut [B::Buf]) {
         (&self.params, &mut self.grads)
     }
@@ -110,6 +159,12 @@ impl<B: Backend> TrainState<B> for Resident<B> {
             step: &mut self.steps[p],
         }
     }
+}
+
+/// A run whose state stays on a device: the executor that runs there and the state.
+pub struct Resident<B: Backend> {
+    pub exec: Executor<B>,
+    pub state: DeviceState<B>,
 }
 
 /// One micro-batch: token ids and labels (batch * seq each), and its share of the step's counted targets.
@@ -162,16 +217,21 @@ pub fn optimize<B: Backend, S: TrainState<B>>(
     reference: bool,
 ) -> Result<f64, StepError> {
     let cols = |p: usize| plan.params[p].shape.get(1).copied().unwrap_or(1);
-    let mut norm2 = 0.0f64;
     for (&p, &f) in trainable.iter().zip(frozen) {
         let g = state.grad(p);
         let len = B::buf_len(g);
         if f > 0 {
             be.zero_cols(B::view_mut(g, len)?, cols(p), f)?;
         }
-        norm2 += be.sum_sq(B::view(g, 0, len)?)?;
     }
-    let norm = norm2.sqrt();
+    let norm = {
+        let (_, grads) = state.buffers();
+        let mut views: smallvec::SmallVec<[B::View<'_>; 64]> = smallvec::SmallVec::new();
+        for &p in trainable {
+            views.push(B::view(&grads[p], 0, B::buf_len(&grads[p]))?);
+        }
+        be.sum_sq(&views)?.sqrt()
+    };
     if let Some(clip) = plan.train.clip
         && norm > clip
     {

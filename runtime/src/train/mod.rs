@@ -90,6 +90,8 @@ pub struct Trainer {
     pub step: u64,
     pub data: Batcher,
     backend: Backend,
+    /// On a GPU: the device has trained past `params` and `adam` (see [`Trainer::sync_host`]).
+    host_stale: bool,
 }
 
 /// Where programs run.
@@ -98,139 +100,65 @@ pub enum Backend {
     Cuda(Box<CudaRun>),
 }
 
-/// `Executor<CudaBackend>` behind the CPU trainer's host-parameter contract
-/// (what `CudaExecutor::run` did): every parameter uploaded once (frozen
-/// matrices in bf16 in bf16 mode), those that train re-uploaded before each
-/// run, device gradients zeroed, accumulated by the program, then added into
-/// the host gradients.
-pub struct CudaRun {
-    exec: Executor<crate::backend::cuda::CudaBackend>,
-    /// Every parameter of the Plan on the device, Plan order: (numel), f32 or bf16.
-    params: Vec<crate::backend::cuda::CudaBuf>,
-    /// Device gradients by parameter: (numel) for those that train in some phase, empty otherwise.
-    grads: Vec<crate::backend::cuda::CudaBuf>,
-    /// Parameters that train in some phase.
-    trainable: Vec<usize>,
-}
+/// A CUDA run: parameters, gradients and AdamW moments on the device for
+/// the whole run (frozen matrices in bf16 in bf16 mode).
+pub type CudaRun = device::Resident<crate::backend::cuda::CudaBackend>;
 
-impl CudaRun {
-    /// Compiles the Plan's module on `dev` and uploads `params` (Plan order).
-    pub fn new(
-        dev: crate::backend::cuda::CudaDevice,
-        plan: &Plan,
-        params: &[Vec<f32>],
-        opts: crate::backend::cuda::CudaOptions,
-    ) -> Result<CudaRun, crate::backend::cuda::CudaError> {
-        use crate::backend::cuda::{CudaBackend, CudaError, plan_bf16_storage};
-        if params.len() != plan.params.len() {
-            return Err(CudaError::Program(format!(
-                "{} parameter buffers for a plan of {}",
-                params.len(),
-                plan.params.len()
-            )));
-        }
-        let programs: Vec<_> = plan.phases.iter().map(|p| &p.program).chain([&plan.eval]).collect();
-        let mut be = CudaBackend::new(dev, &programs, opts)?;
-        let narrow = plan_bf16_storage(plan, opts.precision);
-        let trainable: Vec<usize> = plan
-            .phases
-            .iter()
-            .flat_map(|p| p.trainable.iter().copied())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut dev_params = Vec::with_capacity(params.len());
-        let mut grads = Vec::with_capacity(params.len());
-        for (p, host) in params.iter().enumerate() {
-            dev_params.push(be.param_buffer(host, narrow[p])?);
-            grads.push(if trainable.contains(&p) {
-                be.alloc(host.len()).map_err(|e| CudaError::Program(e.to_string()))?
-            } else {
-                Default::default()
-            });
-        }
-        Ok(CudaRun {
-            exec: Executor::on(be),
-            params: dev_params,
-            grads,
-            trainable,
-        })
+/// Opens a CUDA run for `plan` on `dev`: compiles the Plan's module, uploads
+/// `params` (Plan order) once, allocates gradients and moments on the device.
+pub fn cuda_run(
+    dev: crate::backend::cuda::CudaDevice,
+    plan: &Plan,
+    params: &[Vec<f32>],
+    opts: crate::backend::cuda::CudaOptions,
+) -> Result<CudaRun, crate::backend::cuda::CudaError> {
+    use crate::backend::cuda::{CudaBackend, CudaError, plan_bf16_storage};
+    if params.len() != plan.params.len() {
+        return Err(CudaError::Program(format!(
+            "{} parameter buffers for a plan of {}",
+            params.len(),
+            plan.params.len()
+        )));
     }
-
-    /// The backend (device, precision).
-    pub fn backend(&self) -> &crate::backend::cuda::CudaBackend {
-        self.exec.backend()
-    }
-
-    /// Device bytes of the parameters as stored.
-    pub fn param_bytes(&self) -> u64 {
-        self.params.iter().map(|b| b.bytes() as u64).sum()
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &mut self,
-        program: &lamda_compiler::passes::memory_plan::Program,
-        params: &[Vec<f32>],
-        grads: &mut [Vec<f32>],
-        tokens: &[i64],
-        labels: &[i64],
-        grad_scale: f32,
-        want_logits: bool,
-    ) -> Result<RunOutput, ExecError> {
-        use crate::backend::cuda::CudaBackend;
-        let be = self.exec.backend_mut();
-        for &p in &self.trainable {
-            let host = params
-                .get(p)
-                .ok_or_else(|| ExecError::Internal(format!("no parameter {p}")))?;
-            be.upload(host, CudaBackend::view_mut(&mut self.params[p], host.len())?)?;
-            let len = CudaBackend::buf_len(&self.grads[p]);
-            be.zero(CudaBackend::view_mut(&mut self.grads[p], len)?)?;
-        }
-        let out = self.exec.run(
-            program,
-            &self.params,
-            &mut self.grads,
-            tokens,
-            labels,
-            grad_scale,
-            want_logits,
-        )?;
-        for &p in &self.trainable {
-            let g = self.exec.backend().download_buf(&self.grads[p])?;
-            let dst = grads
-                .get_mut(p)
-                .ok_or_else(|| ExecError::Internal(format!("no gradient buffer for parameter {p}")))?;
-            if dst.len() != g.len() {
-                return Err(ExecError::Internal(format!(
-                    "gradient of parameter {p}: {} entries into {}",
-                    g.len(),
-                    dst.len()
-                )));
-            }
-            dst.iter_mut().zip(&g).for_each(|(d, s)| *d += s);
-        }
-        Ok(out)
-    }
+    let programs: Vec<_> = plan.phases.iter().map(|p| &p.program).chain([&plan.eval]).collect();
+    let mut be = CudaBackend::new(dev, &programs, opts)?;
+    let narrow = plan_bf16_storage(plan, opts.precision);
+    let trainable: Vec<usize> = plan
+        .phases
+        .iter()
+        .flat_map(|p| p.trainable.iter().copied())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let dev_params = params
+        .iter()
+        .enumerate()
+        .map(|(p, host)| be.param_buffer(host, narrow[p]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let state =
+        device::DeviceState::new(&mut be, dev_params, &trainable).map_err(|e| CudaError::Program(e.to_string()))?;
+    Ok(device::Resident {
+        exec: Executor::on(be),
+        state,
+    })
 }
 
 impl Backend {
-    /// Runs one program (see [`Executor::run`]).
-    #[allow(clippy::too_many_arguments)]
-    fn run(
+    /// Runs a forward-only program with the current parameters (the host's
+    /// on the CPU, the device's on a GPU).
+    fn evaluate(
         &mut self,
         program: &lamda_compiler::passes::memory_plan::Program,
-        params: &[Vec<f32>],
-        grads: &mut [Vec<f32>],
+        host_params: &[Vec<f32>],
         tokens: &[i64],
         labels: &[i64],
-        grad_scale: f32,
         want_logits: bool,
     ) -> Result<RunOutput, ExecError> {
         match self {
-            Backend::Cpu(e) => e.run(program, params, grads, tokens, labels, grad_scale, want_logits),
-            Backend::Cuda(e) => e.run(program, params, grads, tokens, labels, grad_scale, want_logits),
+            Backend::Cpu(e) => e.run(program, host_params, &mut [], tokens, labels, 1.0, want_logits),
+            Backend::Cuda(r) => r
+                .exec
+                .run(program, &r.state.params, &mut [], tokens, labels, 1.0, want_logits),
         }
     }
 
@@ -241,10 +169,15 @@ impl Backend {
             Backend::Cpu(_) => None,
             Backend::Cuda(e) => Some(format!(
                 "device: cuda {} ({}), {} storage, parameters {:.1} MiB on the device",
-                e.backend().device().name(),
-                e.backend().arch(),
-                e.backend().precision().name(),
-                e.param_bytes() as f64 / (1u64 << 20) as f64
+                e.exec.backend().device().name(),
+                e.exec.backend().arch(),
+                e.exec.backend().precision().name(),
+                e.state
+                    .params
+                    .iter()
+                    .map(|b| b.len() * if b.is_bf16() { 2 } else { 4 })
+                    .sum::<usize>() as f64
+                    / (1u64 << 20) as f64
             )),
         }
     }
@@ -289,6 +222,7 @@ impl Trainer {
             step: 0,
             data,
             backend: Backend::Cpu(Box::default()),
+            host_stale: false,
         }
     }
 
@@ -428,34 +362,21 @@ impl Trainer {
                 )?;
                 (loss, norm)
             }
-            Backend::Cuda(e) => {
-                for &p in trainable {
-                    self.grads[p].fill(0.0);
-                }
-                let mut loss_sum = 0.0f64;
-                for m in &micro {
-                    let out = e.run(
-                        program,
-                        &self.params,
-                        &mut self.grads,
-                        m.tokens,
-                        m.labels,
-                        m.share,
-                        false,
-                    )?;
-                    loss_sum += f64::from(out.loss) * m.count as f64;
-                }
-                let loss = (loss_sum / total as f64) as f32;
+            Backend::Cuda(r) => {
+                let loss = device::accumulate(&mut r.exec, &mut r.state, program, trainable, &micro)?;
                 if !loss.is_finite() {
                     return Err(StepError::NonFinite { step: t, loss });
                 }
-                let mut state = device::HostState {
-                    params: &mut self.params,
-                    grads: &mut self.grads,
-                    adam: &mut self.adam,
-                };
-                let mut cpu = crate::exec::CpuBackend::default();
-                let norm = device::optimize(&mut cpu, &mut state, &self.plan, trainable, &frozen, &cfg, true)?;
+                let norm = device::optimize(
+                    r.exec.backend_mut(),
+                    &mut r.state,
+                    &self.plan,
+                    trainable,
+                    &frozen,
+                    &cfg,
+                    false,
+                )?;
+                self.host_stale = true;
                 (loss, norm)
             }
         };
@@ -523,6 +444,42 @@ impl Trainer {
         let labels: Vec<i64> = batch.labels.iter().copied().collect();
         Ok(self
             .backend
-            .run(&self.plan.eval, &self.params, &mut [], &ids, &labels, 1.0, logits)?)
+            .evaluate(&self.plan.eval, &self.params, &ids, &labels, logits)?)
+    }
+
+    /// Brings `params` and `adam` up to date with the device after GPU steps
+    /// (parameters that train, and their AdamW state; frozen ones never
+    /// change). A no-op on the CPU, where they are the state itself. Call it
+    /// before anything reads them: a checkpoint, an export, a merge.
+    pub fn sync_host(&mut self) -> Result<(), ExecError> {
+        let Backend::Cuda(r) = &mut self.backend else {
+            return Ok(());
+        };
+        if !self.host_stale {
+            return Ok(());
+        }
+        for p in 0..self.params.len() {
+            if !self.grads[p].is_empty() {
+                r.state
+                    .download(r.exec.backend_mut(), p, &mut self.params[p], &mut self.adam[p])?;
+            }
+        }
+        self.host_stale = false;
+        Ok(())
+    }
+
+    /// Copies `params` and `adam` to the device (after a resume wrote them on the host).
+    pub fn sync_device(&mut self) -> Result<(), ExecError> {
+        let Backend::Cuda(r) = &mut self.backend else {
+            return Ok(());
+        };
+        for p in 0..self.params.len() {
+            if !self.grads[p].is_empty() {
+                r.state
+                    .upload(r.exec.backend_mut(), p, &self.params[p], &self.adam[p])?;
+            }
+        }
+        self.host_stale = false;
+        Ok(())
     }
 }

@@ -426,8 +426,12 @@ impl Backend for CpuBackend {
         Ok(x.iter().map(|&v| f64::from(v)).sum())
     }
 
-    fn sum_sq(&mut self, x: &[f32]) -> Result<f64, ExecError> {
-        Ok(x.iter().map(|&g| f64::from(g) * f64::from(g)).sum())
+    fn sum_sq(&mut self, xs: &[&[f32]]) -> Result<f64, ExecError> {
+        // per tensor, then over tensors: the order the trainer always summed in
+        Ok(xs
+            .iter()
+            .map(|x| x.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
+            .sum())
     }
 
     fn scale_inplace(&mut self, x: &mut [f32], s: f32) -> Result<(), ExecError> {

@@ -1609,8 +1609,14 @@ impl Backend for CudaBackend {
         Ok(self.sum_at(p[0], x.len)?)
     }
 
-    fn sum_sq(&mut self, x: CudaView<'_>) -> Result<f64, ExecError> {
-        Ok(self.sum_sq_impl(x)?)
+    fn sum_sq(&mut self, xs: &[CudaView<'_>]) -> Result<f64, ExecError> {
+        // One partial-sum read per tensor for now (a single read for all of
+        // them needs the partials of every tensor in one buffer).
+        let mut total = 0.0;
+        for &x in xs {
+            total += self.sum_sq_impl(x)?;
+        }
+        Ok(total)
     }
 
     fn scale_inplace(&mut self, x: CudaViewMut<'_>, s: f32) -> Result<(), ExecError> {
