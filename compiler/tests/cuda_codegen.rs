@@ -3,14 +3,15 @@
 //! and effect together. (NVRTC compiles these in runtime/tests/cuda_nvrtc.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use lamda_compiler::codegen::cuda::{c_ident, cuda_source, module_source, support, support_source};
+use lamda_compiler::codegen::cuda::{cuda_source, module_source, support, support_source};
+use lamda_compiler::kernel::symbol;
 use lamda_compiler::kernel::lib;
 
 #[test]
 fn every_example_kernel_ir_then_cuda() {
     for k in lib::examples() {
         let src = cuda_source(&k).unwrap_or_else(|e| panic!("{}: {e}", k.name));
-        insta::assert_snapshot!(c_ident(&k.name), format!("{k}\n{src}"));
+        insta::assert_snapshot!(symbol(&k.name), format!("{k}\n{src}"));
     }
 }
 

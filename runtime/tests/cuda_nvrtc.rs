@@ -5,7 +5,7 @@
 //! on `LD_LIBRARY_PATH`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use lamda_compiler::codegen::cuda::{c_ident, cuda_source, module_source, prelude, support, support_source};
+use lamda_compiler::codegen::cuda::{cuda_source, module_source, prelude, support, support_source};
 use lamda_compiler::kernel::lib;
 use lamda_runtime::backend::cuda::{compile_ptx, nvrtc_available};
 
@@ -31,7 +31,7 @@ fn the_whole_module_compiles_for_every_arch() {
     for arch in ARCHS {
         let ptx = compile_ptx(&src, arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         for k in &kernels {
-            let entry = format!(".entry {}(", c_ident(&k.name));
+            let entry = format!(".entry {}(", lamda_compiler::kernel::symbol(&k.name));
             assert!(ptx.contains(&entry), "{arch}: no {entry} in the PTX");
         }
         for name in support::ALL {

@@ -20,7 +20,7 @@
 //! Arguments are pointers in kernel-IR order (`const float* __restrict__` for
 //! read arguments, `float*` for written ones, `const long long*` for
 //! per-row i64, `float` by value for scalars), then `int rows`; the C name of
-//! a kernel is [`c_ident`] of its IR name. A gather (`Col::Var`) converts the
+//! a kernel is [`symbol`](crate::kernel::symbol) of its IR name. A gather (`Col::Var`) converts the
 //! way the interpreter does (`max(v, 0)` truncated, NaN to 0) and reads NaN
 //! past the end of the row instead of out of bounds. A store statement that
 //! reads the argument it writes across columns would need all reads before any
@@ -45,14 +45,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::kernel::{Access, ArgTy, BinOp, Col, Cond, Expr, Kernel, Reduce, Stmt, UnOp, verify_kernel};
+use crate::kernel::{Access, ArgTy, BinOp, Col, Cond, Expr, Kernel, KernelError, Reduce, Stmt, UnOp, symbol};
 
 /// Why a kernel has no CUDA C.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodegenError {
-    /// The kernel does not verify (see [`crate::kernel::verify_kernel`]).
+    /// The kernel is not legal (see [`crate::kernel::verify`]).
     #[error("{0}")]
-    Invalid(String),
+    Invalid(#[from] KernelError),
     /// Well formed, but outside what this emitter handles.
     #[error("kernel {kernel}: {msg}")]
     Unsupported { kernel: String, msg: String },
@@ -74,26 +74,6 @@ pub fn block_threads(k: &Kernel) -> u32 {
         .max()
         .unwrap_or(1);
     (widest.div_ceil(32) * 32).clamp(32, 256) as u32
-}
-
-/// The C identifier of a kernel name: letters, digits and `_` are kept, `-`
-/// becomes `m`, `.` becomes `p`, `+` becomes `P`, anything else `_`.
-/// `rmsnorm_d17_eps1e-5` -> `rmsnorm_d17_eps1em5`.
-pub fn c_ident(name: &str) -> String {
-    let mut s: String = name
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' => c,
-            '-' => 'm',
-            '.' => 'p',
-            '+' => 'P',
-            _ => '_',
-        })
-        .collect();
-    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
-        s.insert(0, '_');
-    }
-    s
 }
 
 /// An f32 constant as a C literal that parses to the same f32 the
@@ -226,7 +206,13 @@ impl Emitter<'_> {
             .k
             .args
             .get(arg)
-            .ok_or_else(|| CodegenError::Invalid(format!("no argument {arg}")))?;
+            .ok_or_else(|| {
+                CodegenError::Invalid(KernelError {
+                    kernel: self.k.name.clone(),
+                    stmt: None,
+                    msg: format!("no argument {arg}"),
+                })
+            })?;
         let p = format!("a{arg}");
         // (base offset of the row the argument is read in, columns of that row)
         let (base, cols) = match a.ty {
@@ -358,13 +344,13 @@ fn arg_decl(k: &Kernel, idx: usize) -> String {
     format!("{ty} a{idx} /* {} {shape} */", a.name)
 }
 
-/// The CUDA C of one fused kernel: `extern "C" __global__ void <c_ident(name)>(args..., int rows)`,
+/// The CUDA C of one fused kernel: `extern "C" __global__ void <symbol(name)>(args..., int rows)`,
 /// launched with a grid of up to `rows` blocks of [`block_threads`] threads. It
 /// uses the helpers of [`prelude`]. Stable text: the same kernel always gives
 /// the same source.
 pub fn cuda_source(k: &Kernel) -> Result<String, CodegenError> {
-    verify_kernel(k).map_err(CodegenError::Invalid)?;
-    let name = c_ident(&k.name);
+    crate::kernel::verify(k)?;
+    let name = symbol(&k.name);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -394,18 +380,6 @@ pub fn cuda_source(k: &Kernel) -> Result<String, CodegenError> {
     let mut pending: Vec<Touch> = Vec::new();
     for (si, s) in k.body.iter().enumerate() {
         let t = touches(k, s);
-        // A store reading its own output across columns needs every read before any write.
-        if let Stmt::Store { arg, .. } = s
-            && t.iter().any(|x| x.arg == *arg && !x.write && !x.private)
-        {
-            return Err(CodegenError::Unsupported {
-                kernel: k.name.clone(),
-                msg: format!(
-                    "statement {si} reads `{}` across columns while storing into it",
-                    k.args[*arg].name
-                ),
-            });
-        }
         if pending.iter().any(|p| t.iter().any(|x| conflicts(p, x))) {
             let _ = writeln!(out, "    __syncthreads();");
             pending.clear();
@@ -1037,12 +1011,12 @@ pub fn module_source(kernels: &[Kernel]) -> Result<String, CodegenError> {
                 return Err(CodegenError::NameClash {
                     a: k.name.clone(),
                     b: prev.name.clone(),
-                    ident: c_ident(&k.name),
+                    ident: symbol(&k.name),
                 });
             }
             continue;
         }
-        let ident = c_ident(&k.name);
+        let ident = symbol(&k.name);
         if let Some(other) = idents.get(&ident) {
             return Err(CodegenError::NameClash {
                 a: k.name.clone(),
@@ -1065,10 +1039,10 @@ mod tests {
 
     #[test]
     fn identifiers_are_c_names() {
-        assert_eq!(c_ident("rmsnorm_d17_eps1e-5"), "rmsnorm_d17_eps1em5");
-        assert_eq!(c_ident("lamda_epilogue_o9_r3_a5e-1"), "lamda_epilogue_o9_r3_a5em1");
-        assert_eq!(c_ident("9x"), "_9x");
-        assert_eq!(c_ident("a.b"), "apb");
+        assert_eq!(symbol("rmsnorm_d17_eps1e-5"), "rmsnorm_d17_eps1em5");
+        assert_eq!(symbol("lamda_epilogue_o9_r3_a5e-1"), "lamda_epilogue_o9_r3_a5em1");
+        assert_eq!(symbol("9x"), "_9x");
+        assert_eq!(symbol("a.b"), "apb");
     }
 
     #[test]
@@ -1088,7 +1062,7 @@ mod tests {
     fn every_library_kernel_has_source_and_barriers_where_needed() {
         for k in lib::examples() {
             let src = cuda_source(&k).unwrap_or_else(|e| panic!("{e}"));
-            assert!(src.contains(&format!("void {}(", c_ident(&k.name))), "{src}");
+            assert!(src.contains(&format!("void {}(", symbol(&k.name))), "{src}");
         }
         // u is written then read across columns by the second row dot: one barrier.
         let src = cuda_source(&lib::lamda_epilogue(9, 3, 0.5)).unwrap_or_default();

@@ -25,7 +25,9 @@
 //!
 //! Scalars are launch parameters the runtime supplies by name (`lr`,
 //! `grad_scale`, ...). Nothing here allocates: every output is an argument.
-//! [`verify_kernel`] checks that a kernel is well formed; `lib` holds the
+//! [`verify`] is the one legality check of a kernel (the IR verifier and both
+//! code generators call it) and [`symbol`] the one name mangler for its
+//! symbol in generated code; `lib` holds the
 //! kernels lamdac fuses (RMSNorm, RoPE, SwiGLU, residual adds, the adapter
 //! epilogue, cross-entropy with its softmax, AdamW with the freeze mask, and
 //! their backward where they have one).
@@ -328,23 +330,62 @@ impl std::ops::Neg for Expr {
 
 // ------------------------------------------------------------------ verification
 
-/// Checks that a kernel is well formed: arguments exist and have the right
-/// type for each use, variables are defined before use, column-dependent
-/// expressions appear only inside column loops, stores write writable rows.
-pub fn verify_kernel(k: &Kernel) -> Result<(), String> {
+/// Why a kernel is not legal: the kernel's name, the statement (none for an
+/// argument), what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("kernel {kernel}: {}{msg}", match stmt { Some(s) => format!("statement {s}: "), None => String::new() })]
+pub struct KernelError {
+    pub kernel: String,
+    pub stmt: Option<usize>,
+    pub msg: String,
+}
+
+/// The one legality check of a kernel, which the IR verifier and both code
+/// generators (Cranelift, CUDA C) call. A legal kernel is well formed and
+/// safe to lower without run-time bounds checks on column reads:
+/// - arguments exist and have the right type for each use; stores write
+///   writable `Rows` arguments of their loop's width, row stores writable
+///   per-row ones; `col_below` reads a scalar; `row_dot` reads a `Rows`
+///   argument of its length and a shared `Vector` matrix;
+/// - variables are defined before use; column-dependent expressions appear
+///   only inside column loops; reductions are not empty;
+/// - an i64 argument is read-only; no `head_dim` is 0 (a RoPE frequency
+///   index needs at least 2) and no period is 0 (the interpreter divides by
+///   them);
+/// - no column read goes past its argument's columns (a `Vector`'s length),
+///   and a `row_dot` reads at most the values its shared matrix has;
+/// - a store does not read its destination at another column (code
+///   generators store as they go, so that read would race the writes);
+/// - a column loop has at most `i32::MAX` columns.
+pub fn verify(k: &Kernel) -> Result<(), KernelError> {
+    let fail = |stmt: Option<usize>, msg: String| {
+        Err(KernelError {
+            kernel: k.name.clone(),
+            stmt,
+            msg,
+        })
+    };
+    for (a, arg) in k.args.iter().enumerate() {
+        if arg.ty == ArgTy::PerRowI64 && arg.access != Access::Read {
+            return fail(None, format!("a{a} `{}`: an i64 argument must be read-only", arg.name));
+        }
+        if let ArgTy::Periodic { period: 0, .. } = arg.ty {
+            return fail(None, format!("a{a} `{}` has period 0", arg.name));
+        }
+    }
     let mut defined = vec![false; k.vars()];
-    let fail = |msg: String| Err(format!("kernel {}: {msg}", k.name));
     for (si, s) in k.body.iter().enumerate() {
+        let at = |m: String| fail(Some(si), m);
         match s {
             Stmt::Let { var, value } => {
-                check_expr(k, value, &defined, false).or_else(|m| fail(format!("statement {si}: {m}")))?;
+                check_expr(k, value, &defined, None).or_else(at)?;
                 defined[*var as usize] = true;
             }
             Stmt::Reduce { var, cols, value, .. } => {
                 if *cols == 0 {
-                    return fail(format!("statement {si}: an empty reduction"));
+                    return at("an empty reduction".into());
                 }
-                check_expr(k, value, &defined, true).or_else(|m| fail(format!("statement {si}: {m}")))?;
+                check_expr(k, value, &defined, Some(*cols)).or_else(at)?;
                 defined[*var as usize] = true;
             }
             Stmt::Store { arg, cols, value, .. } => {
@@ -354,9 +395,14 @@ pub fn verify_kernel(k: &Kernel) -> Result<(), String> {
                         access: Access::Write | Access::ReadWrite,
                         ..
                     }) if c == cols => {}
-                    other => return fail(format!("statement {si}: store of {cols} columns into {other:?}")),
+                    other => return at(format!("store of {cols} columns into {other:?}")),
                 }
-                check_expr(k, value, &defined, true).or_else(|m| fail(format!("statement {si}: {m}")))?;
+                check_expr(k, value, &defined, Some(*cols)).or_else(at)?;
+                if reads_other_column(value, *arg) {
+                    return at(format!(
+                        "the store into a{arg} reads a{arg} at another column; split it into two statements"
+                    ));
+                }
             }
             Stmt::StoreRow { arg, value } => {
                 match k.args.get(*arg) {
@@ -365,16 +411,59 @@ pub fn verify_kernel(k: &Kernel) -> Result<(), String> {
                         access: Access::Write | Access::ReadWrite,
                         ..
                     }) => {}
-                    other => return fail(format!("statement {si}: row store into {other:?}")),
+                    other => return at(format!("row store into {other:?}")),
                 }
-                check_expr(k, value, &defined, false).or_else(|m| fail(format!("statement {si}: {m}")))?;
+                check_expr(k, value, &defined, None).or_else(at)?;
             }
+        }
+        if let Stmt::Reduce { cols, .. } | Stmt::Store { cols, .. } = s
+            && i32::try_from(*cols).is_err()
+        {
+            return at(format!("{cols} columns is too many"));
         }
     }
     Ok(())
 }
 
-fn check_expr(k: &Kernel, e: &Expr, defined: &[bool], in_loop: bool) -> Result<(), String> {
+impl ArgTy {
+    /// The columns a load reads by column: `Rows` and `Periodic` their
+    /// columns, `Vector` its length; none for per-row and scalar arguments.
+    pub fn columns(self) -> Option<usize> {
+        match self {
+            ArgTy::Rows { cols } | ArgTy::Periodic { cols, .. } => Some(cols),
+            ArgTy::Vector { len } => Some(len),
+            ArgTy::PerRow | ArgTy::PerRowI64 | ArgTy::Scalar => None,
+        }
+    }
+}
+
+/// The largest column `col` reads for `j < loop_cols`, if any.
+fn max_column(col: Col, loop_cols: usize) -> Option<usize> {
+    let last = loop_cols.checked_sub(1)?;
+    match col {
+        Col::J => Some(last),
+        Col::HalfIndex { head_dim } => Some(last.min((head_dim / 2).saturating_sub(1))),
+        Col::RopePartner { head_dim } if head_dim > 0 => (0..loop_cols)
+            .map(|j| (j / head_dim) * head_dim + (j % head_dim + head_dim / 2) % head_dim)
+            .max(),
+        Col::RopePartner { .. } | Col::Var(_) => None,
+    }
+}
+
+/// Whether `e` reads argument `arg` anywhere but at the loop column.
+fn reads_other_column(e: &Expr, arg: usize) -> bool {
+    match e {
+        Expr::Const(_) | Expr::Var(_) => false,
+        Expr::Load { arg: a, col } => *a == arg && *col != Col::J,
+        Expr::RowDot { a, b, .. } => *a == arg || *b == arg,
+        Expr::Unary(_, x) => reads_other_column(x, arg),
+        Expr::Binary(_, x, y) | Expr::Select(_, x, y) => reads_other_column(x, arg) || reads_other_column(y, arg),
+    }
+}
+
+/// Checks an expression; `loop_cols` is the width of the enclosing column loop.
+fn check_expr(k: &Kernel, e: &Expr, defined: &[bool], loop_cols: Option<usize>) -> Result<(), String> {
+    let in_loop = loop_cols.is_some();
     let var_ok = |v: &Var| {
         if defined.get(*v as usize).copied().unwrap_or(false) {
             Ok(())
@@ -387,19 +476,34 @@ fn check_expr(k: &Kernel, e: &Expr, defined: &[bool], in_loop: bool) -> Result<(
         Expr::Var(v) => var_ok(v),
         Expr::Load { arg, col } => {
             let a = k.args.get(*arg).ok_or_else(|| format!("no argument {arg}"))?;
-            let needs_col = matches!(a.ty, ArgTy::Rows { .. } | ArgTy::Vector { .. } | ArgTy::Periodic { .. });
+            match *col {
+                Col::RopePartner { head_dim: 0 } => return Err("a RoPE partner with head_dim 0".into()),
+                Col::HalfIndex { head_dim } if head_dim < 2 => {
+                    return Err(format!("a RoPE frequency index with head_dim {head_dim}"));
+                }
+                _ => {}
+            }
+            let needs_col = a.ty.columns().is_some();
             match col {
                 Col::J | Col::RopePartner { .. } | Col::HalfIndex { .. } if needs_col && !in_loop => {
-                    Err(format!("`{}` is read by column outside a column loop", a.name))
+                    return Err(format!("`{}` is read by column outside a column loop", a.name));
                 }
-                Col::Var(v) => var_ok(v),
-                _ => Ok(()),
+                Col::Var(v) => var_ok(v)?,
+                _ => {}
             }
+            if let (Some(cols), Some(n)) = (a.ty.columns(), loop_cols)
+                && let Some(max) = max_column(*col, n)
+                && max >= cols
+            {
+                return Err(format!(
+                    "a{arg} `{}` is read at column {max} but has {cols} columns",
+                    a.name
+                ));
+            }
+            Ok(())
         }
         Expr::RowDot { a, b, len, .. } => {
-            if !in_loop {
-                return Err("row_dot outside a column loop".into());
-            }
+            let n = loop_cols.ok_or("row_dot outside a column loop")?;
             match k.args.get(*a) {
                 Some(Arg {
                     ty: ArgTy::Rows { cols },
@@ -408,18 +512,22 @@ fn check_expr(k: &Kernel, e: &Expr, defined: &[bool], in_loop: bool) -> Result<(
                 other => return Err(format!("row_dot over {len} of {other:?}")),
             }
             // b is a matrix shared by all rows: (cols of the loop, len), or (len, cols) with bt.
-            match k.args.get(*b) {
+            let have = match k.args.get(*b) {
                 Some(Arg {
-                    ty: ArgTy::Vector { .. },
+                    ty: ArgTy::Vector { len },
                     ..
-                }) => Ok(()),
-                other => Err(format!("row_dot needs a shared matrix as b, found {other:?}")),
+                }) => *len,
+                other => return Err(format!("row_dot needs a shared matrix as b, found {other:?}")),
+            };
+            match n.checked_mul(*len) {
+                Some(need) if need <= have => Ok(()),
+                _ => Err(format!("row_dot reads {n} x {len} values of a{b}, which has {have}")),
             }
         }
-        Expr::Unary(_, a) => check_expr(k, a, defined, in_loop),
+        Expr::Unary(_, a) => check_expr(k, a, defined, loop_cols),
         Expr::Binary(_, a, b) => {
-            check_expr(k, a, defined, in_loop)?;
-            check_expr(k, b, defined, in_loop)
+            check_expr(k, a, defined, loop_cols)?;
+            check_expr(k, b, defined, loop_cols)
         }
         Expr::Select(c, a, b) => {
             match c {
@@ -432,12 +540,37 @@ fn check_expr(k: &Kernel, e: &Expr, defined: &[bool], in_loop: bool) -> Result<(
                         return Err(format!("col_below reads argument {arg}, not a scalar"));
                     }
                 }
+                Cond::FirstHalf { head_dim: 0 } => return Err("a first-half condition with head_dim 0".into()),
                 Cond::FirstHalf { .. } => {}
             }
-            check_expr(k, a, defined, in_loop)?;
-            check_expr(k, b, defined, in_loop)
+            check_expr(k, a, defined, loop_cols)?;
+            check_expr(k, b, defined, loop_cols)
         }
     }
+}
+
+// ------------------------------------------------------------------ symbols
+
+/// The one name mangler: the symbol of kernel `name` in generated code (the
+/// CUDA C function, the Cranelift function; the JIT prefixes a counter).
+/// Letters, digits and `_` are kept, `-` becomes `m`, `.` becomes `p`, `+`
+/// becomes `P`, anything else `_`; a leading digit gets a `_` before it.
+/// `rmsnorm_d17_eps1e-5` -> `rmsnorm_d17_eps1em5`.
+pub fn symbol(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' => c,
+            '-' => 'm',
+            '.' => 'p',
+            '+' => 'P',
+            _ => '_',
+        })
+        .collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    s
 }
 
 // ------------------------------------------------------------------ text form

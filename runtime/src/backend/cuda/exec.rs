@@ -35,7 +35,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use lamda_compiler::codegen::cuda::{block_threads, c_ident, support};
+use lamda_compiler::codegen::cuda::{block_threads, support};
 use lamda_compiler::ir::{AttnDims, Op};
 use lamda_compiler::kernel::{Access, ArgTy, Kernel};
 use lamda_compiler::passes::memory_plan::{Instr, Program};
@@ -1369,7 +1369,7 @@ impl CudaExecutor {
         }
         args.push(int(rows, "rows")?);
         let grid = rows.min(1 << 16) as u32;
-        gpu.launch(&c_ident(&k.name), grid, block_threads(k), 0, &args)?;
+        gpu.launch(&lamda_compiler::kernel::symbol(&k.name), grid, block_threads(k), 0, &args)?;
         // A fused cross-entropy reports per-row losses: the step's loss is their mean.
         if let Some(pos) = k.outputs().iter().position(|&a| k.args[a].name == "loss")
             && let Some(b) = outs.get(pos)

@@ -27,7 +27,7 @@ use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasOperation_t, cublasStatus_t, cudaDataType,
 };
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
-use lamda_compiler::codegen::cuda::{c_ident, module_source, support};
+use lamda_compiler::codegen::cuda::{module_source, support};
 use lamda_compiler::kernel::Kernel;
 
 use super::{CudaDevice, CudaError, compile_ptx, cublas_available};
@@ -150,7 +150,7 @@ impl Gpu {
         let names = support::ALL
             .iter()
             .map(|s| s.to_string())
-            .chain(kernels.iter().map(|k| c_ident(&k.name)));
+            .chain(kernels.iter().map(|k| lamda_compiler::kernel::symbol(&k.name)));
         for name in names {
             if let std::collections::hash_map::Entry::Vacant(e) = funcs.entry(name) {
                 let f = module.load_function(e.key())?;
