@@ -1113,7 +1113,8 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
         }
         ExitCode::from(e.exit_code())
     };
-    let mut session = match session::prepare(opts) {
+    // The spec checked above is the one the session compiles: the front end runs once.
+    let mut session = match session::prepare(opts, &checked) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

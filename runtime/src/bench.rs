@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::session::{RunOptions, SessionError, prepare};
+use crate::session::{RunOptions, SessionError, check_spec, prepare};
 
 /// One benchmarked variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,8 @@ pub fn bench(
     profile: bool,
 ) -> Result<Vec<BenchRow>, SessionError> {
     let mut rows = Vec::new();
+    // The front end once for every variant.
+    let checked = check_spec(spec)?;
     for v in variants {
         let opts = RunOptions {
             spec: spec.to_path_buf(),
@@ -83,7 +85,7 @@ pub fn bench(
             lora_twin: v.lora,
             ..RunOptions::default()
         };
-        let mut s = prepare(&opts)?;
+        let mut s = prepare(&opts, &checked)?;
         let tr = &mut s.trainer;
         let mut first = f32::NAN;
         for i in 0..warmup {
@@ -117,6 +119,17 @@ pub fn bench(
             for (op, d, n) in e.profile().into_iter().take(12) {
                 eprintln!("  {op:<28} {:>9.1} ms  {n:>7} calls", d.as_secs_f64() * 1e3);
             }
+        }
+        if profile {
+            // The verifiers run once, while compiling (part of the startup's `compile`).
+            let v = &tr.plan.verify;
+            eprintln!(
+                "verifiers while compiling: IR {:.2} ms ({} runs), programs {:.2} ms ({} runs)",
+                v.ir.as_secs_f64() * 1e3,
+                v.ir_runs,
+                v.programs.as_secs_f64() * 1e3,
+                v.program_runs
+            );
         }
         let phase = tr.plan.phases.first();
         let trainable: u64 = phase.map_or(0, |p| p.trainable.iter().map(|&i| tr.plan.params[i].numel()).sum());

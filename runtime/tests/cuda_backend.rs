@@ -28,7 +28,7 @@ use lamda_runtime::backend::cuda::exec::bf16_saved_schedule;
 use lamda_runtime::backend::cuda::{CudaDevice, CudaError, CudaExecutor, CudaOptions, KernelRunner, Precision};
 use lamda_runtime::exec::Executor;
 use lamda_runtime::ops::{AdamState, AdamW, adamw_step};
-use lamda_runtime::session::{RunOptions, prepare};
+use lamda_runtime::session::{RunOptions, check_spec, prepare};
 
 /// The GPU, or None after printing why the test skips.
 fn gpu() -> Option<CudaDevice> {
@@ -107,7 +107,7 @@ fn golden_session() -> lamda_runtime::session::Session {
         out: Some(out),
         ..RunOptions::default()
     };
-    prepare(&opts).unwrap()
+    prepare(&opts, &check_spec(&opts.spec).unwrap()).unwrap()
 }
 
 #[test]

@@ -1038,11 +1038,20 @@ mod tests {
     use crate::kernel::lib;
 
     #[test]
-    fn identifiers_are_c_names() {
-        assert_eq!(symbol("rmsnorm_d17_eps1e-5"), "rmsnorm_d17_eps1em5");
-        assert_eq!(symbol("lamda_epilogue_o9_r3_a5e-1"), "lamda_epilogue_o9_r3_a5em1");
-        assert_eq!(symbol("9x"), "_9x");
-        assert_eq!(symbol("a.b"), "apb");
+    fn illegal_kernels_have_no_source() {
+        // a store that reads its destination at another column: kernel::verify refuses it
+        let mut k = lib::swiglu(13);
+        k.body.push(Stmt::Store {
+            arg: 2,
+            cols: 13,
+            value: Expr::at(2, Col::RopePartner { head_dim: 13 }),
+            accumulate: false,
+        });
+        let err = cuda_source(&k);
+        assert!(
+            matches!(&err, Err(CodegenError::Invalid(e)) if e.stmt == Some(1) && e.msg.contains("another column")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -381,3 +381,324 @@ fn check_slots(prog: &Program, def: &[Option<usize>], released: &[Option<usize>]
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! Each error kind, on a program the pipeline made (and verified) and then
+    //! broke on purpose.
+    use std::path::Path;
+
+    use super::*;
+    use crate::passes::memory_plan::Program;
+    use crate::pipeline::{Options, compile_with};
+    use crate::plan::Plan;
+
+    fn plan(fuse: bool) -> Plan {
+        let src = "adapt tiny.attn.{q,v} rank 4 freeze_b linear(0.3)\ntrain { steps 10 batch 2 seq 16 }";
+        let c = crate::resolve::check_source("t.lamda", src, Path::new("."));
+        let spec = c.spec.unwrap_or_else(|| panic!("{:?}", c.diags));
+        compile_with(&spec, 2, 16, None, Options { fuse, head_loss: fuse }).unwrap()
+    }
+
+    /// The first phase's program (forward and backward), and a check of a
+    /// modified copy against the plan.
+    fn broken(fuse: bool, edit: impl FnOnce(&mut Program)) -> ProgramError {
+        broken_in(fuse, |_, p| edit(p))
+    }
+
+    fn broken_in(fuse: bool, edit: impl FnOnce(&Plan, &mut Program)) -> ProgramError {
+        let plan = plan(fuse);
+        let mut prog = plan.phases[0].program.clone();
+        edit(&plan, &mut prog);
+        let cx = Context {
+            rows: plan.batch * plan.seq,
+            params: &plan.params,
+            trainable: &plan.phases[0].trainable,
+        };
+        verify_program(&prog, cx).expect_err("the broken program verifies")
+    }
+
+    fn first(prog: &Program, f: impl Fn(&Op) -> bool) -> usize {
+        prog.instrs.iter().position(|i| f(&i.op)).expect("no such instruction")
+    }
+
+    #[test]
+    fn the_pipelines_programs_verify() {
+        for fuse in [false, true] {
+            let plan = plan(fuse);
+            assert!(plan.verify.program_runs as usize == plan.phases.len() + 1);
+            assert!(plan.verify.ir_runs > 0);
+            for (i, ph) in plan.phases.iter().enumerate() {
+                let cx = Context {
+                    rows: plan.batch * plan.seq,
+                    params: &plan.params,
+                    trainable: &ph.trainable,
+                };
+                verify_program(&ph.program, cx).unwrap_or_else(|e| panic!("phase {i} (fuse {fuse}): {e}"));
+            }
+            let cx = Context {
+                rows: plan.batch * plan.seq,
+                params: &plan.params,
+                trainable: &[],
+            };
+            verify_program(&plan.eval, cx).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_input_defined_later() {
+        let e = broken(false, |p| {
+            let i = first(p, |op| *op == Op::Embedding);
+            let later = p.instrs[i + 1].outputs[0];
+            p.instrs[i].inputs[0] = later;
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::Undefined { operand: 0, .. }), "{e}");
+        assert_eq!(e.label, plan(false).phases[0].program.instrs[e.instr.unwrap()].label);
+    }
+
+    #[test]
+    fn an_input_already_released() {
+        let e = broken(false, |p| {
+            // release the embedding's output right where it is made
+            let i = first(p, |op| *op == Op::Embedding);
+            let v = p.instrs[i].outputs[0];
+            for ins in &mut p.instrs {
+                ins.release.retain(|&r| r != v);
+            }
+            p.instrs[i].release.push(v);
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::Released { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_value_defined_twice() {
+        let e = broken(false, |p| {
+            let i = first(p, |op| *op == Op::Linear);
+            let v = p.instrs[i].outputs[0];
+            p.instrs[i + 1].outputs.push(v);
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::Redefined { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_value_never_defined() {
+        let e = broken(false, |p| {
+            let mut v = p.values[0].clone();
+            v.label = "orphan".into();
+            p.values.push(v);
+        });
+        assert!(
+            matches!(&e.kind, ProgramErrorKind::NeverDefined { name, .. } if name == "orphan"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_value_out_of_range() {
+        let e = broken(false, |p| {
+            let n = p.values.len();
+            p.instrs[3].inputs.push(n);
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::NoSuchValue { .. }), "{e}");
+        assert_eq!(e.instr, Some(3));
+    }
+
+    #[test]
+    fn releases_out_of_order_twice_or_never() {
+        let e = broken(false, |p| {
+            let last = *p.instrs.last().unwrap().outputs.first().unwrap_or(&0);
+            p.instrs[0].release.push(last.max(p.values.len() - 1));
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::ReleaseUndefined { .. }), "{e}");
+        let e = broken(false, |p| {
+            let i = first(p, |op| *op == Op::Embedding);
+            let v = p.instrs[i].outputs[0];
+            p.instrs.last_mut().unwrap().release.push(v);
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::ReleasedTwice { .. }), "{e}");
+        let e = broken(false, |p| {
+            let i = first(p, |op| *op == Op::Embedding);
+            let v = p.instrs[i].outputs[0];
+            for ins in &mut p.instrs {
+                ins.release.retain(|&r| r != v);
+            }
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::NeverReleased { .. }), "{e}");
+    }
+
+    #[test]
+    fn operand_and_output_counts() {
+        let e = broken(false, |p| {
+            let i = first(p, |op| *op == Op::Linear);
+            p.instrs[i].inputs.pop();
+        });
+        assert!(
+            matches!(e.kind, ProgramErrorKind::Operands { op: "linear", expected: 2, found: 1 }),
+            "{e}"
+        );
+        let e = broken(false, |p| {
+            let i = first(p, |op| matches!(op, Op::RmsNorm { .. }));
+            p.instrs[i].outputs.pop();
+        });
+        assert!(
+            matches!(e.kind, ProgramErrorKind::Outputs { op: "rmsnorm", expected: 2, found: 1 }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shapes_follow_the_op() {
+        // linear: the output must be (n, m)
+        let e = broken(false, |p| {
+            let i = first(p, |op| *op == Op::Linear);
+            let y = p.instrs[i].outputs[0];
+            p.values[y].ty.shape[1] += 1;
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::OutputType { output: 0, .. }), "{e}");
+        // embedding of (table, ids): ids must be i64 and the table a matrix
+        let e = broken(false, |p| {
+            let i = first(p, |op| *op == Op::Embedding);
+            p.instrs[i].inputs.swap(0, 1);
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::Shape(_)), "{e}");
+        // linear_grad_weight of g (n, m) and x (n, k): g read for x
+        let e = broken(false, |p| {
+            let i = first(p, |op| *op == Op::LinearGradWeight);
+            let g = p.instrs[i].inputs[0];
+            p.instrs[i].inputs[1] = g;
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::OutputType { .. }), "{e}");
+    }
+
+    #[test]
+    fn fused_kernels_take_their_arguments() {
+        let e = broken(true, |p| {
+            let i = first(p, |op| matches!(op, Op::Fused(_)));
+            p.instrs[i].inputs.pop();
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::Operands { op: "fused", .. }), "{e}");
+        // a `Rows` argument fed a parameter of another shape
+        let e = broken_in(true, |plan, p| {
+            let i = first(p, |op| matches!(op, Op::Fused(_)));
+            let Op::Fused(k) = p.instrs[i].op.clone() else { unreachable!() };
+            let operand = k
+                .inputs()
+                .iter()
+                .position(|&a| matches!(k.args[a].ty, crate::kernel::ArgTy::Rows { .. }))
+                .unwrap();
+            let have = p.values[p.instrs[i].inputs[operand]].ty.clone();
+            let q = plan
+                .params
+                .iter()
+                .position(|x| x.shape.len() == 2 && TensorType::f32(&x.shape) != have)
+                .unwrap();
+            let v = p.values.len();
+            p.values.push(crate::passes::memory_plan::ValueInfo {
+                ty: TensorType::f32(&plan.params[q].shape),
+                label: "w".into(),
+                param: Some(q),
+                saved: false,
+                adapter: None,
+                slot: None,
+            });
+            p.instrs.insert(
+                0,
+                crate::passes::memory_plan::Instr {
+                    op: Op::Param(q),
+                    inputs: vec![],
+                    outputs: vec![v],
+                    release: vec![],
+                    label: "w".into(),
+                    backward: false,
+                },
+            );
+            p.instrs[i + 1].inputs[operand] = v;
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::Shape(_)), "{e}");
+        assert!(e.to_string().contains("expected f32["), "{e}");
+    }
+
+    #[test]
+    fn parameters_and_slots() {
+        let e = broken(false, |p| {
+            let v = p.values.iter().position(|v| v.param.is_some()).unwrap();
+            p.values[v].slot = Some(0);
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::Param { .. }), "{e}");
+        let e = broken(false, |p| {
+            let v = p.values.iter().position(|v| v.param.is_some()).unwrap();
+            p.values[v].param = p.values[v].param.map(|q| q + 1);
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::Param { .. }), "{e}");
+        let e = broken(false, |p| {
+            let v = p.values.iter().position(|v| v.param.is_none()).unwrap();
+            p.values[v].slot = None;
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::NoSlot { .. }), "{e}");
+        let e = broken(false, |p| {
+            let v = p.values.iter().position(|v| v.param.is_none()).unwrap();
+            p.values[v].slot = Some(p.memory.slots.len());
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::NoSuchSlot { .. }), "{e}");
+        let e = broken(false, |p| {
+            let i = first(p, |op| *op == Op::Linear);
+            let s = p.values[p.instrs[i].outputs[0]].slot.unwrap();
+            p.memory.slots[s] = 4;
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::SlotTooSmall { capacity: 4, .. }), "{e}");
+    }
+
+    #[test]
+    fn values_live_together_never_share_a_slot() {
+        let e = broken(false, |p| {
+            // y and rstd of an rmsnorm are made by one instruction
+            let i = first(p, |op| matches!(op, Op::RmsNorm { .. }));
+            let (y, rstd) = (p.instrs[i].outputs[0], p.instrs[i].outputs[1]);
+            p.values[rstd].slot = p.values[y].slot;
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::SlotShared { .. }), "{e}");
+        // the loss lives from its instruction to the end: a value made later in its slot
+        let e = broken(false, |p| {
+            let loss = p.loss.unwrap();
+            let d = p.instrs.iter().position(|ins| ins.outputs.contains(&loss)).unwrap();
+            assert!(p.instrs.last().unwrap().release.contains(&loss));
+            let later = p.instrs[d + 1..]
+                .iter()
+                .flat_map(|ins| ins.outputs.iter().copied())
+                .find(|&v| p.values[v].param.is_none())
+                .unwrap();
+            p.values[loss].slot = p.values[later].slot;
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::SlotShared { .. }), "{e}");
+    }
+
+    #[test]
+    fn gradients_only_of_what_trains() {
+        let plan = plan(false);
+        let cx = Context {
+            rows: plan.batch * plan.seq,
+            params: &plan.params,
+            trainable: &plan.phases[1].trainable,
+        };
+        // phase 0 computes dB, which no longer trains in phase 1
+        let e = verify_program(&plan.phases[0].program, cx).unwrap_err();
+        assert!(
+            matches!(&e.kind, ProgramErrorKind::GradNotTrainable { name } if name.ends_with(".B")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn loss_and_logits_exist() {
+        let e = broken(false, |p| p.loss = Some(p.values.len()));
+        assert!(
+            matches!(e.kind, ProgramErrorKind::Result { what: "the loss", .. }) && e.instr.is_none(),
+            "{e}"
+        );
+        let e = broken(false, |p| {
+            p.logits = p.values.iter().position(|v| v.param.is_some());
+        });
+        assert!(matches!(e.kind, ProgramErrorKind::Result { what: "the logits", .. }), "{e}");
+    }
+}

@@ -643,3 +643,165 @@ impl fmt::Display for Kernel {
         writeln!(f, "}}")
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! [`verify`] on deliberately illegal kernels (each the smallest that
+    //! breaks one rule), and [`symbol`].
+    use super::*;
+
+    fn arg(name: &str, ty: ArgTy, access: Access) -> Arg {
+        Arg {
+            name: name.into(),
+            ty,
+            access,
+        }
+    }
+
+    fn rows(name: &str, cols: usize, access: Access) -> Arg {
+        arg(name, ArgTy::Rows { cols }, access)
+    }
+
+    /// `a0[i, j] = value` for j < cols.
+    fn store(cols: usize, args: Vec<Arg>, value: Expr) -> Kernel {
+        Kernel {
+            name: "t".into(),
+            args,
+            body: vec![Stmt::Store {
+                arg: 0,
+                cols,
+                value,
+                accumulate: false,
+            }],
+        }
+    }
+
+    fn rejected(k: &Kernel, says: &str) {
+        let e = verify(k).expect_err("an illegal kernel verifies");
+        assert_eq!(e.kernel, k.name);
+        assert!(e.to_string().contains(says), "`{e}` does not say `{says}`");
+    }
+
+    #[test]
+    fn a_legal_kernel_verifies() {
+        let k = store(
+            8,
+            vec![rows("y", 8, Access::Write), rows("x", 8, Access::Read)],
+            Expr::load(1) * Expr::c(2.0),
+        );
+        verify(&k).unwrap();
+    }
+
+    #[test]
+    fn well_formedness() {
+        // a store into a read-only argument
+        rejected(&store(8, vec![rows("y", 8, Access::Read)], Expr::c(1.0)), "store of 8 columns");
+        // a store of another width than its argument's
+        rejected(&store(4, vec![rows("y", 8, Access::Write)], Expr::c(1.0)), "store of 4 columns");
+        // a variable read before it is defined
+        rejected(&store(8, vec![rows("y", 8, Access::Write)], Expr::var(0)), "v0 used before");
+        // a load by column outside a column loop
+        let k = Kernel {
+            name: "t".into(),
+            args: vec![arg("y", ArgTy::PerRow, Access::Write), rows("x", 8, Access::Read)],
+            body: vec![Stmt::StoreRow {
+                arg: 0,
+                value: Expr::load(1),
+            }],
+        };
+        rejected(&k, "outside a column loop");
+        // an empty reduction
+        let k = Kernel {
+            name: "t".into(),
+            args: vec![rows("x", 8, Access::Read)],
+            body: vec![Stmt::Reduce {
+                var: 0,
+                op: Reduce::Sum,
+                cols: 0,
+                value: Expr::load(0),
+            }],
+        };
+        rejected(&k, "an empty reduction");
+    }
+
+    #[test]
+    fn legality_for_code_generators() {
+        // a store that reads its destination at another column
+        let k = store(
+            8,
+            vec![rows("y", 8, Access::ReadWrite)],
+            Expr::at(0, Col::RopePartner { head_dim: 8 }),
+        );
+        rejected(&k, "reads a0 at another column");
+        // a read past the last column of a vector
+        let k = store(
+            8,
+            vec![
+                rows("y", 8, Access::Write),
+                arg("w", ArgTy::Vector { len: 5 }, Access::Read),
+            ],
+            Expr::load(1),
+        );
+        rejected(&k, "read at column 7 but has 5 columns");
+        // head_dim 0, which the interpreter divides by
+        let k = store(
+            8,
+            vec![rows("y", 8, Access::Write), rows("x", 8, Access::Read)],
+            Expr::at(1, Col::RopePartner { head_dim: 0 }),
+        );
+        rejected(&k, "head_dim 0");
+        // a period of 0
+        let k = store(
+            8,
+            vec![
+                rows("y", 8, Access::Write),
+                arg("t", ArgTy::Periodic { period: 0, cols: 8 }, Access::Read),
+            ],
+            Expr::load(1),
+        );
+        rejected(&k, "period 0");
+        // a writable i64 argument
+        let k = store(
+            8,
+            vec![rows("y", 8, Access::Write), arg("ids", ArgTy::PerRowI64, Access::Write)],
+            Expr::c(0.0),
+        );
+        rejected(&k, "i64 argument must be read-only");
+        // a row_dot reading more of its shared matrix than it has
+        let k = store(
+            8,
+            vec![
+                rows("y", 8, Access::Write),
+                rows("z", 4, Access::Read),
+                arg("s", ArgTy::Vector { len: 31 }, Access::Read),
+            ],
+            Expr::RowDot {
+                a: 1,
+                b: 2,
+                len: 4,
+                bt: false,
+            },
+        );
+        rejected(&k, "row_dot reads 8 x 4 values of a2, which has 31");
+        // too many columns for a code generator's loop counter
+        let wide = i32::MAX as usize + 1;
+        rejected(&store(wide, vec![rows("y", wide, Access::Write)], Expr::c(0.0)), "too many");
+    }
+
+    #[test]
+    fn every_library_kernel_is_legal() {
+        for k in lib::examples() {
+            verify(&k).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn symbols_are_c_identifiers() {
+        assert_eq!(symbol("rmsnorm_d17_eps1e-5"), "rmsnorm_d17_eps1em5");
+        assert_eq!(symbol("lamda_epilogue_o9_r3_a5e-1"), "lamda_epilogue_o9_r3_a5em1");
+        assert_eq!(symbol("9x"), "_9x");
+        assert_eq!(symbol("a.b+c d"), "apbPc_d");
+        assert_eq!(symbol(""), "_");
+    }
+}
