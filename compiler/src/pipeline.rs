@@ -58,18 +58,20 @@ fn verify_programs(plan: &mut Plan) -> Result<(), CompileError> {
         .map(|(i, p)| (format!("phase {i}"), &p.program, p.trainable.as_slice()))
         .chain(std::iter::once(("eval".to_string(), &plan.eval, &[][..])));
     let mut result = Ok(());
+    let mut runs = 0;
     for (name, prog, trainable) in programs {
         let cx = verify_program::Context {
             rows,
             params: &plan.params,
             trainable,
         };
-        plan.verify.program_runs += 1;
+        runs += 1;
         if let Err(source) = verify_program::verify_program(prog, cx) {
             result = Err(CompileError::Program { program: name, source });
             break;
         }
     }
+    plan.verify.program_runs += runs;
     plan.verify.programs += t.elapsed();
     result
 }

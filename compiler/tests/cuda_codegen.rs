@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use lamda_compiler::codegen::cuda::{cuda_source, module_source, support, support_source};
-use lamda_compiler::kernel::symbol;
 use lamda_compiler::kernel::lib;
+use lamda_compiler::kernel::symbol;
 
 #[test]
 fn every_example_kernel_ir_then_cuda() {

@@ -594,11 +594,10 @@ impl<'k> Lower<'k, '_> {
     }
 
     fn set_var(&mut self, var: u16, v: Value) -> Result<(), CodegenError> {
-        let slot = self
-            .vars
-            .get_mut(var as usize)
-            .ok_or_else(|| self.invalid(format!("v{var} is out of range")))?;
-        *slot = Some(v);
+        if var as usize >= self.vars.len() {
+            return Err(self.invalid(format!("v{var} is out of range")));
+        }
+        self.vars[var as usize] = Some(v);
         Ok(())
     }
 
@@ -1592,7 +1591,11 @@ mod tests {
             vec![rows_arg("y", 8, Access::ReadWrite)],
             Expr::at(0, Col::RopePartner { head_dim: 8 }),
         );
-        assert!(matches!(clif_text(&k), Err(CodegenError::Invalid(_))), "{:?}", clif_text(&k));
+        assert!(
+            matches!(clif_text(&k), Err(CodegenError::Invalid(_))),
+            "{:?}",
+            clif_text(&k)
+        );
         // A read past the last column.
         let k = store_kernel(
             8,
@@ -1606,14 +1609,22 @@ mod tests {
             ],
             Expr::load(1),
         );
-        assert!(matches!(clif_text(&k), Err(CodegenError::Invalid(_))), "{:?}", clif_text(&k));
+        assert!(
+            matches!(clif_text(&k), Err(CodegenError::Invalid(_))),
+            "{:?}",
+            clif_text(&k)
+        );
         // head_dim 0, which the interpreter divides by.
         let k = store_kernel(
             8,
             vec![rows_arg("y", 8, Access::Write), rows_arg("x", 8, Access::Read)],
             Expr::at(1, Col::RopePartner { head_dim: 0 }),
         );
-        assert!(matches!(clif_text(&k), Err(CodegenError::Invalid(_))), "{:?}", clif_text(&k));
+        assert!(
+            matches!(clif_text(&k), Err(CodegenError::Invalid(_))),
+            "{:?}",
+            clif_text(&k)
+        );
         // A kernel that does not verify.
         let k = store_kernel(8, vec![rows_arg("y", 8, Access::Read)], Expr::c(1.0));
         assert!(matches!(clif_text(&k), Err(CodegenError::Invalid(_))));

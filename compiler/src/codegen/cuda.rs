@@ -202,17 +202,13 @@ impl Emitter<'_> {
     }
 
     fn load(&self, arg: usize, col: Col) -> Result<String, CodegenError> {
-        let a = self
-            .k
-            .args
-            .get(arg)
-            .ok_or_else(|| {
-                CodegenError::Invalid(KernelError {
-                    kernel: self.k.name.clone(),
-                    stmt: None,
-                    msg: format!("no argument {arg}"),
-                })
-            })?;
+        let a = self.k.args.get(arg).ok_or_else(|| {
+            CodegenError::Invalid(KernelError {
+                kernel: self.k.name.clone(),
+                stmt: None,
+                msg: format!("no argument {arg}"),
+            })
+        })?;
         let p = format!("a{arg}");
         // (base offset of the row the argument is read in, columns of that row)
         let (base, cols) = match a.ty {
@@ -378,7 +374,7 @@ pub fn cuda_source(k: &Kernel) -> Result<String, CodegenError> {
     };
     // Accesses since the last barrier of the row.
     let mut pending: Vec<Touch> = Vec::new();
-    for (si, s) in k.body.iter().enumerate() {
+    for s in &k.body {
         let t = touches(k, s);
         if pending.iter().any(|p| t.iter().any(|x| conflicts(p, x))) {
             let _ = writeln!(out, "    __syncthreads();");

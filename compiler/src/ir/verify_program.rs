@@ -34,11 +34,18 @@ use crate::passes::memory_plan::Program;
 /// A broken invariant: where (the instruction's index and label; none for
 /// the program's loss and logits) and what.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("program verifier: {}: {kind}", match instr { Some(i) => format!("instruction {i} ({label})"), None => label.clone() })]
+#[error("program verifier: {}: {kind}", place(.instr, .label))]
 pub struct ProgramError {
     pub instr: Option<usize>,
     pub label: String,
-    pub kind: ProgramErrorKind,
+    pub kind: Box<ProgramErrorKind>,
+}
+
+fn place(instr: &Option<usize>, label: &str) -> String {
+    match instr {
+        Some(i) => format!("instruction {i} ({label})"),
+        None => label.to_string(),
+    }
 }
 
 /// What is broken.
@@ -68,9 +75,17 @@ pub enum ProgramErrorKind {
     #[error("value {value} `{name}` is never released")]
     NeverReleased { value: usize, name: String },
     #[error("{op} takes {expected} operands, found {found}")]
-    Operands { op: &'static str, expected: usize, found: usize },
+    Operands {
+        op: &'static str,
+        expected: usize,
+        found: usize,
+    },
     #[error("{op} makes {expected} outputs, found {found}")]
-    Outputs { op: &'static str, expected: usize, found: usize },
+    Outputs {
+        op: &'static str,
+        expected: usize,
+        found: usize,
+    },
     #[error("{0}")]
     Shape(String),
     #[error("output {output} `{name}` is {found}, its operands give {expected}")]
@@ -103,7 +118,11 @@ pub enum ProgramErrorKind {
     #[error("the gradient of `{name}`, which does not train in this phase")]
     GradNotTrainable { name: String },
     #[error("{what} is value {value}: {msg}")]
-    Result { what: &'static str, value: usize, msg: String },
+    Result {
+        what: &'static str,
+        value: usize,
+        msg: String,
+    },
 }
 
 /// What a program is checked against: the Plan's rows (`batch * seq`), its
@@ -126,7 +145,7 @@ pub fn verify_program(prog: &Program, cx: Context<'_>) -> Result<(), ProgramErro
         let fail = |kind: ProgramErrorKind| ProgramError {
             instr: Some(i),
             label: ins.label.clone(),
-            kind,
+            kind: Box::new(kind),
         };
         let exists = |value: usize| {
             if value < count {
@@ -190,7 +209,7 @@ pub fn verify_program(prog: &Program, cx: Context<'_>) -> Result<(), ProgramErro
     let whole = |kind: ProgramErrorKind| ProgramError {
         instr: None,
         label: "program".into(),
-        kind,
+        kind: Box::new(kind),
     };
     for (value, info) in prog.values.iter().enumerate() {
         if def[value].is_none() {
@@ -214,11 +233,11 @@ pub fn verify_program(prog: &Program, cx: Context<'_>) -> Result<(), ProgramErro
             Err(ProgramError {
                 instr: None,
                 label: what.into(),
-                kind: ProgramErrorKind::Result {
+                kind: Box::new(ProgramErrorKind::Result {
                     what,
                     value,
                     msg: msg.into(),
-                },
+                }),
             })
         };
         match prog.values.get(value) {
@@ -319,7 +338,7 @@ fn check_slots(prog: &Program, def: &[Option<usize>], released: &[Option<usize>]
         ProgramError {
             instr: Some(i),
             label: prog.instrs.get(i).map(|x| x.label.clone()).unwrap_or_default(),
-            kind,
+            kind: Box::new(kind),
         }
     };
     let slots = &prog.memory.slots;
@@ -453,7 +472,7 @@ mod tests {
             let later = p.instrs[i + 1].outputs[0];
             p.instrs[i].inputs[0] = later;
         });
-        assert!(matches!(e.kind, ProgramErrorKind::Undefined { operand: 0, .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::Undefined { operand: 0, .. }), "{e}");
         assert_eq!(e.label, plan(false).phases[0].program.instrs[e.instr.unwrap()].label);
     }
 
@@ -468,7 +487,7 @@ mod tests {
             }
             p.instrs[i].release.push(v);
         });
-        assert!(matches!(e.kind, ProgramErrorKind::Released { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::Released { .. }), "{e}");
     }
 
     #[test]
@@ -478,7 +497,7 @@ mod tests {
             let v = p.instrs[i].outputs[0];
             p.instrs[i + 1].outputs.push(v);
         });
-        assert!(matches!(e.kind, ProgramErrorKind::Redefined { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::Redefined { .. }), "{e}");
     }
 
     #[test]
@@ -489,7 +508,7 @@ mod tests {
             p.values.push(v);
         });
         assert!(
-            matches!(&e.kind, ProgramErrorKind::NeverDefined { name, .. } if name == "orphan"),
+            matches!(&*e.kind, ProgramErrorKind::NeverDefined { name, .. } if name == "orphan"),
             "{e}"
         );
     }
@@ -500,7 +519,7 @@ mod tests {
             let n = p.values.len();
             p.instrs[3].inputs.push(n);
         });
-        assert!(matches!(e.kind, ProgramErrorKind::NoSuchValue { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::NoSuchValue { .. }), "{e}");
         assert_eq!(e.instr, Some(3));
     }
 
@@ -510,13 +529,13 @@ mod tests {
             let last = *p.instrs.last().unwrap().outputs.first().unwrap_or(&0);
             p.instrs[0].release.push(last.max(p.values.len() - 1));
         });
-        assert!(matches!(e.kind, ProgramErrorKind::ReleaseUndefined { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::ReleaseUndefined { .. }), "{e}");
         let e = broken(false, |p| {
             let i = first(p, |op| *op == Op::Embedding);
             let v = p.instrs[i].outputs[0];
             p.instrs.last_mut().unwrap().release.push(v);
         });
-        assert!(matches!(e.kind, ProgramErrorKind::ReleasedTwice { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::ReleasedTwice { .. }), "{e}");
         let e = broken(false, |p| {
             let i = first(p, |op| *op == Op::Embedding);
             let v = p.instrs[i].outputs[0];
@@ -524,7 +543,7 @@ mod tests {
                 ins.release.retain(|&r| r != v);
             }
         });
-        assert!(matches!(e.kind, ProgramErrorKind::NeverReleased { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::NeverReleased { .. }), "{e}");
     }
 
     #[test]
@@ -534,7 +553,14 @@ mod tests {
             p.instrs[i].inputs.pop();
         });
         assert!(
-            matches!(e.kind, ProgramErrorKind::Operands { op: "linear", expected: 2, found: 1 }),
+            matches!(
+                *e.kind,
+                ProgramErrorKind::Operands {
+                    op: "linear",
+                    expected: 2,
+                    found: 1
+                }
+            ),
             "{e}"
         );
         let e = broken(false, |p| {
@@ -542,7 +568,14 @@ mod tests {
             p.instrs[i].outputs.pop();
         });
         assert!(
-            matches!(e.kind, ProgramErrorKind::Outputs { op: "rmsnorm", expected: 2, found: 1 }),
+            matches!(
+                *e.kind,
+                ProgramErrorKind::Outputs {
+                    op: "rmsnorm",
+                    expected: 2,
+                    found: 1
+                }
+            ),
             "{e}"
         );
     }
@@ -555,20 +588,20 @@ mod tests {
             let y = p.instrs[i].outputs[0];
             p.values[y].ty.shape[1] += 1;
         });
-        assert!(matches!(e.kind, ProgramErrorKind::OutputType { output: 0, .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::OutputType { output: 0, .. }), "{e}");
         // embedding of (table, ids): ids must be i64 and the table a matrix
         let e = broken(false, |p| {
             let i = first(p, |op| *op == Op::Embedding);
             p.instrs[i].inputs.swap(0, 1);
         });
-        assert!(matches!(e.kind, ProgramErrorKind::Shape(_)), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::Shape(_)), "{e}");
         // linear_grad_weight of g (n, m) and x (n, k): g read for x
         let e = broken(false, |p| {
             let i = first(p, |op| *op == Op::LinearGradWeight);
             let g = p.instrs[i].inputs[0];
             p.instrs[i].inputs[1] = g;
         });
-        assert!(matches!(e.kind, ProgramErrorKind::OutputType { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::OutputType { .. }), "{e}");
     }
 
     #[test]
@@ -577,16 +610,20 @@ mod tests {
             let i = first(p, |op| matches!(op, Op::Fused(_)));
             p.instrs[i].inputs.pop();
         });
-        assert!(matches!(e.kind, ProgramErrorKind::Operands { op: "fused", .. }), "{e}");
-        // a `Rows` argument fed a parameter of another shape
+        assert!(matches!(*e.kind, ProgramErrorKind::Operands { op: "fused", .. }), "{e}");
+        // a `Rows` argument (not the first, which gives the row count) fed a parameter of another shape
+        let rows_operands = |k: &crate::kernel::Kernel| -> Vec<usize> {
+            (k.inputs().iter().enumerate())
+                .filter(|(_, a)| matches!(k.args[**a].ty, crate::kernel::ArgTy::Rows { .. }))
+                .map(|(o, _)| o)
+                .collect()
+        };
         let e = broken_in(true, |plan, p| {
-            let i = first(p, |op| matches!(op, Op::Fused(_)));
-            let Op::Fused(k) = p.instrs[i].op.clone() else { unreachable!() };
-            let operand = k
-                .inputs()
-                .iter()
-                .position(|&a| matches!(k.args[a].ty, crate::kernel::ArgTy::Rows { .. }))
-                .unwrap();
+            let i = first(p, |op| matches!(op, Op::Fused(k) if rows_operands(k).len() >= 2));
+            let Op::Fused(k) = p.instrs[i].op.clone() else {
+                unreachable!()
+            };
+            let operand = *rows_operands(&k).last().unwrap();
             let have = p.values[p.instrs[i].inputs[operand]].ty.clone();
             let q = plan
                 .params
@@ -615,7 +652,7 @@ mod tests {
             );
             p.instrs[i + 1].inputs[operand] = v;
         });
-        assert!(matches!(e.kind, ProgramErrorKind::Shape(_)), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::Shape(_)), "{e}");
         assert!(e.to_string().contains("expected f32["), "{e}");
     }
 
@@ -625,28 +662,31 @@ mod tests {
             let v = p.values.iter().position(|v| v.param.is_some()).unwrap();
             p.values[v].slot = Some(0);
         });
-        assert!(matches!(e.kind, ProgramErrorKind::Param { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::Param { .. }), "{e}");
         let e = broken(false, |p| {
             let v = p.values.iter().position(|v| v.param.is_some()).unwrap();
             p.values[v].param = p.values[v].param.map(|q| q + 1);
         });
-        assert!(matches!(e.kind, ProgramErrorKind::Param { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::Param { .. }), "{e}");
         let e = broken(false, |p| {
             let v = p.values.iter().position(|v| v.param.is_none()).unwrap();
             p.values[v].slot = None;
         });
-        assert!(matches!(e.kind, ProgramErrorKind::NoSlot { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::NoSlot { .. }), "{e}");
         let e = broken(false, |p| {
             let v = p.values.iter().position(|v| v.param.is_none()).unwrap();
             p.values[v].slot = Some(p.memory.slots.len());
         });
-        assert!(matches!(e.kind, ProgramErrorKind::NoSuchSlot { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::NoSuchSlot { .. }), "{e}");
         let e = broken(false, |p| {
             let i = first(p, |op| *op == Op::Linear);
             let s = p.values[p.instrs[i].outputs[0]].slot.unwrap();
             p.memory.slots[s] = 4;
         });
-        assert!(matches!(e.kind, ProgramErrorKind::SlotTooSmall { capacity: 4, .. }), "{e}");
+        assert!(
+            matches!(*e.kind, ProgramErrorKind::SlotTooSmall { capacity: 4, .. }),
+            "{e}"
+        );
     }
 
     #[test]
@@ -657,7 +697,7 @@ mod tests {
             let (y, rstd) = (p.instrs[i].outputs[0], p.instrs[i].outputs[1]);
             p.values[rstd].slot = p.values[y].slot;
         });
-        assert!(matches!(e.kind, ProgramErrorKind::SlotShared { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::SlotShared { .. }), "{e}");
         // the loss lives from its instruction to the end: a value made later in its slot
         let e = broken(false, |p| {
             let loss = p.loss.unwrap();
@@ -670,7 +710,7 @@ mod tests {
                 .unwrap();
             p.values[loss].slot = p.values[later].slot;
         });
-        assert!(matches!(e.kind, ProgramErrorKind::SlotShared { .. }), "{e}");
+        assert!(matches!(*e.kind, ProgramErrorKind::SlotShared { .. }), "{e}");
     }
 
     #[test]
@@ -684,7 +724,7 @@ mod tests {
         // phase 0 computes dB, which no longer trains in phase 1
         let e = verify_program(&plan.phases[0].program, cx).unwrap_err();
         assert!(
-            matches!(&e.kind, ProgramErrorKind::GradNotTrainable { name } if name.ends_with(".B")),
+            matches!(&*e.kind, ProgramErrorKind::GradNotTrainable { name } if name.ends_with(".B")),
             "{e}"
         );
     }
@@ -693,12 +733,15 @@ mod tests {
     fn loss_and_logits_exist() {
         let e = broken(false, |p| p.loss = Some(p.values.len()));
         assert!(
-            matches!(e.kind, ProgramErrorKind::Result { what: "the loss", .. }) && e.instr.is_none(),
+            matches!(*e.kind, ProgramErrorKind::Result { what: "the loss", .. }) && e.instr.is_none(),
             "{e}"
         );
         let e = broken(false, |p| {
             p.logits = p.values.iter().position(|v| v.param.is_some());
         });
-        assert!(matches!(e.kind, ProgramErrorKind::Result { what: "the logits", .. }), "{e}");
+        assert!(
+            matches!(*e.kind, ProgramErrorKind::Result { what: "the logits", .. }),
+            "{e}"
+        );
     }
 }

@@ -333,11 +333,15 @@ impl std::ops::Neg for Expr {
 /// Why a kernel is not legal: the kernel's name, the statement (none for an
 /// argument), what.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("kernel {kernel}: {}{msg}", match stmt { Some(s) => format!("statement {s}: "), None => String::new() })]
+#[error("kernel {kernel}: {}{msg}", statement(.stmt))]
 pub struct KernelError {
     pub kernel: String,
     pub stmt: Option<usize>,
     pub msg: String,
+}
+
+fn statement(stmt: &Option<usize>) -> String {
+    stmt.map(|s| format!("statement {s}: ")).unwrap_or_default()
 }
 
 /// The one legality check of a kernel, which the IR verifier and both code
@@ -696,11 +700,20 @@ mod tests {
     #[test]
     fn well_formedness() {
         // a store into a read-only argument
-        rejected(&store(8, vec![rows("y", 8, Access::Read)], Expr::c(1.0)), "store of 8 columns");
+        rejected(
+            &store(8, vec![rows("y", 8, Access::Read)], Expr::c(1.0)),
+            "store of 8 columns",
+        );
         // a store of another width than its argument's
-        rejected(&store(4, vec![rows("y", 8, Access::Write)], Expr::c(1.0)), "store of 4 columns");
+        rejected(
+            &store(4, vec![rows("y", 8, Access::Write)], Expr::c(1.0)),
+            "store of 4 columns",
+        );
         // a variable read before it is defined
-        rejected(&store(8, vec![rows("y", 8, Access::Write)], Expr::var(0)), "v0 used before");
+        rejected(
+            &store(8, vec![rows("y", 8, Access::Write)], Expr::var(0)),
+            "v0 used before",
+        );
         // a load by column outside a column loop
         let k = Kernel {
             name: "t".into(),
@@ -786,7 +799,10 @@ mod tests {
         rejected(&k, "row_dot reads 8 x 4 values of a2, which has 31");
         // too many columns for a code generator's loop counter
         let wide = i32::MAX as usize + 1;
-        rejected(&store(wide, vec![rows("y", wide, Access::Write)], Expr::c(0.0)), "too many");
+        rejected(
+            &store(wide, vec![rows("y", wide, Access::Write)], Expr::c(0.0)),
+            "too many",
+        );
     }
 
     #[test]

@@ -1369,7 +1369,13 @@ impl CudaExecutor {
         }
         args.push(int(rows, "rows")?);
         let grid = rows.min(1 << 16) as u32;
-        gpu.launch(&lamda_compiler::kernel::symbol(&k.name), grid, block_threads(k), 0, &args)?;
+        gpu.launch(
+            &lamda_compiler::kernel::symbol(&k.name),
+            grid,
+            block_threads(k),
+            0,
+            &args,
+        )?;
         // A fused cross-entropy reports per-row losses: the step's loss is their mean.
         if let Some(pos) = k.outputs().iter().position(|&a| k.args[a].name == "loss")
             && let Some(b) = outs.get(pos)
