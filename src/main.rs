@@ -571,9 +571,10 @@ fn bench(
     only: &[BenchVariant],
     style: Style,
 ) -> ExitCode {
-    if let Err(code) = checked(path, style) {
-        return code;
-    }
+    let checked = match checked(path, style) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     use lamda_runtime::bench::{Variant, bench, render};
     let all = [
         BenchVariant::SpecRef,
@@ -589,7 +590,7 @@ fn bench(
             fuse: matches!(v, BenchVariant::SpecFused | BenchVariant::LoraFused),
         })
         .collect();
-    match bench(path, warmup, steps, &variants, profile) {
+    match bench(path, &checked, warmup, steps, &variants, profile) {
         Ok(rows) => {
             if json {
                 out(&format!(

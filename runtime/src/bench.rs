@@ -15,7 +15,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::session::{RunOptions, SessionError, check_spec, prepare};
+use lamda_compiler::resolve::Checked;
+
+use crate::session::{RunOptions, SessionError, prepare};
 
 /// One benchmarked variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,17 +68,17 @@ fn median(xs: &mut [f64]) -> f64 {
     }
 }
 
-/// Times every variant on `spec`.
+/// Times every variant on `spec`, whose front end's result is `checked`
+/// (see [`crate::session::check_spec`]).
 pub fn bench(
     spec: &Path,
+    checked: &Checked,
     warmup: u64,
     steps: u64,
     variants: &[Variant],
     profile: bool,
 ) -> Result<Vec<BenchRow>, SessionError> {
     let mut rows = Vec::new();
-    // The front end once for every variant.
-    let checked = check_spec(spec)?;
     for v in variants {
         let opts = RunOptions {
             spec: spec.to_path_buf(),
@@ -85,7 +87,7 @@ pub fn bench(
             lora_twin: v.lora,
             ..RunOptions::default()
         };
-        let mut s = prepare(&opts, &checked)?;
+        let mut s = prepare(&opts, checked)?;
         let tr = &mut s.trainer;
         let mut first = f32::NAN;
         for i in 0..warmup {
