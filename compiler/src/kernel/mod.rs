@@ -447,9 +447,13 @@ fn max_column(col: Col, loop_cols: usize) -> Option<usize> {
     match col {
         Col::J => Some(last),
         Col::HalfIndex { head_dim } => Some(last.min((head_dim / 2).saturating_sub(1))),
-        Col::RopePartner { head_dim } if head_dim > 0 => (0..loop_cols)
-            .map(|j| (j / head_dim) * head_dim + (j % head_dim + head_dim / 2) % head_dim)
-            .max(),
+        // partner(j) = (j / hd) hd + (j % hd + hd / 2) % hd; every block before the
+        // last reaches its own end, below the last block's start, so the largest is
+        // in the last block, whose offsets run 0..=m: without a wrap m + hd/2, else hd - 1.
+        Col::RopePartner { head_dim } if head_dim > 0 => {
+            let (block, m) = (last / head_dim, last % head_dim);
+            Some(block * head_dim + (m + head_dim / 2).min(head_dim - 1))
+        }
         Col::RopePartner { .. } | Col::Var(_) => None,
     }
 }
@@ -809,6 +813,22 @@ mod tests {
     fn every_library_kernel_is_legal() {
         for k in lib::examples() {
             verify(&k).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn the_largest_rope_partner_column() {
+        for head_dim in 1..12 {
+            for cols in 1..40 {
+                let brute = (0..cols)
+                    .map(|j| (j / head_dim) * head_dim + (j % head_dim + head_dim / 2) % head_dim)
+                    .max();
+                assert_eq!(
+                    max_column(Col::RopePartner { head_dim }, cols),
+                    brute,
+                    "head_dim {head_dim}, {cols} columns"
+                );
+            }
         }
     }
 
