@@ -1,6 +1,7 @@
 //! A training session end to end: the path `lamdac train` takes, and the one tests drive.
 //!
-//! [`prepare`] checks the spec, opens the model checkpoint it binds, runs the
+//! [`check_spec`] runs the front end (parse, resolve, check) once per command;
+//! [`prepare`] takes its result, opens the model checkpoint it binds, runs the
 //! compiler pipeline (with the checkpoint's spectra for `rank auto`), fills
 //! the parameters, loads the data, and restores a checkpoint when resuming.
 //! [`run`] trains to the end (or until asked to stop), writing

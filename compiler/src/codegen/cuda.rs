@@ -20,11 +20,13 @@
 //! Arguments are pointers in kernel-IR order (`const float* __restrict__` for
 //! read arguments, `float*` for written ones, `const long long*` for
 //! per-row i64, `float` by value for scalars), then `int rows`; the C name of
-//! a kernel is [`symbol`](crate::kernel::symbol) of its IR name. A gather (`Col::Var`) converts the
-//! way the interpreter does (`max(v, 0)` truncated, NaN to 0) and reads NaN
-//! past the end of the row instead of out of bounds. A store statement that
-//! reads the argument it writes across columns would need all reads before any
-//! write; no library kernel does that and the emitter refuses it.
+//! a kernel is [`symbol`] of its IR name (the one mangler, in
+//! `crate::kernel`). A gather (`Col::Var`) converts the way the interpreter
+//! does (`max(v, 0)` truncated, NaN to 0) and reads NaN past the end of the
+//! row instead of out of bounds. A store statement that reads the argument it
+//! writes across columns would need all reads before any write; no library
+//! kernel does that and [`crate::kernel::verify`], which the emitter calls
+//! first, refuses it.
 //!
 //! Numerics: f32 throughout; `Rsqrt` is emitted as `1.0f / sqrtf(x)` and
 //! `Recip` as `1.0f / x` (not the approximate `rsqrtf`/`__frcp`), and the

@@ -9,7 +9,12 @@
 //!    the inferred ones.
 //! 5. `Param(p)` names an existing parameter whose shape is the node's output;
 //!    `ParamGrad(p)` takes a value of `p`'s shape and `p` is trainable.
-//! 6. The loss, if set, is an f32[1] output of a `CrossEntropy` node.
+//! 6. The loss, if set, is output 0 of a `CrossEntropy` node (or of its fused
+//!    kernel, or of a `LinearCrossEntropy`, as per-row losses).
+//! 7. A `Fused` node's kernel is legal ([`crate::kernel::verify`]).
+//!
+//! [`infer_with`] is also the program verifier's shape rule
+//! (`crate::ir::verify_program`).
 
 use petgraph::Direction;
 use petgraph::visit::EdgeRef;
