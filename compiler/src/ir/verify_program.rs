@@ -25,7 +25,8 @@
 //! 8. A slot's capacity (`memory.slots[s]`) is at least its values' bytes, and
 //!    two values live at the same time (from the instruction that defines one
 //!    to the one that releases it, both included) never share a slot.
-//! 9. `loss` and `logits`, if set, are existing non-parameter f32 values.
+//! 9. `loss` and `logits`, if set, are existing non-parameter f32 values,
+//!    released by the last instruction (the runtime reads them after the run).
 
 use crate::ir::verify::infer_with;
 use crate::ir::{Dtype, Op, ParamInfo, TensorType};
@@ -245,6 +246,10 @@ pub fn verify_program(prog: &Program, cx: Context<'_>) -> Result<(), ProgramErro
             Some(info) if info.param.is_some() => return fail("a parameter"),
             Some(info) if info.ty.dtype != Dtype::F32 => return fail("not f32"),
             Some(_) => {}
+        }
+        // The runtime reads it after the run: its buffer must live to the end.
+        if released[value] != prog.instrs.len().checked_sub(1) {
+            return fail("released before the last instruction");
         }
     }
     Ok(())
@@ -741,6 +746,17 @@ mod tests {
         });
         assert!(
             matches!(*e.kind, ProgramErrorKind::Result { what: "the logits", .. }),
+            "{e}"
+        );
+        // the loss released where it is made: its slot could be reused before the runtime reads it
+        let e = broken(false, |p| {
+            let loss = p.loss.unwrap();
+            let d = p.instrs.iter().position(|ins| ins.outputs.contains(&loss)).unwrap();
+            p.instrs.last_mut().unwrap().release.retain(|&r| r != loss);
+            p.instrs[d].release.push(loss);
+        });
+        assert!(
+            matches!(&*e.kind, ProgramErrorKind::Result { what: "the loss", msg, .. } if msg.contains("before the last")),
             "{e}"
         );
     }
