@@ -544,9 +544,10 @@ fn bench(
     only: &[BenchVariant],
     style: Style,
 ) -> ExitCode {
-    if let Err(code) = checked(path, style) {
-        return code;
-    }
+    let checked = match checked(path, style) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     use lamda_runtime::bench::{Variant, bench, render};
     let all = [
         BenchVariant::SpecRef,
@@ -562,7 +563,7 @@ fn bench(
             fuse: matches!(v, BenchVariant::SpecFused | BenchVariant::LoraFused),
         })
         .collect();
-    match bench(path, warmup, steps, &variants, profile) {
+    match bench(path, &checked, warmup, steps, &variants, profile) {
         Ok(rows) => {
             if json {
                 out(&format!(
@@ -1093,7 +1094,8 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
         }
         ExitCode::from(e.exit_code())
     };
-    let mut session = match session::prepare(opts) {
+    // The spec checked above is the one the session compiles: the front end runs once.
+    let mut session = match session::prepare(opts, &checked) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

@@ -5,13 +5,17 @@
 //! golden case. LoRA runs export their own factors unchanged.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::prepare;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use lamda_runtime::checkpoint::SafetensorsFile;
 use lamda_runtime::export::{export_peft, merge};
-use lamda_runtime::session::{Observer, RunOptions, prepare, run};
+use lamda_runtime::session::{Observer, RunOptions, run};
 
 struct Quiet;
 impl Observer for Quiet {}

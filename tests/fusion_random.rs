@@ -4,12 +4,16 @@
 //! LaMDA on every linear layer (B freezing mid-run) and with LoRA.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::prepare;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use lamda_runtime::checkpoint::{TensorRef, write_safetensors};
-use lamda_runtime::session::{Observer, RunOptions, prepare, run};
+use lamda_runtime::session::{Observer, RunOptions, run};
 
 struct Quiet;
 impl Observer for Quiet {}

@@ -8,12 +8,16 @@
 //! frozen columns and ranks: exact; energies: atol 1e-6.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::prepare;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use lamda_runtime::checkpoint::SafetensorsFile;
-use lamda_runtime::session::{Observer, RunOptions, prepare, run};
+use lamda_runtime::session::{Observer, RunOptions, run};
 use lamda_runtime::train::{StepStats, Trainer};
 
 fn expected(case: &str) -> SafetensorsFile {

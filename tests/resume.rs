@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
-use common::{Quiet, StopAt};
-use lamda_runtime::session::{RunOptions, prepare, run};
+use common::{Quiet, StopAt, prepare};
+use lamda_runtime::session::{RunOptions, run};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lamdac-resume-{name}-{}", std::process::id()));

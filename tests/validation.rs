@@ -8,8 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use common::{Quiet, StopAt, lamdac};
-use lamda_runtime::session::{RunOptions, prepare, run};
+use common::{Quiet, StopAt, lamdac, prepare};
+use lamda_runtime::session::{RunOptions, run};
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lamdac-val-{name}-{}", std::process::id()));

@@ -1,14 +1,17 @@
 //! The compiler pipeline: from a checked spec to a Plan, one line per pass.
 //!
-//! The IR is verified after every pass in debug and test builds.
+//! The IR is verified after every pass, and every program of the Plan before
+//! it is returned, in release builds too; the time both verifiers took is in
+//! [`Plan::verify`].
 
 use std::collections::BTreeSet;
 
 use crate::ir::build::build_forward;
 use crate::ir::verify::verify;
+use crate::ir::verify_program::{self, ProgramError};
 use crate::ir::{Ir, ParamInfo, ParamRole};
 use crate::passes::{adapter_init, autodiff, freeze, fusion, memory_plan, rank_alloc};
-use crate::plan::{MemorySummary, PhasePlan, Plan, RuleAllocation};
+use crate::plan::{MemorySummary, PhasePlan, Plan, RuleAllocation, VerifyTimes};
 use crate::spec::{RankChoice, ResolvedSpec};
 
 /// Energy scores of weights, for `rank auto` (the runtime reads the weights).
@@ -29,13 +32,48 @@ pub enum CompileError {
     Init(#[from] adapter_init::InitError),
     #[error("rank auto of rule {rule}: {msg}")]
     Alloc { rule: usize, msg: String },
+    /// A lowered program breaks an invariant (a compiler bug).
+    #[error("{program}: {source}")]
+    Program { program: String, source: ProgramError },
 }
 
-fn checked(ir: Ir) -> Result<Ir, CompileError> {
-    if cfg!(debug_assertions) {
-        verify(&ir)?;
-    }
+/// Runs the IR verifier (in every build) and keeps count of its time.
+fn checked(ir: Ir, times: &mut VerifyTimes) -> Result<Ir, CompileError> {
+    let t = std::time::Instant::now();
+    let r = verify(&ir);
+    times.ir += t.elapsed();
+    times.ir_runs += 1;
+    r?;
     Ok(ir)
+}
+
+/// Runs the program verifier on every program of `plan` and records its time.
+fn verify_programs(plan: &mut Plan) -> Result<(), CompileError> {
+    let t = std::time::Instant::now();
+    let rows = plan.batch * plan.seq;
+    let programs = plan
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("phase {i}"), &p.program, p.trainable.as_slice()))
+        .chain(std::iter::once(("eval".to_string(), &plan.eval, &[][..])));
+    let mut result = Ok(());
+    let mut runs = 0;
+    for (name, prog, trainable) in programs {
+        let cx = verify_program::Context {
+            rows,
+            params: &plan.params,
+            trainable,
+        };
+        runs += 1;
+        if let Err(source) = verify_program::verify_program(prog, cx) {
+            result = Err(CompileError::Program { program: name, source });
+            break;
+        }
+    }
+    plan.verify.program_runs += runs;
+    plan.verify.programs += t.elapsed();
+    result
 }
 
 /// How to compile.
@@ -70,10 +108,11 @@ pub fn compile_with(
     options: Options,
 ) -> Result<Plan, CompileError> {
     let mut spec = spec.clone();
+    let mut times = VerifyTimes::default();
     // 1. rank_alloc: ranks first, since they fix every adapter shape.
     let allocation = allocate_ranks(&mut spec, spectra)?;
     // 2. build: the forward graph with the adapters attached, loss with its gradient.
-    let forward = checked(build_forward(&spec, batch, seq, true)?)?;
+    let forward = checked(build_forward(&spec, batch, seq, true)?, &mut times)?;
     // 3. adapter_init: how the runtime fills adapter tensors and residual weights.
     let init = adapter_init::init_recipes(&forward, spec.train.seed)?;
     // 4. freeze: the phases of the run, each with its trainable set.
@@ -84,13 +123,13 @@ pub fn compile_with(
     // Fusion adds derived parameters (stacked weights, tables): the plan's table is their union.
     let mut params = forward.params.clone();
     for ph in &phases {
-        let mut ir = checked(autodiff::autodiff(forward.clone(), &ph.trainable)?)?;
+        let mut ir = checked(autodiff::autodiff(forward.clone(), &ph.trainable)?, &mut times)?;
         // fusion: after autodiff, so backward kernels fuse too; before the memory plan.
         // Derived parameters are found by name, so programs share them.
         if options.fuse {
             ir.params = params.clone();
             fusion::fuse(&mut ir, &ever_trainable, options.head_loss);
-            ir = checked(ir)?;
+            ir = checked(ir, &mut times)?;
             params = ir.params.clone();
         }
         planned.push(PhasePlan {
@@ -101,16 +140,16 @@ pub fn compile_with(
         });
     }
     // 6. eval: forward only (loss and logits), planned the same way.
-    let mut eval_ir = checked(build_forward(&spec, batch, seq, false)?)?;
+    let mut eval_ir = checked(build_forward(&spec, batch, seq, false)?, &mut times)?;
     if options.fuse {
         eval_ir.params = params.clone();
         fusion::fuse(&mut eval_ir, &ever_trainable, options.head_loss);
-        eval_ir = checked(eval_ir)?;
+        eval_ir = checked(eval_ir, &mut times)?;
         params = eval_ir.params.clone();
     }
     let eval = memory_plan::plan_memory(&eval_ir);
     let memory = summarize(&params, &planned, &eval);
-    Ok(Plan {
+    let mut plan = Plan {
         model_name: spec.model_name.clone(),
         family: spec.model.family.clone(),
         source: spec.model.source.clone(),
@@ -127,7 +166,11 @@ pub fn compile_with(
         allocation,
         memory,
         fused: options.fuse,
-    })
+        verify: times,
+    };
+    // 7. the program verifier, on what the runtime gets.
+    verify_programs(&mut plan)?;
+    Ok(plan)
 }
 
 /// The IR of the first phase (for `lamdac emit`): the forward graph, with
@@ -144,18 +187,19 @@ pub fn emit_ir_with(
     backward: bool,
     options: Options,
 ) -> Result<Ir, CompileError> {
-    let forward = checked(build_forward(spec, batch, seq, backward)?)?;
+    let mut times = VerifyTimes::default();
+    let forward = checked(build_forward(spec, batch, seq, backward)?, &mut times)?;
     let phases = freeze::phases(&forward, spec.train.steps);
     let ever: BTreeSet<usize> = phases.iter().flat_map(|p| p.trainable.iter().copied()).collect();
     let mut ir = if backward {
         let trainable = phases.first().map(|p| p.trainable.clone()).unwrap_or_default();
-        checked(autodiff::autodiff(forward, &trainable)?)?
+        checked(autodiff::autodiff(forward, &trainable)?, &mut times)?
     } else {
         forward
     };
     if options.fuse {
         fusion::fuse(&mut ir, &ever, options.head_loss);
-        ir = checked(ir)?;
+        ir = checked(ir, &mut times)?;
     }
     Ok(ir)
 }

@@ -79,6 +79,18 @@ pub struct Plan {
     pub memory: MemorySummary,
     /// Whether the programs were fused (they contain generated kernels).
     pub fused: bool,
+    /// Time the verifiers took while compiling this plan.
+    pub verify: VerifyTimes,
+}
+
+/// Time spent in the IR verifier (after every pass) and the program verifier
+/// (on every program of the Plan) while compiling, with how often each ran.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct VerifyTimes {
+    pub ir: std::time::Duration,
+    pub ir_runs: u32,
+    pub programs: std::time::Duration,
+    pub program_runs: u32,
 }
 
 impl Plan {

@@ -9,10 +9,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use lamda_compiler::codegen::cuda::{
-    adamw_kernel, c_ident, cuda_source, module_source, support, support_source, unfused_kernel, unfused_kernels,
+    adamw_kernel, cuda_source, module_source, support, support_source, unfused_kernel, unfused_kernels,
 };
 use lamda_compiler::ir::{F64, Op};
-use lamda_compiler::kernel::{Kernel, lib};
+use lamda_compiler::kernel::{Kernel, lib, symbol};
 use lamda_compiler::passes::memory_plan::Program;
 use lamda_compiler::pipeline::{Options, compile_with};
 use lamda_compiler::plan::Plan;
@@ -22,7 +22,7 @@ use lamda_compiler::resolve::check_source;
 fn every_example_kernel_ir_then_cuda() {
     for k in lib::examples() {
         let src = cuda_source(&k).unwrap_or_else(|e| panic!("{}: {e}", k.name));
-        insta::assert_snapshot!(c_ident(&k.name), format!("{k}\n{src}"));
+        insta::assert_snapshot!(symbol(&k.name), format!("{k}\n{src}"));
     }
 }
 
@@ -161,7 +161,7 @@ fn an_unfused_plan_lists_the_instances_its_ops_run() {
     // One module: support kernels and each instance once.
     let src = module_source(&ks).unwrap();
     for k in &ks {
-        let decl = format!("extern \"C\" __global__ void {}(", c_ident(&k.name));
+        let decl = format!("extern \"C\" __global__ void {}(", symbol(&k.name));
         assert_eq!(src.matches(&decl).count(), 1, "{decl}");
     }
 }
@@ -189,7 +189,7 @@ fn a_fused_plan_shares_instances_with_its_fused_kernels() {
     let src = module_source(&ks).unwrap();
     let names: BTreeSet<&str> = ks.iter().map(|k| k.name.as_str()).collect();
     for n in names {
-        let decl = format!("extern \"C\" __global__ void {}(", c_ident(n));
+        let decl = format!("extern \"C\" __global__ void {}(", symbol(n));
         assert_eq!(src.matches(&decl).count(), 1, "{decl}");
     }
 }

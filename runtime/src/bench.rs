@@ -15,6 +15,8 @@
 use std::path::Path;
 use std::time::Instant;
 
+use lamda_compiler::resolve::Checked;
+
 use crate::session::{RunOptions, SessionError, prepare};
 
 /// One benchmarked variant.
@@ -66,9 +68,11 @@ fn median(xs: &mut [f64]) -> f64 {
     }
 }
 
-/// Times every variant on `spec`.
+/// Times every variant on `spec`, whose front end's result is `checked`
+/// (see [`crate::session::check_spec`]).
 pub fn bench(
     spec: &Path,
+    checked: &Checked,
     warmup: u64,
     steps: u64,
     variants: &[Variant],
@@ -83,7 +87,7 @@ pub fn bench(
             lora_twin: v.lora,
             ..RunOptions::default()
         };
-        let mut s = prepare(&opts)?;
+        let mut s = prepare(&opts, checked)?;
         let tr = &mut s.trainer;
         let mut first = f32::NAN;
         for i in 0..warmup {
@@ -117,6 +121,17 @@ pub fn bench(
             for (op, d, n) in e.profile().into_iter().take(12) {
                 eprintln!("  {op:<28} {:>9.1} ms  {n:>7} calls", d.as_secs_f64() * 1e3);
             }
+        }
+        if profile {
+            // The verifiers run once, while compiling (part of the startup's `compile`).
+            let v = &tr.plan.verify;
+            eprintln!(
+                "verifiers while compiling: IR {:.2} ms ({} runs), programs {:.2} ms ({} runs)",
+                v.ir.as_secs_f64() * 1e3,
+                v.ir_runs,
+                v.programs.as_secs_f64() * 1e3,
+                v.program_runs
+            );
         }
         let phase = tr.plan.phases.first();
         let trainable: u64 = phase.map_or(0, |p| p.trainable.iter().map(|&i| tr.plan.params[i].numel()).sum());

@@ -1,6 +1,7 @@
 //! A training session end to end: the path `lamdac train` takes, and the one tests drive.
 //!
-//! [`prepare`] checks the spec, opens the model checkpoint it binds, runs the
+//! [`check_spec`] runs the front end (parse, resolve, check) once per command;
+//! [`prepare`] takes its result, opens the model checkpoint it binds, runs the
 //! compiler pipeline (with the checkpoint's spectra for `rank auto`), fills
 //! the parameters, loads the data, and restores a checkpoint when resuming.
 //! [`run`] trains to the end (or until asked to stop), writing
@@ -16,7 +17,7 @@ use lamda_compiler::diag::{Style, render};
 use lamda_compiler::ir::ParamRole;
 use lamda_compiler::model::ModelSource;
 use lamda_compiler::pipeline::{CompileError, Options, Spectra, compile_with};
-use lamda_compiler::resolve::check_path;
+use lamda_compiler::resolve::{Checked, check_path};
 use lamda_compiler::spec::Device;
 
 use crate::backend::cuda::{CudaDevice, CudaOptions, Precision};
@@ -319,15 +320,24 @@ fn fnv(parts: &[&[u8]]) -> String {
     format!("{h:016x}")
 }
 
-/// Checks, compiles and initialises a run.
-pub fn prepare(opts: &RunOptions) -> Result<Session, SessionError> {
+/// The front end (parse, resolve, check) on the spec file `path`, for
+/// [`prepare`]: a command runs it once. A spec with errors comes back as it
+/// is (with its diagnostics); [`prepare`] refuses it.
+pub fn check_spec(path: &Path) -> Result<Checked, SessionError> {
+    check_path(path).map_err(|source| SessionError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Compiles and initialises a run of `checked`, the spec of `opts.spec` as
+/// [`check_spec`] (or the caller's own check) left it: the front end does
+/// not run again. The startup's `check` phase is what remains of it here
+/// (the overrides of `opts`, the device).
+pub fn prepare(opts: &RunOptions, checked: &Checked) -> Result<Session, SessionError> {
     let mut startup = Startup::default();
     let mut since = std::time::Instant::now();
-    let checked = check_path(&opts.spec).map_err(|source| SessionError::Read {
-        path: opts.spec.clone(),
-        source,
-    })?;
-    let Some(mut spec) = checked.spec else {
+    let Some(mut spec) = checked.spec.clone() else {
         let errors = checked.diags.iter().filter(|d| d.is_error()).count();
         return Err(SessionError::Spec {
             rendered: render(&checked.sources, &checked.diags, Style::Plain),

@@ -31,7 +31,7 @@ use lamda_runtime::backend::cuda::{
 };
 use lamda_runtime::exec::{Backend, Executor};
 use lamda_runtime::ops::{AdamState, AdamW, adamw_step};
-use lamda_runtime::session::{RunOptions, prepare};
+use lamda_runtime::session::{RunOptions, check_spec, prepare};
 
 /// The GPU, or None after printing why the test skips.
 fn gpu() -> Option<CudaDevice> {
@@ -110,7 +110,7 @@ fn golden_session() -> lamda_runtime::session::Session {
         out: Some(out),
         ..RunOptions::default()
     };
-    prepare(&opts).unwrap()
+    prepare(&opts, &check_spec(&opts.spec).unwrap()).unwrap()
 }
 
 #[test]

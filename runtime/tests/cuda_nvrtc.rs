@@ -9,11 +9,9 @@
 
 use std::path::Path;
 
-use lamda_compiler::codegen::cuda::{
-    c_ident, cuda_source, module_source, prelude, support, support_source, unfused_kernels,
-};
+use lamda_compiler::codegen::cuda::{cuda_source, module_source, prelude, support, support_source, unfused_kernels};
 use lamda_compiler::ir::Op;
-use lamda_compiler::kernel::{Kernel, lib};
+use lamda_compiler::kernel::{Kernel, lib, symbol};
 use lamda_compiler::passes::memory_plan::Program;
 use lamda_compiler::pipeline::{Options, compile_with};
 use lamda_compiler::resolve::check_source;
@@ -41,7 +39,7 @@ fn the_whole_module_compiles_for_every_arch() {
     for arch in ARCHS {
         let ptx = compile_ptx(&src, arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         for k in &kernels {
-            let entry = format!(".entry {}(", c_ident(&k.name));
+            let entry = format!(".entry {}(", lamda_compiler::kernel::symbol(&k.name));
             assert!(ptx.contains(&entry), "{arch}: no {entry} in the PTX");
         }
         for name in support::ALL {
@@ -95,7 +93,7 @@ fn the_module_of_a_plan_compiles() {
         kernels.extend(unfused);
         let ptx = compile_ptx(&module_source(&kernels).unwrap(), "compute_90").unwrap_or_else(|e| panic!("{e}"));
         for k in &kernels {
-            let entry = format!(".entry {}(", c_ident(&k.name));
+            let entry = format!(".entry {}(", symbol(&k.name));
             assert!(ptx.contains(&entry), "fuse {fuse}: no {entry} in the PTX");
         }
         eprintln!(

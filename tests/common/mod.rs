@@ -34,3 +34,11 @@ impl Observer for StopAt<'_> {
 /// Observes nothing.
 pub struct Quiet;
 impl Observer for Quiet {}
+
+/// `session::prepare` after the front end on `opts.spec`, as the CLI does it.
+pub fn prepare(
+    opts: &lamda_runtime::session::RunOptions,
+) -> Result<lamda_runtime::session::Session, lamda_runtime::session::SessionError> {
+    let checked = lamda_runtime::session::check_spec(&opts.spec)?;
+    lamda_runtime::session::prepare(opts, &checked)
+}

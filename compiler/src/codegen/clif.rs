@@ -50,7 +50,8 @@
 //! input. A gather `a[v]` with `v` past the argument's columns reads NaN (the
 //! interpreter reads `a[i * cols + v]`, another row's value, while that is in
 //! the buffer: with rows split across threads it could be racing a write).
-//! Rejected with a [`CodegenError`]: what the interpreter would panic on (a
+//! Rejected by [`crate::kernel::verify`] (so by every code generator, as
+//! [`CodegenError::Invalid`]): what the interpreter would panic on (a
 //! zero `head_dim` or period); column reads past an argument's columns (it
 //! reads another row or NaN); a store whose value reads its own destination at
 //! another column (it buffers the whole row first; this lowering stores as it
@@ -69,14 +70,14 @@ use cranelift_codegen::isa::{self, OwnedTargetIsa, TargetFrontendConfig};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 
-use crate::kernel::{Access, ArgTy, BinOp, Col, Cond, Expr, Kernel, Reduce, Stmt, UnOp, verify_kernel};
+use crate::kernel::{Access, ArgTy, BinOp, Col, Cond, Expr, Kernel, KernelError, Reduce, Stmt, UnOp};
 
 /// Why a kernel could not be lowered.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CodegenError {
-    /// The kernel fails [`verify_kernel`].
+    /// The kernel is not legal (see [`crate::kernel::verify`]).
     #[error("{0}")]
-    Invalid(String),
+    Invalid(#[from] KernelError),
     /// The kernel is well formed but this lowering rejects it (see the module doc).
     #[error("kernel {kernel}: {msg}")]
     Unsupported { kernel: String, msg: String },
@@ -121,21 +122,11 @@ fn text_isa() -> Result<OwnedTargetIsa, CodegenError> {
         .map_err(|e| target(e.to_string()))
 }
 
-/// The name [`lower`] gives the function: the kernel name with every
-/// character outside `[A-Za-z0-9_]` replaced by `_`.
-pub fn symbol(k: &Kernel) -> String {
-    k.name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
-        .collect()
-}
-
 /// Lowers `k` to a Cranelift function with the ABI of the module doc, for a
 /// 64-bit target described by `frontend` (pointer type and calling convention).
 /// The function is not optimised; the JIT runs Cranelift's pipeline on it.
 pub fn lower(k: &Kernel, frontend: TargetFrontendConfig) -> Result<Function, CodegenError> {
-    verify_kernel(k).map_err(CodegenError::Invalid)?;
-    check(k)?;
+    crate::kernel::verify(k)?;
     let ptr = frontend.pointer_type();
     if ptr != I64 {
         return Err(CodegenError::Target {
@@ -146,7 +137,7 @@ pub fn lower(k: &Kernel, frontend: TargetFrontendConfig) -> Result<Function, Cod
     let mut sig = Signature::new(frontend.default_call_conv);
     sig.params
         .extend([AbiParam::new(ptr), AbiParam::new(I64), AbiParam::new(I64)]);
-    let mut func = Function::with_name_signature(UserFuncName::testcase(symbol(k)), sig);
+    let mut func = Function::with_name_signature(UserFuncName::testcase(crate::kernel::symbol(&k.name)), sig);
     let mut fctx = FunctionBuilderContext::new();
     let mut lw = Lower {
         k,
@@ -163,132 +154,9 @@ pub fn lower(k: &Kernel, frontend: TargetFrontendConfig) -> Result<Function, Cod
     Ok(func)
 }
 
-// ------------------------------------------------------------------ static checks
-
-/// Rejects what the lowering cannot make safe (see the module doc); everything
-/// it accepts is lowered without a run-time bounds check on column reads.
-fn check(k: &Kernel) -> Result<(), CodegenError> {
-    let fail = |msg: String| {
-        Err(CodegenError::Unsupported {
-            kernel: k.name.clone(),
-            msg,
-        })
-    };
-    for (a, arg) in k.args.iter().enumerate() {
-        if arg.ty == ArgTy::PerRowI64 && arg.access != Access::Read {
-            return fail(format!("a{a} `{}`: an i64 argument must be read-only", arg.name));
-        }
-    }
-    for (si, s) in k.body.iter().enumerate() {
-        let r = match s {
-            Stmt::Let { value, .. } | Stmt::StoreRow { value, .. } => check_expr(k, value, None),
-            Stmt::Reduce { cols, value, .. } => check_expr(k, value, Some(*cols)),
-            Stmt::Store { arg, cols, value, .. } => check_expr(k, value, Some(*cols)).and_then(|()| {
-                if reads_other_column(value, *arg) {
-                    Err(format!(
-                        "the store into a{arg} reads a{arg} at another column; split it into two statements"
-                    ))
-                } else {
-                    Ok(())
-                }
-            }),
-        };
-        if let Err(m) = r {
-            return fail(format!("statement {si}: {m}"));
-        }
-        if let Stmt::Reduce { cols, .. } | Stmt::Store { cols, .. } = s
-            && i32::try_from(*cols).is_err()
-        {
-            return fail(format!("statement {si}: {cols} columns is too many"));
-        }
-    }
-    Ok(())
-}
-
-/// The largest column `col` reads for `j < loop_cols`, if any.
-fn max_column(col: Col, loop_cols: usize) -> Option<usize> {
-    let last = loop_cols.checked_sub(1)?;
-    match col {
-        Col::J => Some(last),
-        Col::HalfIndex { head_dim } => Some(last.min(head_dim / 2 - 1)),
-        Col::RopePartner { head_dim } => (0..loop_cols)
-            .map(|j| (j / head_dim) * head_dim + (j % head_dim + head_dim / 2) % head_dim)
-            .max(),
-        Col::Var(_) => None,
-    }
-}
-
-fn array_cols(ty: ArgTy) -> Option<usize> {
-    match ty {
-        ArgTy::Rows { cols } | ArgTy::Periodic { cols, .. } => Some(cols),
-        ArgTy::Vector { len } => Some(len),
-        ArgTy::PerRow | ArgTy::PerRowI64 | ArgTy::Scalar => None,
-    }
-}
-
-fn check_expr(k: &Kernel, e: &Expr, loop_cols: Option<usize>) -> Result<(), String> {
-    match e {
-        Expr::Const(_) | Expr::Var(_) => Ok(()),
-        Expr::Load { arg, col } => {
-            let a = k.args.get(*arg).ok_or_else(|| format!("no argument {arg}"))?;
-            match *col {
-                Col::RopePartner { head_dim: 0 } => return Err("a RoPE partner with head_dim 0".into()),
-                Col::HalfIndex { head_dim } if head_dim < 2 => {
-                    return Err(format!("a RoPE frequency index with head_dim {head_dim}"));
-                }
-                _ => {}
-            }
-            if let ArgTy::Periodic { period: 0, .. } = a.ty {
-                return Err(format!("a{arg} `{}` has period 0", a.name));
-            }
-            if let (Some(cols), Some(n)) = (array_cols(a.ty), loop_cols)
-                && let Some(max) = max_column(*col, n)
-                && max >= cols
-            {
-                return Err(format!(
-                    "a{arg} `{}` is read at column {max} but has {cols} columns",
-                    a.name
-                ));
-            }
-            Ok(())
-        }
-        Expr::RowDot { b, len, .. } => {
-            let n = loop_cols.ok_or("row_dot outside a column loop")?;
-            let have = k.args.get(*b).and_then(|a| array_cols(a.ty)).unwrap_or(0);
-            match n.checked_mul(*len) {
-                Some(need) if need <= have => Ok(()),
-                _ => Err(format!("row_dot reads {n} x {len} values of a{b}, which has {have}")),
-            }
-        }
-        Expr::Unary(_, a) => check_expr(k, a, loop_cols),
-        Expr::Binary(_, a, b) => {
-            check_expr(k, a, loop_cols)?;
-            check_expr(k, b, loop_cols)
-        }
-        Expr::Select(c, a, b) => {
-            if let Cond::FirstHalf { head_dim: 0 } = c {
-                return Err("a first-half condition with head_dim 0".into());
-            }
-            check_expr(k, a, loop_cols)?;
-            check_expr(k, b, loop_cols)
-        }
-    }
-}
-
-/// Whether `e` reads argument `arg` anywhere but at the loop column.
-fn reads_other_column(e: &Expr, arg: usize) -> bool {
-    match e {
-        Expr::Const(_) | Expr::Var(_) => false,
-        Expr::Load { arg: a, col } => *a == arg && *col != Col::J,
-        Expr::RowDot { a, b, .. } => *a == arg || *b == arg,
-        Expr::Unary(_, x) => reads_other_column(x, arg),
-        Expr::Binary(_, x, y) | Expr::Select(_, x, y) => reads_other_column(x, arg) || reads_other_column(y, arg),
-    }
-}
-
 /// Whether a column argument (`Rows`, `Vector`, `Periodic`) is read by column.
 fn is_array(ty: ArgTy) -> bool {
-    array_cols(ty).is_some()
+    ty.columns().is_some()
 }
 
 /// Whether `e` depends on the loop column j.
@@ -464,6 +332,15 @@ fn flags_plain() -> MemFlagsData {
 }
 
 impl<'k> Lower<'k, '_> {
+    /// What [`crate::kernel::verify`] should have rejected.
+    fn invalid(&self, msg: String) -> CodegenError {
+        CodegenError::Invalid(KernelError {
+            kernel: self.k.name.clone(),
+            stmt: None,
+            msg,
+        })
+    }
+
     fn unsupported(&self, msg: impl Into<String>) -> CodegenError {
         CodegenError::Unsupported {
             kernel: self.k.name.clone(),
@@ -717,11 +594,10 @@ impl<'k> Lower<'k, '_> {
     }
 
     fn set_var(&mut self, var: u16, v: Value) -> Result<(), CodegenError> {
-        let slot = self
-            .vars
-            .get_mut(var as usize)
-            .ok_or_else(|| CodegenError::Invalid(format!("v{var} is out of range")))?;
-        *slot = Some(v);
+        if var as usize >= self.vars.len() {
+            return Err(self.invalid(format!("v{var} is out of range")));
+        }
+        self.vars[var as usize] = Some(v);
         Ok(())
     }
 
@@ -730,10 +606,7 @@ impl<'k> Lower<'k, '_> {
         if cols == 0 {
             return match kind {
                 LoopKind::Store { .. } => Ok(()),
-                LoopKind::Reduce { .. } => Err(CodegenError::Invalid(format!(
-                    "kernel {}: an empty reduction",
-                    self.k.name
-                ))),
+                LoopKind::Reduce { .. } => Err(self.invalid("an empty reduction".into())),
             };
         }
         let vector = vectorizable(value);
@@ -843,7 +716,7 @@ impl<'k> Lower<'k, '_> {
             acc = self.chunk(kind, value, j, Lanes::One, cols, &h, acc)?;
         }
         if let (LoopKind::Reduce { var, .. }, Some(v)) = (kind, acc) {
-            let var = u16::try_from(var).map_err(|_| CodegenError::Invalid(format!("v{var} is out of range")))?;
+            let var = u16::try_from(var).map_err(|_| self.invalid(format!("v{var} is out of range")))?;
             self.set_var(var, v)?;
         }
         Ok(())
@@ -1685,7 +1558,7 @@ mod tests {
     fn snapshots_of_the_examples() {
         for k in lib::examples() {
             let text = format!("{k}\n{}", clif_text(&k).unwrap());
-            insta::assert_snapshot!(symbol(&k), text);
+            insta::assert_snapshot!(crate::kernel::symbol(&k.name), text);
         }
     }
 
@@ -1711,14 +1584,18 @@ mod tests {
     }
 
     #[test]
-    fn rejects_what_it_cannot_lower_safely() {
+    fn rejects_what_kernel_verify_rejects() {
         // A store that reads its destination at another column.
         let k = store_kernel(
             8,
             vec![rows_arg("y", 8, Access::ReadWrite)],
             Expr::at(0, Col::RopePartner { head_dim: 8 }),
         );
-        assert!(matches!(clif_text(&k), Err(CodegenError::Unsupported { .. })));
+        assert!(
+            matches!(clif_text(&k), Err(CodegenError::Invalid(_))),
+            "{:?}",
+            clif_text(&k)
+        );
         // A read past the last column.
         let k = store_kernel(
             8,
@@ -1732,14 +1609,22 @@ mod tests {
             ],
             Expr::load(1),
         );
-        assert!(matches!(clif_text(&k), Err(CodegenError::Unsupported { .. })));
+        assert!(
+            matches!(clif_text(&k), Err(CodegenError::Invalid(_))),
+            "{:?}",
+            clif_text(&k)
+        );
         // head_dim 0, which the interpreter divides by.
         let k = store_kernel(
             8,
             vec![rows_arg("y", 8, Access::Write), rows_arg("x", 8, Access::Read)],
             Expr::at(1, Col::RopePartner { head_dim: 0 }),
         );
-        assert!(matches!(clif_text(&k), Err(CodegenError::Unsupported { .. })));
+        assert!(
+            matches!(clif_text(&k), Err(CodegenError::Invalid(_))),
+            "{:?}",
+            clif_text(&k)
+        );
         // A kernel that does not verify.
         let k = store_kernel(8, vec![rows_arg("y", 8, Access::Read)], Expr::c(1.0));
         assert!(matches!(clif_text(&k), Err(CodegenError::Invalid(_))));

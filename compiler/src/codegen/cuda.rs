@@ -20,11 +20,13 @@
 //! Arguments are pointers in kernel-IR order (`const float* __restrict__` for
 //! read arguments, `float*` for written ones, `const long long*` for
 //! per-row i64, `float` by value for scalars), then `int rows`; the C name of
-//! a kernel is [`c_ident`] of its IR name. A gather (`Col::Var`) converts the
-//! way the interpreter does (`max(v, 0)` truncated, NaN to 0) and reads NaN
-//! past the end of the row instead of out of bounds. A store statement that
-//! reads the argument it writes across columns would need all reads before any
-//! write; no library kernel does that and the emitter refuses it.
+//! a kernel is [`symbol`] of its IR name (the one mangler, in
+//! `crate::kernel`). A gather (`Col::Var`) converts the way the interpreter
+//! does (`max(v, 0)` truncated, NaN to 0) and reads NaN past the end of the
+//! row instead of out of bounds. A store statement that reads the argument it
+//! writes across columns would need all reads before any write; no library
+//! kernel does that and [`crate::kernel::verify`], which the emitter calls
+//! first, refuses it.
 //!
 //! Numerics: f32 throughout; `Rsqrt` is emitted as `1.0f / sqrtf(x)` and
 //! `Recip` as `1.0f / x` (not the approximate `rsqrtf`/`__frcp`), and the
@@ -58,15 +60,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::ir::Op;
-use crate::kernel::{Access, ArgTy, BinOp, Col, Cond, Expr, Kernel, Reduce, Stmt, UnOp, lib, verify_kernel};
+use crate::kernel::{Access, ArgTy, BinOp, Col, Cond, Expr, Kernel, KernelError, Reduce, Stmt, UnOp, lib, symbol};
 use crate::passes::memory_plan::Program;
 
 /// Why a kernel has no CUDA C.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodegenError {
-    /// The kernel does not verify (see [`crate::kernel::verify_kernel`]).
+    /// The kernel is not legal (see [`crate::kernel::verify`]).
     #[error("{0}")]
-    Invalid(String),
+    Invalid(#[from] KernelError),
     /// Well formed, but outside what this emitter handles.
     #[error("kernel {kernel}: {msg}")]
     Unsupported { kernel: String, msg: String },
@@ -88,26 +90,6 @@ pub fn block_threads(k: &Kernel) -> u32 {
         .max()
         .unwrap_or(1);
     (widest.div_ceil(32) * 32).clamp(32, 256) as u32
-}
-
-/// The C identifier of a kernel name: letters, digits and `_` are kept, `-`
-/// becomes `m`, `.` becomes `p`, `+` becomes `P`, anything else `_`.
-/// `rmsnorm_d17_eps1e-5` -> `rmsnorm_d17_eps1em5`.
-pub fn c_ident(name: &str) -> String {
-    let mut s: String = name
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' => c,
-            '-' => 'm',
-            '.' => 'p',
-            '+' => 'P',
-            _ => '_',
-        })
-        .collect();
-    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
-        s.insert(0, '_');
-    }
-    s
 }
 
 /// An f32 constant as a C literal that parses to the same f32 the
@@ -236,11 +218,13 @@ impl Emitter<'_> {
     }
 
     fn load(&self, arg: usize, col: Col) -> Result<String, CodegenError> {
-        let a = self
-            .k
-            .args
-            .get(arg)
-            .ok_or_else(|| CodegenError::Invalid(format!("no argument {arg}")))?;
+        let a = self.k.args.get(arg).ok_or_else(|| {
+            CodegenError::Invalid(KernelError {
+                kernel: self.k.name.clone(),
+                stmt: None,
+                msg: format!("no argument {arg}"),
+            })
+        })?;
         let p = format!("a{arg}");
         // (base offset of the row the argument is read in, columns of that row)
         let (base, cols) = match a.ty {
@@ -372,13 +356,13 @@ fn arg_decl(k: &Kernel, idx: usize) -> String {
     format!("{ty} a{idx} /* {} {shape} */", a.name)
 }
 
-/// The CUDA C of one fused kernel: `extern "C" __global__ void <c_ident(name)>(args..., int rows)`,
+/// The CUDA C of one fused kernel: `extern "C" __global__ void <symbol(name)>(args..., int rows)`,
 /// launched with a grid of up to `rows` blocks of [`block_threads`] threads. It
 /// uses the helpers of [`prelude`]. Stable text: the same kernel always gives
 /// the same source.
 pub fn cuda_source(k: &Kernel) -> Result<String, CodegenError> {
-    verify_kernel(k).map_err(CodegenError::Invalid)?;
-    let name = c_ident(&k.name);
+    crate::kernel::verify(k)?;
+    let name = symbol(&k.name);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -406,20 +390,8 @@ pub fn cuda_source(k: &Kernel) -> Result<String, CodegenError> {
     };
     // Accesses since the last barrier of the row.
     let mut pending: Vec<Touch> = Vec::new();
-    for (si, s) in k.body.iter().enumerate() {
+    for s in &k.body {
         let t = touches(k, s);
-        // A store reading its own output across columns needs every read before any write.
-        if let Stmt::Store { arg, .. } = s
-            && t.iter().any(|x| x.arg == *arg && !x.write && !x.private)
-        {
-            return Err(CodegenError::Unsupported {
-                kernel: k.name.clone(),
-                msg: format!(
-                    "statement {si} reads `{}` across columns while storing into it",
-                    k.args[*arg].name
-                ),
-            });
-        }
         if pending.iter().any(|p| t.iter().any(|x| conflicts(p, x))) {
             let _ = writeln!(out, "    __syncthreads();");
             pending.clear();
@@ -546,7 +518,7 @@ pub fn unfused_kernels<'p>(programs: impl IntoIterator<Item = &'p Program>) -> V
                 op => unfused_kernel(op, &shapes),
             };
             if let Some(k) = k
-                && verify_kernel(&k).is_ok()
+                && crate::kernel::verify(&k).is_ok()
                 && seen.insert(k.name.clone())
             {
                 out.push(k);
@@ -996,12 +968,12 @@ pub fn module_source(kernels: &[Kernel]) -> Result<String, CodegenError> {
                 return Err(CodegenError::NameClash {
                     a: k.name.clone(),
                     b: prev.name.clone(),
-                    ident: c_ident(&k.name),
+                    ident: symbol(&k.name),
                 });
             }
             continue;
         }
-        let ident = c_ident(&k.name);
+        let ident = symbol(&k.name);
         if let Some(other) = idents.get(&ident) {
             return Err(CodegenError::NameClash {
                 a: k.name.clone(),
@@ -1023,11 +995,20 @@ mod tests {
     use crate::kernel::lib;
 
     #[test]
-    fn identifiers_are_c_names() {
-        assert_eq!(c_ident("rmsnorm_d17_eps1e-5"), "rmsnorm_d17_eps1em5");
-        assert_eq!(c_ident("lamda_epilogue_o9_r3_a5e-1"), "lamda_epilogue_o9_r3_a5em1");
-        assert_eq!(c_ident("9x"), "_9x");
-        assert_eq!(c_ident("a.b"), "apb");
+    fn illegal_kernels_have_no_source() {
+        // a store that reads its destination at another column: kernel::verify refuses it
+        let mut k = lib::swiglu(13);
+        k.body.push(Stmt::Store {
+            arg: 2,
+            cols: 13,
+            value: Expr::at(2, Col::RopePartner { head_dim: 13 }),
+            accumulate: false,
+        });
+        let err = cuda_source(&k);
+        assert!(
+            matches!(&err, Err(CodegenError::Invalid(e)) if e.stmt == Some(1) && e.msg.contains("another column")),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -1047,7 +1028,7 @@ mod tests {
     fn every_library_kernel_has_source_and_barriers_where_needed() {
         for k in lib::examples() {
             let src = cuda_source(&k).unwrap_or_else(|e| panic!("{e}"));
-            assert!(src.contains(&format!("void {}(", c_ident(&k.name))), "{src}");
+            assert!(src.contains(&format!("void {}(", symbol(&k.name))), "{src}");
         }
         // u is written then read across columns by the second row dot: one barrier.
         let src = cuda_source(&lib::lamda_epilogue(9, 3, 0.5)).unwrap_or_default();

@@ -15,6 +15,7 @@ pub mod build;
 pub mod edit;
 pub mod print;
 pub mod verify;
+pub mod verify_program;
 
 use std::fmt;
 

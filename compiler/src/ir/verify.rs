@@ -1,4 +1,4 @@
-//! The IR verifier, run after every pass in debug and test builds.
+//! The IR verifier, run after every pass (in release builds too; see `crate::pipeline`).
 //!
 //! Invariants:
 //! 1. Every edge names an existing output of its source (`out < outputs.len()`).
@@ -9,12 +9,17 @@
 //!    the inferred ones.
 //! 5. `Param(p)` names an existing parameter whose shape is the node's output;
 //!    `ParamGrad(p)` takes a value of `p`'s shape and `p` is trainable.
-//! 6. The loss, if set, is an f32[1] output of a `CrossEntropy` node.
+//! 6. The loss, if set, is output 0 of a `CrossEntropy` node (or of its fused
+//!    kernel, or of a `LinearCrossEntropy`, as per-row losses).
+//! 7. A `Fused` node's kernel is legal ([`crate::kernel::verify`]).
+//!
+//! [`infer_with`] is also the program verifier's shape rule
+//! (`crate::ir::verify_program`).
 
 use petgraph::Direction;
 use petgraph::visit::EdgeRef;
 
-use crate::ir::{Dtype, Ir, NodeId, Op, TensorType};
+use crate::ir::{Dtype, Ir, NodeId, Op, ParamInfo, TensorType};
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -117,6 +122,13 @@ fn show(ts: &[TensorType]) -> String {
 
 /// The output types of `op` applied to operands of types `ins`.
 pub fn infer(ir: &Ir, op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, String> {
+    infer_with(ir.n(), &ir.params, op, ins)
+}
+
+/// [`infer`] for `n` rows (`batch * seq`) and the parameter table `params`,
+/// without a graph: the program verifier checks lowered instructions by the
+/// same rules.
+pub fn infer_with(n: usize, params: &[ParamInfo], op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, String> {
     let f32s = |t: &TensorType| t.dtype == Dtype::F32;
     let mat = |t: &TensorType| -> Result<(usize, usize), String> {
         match (f32s(t), t.shape.as_slice()) {
@@ -131,11 +143,10 @@ pub fn infer(ir: &Ir, op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, St
             Err(format!("operand types differ: {a} and {b}"))
         }
     };
-    let n = ir.n();
     Ok(match (op, ins) {
         (Op::Tokens | Op::Labels, []) => vec![TensorType::i64(&[n])],
         (Op::Param(p), []) => {
-            let info = ir.params.get(*p).ok_or_else(|| format!("no parameter {p}"))?;
+            let info = params.get(*p).ok_or_else(|| format!("no parameter {p}"))?;
             vec![TensorType::f32(&info.shape)]
         }
         (Op::Embedding, [ids, table]) => {
@@ -236,7 +247,7 @@ pub fn infer(ir: &Ir, op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, St
             vec![TensorType::f32(&[k])]
         }
         (Op::ParamGrad(p), [g]) => {
-            let info = ir.params.get(*p).ok_or_else(|| format!("no parameter {p}"))?;
+            let info = params.get(*p).ok_or_else(|| format!("no parameter {p}"))?;
             if !info.trainable() {
                 return Err(format!("gradient of the frozen parameter {}", info.name));
             }
@@ -246,7 +257,7 @@ pub fn infer(ir: &Ir, op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, St
             vec![]
         }
         (Op::Fused(k), ins) => {
-            crate::kernel::verify_kernel(k)?;
+            crate::kernel::verify(k).map_err(|e| e.to_string())?;
             let reads = k.inputs();
             if reads.len() != ins.len() {
                 return Err(format!(
@@ -273,7 +284,7 @@ pub fn infer(ir: &Ir, op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, St
             k.outputs().iter().map(|&a| arg_type(k.args[a].ty, rows)).collect()
         }
         (Op::ParamSlice { param, start, len }, []) => {
-            let info = ir.params.get(*param).ok_or_else(|| format!("no parameter {param}"))?;
+            let info = params.get(*param).ok_or_else(|| format!("no parameter {param}"))?;
             if start + len > info.numel() as usize {
                 return Err(format!(
                     "slice {start}..{} of {} with {} values",

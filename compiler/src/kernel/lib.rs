@@ -476,12 +476,12 @@ pub fn examples() -> Vec<Kernel> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::verify_kernel;
+    use crate::kernel::verify;
 
     #[test]
     fn every_library_kernel_verifies() {
         for k in examples() {
-            verify_kernel(&k).unwrap_or_else(|e| panic!("{e}\n{k}"));
+            verify(&k).unwrap_or_else(|e| panic!("{e}\n{k}"));
         }
     }
 }

@@ -25,7 +25,9 @@
 //!
 //! Scalars are launch parameters the runtime supplies by name (`lr`,
 //! `grad_scale`, ...). Nothing here allocates: every output is an argument.
-//! [`verify_kernel`] checks that a kernel is well formed; `lib` holds the
+//! [`verify`] is the one legality check of a kernel (the IR verifier and both
+//! code generators call it) and [`symbol`] the one name mangler for its
+//! symbol in generated code; `lib` holds the
 //! kernels lamdac fuses (RMSNorm, RoPE, SwiGLU, residual adds, the adapter
 //! epilogue, cross-entropy with its softmax, AdamW with the freeze mask, and
 //! their backward where they have one).
@@ -328,23 +330,66 @@ impl std::ops::Neg for Expr {
 
 // ------------------------------------------------------------------ verification
 
-/// Checks that a kernel is well formed: arguments exist and have the right
-/// type for each use, variables are defined before use, column-dependent
-/// expressions appear only inside column loops, stores write writable rows.
-pub fn verify_kernel(k: &Kernel) -> Result<(), String> {
+/// Why a kernel is not legal: the kernel's name, the statement (none for an
+/// argument), what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("kernel {kernel}: {}{msg}", statement(.stmt))]
+pub struct KernelError {
+    pub kernel: String,
+    pub stmt: Option<usize>,
+    pub msg: String,
+}
+
+fn statement(stmt: &Option<usize>) -> String {
+    stmt.map(|s| format!("statement {s}: ")).unwrap_or_default()
+}
+
+/// The one legality check of a kernel, which the IR verifier and both code
+/// generators (Cranelift, CUDA C) call. A legal kernel is well formed and
+/// safe to lower without run-time bounds checks on column reads:
+/// - arguments exist and have the right type for each use; stores write
+///   writable `Rows` arguments of their loop's width, row stores writable
+///   per-row ones; `col_below` reads a scalar; `row_dot` reads a `Rows`
+///   argument of its length and a shared `Vector` matrix;
+/// - variables are defined before use; column-dependent expressions appear
+///   only inside column loops; reductions are not empty;
+/// - an i64 argument is read-only; no `head_dim` is 0 (a RoPE frequency
+///   index needs at least 2) and no period is 0 (the interpreter divides by
+///   them);
+/// - no column read goes past its argument's columns (a `Vector`'s length),
+///   and a `row_dot` reads at most the values its shared matrix has;
+/// - a store does not read its destination at another column (code
+///   generators store as they go, so that read would race the writes);
+/// - a column loop has at most `i32::MAX` columns.
+pub fn verify(k: &Kernel) -> Result<(), KernelError> {
+    let fail = |stmt: Option<usize>, msg: String| {
+        Err(KernelError {
+            kernel: k.name.clone(),
+            stmt,
+            msg,
+        })
+    };
+    for (a, arg) in k.args.iter().enumerate() {
+        if arg.ty == ArgTy::PerRowI64 && arg.access != Access::Read {
+            return fail(None, format!("a{a} `{}`: an i64 argument must be read-only", arg.name));
+        }
+        if let ArgTy::Periodic { period: 0, .. } = arg.ty {
+            return fail(None, format!("a{a} `{}` has period 0", arg.name));
+        }
+    }
     let mut defined = vec![false; k.vars()];
-    let fail = |msg: String| Err(format!("kernel {}: {msg}", k.name));
     for (si, s) in k.body.iter().enumerate() {
+        let at = |m: String| fail(Some(si), m);
         match s {
             Stmt::Let { var, value } => {
-                check_expr(k, value, &defined, false).or_else(|m| fail(format!("statement {si}: {m}")))?;
+                check_expr(k, value, &defined, None).or_else(at)?;
                 defined[*var as usize] = true;
             }
             Stmt::Reduce { var, cols, value, .. } => {
                 if *cols == 0 {
-                    return fail(format!("statement {si}: an empty reduction"));
+                    return at("an empty reduction".into());
                 }
-                check_expr(k, value, &defined, true).or_else(|m| fail(format!("statement {si}: {m}")))?;
+                check_expr(k, value, &defined, Some(*cols)).or_else(at)?;
                 defined[*var as usize] = true;
             }
             Stmt::Store { arg, cols, value, .. } => {
@@ -354,9 +399,14 @@ pub fn verify_kernel(k: &Kernel) -> Result<(), String> {
                         access: Access::Write | Access::ReadWrite,
                         ..
                     }) if c == cols => {}
-                    other => return fail(format!("statement {si}: store of {cols} columns into {other:?}")),
+                    other => return at(format!("store of {cols} columns into {other:?}")),
                 }
-                check_expr(k, value, &defined, true).or_else(|m| fail(format!("statement {si}: {m}")))?;
+                check_expr(k, value, &defined, Some(*cols)).or_else(at)?;
+                if reads_other_column(value, *arg) {
+                    return at(format!(
+                        "the store into a{arg} reads a{arg} at another column; split it into two statements"
+                    ));
+                }
             }
             Stmt::StoreRow { arg, value } => {
                 match k.args.get(*arg) {
@@ -365,16 +415,63 @@ pub fn verify_kernel(k: &Kernel) -> Result<(), String> {
                         access: Access::Write | Access::ReadWrite,
                         ..
                     }) => {}
-                    other => return fail(format!("statement {si}: row store into {other:?}")),
+                    other => return at(format!("row store into {other:?}")),
                 }
-                check_expr(k, value, &defined, false).or_else(|m| fail(format!("statement {si}: {m}")))?;
+                check_expr(k, value, &defined, None).or_else(at)?;
             }
+        }
+        if let Stmt::Reduce { cols, .. } | Stmt::Store { cols, .. } = s
+            && i32::try_from(*cols).is_err()
+        {
+            return at(format!("{cols} columns is too many"));
         }
     }
     Ok(())
 }
 
-fn check_expr(k: &Kernel, e: &Expr, defined: &[bool], in_loop: bool) -> Result<(), String> {
+impl ArgTy {
+    /// The columns a load reads by column: `Rows` and `Periodic` their
+    /// columns, `Vector` its length; none for per-row and scalar arguments.
+    pub fn columns(self) -> Option<usize> {
+        match self {
+            ArgTy::Rows { cols } | ArgTy::Periodic { cols, .. } => Some(cols),
+            ArgTy::Vector { len } => Some(len),
+            ArgTy::PerRow | ArgTy::PerRowI64 | ArgTy::Scalar => None,
+        }
+    }
+}
+
+/// The largest column `col` reads for `j < loop_cols`, if any.
+fn max_column(col: Col, loop_cols: usize) -> Option<usize> {
+    let last = loop_cols.checked_sub(1)?;
+    match col {
+        Col::J => Some(last),
+        Col::HalfIndex { head_dim } => Some(last.min((head_dim / 2).saturating_sub(1))),
+        // partner(j) = (j / hd) hd + (j % hd + hd / 2) % hd; every block before the
+        // last reaches its own end, below the last block's start, so the largest is
+        // in the last block, whose offsets run 0..=m: without a wrap m + hd/2, else hd - 1.
+        Col::RopePartner { head_dim } if head_dim > 0 => {
+            let (block, m) = (last / head_dim, last % head_dim);
+            Some(block * head_dim + (m + head_dim / 2).min(head_dim - 1))
+        }
+        Col::RopePartner { .. } | Col::Var(_) => None,
+    }
+}
+
+/// Whether `e` reads argument `arg` anywhere but at the loop column.
+fn reads_other_column(e: &Expr, arg: usize) -> bool {
+    match e {
+        Expr::Const(_) | Expr::Var(_) => false,
+        Expr::Load { arg: a, col } => *a == arg && *col != Col::J,
+        Expr::RowDot { a, b, .. } => *a == arg || *b == arg,
+        Expr::Unary(_, x) => reads_other_column(x, arg),
+        Expr::Binary(_, x, y) | Expr::Select(_, x, y) => reads_other_column(x, arg) || reads_other_column(y, arg),
+    }
+}
+
+/// Checks an expression; `loop_cols` is the width of the enclosing column loop.
+fn check_expr(k: &Kernel, e: &Expr, defined: &[bool], loop_cols: Option<usize>) -> Result<(), String> {
+    let in_loop = loop_cols.is_some();
     let var_ok = |v: &Var| {
         if defined.get(*v as usize).copied().unwrap_or(false) {
             Ok(())
@@ -387,19 +484,34 @@ fn check_expr(k: &Kernel, e: &Expr, defined: &[bool], in_loop: bool) -> Result<(
         Expr::Var(v) => var_ok(v),
         Expr::Load { arg, col } => {
             let a = k.args.get(*arg).ok_or_else(|| format!("no argument {arg}"))?;
-            let needs_col = matches!(a.ty, ArgTy::Rows { .. } | ArgTy::Vector { .. } | ArgTy::Periodic { .. });
+            match *col {
+                Col::RopePartner { head_dim: 0 } => return Err("a RoPE partner with head_dim 0".into()),
+                Col::HalfIndex { head_dim } if head_dim < 2 => {
+                    return Err(format!("a RoPE frequency index with head_dim {head_dim}"));
+                }
+                _ => {}
+            }
+            let needs_col = a.ty.columns().is_some();
             match col {
                 Col::J | Col::RopePartner { .. } | Col::HalfIndex { .. } if needs_col && !in_loop => {
-                    Err(format!("`{}` is read by column outside a column loop", a.name))
+                    return Err(format!("`{}` is read by column outside a column loop", a.name));
                 }
-                Col::Var(v) => var_ok(v),
-                _ => Ok(()),
+                Col::Var(v) => var_ok(v)?,
+                _ => {}
             }
+            if let (Some(cols), Some(n)) = (a.ty.columns(), loop_cols)
+                && let Some(max) = max_column(*col, n)
+                && max >= cols
+            {
+                return Err(format!(
+                    "a{arg} `{}` is read at column {max} but has {cols} columns",
+                    a.name
+                ));
+            }
+            Ok(())
         }
         Expr::RowDot { a, b, len, .. } => {
-            if !in_loop {
-                return Err("row_dot outside a column loop".into());
-            }
+            let n = loop_cols.ok_or("row_dot outside a column loop")?;
             match k.args.get(*a) {
                 Some(Arg {
                     ty: ArgTy::Rows { cols },
@@ -408,18 +520,22 @@ fn check_expr(k: &Kernel, e: &Expr, defined: &[bool], in_loop: bool) -> Result<(
                 other => return Err(format!("row_dot over {len} of {other:?}")),
             }
             // b is a matrix shared by all rows: (cols of the loop, len), or (len, cols) with bt.
-            match k.args.get(*b) {
+            let have = match k.args.get(*b) {
                 Some(Arg {
-                    ty: ArgTy::Vector { .. },
+                    ty: ArgTy::Vector { len },
                     ..
-                }) => Ok(()),
-                other => Err(format!("row_dot needs a shared matrix as b, found {other:?}")),
+                }) => *len,
+                other => return Err(format!("row_dot needs a shared matrix as b, found {other:?}")),
+            };
+            match n.checked_mul(*len) {
+                Some(need) if need <= have => Ok(()),
+                _ => Err(format!("row_dot reads {n} x {len} values of a{b}, which has {have}")),
             }
         }
-        Expr::Unary(_, a) => check_expr(k, a, defined, in_loop),
+        Expr::Unary(_, a) => check_expr(k, a, defined, loop_cols),
         Expr::Binary(_, a, b) => {
-            check_expr(k, a, defined, in_loop)?;
-            check_expr(k, b, defined, in_loop)
+            check_expr(k, a, defined, loop_cols)?;
+            check_expr(k, b, defined, loop_cols)
         }
         Expr::Select(c, a, b) => {
             match c {
@@ -432,12 +548,37 @@ fn check_expr(k: &Kernel, e: &Expr, defined: &[bool], in_loop: bool) -> Result<(
                         return Err(format!("col_below reads argument {arg}, not a scalar"));
                     }
                 }
+                Cond::FirstHalf { head_dim: 0 } => return Err("a first-half condition with head_dim 0".into()),
                 Cond::FirstHalf { .. } => {}
             }
-            check_expr(k, a, defined, in_loop)?;
-            check_expr(k, b, defined, in_loop)
+            check_expr(k, a, defined, loop_cols)?;
+            check_expr(k, b, defined, loop_cols)
         }
     }
+}
+
+// ------------------------------------------------------------------ symbols
+
+/// The one name mangler: the symbol of kernel `name` in generated code (the
+/// CUDA C function, the Cranelift function; the JIT prefixes a counter).
+/// Letters, digits and `_` are kept, `-` becomes `m`, `.` becomes `p`, `+`
+/// becomes `P`, anything else `_`; a leading digit gets a `_` before it.
+/// `rmsnorm_d17_eps1e-5` -> `rmsnorm_d17_eps1em5`.
+pub fn symbol(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' => c,
+            '-' => 'm',
+            '.' => 'p',
+            '+' => 'P',
+            _ => '_',
+        })
+        .collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    s
 }
 
 // ------------------------------------------------------------------ text form
@@ -508,5 +649,195 @@ impl fmt::Display for Kernel {
             }
         }
         writeln!(f, "}}")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! [`verify`] on deliberately illegal kernels (each the smallest that
+    //! breaks one rule), and [`symbol`].
+    use super::*;
+
+    fn arg(name: &str, ty: ArgTy, access: Access) -> Arg {
+        Arg {
+            name: name.into(),
+            ty,
+            access,
+        }
+    }
+
+    fn rows(name: &str, cols: usize, access: Access) -> Arg {
+        arg(name, ArgTy::Rows { cols }, access)
+    }
+
+    /// `a0[i, j] = value` for j < cols.
+    fn store(cols: usize, args: Vec<Arg>, value: Expr) -> Kernel {
+        Kernel {
+            name: "t".into(),
+            args,
+            body: vec![Stmt::Store {
+                arg: 0,
+                cols,
+                value,
+                accumulate: false,
+            }],
+        }
+    }
+
+    fn rejected(k: &Kernel, says: &str) {
+        let e = verify(k).expect_err("an illegal kernel verifies");
+        assert_eq!(e.kernel, k.name);
+        assert!(e.to_string().contains(says), "`{e}` does not say `{says}`");
+    }
+
+    #[test]
+    fn a_legal_kernel_verifies() {
+        let k = store(
+            8,
+            vec![rows("y", 8, Access::Write), rows("x", 8, Access::Read)],
+            Expr::load(1) * Expr::c(2.0),
+        );
+        verify(&k).unwrap();
+    }
+
+    #[test]
+    fn well_formedness() {
+        // a store into a read-only argument
+        rejected(
+            &store(8, vec![rows("y", 8, Access::Read)], Expr::c(1.0)),
+            "store of 8 columns",
+        );
+        // a store of another width than its argument's
+        rejected(
+            &store(4, vec![rows("y", 8, Access::Write)], Expr::c(1.0)),
+            "store of 4 columns",
+        );
+        // a variable read before it is defined
+        rejected(
+            &store(8, vec![rows("y", 8, Access::Write)], Expr::var(0)),
+            "v0 used before",
+        );
+        // a load by column outside a column loop
+        let k = Kernel {
+            name: "t".into(),
+            args: vec![arg("y", ArgTy::PerRow, Access::Write), rows("x", 8, Access::Read)],
+            body: vec![Stmt::StoreRow {
+                arg: 0,
+                value: Expr::load(1),
+            }],
+        };
+        rejected(&k, "outside a column loop");
+        // an empty reduction
+        let k = Kernel {
+            name: "t".into(),
+            args: vec![rows("x", 8, Access::Read)],
+            body: vec![Stmt::Reduce {
+                var: 0,
+                op: Reduce::Sum,
+                cols: 0,
+                value: Expr::load(0),
+            }],
+        };
+        rejected(&k, "an empty reduction");
+    }
+
+    #[test]
+    fn legality_for_code_generators() {
+        // a store that reads its destination at another column
+        let k = store(
+            8,
+            vec![rows("y", 8, Access::ReadWrite)],
+            Expr::at(0, Col::RopePartner { head_dim: 8 }),
+        );
+        rejected(&k, "reads a0 at another column");
+        // a read past the last column of a vector
+        let k = store(
+            8,
+            vec![
+                rows("y", 8, Access::Write),
+                arg("w", ArgTy::Vector { len: 5 }, Access::Read),
+            ],
+            Expr::load(1),
+        );
+        rejected(&k, "read at column 7 but has 5 columns");
+        // head_dim 0, which the interpreter divides by
+        let k = store(
+            8,
+            vec![rows("y", 8, Access::Write), rows("x", 8, Access::Read)],
+            Expr::at(1, Col::RopePartner { head_dim: 0 }),
+        );
+        rejected(&k, "head_dim 0");
+        // a period of 0
+        let k = store(
+            8,
+            vec![
+                rows("y", 8, Access::Write),
+                arg("t", ArgTy::Periodic { period: 0, cols: 8 }, Access::Read),
+            ],
+            Expr::load(1),
+        );
+        rejected(&k, "period 0");
+        // a writable i64 argument
+        let k = store(
+            8,
+            vec![rows("y", 8, Access::Write), arg("ids", ArgTy::PerRowI64, Access::Write)],
+            Expr::c(0.0),
+        );
+        rejected(&k, "i64 argument must be read-only");
+        // a row_dot reading more of its shared matrix than it has
+        let k = store(
+            8,
+            vec![
+                rows("y", 8, Access::Write),
+                rows("z", 4, Access::Read),
+                arg("s", ArgTy::Vector { len: 31 }, Access::Read),
+            ],
+            Expr::RowDot {
+                a: 1,
+                b: 2,
+                len: 4,
+                bt: false,
+            },
+        );
+        rejected(&k, "row_dot reads 8 x 4 values of a2, which has 31");
+        // too many columns for a code generator's loop counter
+        let wide = i32::MAX as usize + 1;
+        rejected(
+            &store(wide, vec![rows("y", wide, Access::Write)], Expr::c(0.0)),
+            "too many",
+        );
+    }
+
+    #[test]
+    fn every_library_kernel_is_legal() {
+        for k in lib::examples() {
+            verify(&k).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn the_largest_rope_partner_column() {
+        for head_dim in 1..12 {
+            for cols in 1..40 {
+                let brute = (0..cols)
+                    .map(|j| (j / head_dim) * head_dim + (j % head_dim + head_dim / 2) % head_dim)
+                    .max();
+                assert_eq!(
+                    max_column(Col::RopePartner { head_dim }, cols),
+                    brute,
+                    "head_dim {head_dim}, {cols} columns"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn symbols_are_c_identifiers() {
+        assert_eq!(symbol("rmsnorm_d17_eps1e-5"), "rmsnorm_d17_eps1em5");
+        assert_eq!(symbol("lamda_epilogue_o9_r3_a5e-1"), "lamda_epilogue_o9_r3_a5em1");
+        assert_eq!(symbol("9x"), "_9x");
+        assert_eq!(symbol("a.b+c d"), "apbPc_d");
+        assert_eq!(symbol(""), "_");
     }
 }

@@ -18,6 +18,8 @@
 //! activations: the runtime owns them and the [`crate::plan`] summary adds
 //! them. It does not reorder instructions to lower the peak (a later pass
 //! could; the forward-then-backward order of the builder is kept).
+//! `crate::ir::verify_program` checks the lowered program's invariants
+//! (definitions, releases, op contracts, slots) on every program of the Plan.
 
 use std::collections::BTreeMap;
 

@@ -151,7 +151,7 @@ impl Jit {
         let module = guard.as_mut().ok_or(JitError::Poisoned)?;
         let func = clif::lower(k, module.target_config())?;
         // Symbols are local to this module; the counter keeps them unique.
-        let name = format!("lamdac_{}_{}", self.declared, clif::symbol(k));
+        let name = format!("lamdac_{}_{}", self.declared, lamda_compiler::kernel::symbol(&k.name));
         self.declared += 1;
         let id = module
             .declare_function(&name, Linkage::Local, &func.signature)

@@ -27,7 +27,7 @@ use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasOperation_t, cublasStatus_t, cudaDataType,
 };
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
-use lamda_compiler::codegen::cuda::{block_threads, c_ident, module_source, support};
+use lamda_compiler::codegen::cuda::{block_threads, module_source, support};
 use lamda_compiler::kernel::{ArgTy, Kernel};
 
 use super::{CudaDevice, CudaError, compile_ptx, cublas_available};
@@ -177,7 +177,7 @@ impl Gpu {
         let names = support::ALL
             .iter()
             .map(|s| s.to_string())
-            .chain(kernels.iter().map(|k| c_ident(&k.name)));
+            .chain(kernels.iter().map(|k| lamda_compiler::kernel::symbol(&k.name)));
         for name in names {
             if let std::collections::hash_map::Entry::Vacant(e) = funcs.entry(name) {
                 let f = module.load_function(e.key())?;
@@ -376,7 +376,13 @@ impl Gpu {
             kargs.push(v);
         }
         kargs.push(int(rows, "rows")?);
-        self.launch(&c_ident(&k.name), rows.min(1 << 16) as u32, block_threads(k), 0, &kargs)
+        self.launch(
+            &lamda_compiler::kernel::symbol(&k.name),
+            rows.min(1 << 16) as u32,
+            block_threads(k),
+            0,
+            &kargs,
+        )
     }
 
     /// Column-major GEMM `C = op(A) op(B) + beta C`, `C` (m, n) f32. A and B

@@ -6,7 +6,7 @@
 //! copies the written buffers back, so a test can run one kernel on both and
 //! compare.
 
-use lamda_compiler::codegen::cuda::{block_threads, c_ident};
+use lamda_compiler::codegen::cuda::block_threads;
 use lamda_compiler::kernel::Kernel;
 
 use super::gpu::{DevBuf, Gpu, KArg as DArg, int};
@@ -55,7 +55,13 @@ impl KernelRunner {
             }
         }
         dargs.push(int(rows, "rows")?);
-        gpu.launch(&c_ident(&k.name), rows.min(1 << 16) as u32, block_threads(k), 0, &dargs)?;
+        gpu.launch(
+            &lamda_compiler::kernel::symbol(&k.name),
+            rows.min(1 << 16) as u32,
+            block_threads(k),
+            0,
+            &dargs,
+        )?;
         for (i, d) in &f32_bufs {
             if let Some(KArg::F32Mut(host)) = args.get_mut(*i) {
                 let v = gpu.download(d)?;
