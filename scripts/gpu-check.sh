@@ -23,7 +23,10 @@
 # on the golden specs, per step losses compared: `--precision f32` within
 # rtol 1e-4, `--precision bf16` within rtol 3e-2; 4. a training step of a
 # SmolLM2-135M-sized Llama with deterministic random weights (LaMDA on q, v,
-# batch 4 x 256) timed on the CPU and on the GPU in f32 and in bf16.
+# batch 4 x 256) timed on the CPU and on the GPU in f32 and in bf16. On the
+# GPU that step is device-resident: parameters, gradients and AdamW moments
+# stay on the device (runtime/src/train/device.rs); only the batch goes in and
+# the loss and gradient norm come back, so the timing is the device's.
 #
 # Usage: scripts/gpu-check.sh [--no-timing]
 #   env: LAMDAC (binary), LAMDAC_NVRTC_LIB (folder of libnvrtc.so*), OUT (work

@@ -8,11 +8,12 @@
 //! by the backward part are the *saved activations*, each attributed to the
 //! adapter module whose backward reads it (or to the base model); the peak
 //! is the largest sum of live activation bytes at any instruction, and
-//! buffers are assigned to reusable slots (best fit among free slots, the
-//! lowest-numbered of equal size; else the largest free slot, grown to fit;
-//! a new slot only when none is free; free slots are kept ordered by size,
-//! so planning takes O(n log n), not O(n^2), in the number of values). A
-//! slot's capacity is the largest value it ever holds: the runtime's pool
+//! buffers are assigned to reusable slots (the smallest free slot that holds
+//! the value and is at most a quarter larger, the lowest-numbered of equal
+//! size; a new slot otherwise: a value keeps its slot until its last use, so
+//! a saved activation in a much larger slot would waste the difference for
+//! the whole backward; free slots are kept ordered by size, so planning takes
+//! O(n log n), not O(n^2), in the number of values). The runtime's pool
 //! allocates one buffer per slot number, shared by the programs of a plan,
 //! so slots are numbered largest first. Parameters, gradients and optimizer state are not
 //! activations: the runtime owns them and the [`crate::plan`] summary adds
@@ -195,11 +196,15 @@ pub fn plan_memory(ir: &Ir) -> Program {
             }
             let bytes = values[o].ty.bytes();
             live = live.saturating_add(bytes);
-            let best = free_slots.range((bytes, 0)..).next().copied();
-            // no free slot is large enough: grow the largest free one (the pool
-            // grows by the difference) rather than open a new one
-            let grow = || free_slots.iter().next_back().copied();
-            let slot = match best.or_else(grow) {
+            // the smallest free slot that holds it without wasting more than a
+            // quarter of itself (a value keeps its slot until its last use,
+            // for a saved activation the whole backward): else a new slot
+            let best = free_slots
+                .range((bytes, 0)..)
+                .next()
+                .copied()
+                .filter(|&(cap, _)| cap <= bytes.saturating_add(bytes / 4));
+            let slot = match best {
                 Some(k) => {
                     free_slots.remove(&k);
                     memory.slots[k.1] = memory.slots[k.1].max(bytes);
