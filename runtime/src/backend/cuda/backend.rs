@@ -1231,6 +1231,46 @@ impl CudaBackend {
         res.map(|()| total)
     }
 
+    /// `sum of x^2` over all of `xs` with one read to the host: every
+    /// tensor's block partials (f64) go to one scratch region, read at once.
+    /// A bf16 tensor (never a gradient) goes through [`Self::sum_sq_impl`].
+    fn sum_sq_many(&mut self, xs: &[CudaView<'_>]) -> Result<f64, CudaError> {
+        let grid = |len: usize| len.div_ceil(256).min(1024);
+        let mut total = 0.0;
+        let mut blocks = 0usize;
+        for x in xs {
+            if x.dt == Dt::Bf16 {
+                total += self.sum_sq_impl(*x)?;
+            } else if x.len > 0 {
+                blocks += grid(x.len);
+            }
+        }
+        if blocks == 0 {
+            return Ok(total);
+        }
+        let (_, r) = self.stage(&[], &[blocks * 8])?;
+        let mut at = 0usize;
+        for x in xs.iter().filter(|x| x.dt == Dt::F32 && x.len > 0) {
+            let g = grid(x.len);
+            let args = [KArg::Ptr(x.ptr), long(x.len), KArg::Ptr(r[0] + (at * 8) as u64)];
+            self.gpu.launch(support::SUM_SQ, g as u32, 256, 0, &args)?;
+            at += g;
+        }
+        let mut host = std::mem::take(&mut self.host_f64);
+        host.clear();
+        host.resize(blocks, 0.0);
+        let res = self.gpu.read_at(r[0], &mut host);
+        // per tensor, then over tensors, as the CPU sums
+        let mut at = 0usize;
+        for x in xs.iter().filter(|x| x.dt == Dt::F32 && x.len > 0) {
+            let g = grid(x.len);
+            total += host[at..at + g].iter().sum::<f64>();
+            at += g;
+        }
+        self.host_f64 = host;
+        res.map(|()| total)
+    }
+
     fn adamw_impl(
         &mut self,
         p: CudaViewMut<'_>,
@@ -1610,13 +1650,7 @@ impl Backend for CudaBackend {
     }
 
     fn sum_sq(&mut self, xs: &[CudaView<'_>]) -> Result<f64, ExecError> {
-        // One partial-sum read per tensor for now (a single read for all of
-        // them needs the partials of every tensor in one buffer).
-        let mut total = 0.0;
-        for &x in xs {
-            total += self.sum_sq_impl(x)?;
-        }
-        Ok(total)
+        Ok(self.sum_sq_many(xs)?)
     }
 
     fn scale_inplace(&mut self, x: CudaViewMut<'_>, s: f32) -> Result<(), ExecError> {
