@@ -78,16 +78,7 @@ fn internal(msg: impl Into<String>) -> ExecError {
 }
 
 fn same_len(op: &'static str, name: &'static str, got: usize, expected: usize) -> Result<(), ExecError> {
-    if got == expected {
-        Ok(())
-    } else {
-        Err(op_err(OpsError::Len {
-            op,
-            name,
-            expected,
-            got,
-        }))
-    }
+    ops::check_len(op, name, got, expected).map_err(op_err)
 }
 
 impl CpuBackend {

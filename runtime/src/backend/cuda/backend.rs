@@ -226,16 +226,7 @@ fn op_err(source: OpsError) -> CudaError {
 }
 
 fn len_check(op: &'static str, name: &'static str, got: usize, expected: usize) -> Result<(), CudaError> {
-    if got == expected {
-        Ok(())
-    } else {
-        Err(op_err(OpsError::Len {
-            op,
-            name,
-            expected,
-            got,
-        }))
-    }
+    crate::ops::check_len(op, name, got, expected).map_err(op_err)
 }
 
 fn config(op: &'static str, msg: String) -> CudaError {
