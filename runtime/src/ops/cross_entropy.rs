@@ -48,6 +48,9 @@ fn target(labels: &[i64], row: usize, seq: usize, vocab: usize) -> Result<Option
         })
 }
 
+/// Per-chunk loss sums, reused across calls.
+static CHUNK_SUMS: super::ScratchPool<Vec<f64>> = super::ScratchPool::new();
+
 /// Causal-LM cross-entropy loss and, if asked, its gradient.
 ///
 /// logits: `(batch * seq, vocab)`, labels: `(batch * seq)` (unshifted, as in
@@ -109,35 +112,53 @@ pub fn causal_lm_cross_entropy(
         Ok(-((z[t] - max) - log_sum) as f64)
     };
 
-    let total: f64 = match dlogits {
+    // Chunk sums in a reused buffer, added in chunk order (deterministic);
+    // the first error of any row is kept (no allocation unless one occurs).
+    let failed: std::sync::Mutex<Option<OpsError>> = std::sync::Mutex::new(None);
+    let keep = |r: Result<f64, OpsError>| match r {
+        Ok(s) => s,
+        Err(e) => {
+            if let Ok(mut f) = failed.lock() {
+                f.get_or_insert(e);
+            }
+            0.0
+        }
+    };
+    let mut sums = CHUNK_SUMS.take();
+    match dlogits {
         Some(d) => d
             .par_chunks_mut(rows * vocab)
             .zip(logits.par_chunks(rows * vocab))
             .enumerate()
             .map(|(chunk, (d, z))| {
-                let mut s = 0.0f64;
-                for (i, (d, z)) in d.chunks_exact_mut(vocab).zip(z.chunks_exact(vocab)).enumerate() {
-                    s += row_loss(chunk * rows + i, z, Some(d))?;
-                }
-                Ok(s)
+                keep((|| {
+                    let mut s = 0.0f64;
+                    for (i, (d, z)) in d.chunks_exact_mut(vocab).zip(z.chunks_exact(vocab)).enumerate() {
+                        s += row_loss(chunk * rows + i, z, Some(d))?;
+                    }
+                    Ok(s)
+                })())
             })
-            .collect::<Result<Vec<f64>, OpsError>>()?
-            .iter()
-            .sum(),
+            .collect_into_vec(&mut sums),
         None => logits
             .par_chunks(rows * vocab)
             .enumerate()
             .map(|(chunk, z)| {
-                let mut s = 0.0f64;
-                for (i, z) in z.chunks_exact(vocab).enumerate() {
-                    s += row_loss(chunk * rows + i, z, None)?;
-                }
-                Ok(s)
+                keep((|| {
+                    let mut s = 0.0f64;
+                    for (i, z) in z.chunks_exact(vocab).enumerate() {
+                        s += row_loss(chunk * rows + i, z, None)?;
+                    }
+                    Ok(s)
+                })())
             })
-            .collect::<Result<Vec<f64>, OpsError>>()?
-            .iter()
-            .sum(),
-    };
+            .collect_into_vec(&mut sums),
+    }
+    let total: f64 = sums.iter().sum();
+    CHUNK_SUMS.give(sums);
+    if let Some(e) = failed.into_inner().ok().flatten() {
+        return Err(e);
+    }
     let loss = if count == 0 { 0.0 } else { (total / count as f64) as f32 };
     Ok(CrossEntropy { loss, count })
 }

@@ -104,13 +104,59 @@ pub(crate) fn gemm_with(
         Trans::T => MatRef::from_row_major_slice(b, n, k).transpose(),
     };
     let dst = MatMut::from_row_major_slice_mut(c, m, n);
-    faer::linalg::matmul::matmul(dst, accum, lhs, rhs, alpha, par);
     match par {
-        Par::Seq => super::vector_state::clear_upper_here(),
-        Par::Rayon(_) => super::vector_state::clear_upper_all(),
+        Par::Seq => {
+            faer::linalg::matmul::matmul(dst, accum, lhs, rhs, alpha, Par::Seq);
+            super::vector_state::clear_upper_here();
+        }
+        Par::Rayon(_) => split_matmul(dst, accum, lhs, rhs, alpha, rayon::current_num_threads()),
     }
     Ok(())
 }
+
+/// `dst (+)= alpha lhs rhs` on `parts` threads: the output split in halves
+/// along its longer side by `rayon::join` until each part is one thread's,
+/// each part a sequential faer GEMM (which then packs its own share of the
+/// other operand: `2 / rows` extra work for a split of rows). Unlike faer's
+/// own parallel driver this allocates nothing per call (`join` runs its jobs
+/// from the stack), and each thread cleans its own vector state.
+fn split_matmul(
+    dst: MatMut<'_, f32>,
+    accum: Accum,
+    lhs: MatRef<'_, f32>,
+    rhs: MatRef<'_, f32>,
+    alpha: f32,
+    parts: usize,
+) {
+    let (m, n) = (dst.nrows(), dst.ncols());
+    if parts <= 1 || m.max(n) < 2 * SPLIT_MIN {
+        faer::linalg::matmul::matmul(dst, accum, lhs, rhs, alpha, Par::Seq);
+        super::vector_state::clear_upper_here();
+        return;
+    }
+    let left = parts / 2;
+    if m >= n {
+        // multiples of the kernels' row blocks keep every part's tiles whole
+        let at = (m * left / parts).next_multiple_of(SPLIT_MIN).min(m);
+        let (top, bottom) = dst.split_at_row_mut(at);
+        let (l0, l1) = lhs.split_at_row(at);
+        rayon::join(
+            || split_matmul(top, accum, l0, rhs, alpha, left),
+            || split_matmul(bottom, accum, l1, rhs, alpha, parts - left),
+        );
+    } else {
+        let at = (n * left / parts).next_multiple_of(SPLIT_MIN).min(n);
+        let (lcols, rcols) = dst.split_at_col_mut(at);
+        let (r0, r1) = rhs.split_at_col(at);
+        rayon::join(
+            || split_matmul(lcols, accum, lhs, r0, alpha, left),
+            || split_matmul(rcols, accum, lhs, r1, alpha, parts - left),
+        );
+    }
+}
+
+/// Parts of a split GEMM are multiples of this many rows (or columns).
+const SPLIT_MIN: usize = 16;
 
 /// `c *= beta`, with `beta = 0` writing exact zeros (NaN-safe, like BLAS).
 fn scale(c: &mut [f32], beta: f32) {
