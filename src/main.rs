@@ -22,10 +22,9 @@ use lamda_runtime::backend::cuda::Precision;
 use lamda_runtime::session::{self, Observer, RunOptions, SessionError};
 use lamda_runtime::train::{StepStats, Trainer};
 
-/// mimalloc for the small allocations that remain in a step (faer's and
-/// rayon's job bookkeeping) and for everything around it (data, checkpoints,
-/// decoding). Activations no longer churn through the allocator: the
-/// executor keeps them in a pool laid out by the memory plan.
+/// mimalloc for what is allocated around the training steps (data,
+/// checkpoints, decoding). A steady-state step itself allocates nothing: the
+/// executor keeps activations in a pool laid out by the memory plan.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -258,6 +257,12 @@ fn style(c: Color) -> Style {
 }
 
 fn main() -> ExitCode {
+    // The main thread, which runs the executor, is one of rayon's workers:
+    // its parallel ops push jobs to its own deque instead of handing them to
+    // the pool through the global queue (whose blocks are allocated as it
+    // fills), and the pool has one thread per core, not one per core plus
+    // a caller that waits. Fails only if a pool exists already.
+    let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file, format, color } => check(&file, format, style(color)),
