@@ -162,6 +162,36 @@ fn cached_generation_equals_full_recompute() {
     assert_eq!(e.code(), lamda_compiler::diag::Code::GeneratePromptTooLong);
 }
 
+/// Batched greedy decoding (what `lamdac eval` answers with) against one
+/// greedy generation per prompt: prompts of different lengths, one that
+/// reaches the context (so it stops while the others go on), token for
+/// token, with the same stop reasons and log-probabilities.
+#[test]
+fn batched_greedy_decoding_equals_one_generation_per_prompt() {
+    let g = Generator::open(&root().join("examples/models/austen-tiny"), None).unwrap();
+    let texts = [
+        "It is a truth universally",
+        "Emma",
+        "She was",
+        "The family of Dashwood had long",
+    ];
+    let mut prompts: Vec<Vec<u32>> = texts.iter().map(|t| g.prompt_ids(t, false).unwrap()).collect();
+    prompts.push(std::iter::repeat_n(u32::from(b'a'), 500).collect());
+    let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let batched = g.generate_greedy_batch(&refs, 30).unwrap();
+    assert_eq!(batched.len(), prompts.len());
+    for (prompt, b) in prompts.iter().zip(&batched) {
+        let one = g.generate(prompt, 30, Sampling::default(), true, |_| Ok(())).unwrap();
+        assert_eq!(b.tokens, one.tokens, "prompt of {} tokens", prompt.len());
+        assert_eq!(b.stop, one.stop, "prompt of {} tokens", prompt.len());
+        for (x, y) in b.logprobs.iter().zip(&one.logprobs) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+    }
+    assert_eq!(batched[4].stop, Stop::Context);
+    assert_eq!(batched[0].tokens.len(), 30);
+}
+
 #[test]
 fn token_logprobs_are_those_of_the_generation() {
     let g = Generator::open(&root().join("examples/models/austen-tiny"), None).unwrap();

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{ChatTemplate, GenerateError, Generator, Message, Sampling};
+use super::{ChatTemplate, GenerateError, Generator, Message};
 use crate::data::DataError;
 
 /// One evaluation example.
@@ -331,7 +331,12 @@ pub struct EvalSummary {
     pub exact_match: Option<f64>,
 }
 
-/// Evaluates one model on `data`; `on_example` sees each example's result as it is done.
+/// Question/answer items decoded together (batched greedy decoding): a
+/// decoding step's GEMMs then read the weights once for this many answers.
+pub const DECODE_BATCH: usize = 8;
+
+/// Evaluates one model on `data`; `on_example` sees each example's result as
+/// it is done (question/answer examples [`DECODE_BATCH`] at a time, in order).
 pub fn evaluate(
     g: &Generator,
     data: &EvalData,
@@ -342,81 +347,96 @@ pub fn evaluate(
     let context = g.model.context();
     let mut preds = Vec::new();
     let n = opts.limit.unwrap_or(usize::MAX).min(data.items.len());
-    for (index, item) in data.items.iter().take(n).enumerate() {
-        let p = match item {
-            Item::Text(t) => {
-                let ids = g
-                    .tokenizer
-                    .encode(t, true)
-                    .map_err(|message| GenerateError::Encode { message })?;
-                let (mut nll, mut tokens) = (0.0, 0);
-                for window in ids.chunks(context) {
-                    let lp = g.token_logprobs(window)?;
-                    nll -= lp.iter().sum::<f64>();
-                    tokens += lp.len();
+    let items: Vec<(usize, &Item)> = data.items.iter().take(n).enumerate().collect();
+    // question/answer items are answered DECODE_BATCH at a time (batched greedy decoding)
+    for group in items.chunks(DECODE_BATCH) {
+        let mut scored: Vec<Prediction> = Vec::with_capacity(group.len());
+        let mut prompts: Vec<(usize, Vec<u32>)> = Vec::new();
+        for (slot, &(index, item)) in group.iter().enumerate() {
+            scored.push(match item {
+                Item::Text(t) => {
+                    let ids = g
+                        .tokenizer
+                        .encode(t, true)
+                        .map_err(|message| GenerateError::Encode { message })?;
+                    let (mut nll, mut tokens) = (0.0, 0);
+                    for window in ids.chunks(context) {
+                        let lp = g.token_logprobs(window)?;
+                        nll -= lp.iter().sum::<f64>();
+                        tokens += lp.len();
+                    }
+                    Prediction {
+                        index,
+                        model: label.into(),
+                        tokens,
+                        nll,
+                        prompt: None,
+                        reference: None,
+                        prediction: None,
+                        reference_answer: None,
+                        predicted_answer: None,
+                        correct: None,
+                    }
                 }
-                Prediction {
-                    index,
-                    model: label.into(),
-                    tokens,
-                    nll,
-                    prompt: None,
-                    reference: None,
-                    prediction: None,
-                    reference_answer: None,
-                    predicted_answer: None,
-                    correct: None,
+                Item::Pair {
+                    prompt,
+                    reference,
+                    chat,
+                } => {
+                    let enc = |t: &str, special| {
+                        g.tokenizer
+                            .encode(t, special)
+                            .map_err(|message| GenerateError::Encode { message })
+                    };
+                    let prompt_ids = enc(prompt, !chat)?;
+                    let mut completion = enc(reference, false)?;
+                    if let Some(eos) = g.tokenizer.eos_id() {
+                        completion.push(eos);
+                    }
+                    // the completion scored given the prompt, cut to the context
+                    let all: Vec<u32> = prompt_ids.iter().chain(&completion).copied().collect();
+                    let keep = all.len().min(context);
+                    let lp = g.token_logprobs(&all[..keep])?;
+                    let scored = &lp[prompt_ids.len().saturating_sub(1).min(lp.len())..];
+                    let nll = -scored.iter().sum::<f64>();
+                    if prompt_ids.len() < context {
+                        prompts.push((slot, prompt_ids));
+                    }
+                    Prediction {
+                        index,
+                        model: label.into(),
+                        tokens: scored.len(),
+                        nll,
+                        prompt: Some(prompt.clone()),
+                        reference: Some(reference.clone()),
+                        correct: None,
+                        prediction: Some(String::new()),
+                        reference_answer: final_answer(reference, true),
+                        predicted_answer: None,
+                    }
                 }
-            }
-            Item::Pair {
-                prompt,
-                reference,
-                chat,
-            } => {
-                let enc = |t: &str, special| {
-                    g.tokenizer
-                        .encode(t, special)
-                        .map_err(|message| GenerateError::Encode { message })
-                };
-                let prompt_ids = enc(prompt, !chat)?;
-                let mut completion = enc(reference, false)?;
-                if let Some(eos) = g.tokenizer.eos_id() {
-                    completion.push(eos);
-                }
-                // the completion scored given the prompt, cut to the context
-                let all: Vec<u32> = prompt_ids.iter().chain(&completion).copied().collect();
-                let keep = all.len().min(context);
-                let lp = g.token_logprobs(&all[..keep])?;
-                let scored = &lp[prompt_ids.len().saturating_sub(1).min(lp.len())..];
-                let nll = -scored.iter().sum::<f64>();
-                let gen_out = if prompt_ids.len() < context {
-                    g.generate(&prompt_ids, opts.max_tokens, Sampling::default(), true, |_| Ok(()))?
-                        .tokens
-                } else {
-                    Vec::new()
-                };
+            });
+        }
+        let refs: Vec<&[u32]> = prompts.iter().map(|(_, p)| p.as_slice()).collect();
+        let gens = g.generate_greedy_batch(&refs, opts.max_tokens)?;
+        let mut generated: Vec<Option<Vec<u32>>> = vec![None; group.len()];
+        for ((slot, _), gen_out) in prompts.iter().zip(gens) {
+            generated[*slot] = Some(gen_out.tokens);
+        }
+        for (mut p, gen_out) in scored.into_iter().zip(generated) {
+            if p.reference.is_some() {
                 let text = g
                     .tokenizer
-                    .decode(&gen_out, true)
+                    .decode(&gen_out.unwrap_or_default(), true)
                     .map_err(|message| GenerateError::Decode { id: 0, message })?;
-                let want = final_answer(reference, true);
                 let got = final_answer(&text, false);
-                Prediction {
-                    index,
-                    model: label.into(),
-                    tokens: scored.len(),
-                    nll,
-                    prompt: Some(prompt.clone()),
-                    reference: Some(reference.clone()),
-                    correct: Some(want.is_some() && want == got),
-                    prediction: Some(text),
-                    reference_answer: want,
-                    predicted_answer: got,
-                }
+                p.correct = Some(p.reference_answer.is_some() && p.reference_answer == got);
+                p.predicted_answer = got;
+                p.prediction = Some(text);
             }
-        };
-        on_example(&p);
-        preds.push(p);
+            on_example(&p);
+            preds.push(p);
+        }
     }
     let tokens: usize = preds.iter().map(|p| p.tokens).sum();
     let nll: f64 = preds.iter().map(|p| p.nll).sum();

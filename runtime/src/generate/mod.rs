@@ -299,6 +299,98 @@ impl Generator {
         Ok(out)
     }
 
+    /// Greedy generations of several prompts at once: each prompt is run
+    /// alone into its own cache, then every unfinished sequence takes one
+    /// decoding step together with the others ([`Model::forward_batch`]), so
+    /// the weights are read once per step for all of them. Each result is
+    /// what [`Generator::generate`] with greedy [`Sampling`] gives for that
+    /// prompt (same stop rules, same log-probabilities).
+    pub fn generate_greedy_batch(
+        &self,
+        prompts: &[&[u32]],
+        max_tokens: usize,
+    ) -> Result<Vec<Generation>, GenerateError> {
+        let context = self.model.context();
+        let (vocab, d) = (self.model.vocab(), self.model.config().hidden_size);
+        let mut outs = Vec::with_capacity(prompts.len());
+        let mut caches = Vec::with_capacity(prompts.len());
+        // last logits of every sequence: (vocab) each
+        let mut logits: Vec<Vec<f32>> = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            if prompt.is_empty() {
+                return Err(GenerateError::Encode {
+                    message: "the prompt has no tokens".into(),
+                });
+            }
+            if prompt.len() >= context {
+                return Err(GenerateError::PromptTooLong {
+                    tokens: prompt.len(),
+                    context,
+                });
+            }
+            let mut cache = self.model.cache((prompt.len() + max_tokens).min(context))?;
+            logits.push(if max_tokens == 0 {
+                Vec::new()
+            } else {
+                let hidden = self.model.forward(prompt, &mut cache)?;
+                self.model.logits(&hidden[(prompt.len() - 1) * d..], 1)?
+            });
+            caches.push(cache);
+            outs.push(Generation {
+                prompt: prompt.to_vec(),
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
+                stop: Stop::MaxTokens,
+            });
+        }
+        let mut sampler = Sampler::new(Sampling::default());
+        let mut live: Vec<usize> = if max_tokens == 0 {
+            Vec::new()
+        } else {
+            (0..prompts.len()).collect()
+        };
+        while !live.is_empty() {
+            // each live sequence takes its next token, as `generate` does
+            let mut next = Vec::with_capacity(live.len());
+            for &b in &live {
+                let (out, row) = (&mut outs[b], &logits[b][..vocab]);
+                let id = sampler.sample(row);
+                if self.stop_ids.contains(&id) {
+                    out.stop = Stop::StopToken;
+                    continue;
+                }
+                out.logprobs.push(log_prob(row, id));
+                out.tokens.push(id);
+                if out.tokens.len() == max_tokens {
+                    continue;
+                }
+                if out.prompt.len() + out.tokens.len() >= context {
+                    out.stop = Stop::Context;
+                    continue;
+                }
+                next.push((b, id));
+            }
+            live = next.iter().map(|&(b, _)| b).collect();
+            if live.is_empty() {
+                break;
+            }
+            let ids: Vec<u32> = next.iter().map(|&(_, id)| id).collect();
+            let mut step: Vec<&mut model::KvCache> = caches
+                .iter_mut()
+                .enumerate()
+                .filter(|(b, _)| live.contains(b))
+                .map(|(_, c)| c)
+                .collect();
+            let hidden = self.model.forward_batch(&ids, &mut step)?;
+            let all = self.model.logits(&hidden, live.len())?;
+            for (&b, row) in live.iter().zip(all.chunks_exact(vocab)) {
+                logits[b].clear();
+                logits[b].extend_from_slice(row);
+            }
+        }
+        Ok(outs)
+    }
+
     /// `log p(ids[i] | ids[..i])` for every `i >= 1` of one sequence (at most
     /// the context long), from one forward pass; the logits are formed `rows`
     /// at a time so a large vocabulary never needs `(n, vocab)` floats at once.

@@ -297,6 +297,76 @@ impl Model {
         Ok(x)
     }
 
+    /// One new token for each of several sequences at once (batched
+    /// decoding): `ids[b]` goes at position `caches[b].len()` of sequence b,
+    /// whose keys and values are appended to `caches[b]`. The linear layers
+    /// run as one GEMM over the `B` rows (the weights are read once for all
+    /// of them); RoPE and attention run per row against its own cache.
+    /// Returns the hidden states after the final RMSNorm: (B, d), row b
+    /// equal to what [`Model::forward`] gives for `&[ids[b]]` on `caches[b]`.
+    pub fn forward_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<f32>, GenerateError> {
+        let c = &self.config;
+        let n = ids.len();
+        if caches.len() != n {
+            return Err(GenerateError::Internal(OpsError::Config {
+                op: "Model::forward_batch",
+                msg: format!("{n} tokens for {} caches", caches.len()),
+            }));
+        }
+        if let Some(full) = caches.iter().find(|k| k.len >= k.capacity) {
+            return Err(GenerateError::Internal(OpsError::Config {
+                op: "Model::forward_batch",
+                msg: format!("a cache is full ({} positions)", full.capacity),
+            }));
+        }
+        let (d, hd, heads, kvh, ff) = (
+            c.hidden_size,
+            c.head_dim,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.intermediate_size,
+        );
+        let (qw, kvw) = (heads * hd, kvh * hd);
+        let eps = c.rms_norm_eps as f32;
+        let ids64: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        // (B, d): the residual stream, a row per sequence
+        let mut h = vec![0.0; n * d];
+        embedding_forward(&self.embed, c.vocab_size, d, &ids64, &mut h)?;
+        let (mut x, mut rstd) = (vec![0.0; n * d], vec![0.0; n]);
+        let (mut q, mut o) = (vec![0.0; n * qw], vec![0.0; n * qw]);
+        let (mut knew, mut vnew) = (vec![0.0; n * kvw], vec![0.0; n * kvw]);
+        let (mut gate, mut up, mut act) = (vec![0.0; n * ff], vec![0.0; n * ff], vec![0.0; n * ff]);
+        for (li, layer) in self.layers.iter().enumerate() {
+            rmsnorm_forward(&h, &layer.attn_norm, n, d, eps, &mut x, &mut rstd)?;
+            linear_forward(&x, &layer.q, n, d, qw, &mut q, Store::Overwrite)?;
+            linear_forward(&x, &layer.k, n, d, kvw, &mut knew, Store::Overwrite)?;
+            linear_forward(&x, &layer.v, n, d, kvw, &mut vnew, Store::Overwrite)?;
+            for (b, cache) in caches.iter_mut().enumerate() {
+                let pos = cache.len;
+                let (qb, ob) = (&mut q[b * qw..(b + 1) * qw], &mut o[b * qw..(b + 1) * qw]);
+                rope_forward_at(&cache.rope, qb, 1, heads, pos)?;
+                let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
+                let krow = &mut kc[pos * kvw..(pos + 1) * kvw];
+                krow.copy_from_slice(&knew[b * kvw..(b + 1) * kvw]);
+                rope_forward_at(&cache.rope, krow, 1, kvh, pos)?;
+                vc[pos * kvw..(pos + 1) * kvw].copy_from_slice(&vnew[b * kvw..(b + 1) * kvw]);
+                let (ks, vs) = (&kc[..(pos + 1) * kvw], &vc[..(pos + 1) * kvw]);
+                attend_cached(qb, 1, pos, ks, vs, heads, kvh, hd, ob)?;
+            }
+            linear_forward(&o, &layer.o, n, qw, d, &mut h, Store::Accumulate)?;
+            rmsnorm_forward(&h, &layer.mlp_norm, n, d, eps, &mut x, &mut rstd)?;
+            linear_forward(&x, &layer.gate, n, d, ff, &mut gate, Store::Overwrite)?;
+            linear_forward(&x, &layer.up, n, d, ff, &mut up, Store::Overwrite)?;
+            swiglu_forward(&gate, &up, &mut act)?;
+            linear_forward(&act, &layer.down, n, ff, d, &mut h, Store::Accumulate)?;
+        }
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        rmsnorm_forward(&h, &self.norm, n, d, eps, &mut x, &mut rstd)?;
+        Ok(x)
+    }
+
     /// Logits of `n` rows of final hidden states `(n, d)`: `(n, vocab)`.
     pub fn logits(&self, hidden: &[f32], n: usize) -> Result<Vec<f32>, GenerateError> {
         let (d, vocab) = (self.config.hidden_size, self.config.vocab_size);
