@@ -242,17 +242,7 @@ impl Generator {
         mut on_token: impl FnMut(u32) -> Result<(), GenerateError>,
     ) -> Result<Generation, GenerateError> {
         let context = self.model.context();
-        if prompt.is_empty() {
-            return Err(GenerateError::Encode {
-                message: "the prompt has no tokens".into(),
-            });
-        }
-        if prompt.len() >= context {
-            return Err(GenerateError::PromptTooLong {
-                tokens: prompt.len(),
-                context,
-            });
-        }
+        self.check_prompt(prompt)?;
         let vocab = self.model.vocab();
         let mut sampler = Sampler::new(sampling);
         let mut out = Generation {
@@ -299,6 +289,23 @@ impl Generator {
         Ok(out)
     }
 
+    /// A prompt decoding can start from: not empty, shorter than the context.
+    fn check_prompt(&self, prompt: &[u32]) -> Result<(), GenerateError> {
+        let context = self.model.context();
+        if prompt.is_empty() {
+            return Err(GenerateError::Encode {
+                message: "the prompt has no tokens".into(),
+            });
+        }
+        if prompt.len() >= context {
+            return Err(GenerateError::PromptTooLong {
+                tokens: prompt.len(),
+                context,
+            });
+        }
+        Ok(())
+    }
+
     /// Greedy generations of several prompts at once: each prompt is run
     /// alone into its own cache, then every unfinished sequence takes one
     /// decoding step together with the others ([`Model::forward_batch`]), so
@@ -317,17 +324,7 @@ impl Generator {
         // last logits of every sequence: (vocab) each
         let mut logits: Vec<Vec<f32>> = Vec::with_capacity(prompts.len());
         for prompt in prompts {
-            if prompt.is_empty() {
-                return Err(GenerateError::Encode {
-                    message: "the prompt has no tokens".into(),
-                });
-            }
-            if prompt.len() >= context {
-                return Err(GenerateError::PromptTooLong {
-                    tokens: prompt.len(),
-                    context,
-                });
-            }
+            self.check_prompt(prompt)?;
             let mut cache = self.model.cache((prompt.len() + max_tokens).min(context))?;
             logits.push(if max_tokens == 0 {
                 Vec::new()

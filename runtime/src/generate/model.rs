@@ -226,33 +226,21 @@ impl Model {
                 ),
             }));
         }
-        let (d, hd, heads, kvh, ff) = (
-            c.hidden_size,
-            c.head_dim,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.intermediate_size,
-        );
+        let (d, hd, heads, kvh) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads);
         let (qw, kvw) = (heads * hd, kvh * hd);
         let eps = c.rms_norm_eps as f32;
-        let ids64: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-        // (n, d): the residual stream
-        let mut h = vec![0.0; n * d];
-        embedding_forward(&self.embed, c.vocab_size, d, &ids64, &mut h)?;
-        let (mut x, mut rstd) = (vec![0.0; n * d], vec![0.0; n]);
-        let (mut q, mut o) = (vec![0.0; n * qw], vec![0.0; n * qw]);
-        let (mut gate, mut up, mut act) = (vec![0.0; n * ff], vec![0.0; n * ff], vec![0.0; n * ff]);
+        let mut st = Stream::new(self, ids)?;
         for (li, layer) in self.layers.iter().enumerate() {
-            rmsnorm_forward(&h, &layer.attn_norm, n, d, eps, &mut x, &mut rstd)?;
-            linear_forward(&x, &layer.q, n, d, qw, &mut q, Store::Overwrite)?;
-            rope_forward_at(&cache.rope, &mut q, n, heads, start)?;
+            rmsnorm_forward(&st.h, &layer.attn_norm, n, d, eps, &mut st.x, &mut st.rstd)?;
+            linear_forward(&st.x, &layer.q, n, d, qw, &mut st.q, Store::Overwrite)?;
+            rope_forward_at(&cache.rope, &mut st.q, n, heads, start)?;
             // new keys and values go straight into the cache rows start .. start + n
             let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
             let knew = &mut kc[start * kvw..(start + n) * kvw];
-            linear_forward(&x, &layer.k, n, d, kvw, knew, Store::Overwrite)?;
+            linear_forward(&st.x, &layer.k, n, d, kvw, knew, Store::Overwrite)?;
             rope_forward_at(&cache.rope, knew, n, kvh, start)?;
             linear_forward(
-                &x,
+                &st.x,
                 &layer.v,
                 n,
                 d,
@@ -269,10 +257,10 @@ impl Model {
                     head_dim: hd,
                 };
                 let mut lse = vec![0.0; heads * n];
-                attention_forward(&shape, &q, &kc[..n * kvw], &vc[..n * kvw], &mut o, &mut lse)?;
+                attention_forward(&shape, &st.q, &kc[..n * kvw], &vc[..n * kvw], &mut st.o, &mut lse)?;
             } else {
                 attend_cached(
-                    &q,
+                    &st.q,
                     n,
                     start,
                     &kc[..(start + n) * kvw],
@@ -280,21 +268,13 @@ impl Model {
                     heads,
                     kvh,
                     hd,
-                    &mut o,
+                    &mut st.o,
                 )?;
             }
-            // h += o_proj(o)
-            linear_forward(&o, &layer.o, n, qw, d, &mut h, Store::Accumulate)?;
-            rmsnorm_forward(&h, &layer.mlp_norm, n, d, eps, &mut x, &mut rstd)?;
-            linear_forward(&x, &layer.gate, n, d, ff, &mut gate, Store::Overwrite)?;
-            linear_forward(&x, &layer.up, n, d, ff, &mut up, Store::Overwrite)?;
-            swiglu_forward(&gate, &up, &mut act)?;
-            // h += down_proj(silu(gate) * up)
-            linear_forward(&act, &layer.down, n, ff, d, &mut h, Store::Accumulate)?;
+            st.finish_block(self, layer)?;
         }
         cache.len = start + n;
-        rmsnorm_forward(&h, &self.norm, n, d, eps, &mut x, &mut rstd)?;
-        Ok(x)
+        st.final_norm(self)
     }
 
     /// One new token for each of several sequences at once (batched
@@ -319,31 +299,20 @@ impl Model {
                 msg: format!("a cache is full ({} positions)", full.capacity),
             }));
         }
-        let (d, hd, heads, kvh, ff) = (
-            c.hidden_size,
-            c.head_dim,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.intermediate_size,
-        );
+        let (d, hd, heads, kvh) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads);
         let (qw, kvw) = (heads * hd, kvh * hd);
         let eps = c.rms_norm_eps as f32;
-        let ids64: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-        // (B, d): the residual stream, a row per sequence
-        let mut h = vec![0.0; n * d];
-        embedding_forward(&self.embed, c.vocab_size, d, &ids64, &mut h)?;
-        let (mut x, mut rstd) = (vec![0.0; n * d], vec![0.0; n]);
-        let (mut q, mut o) = (vec![0.0; n * qw], vec![0.0; n * qw]);
+        // the residual stream has a row per sequence
+        let mut st = Stream::new(self, ids)?;
         let (mut knew, mut vnew) = (vec![0.0; n * kvw], vec![0.0; n * kvw]);
-        let (mut gate, mut up, mut act) = (vec![0.0; n * ff], vec![0.0; n * ff], vec![0.0; n * ff]);
         for (li, layer) in self.layers.iter().enumerate() {
-            rmsnorm_forward(&h, &layer.attn_norm, n, d, eps, &mut x, &mut rstd)?;
-            linear_forward(&x, &layer.q, n, d, qw, &mut q, Store::Overwrite)?;
-            linear_forward(&x, &layer.k, n, d, kvw, &mut knew, Store::Overwrite)?;
-            linear_forward(&x, &layer.v, n, d, kvw, &mut vnew, Store::Overwrite)?;
+            rmsnorm_forward(&st.h, &layer.attn_norm, n, d, eps, &mut st.x, &mut st.rstd)?;
+            linear_forward(&st.x, &layer.q, n, d, qw, &mut st.q, Store::Overwrite)?;
+            linear_forward(&st.x, &layer.k, n, d, kvw, &mut knew, Store::Overwrite)?;
+            linear_forward(&st.x, &layer.v, n, d, kvw, &mut vnew, Store::Overwrite)?;
             for (b, cache) in caches.iter_mut().enumerate() {
                 let pos = cache.len;
-                let (qb, ob) = (&mut q[b * qw..(b + 1) * qw], &mut o[b * qw..(b + 1) * qw]);
+                let (qb, ob) = (&mut st.q[b * qw..(b + 1) * qw], &mut st.o[b * qw..(b + 1) * qw]);
                 rope_forward_at(&cache.rope, qb, 1, heads, pos)?;
                 let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
                 let krow = &mut kc[pos * kvw..(pos + 1) * kvw];
@@ -353,18 +322,12 @@ impl Model {
                 let (ks, vs) = (&kc[..(pos + 1) * kvw], &vc[..(pos + 1) * kvw]);
                 attend_cached(qb, 1, pos, ks, vs, heads, kvh, hd, ob)?;
             }
-            linear_forward(&o, &layer.o, n, qw, d, &mut h, Store::Accumulate)?;
-            rmsnorm_forward(&h, &layer.mlp_norm, n, d, eps, &mut x, &mut rstd)?;
-            linear_forward(&x, &layer.gate, n, d, ff, &mut gate, Store::Overwrite)?;
-            linear_forward(&x, &layer.up, n, d, ff, &mut up, Store::Overwrite)?;
-            swiglu_forward(&gate, &up, &mut act)?;
-            linear_forward(&act, &layer.down, n, ff, d, &mut h, Store::Accumulate)?;
+            st.finish_block(self, layer)?;
         }
         for cache in caches.iter_mut() {
             cache.len += 1;
         }
-        rmsnorm_forward(&h, &self.norm, n, d, eps, &mut x, &mut rstd)?;
-        Ok(x)
+        st.final_norm(self)
     }
 
     /// Logits of `n` rows of final hidden states `(n, d)`: `(n, vocab)`.
@@ -384,6 +347,79 @@ impl Model {
         let hidden = self.forward(ids, &mut cache)?;
         let d = self.config.hidden_size;
         self.logits(&hidden[hidden.len().saturating_sub(d)..], 1)
+    }
+}
+
+/// The activations of one forward pass over `n` rows: the residual stream
+/// and the buffers every block reuses.
+struct Stream {
+    n: usize,
+    /// The residual stream: (n, d).
+    h: Vec<f32>,
+    /// Normalised input of a sub-block: (n, d); RMSNorm's 1/rms: (n).
+    x: Vec<f32>,
+    rstd: Vec<f32>,
+    /// Queries and attention output: (n, H hd).
+    q: Vec<f32>,
+    o: Vec<f32>,
+    /// MLP gate, up and silu(gate) * up: (n, ff).
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    act: Vec<f32>,
+}
+
+impl Stream {
+    /// The embeddings of `ids`, and buffers for `ids.len()` rows.
+    fn new(m: &Model, ids: &[u32]) -> Result<Stream, GenerateError> {
+        let c = &m.config;
+        let (n, d, ff) = (ids.len(), c.hidden_size, c.intermediate_size);
+        let qw = c.num_attention_heads * c.head_dim;
+        let ids64: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let mut h = vec![0.0; n * d];
+        embedding_forward(&m.embed, c.vocab_size, d, &ids64, &mut h)?;
+        Ok(Stream {
+            n,
+            h,
+            x: vec![0.0; n * d],
+            rstd: vec![0.0; n],
+            q: vec![0.0; n * qw],
+            o: vec![0.0; n * qw],
+            gate: vec![0.0; n * ff],
+            up: vec![0.0; n * ff],
+            act: vec![0.0; n * ff],
+        })
+    }
+
+    /// The rest of a block once `o` holds the attention output:
+    /// `h += o_proj(o)`, then `h += down_proj(silu(gate) * up)` of the MLP.
+    fn finish_block(&mut self, m: &Model, layer: &Layer) -> Result<(), GenerateError> {
+        let c = &m.config;
+        let (n, d, ff) = (self.n, c.hidden_size, c.intermediate_size);
+        let qw = c.num_attention_heads * c.head_dim;
+        linear_forward(&self.o, &layer.o, n, qw, d, &mut self.h, Store::Accumulate)?;
+        let eps = c.rms_norm_eps as f32;
+        rmsnorm_forward(&self.h, &layer.mlp_norm, n, d, eps, &mut self.x, &mut self.rstd)?;
+        linear_forward(&self.x, &layer.gate, n, d, ff, &mut self.gate, Store::Overwrite)?;
+        linear_forward(&self.x, &layer.up, n, d, ff, &mut self.up, Store::Overwrite)?;
+        swiglu_forward(&self.gate, &self.up, &mut self.act)?;
+        linear_forward(&self.act, &layer.down, n, ff, d, &mut self.h, Store::Accumulate)?;
+        Ok(())
+    }
+
+    /// The final RMSNorm of the stream: (n, d).
+    fn final_norm(mut self, m: &Model) -> Result<Vec<f32>, GenerateError> {
+        let c = &m.config;
+        let eps = c.rms_norm_eps as f32;
+        rmsnorm_forward(
+            &self.h,
+            &m.norm,
+            self.n,
+            c.hidden_size,
+            eps,
+            &mut self.x,
+            &mut self.rstd,
+        )?;
+        Ok(self.x)
     }
 }
 
