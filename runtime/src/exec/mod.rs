@@ -11,8 +11,10 @@
 //! slot index, as large as the largest value any program run so far puts
 //! there; it is allocated by the first run of each program and reused by
 //! every later run of every program (one program runs at a time), so a
-//! steady-state step allocates no value buffer. Its size is
-//! [`lamda_compiler::plan::MemorySummary::pool`] — what `check` prints as
+//! steady-state step allocates no value buffer. Once every program of a
+//! plan has run, its size is the plan's
+//! [`lamda_compiler::plan::MemorySummary::activations_peak`] (computed by
+//! `lamda_compiler::pipeline::pool_bytes`) — what `check` prints as
 //! activations. Parameters are borrowed from the caller, never copied;
 //! `ParamGrad` instructions add into the gradient buffers the caller owns,
 //! so several micro-batches accumulate. Integer values (token ids, labels,
