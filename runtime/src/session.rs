@@ -240,7 +240,9 @@ pub struct RunOptions {
 pub trait Observer {
     /// Called once before the first step (after a resume, at the resumed step).
     fn start(&mut self, _tr: &Trainer) {}
-    /// Called after every optimizer step; `tr.grads` holds that step's gradients.
+    /// Called after every optimizer step; on the CPU `tr.grads` holds that
+    /// step's gradients (on a GPU they stay on the device, and `tr.params` is
+    /// brought up to date only at checkpoints: see `Trainer::sync_host`).
     fn step(&mut self, _tr: &Trainer, _stats: &StepStats, _tokens_per_s: f64) {}
     /// Called after each validation loss (before the first step, every `eval every N`, after the last).
     fn validation(&mut self, _tr: &Trainer, _v: &Validation) {}

@@ -81,10 +81,12 @@ pub use crate::exec::count_targets;
 /// The live state of a run.
 pub struct Trainer {
     pub plan: Plan,
-    /// Every parameter, in the Plan's order.
+    /// Every parameter, in the Plan's order: (numel) each. On the CPU the
+    /// state itself; on a GPU a host copy, current after [`Trainer::sync_host`].
     pub params: Vec<Vec<f32>>,
-    /// Gradients of the parameters that train in some phase (empty otherwise).
+    /// Gradients of the parameters that train in some phase (empty otherwise): (numel) each; CPU only.
     pub grads: Vec<Vec<f32>>,
+    /// AdamW moments, (numel) each, and step counts (as `params` on a GPU).
     pub adam: Vec<AdamState>,
     /// The next step to run (0-based).
     pub step: u64,
@@ -94,7 +96,8 @@ pub struct Trainer {
     host_stale: bool,
 }
 
-/// Where programs run.
+/// Where programs run: the CPU executor (its state is the trainer's host
+/// vectors), or a CUDA run with its state on the device.
 pub enum Backend {
     Cpu(Box<Executor<CpuBackend>>),
     Cuda(Box<CudaRun>),
