@@ -15,7 +15,10 @@
 use lamda_compiler::kernel::Kernel;
 use lamda_runtime::exec::{Backend, CpuBackend, ExecError, Executor, Gemm, IdsRef, KernelArg, LossSum, Pointwise};
 use lamda_runtime::ops::{AdamW, AttnShape};
-use lamda_runtime::session::{RunOptions, check_spec, prepare};
+use lamda_runtime::session::RunOptions;
+
+mod common;
+use common::prepare;
 use lamda_runtime::train::device::{self, DeviceState, Micro};
 use lamda_runtime::train::{count_targets, lr_at};
 
@@ -52,9 +55,6 @@ impl Backend for Counting {
     type View<'a> = &'a [f32];
     type ViewMut<'a> = &'a mut [f32];
 
-    fn name(&self) -> &'static str {
-        "counting"
-    }
     fn alloc(&mut self, len: usize) -> Result<Vec<f32>, ExecError> {
         self.inner.alloc(len)
     }
@@ -288,7 +288,7 @@ fn a_device_resident_step_moves_only_the_batch_and_two_scalars_and_trains_as_the
         fuse: true,
         ..RunOptions::default()
     };
-    let mut s = prepare(&opts, &check_spec(&opts.spec).unwrap()).unwrap();
+    let mut s = prepare(&opts).unwrap();
     let tr = &mut s.trainer;
     assert_eq!(
         tr.plan.train.accumulate.max(1),

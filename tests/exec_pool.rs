@@ -17,7 +17,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use lamda_runtime::exec::Executor;
-use lamda_runtime::session::{RunOptions, check_spec, prepare};
+use lamda_runtime::session::RunOptions;
+
+mod common;
+use common::prepare;
 
 /// Counts allocations (and their bytes) while `COUNTING` is set.
 struct Counting;
@@ -81,7 +84,7 @@ fn steady_state(fuse: bool) -> (Counted, (u64, u64)) {
         fuse,
         ..RunOptions::default()
     };
-    let mut s = prepare(&opts, &check_spec(&opts.spec).unwrap()).unwrap();
+    let mut s = prepare(&opts).unwrap();
     let tr = &mut s.trainer;
     let plan = tr.plan.clone();
     let params = tr.params.clone();

@@ -489,9 +489,7 @@ pub fn prepare(opts: &RunOptions, checked: &Checked) -> Result<Session, SessionE
     let mut resumed_from = None;
     if let Some(dir) = &resume_dir {
         losses = state::load(&mut trainer, dir, &spec_hash)?;
-        trainer
-            .sync_device()
-            .map_err(|e| SessionError::Step(StepError::Exec(e)))?;
+        trainer.sync_device().map_err(StepError::from)?;
         resumed_from = Some(trainer.step);
     }
     startup.lap("resume", &mut since);
@@ -587,6 +585,19 @@ fn validate(session: &mut Session, metrics: &Path, observer: &mut dyn Observer) 
     Ok(())
 }
 
+/// Writes a checkpoint of the run under `out/checkpoints`, the adapter
+/// (`out/adapter.safetensors`) and the picture, after bringing the host copy
+/// of the parameters up to date (a GPU run trains on the device). Returns
+/// the checkpoint's folder.
+fn write_checkpoint(session: &mut Session, out: &Path) -> Result<PathBuf, SessionError> {
+    let tr = &mut session.trainer;
+    tr.sync_host().map_err(StepError::from)?;
+    let ckpt = state::save(tr, &out.join("checkpoints"), &session.spec_hash, &session.losses)?;
+    state::write_adapter(tr, &session.init, &out.join("adapter.safetensors"), &session.spec_text)?;
+    write_plot(session, out)?;
+    Ok(ckpt)
+}
+
 /// Writes the run's picture, `loss.svg` (train and validation loss against step).
 fn write_plot(session: &Session, out: &Path) -> Result<(), SessionError> {
     let svg = crate::train::plot::loss_svg(&session.losses, &session.validations);
@@ -602,7 +613,6 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
         source,
     })?;
     let metrics = out.join("metrics.jsonl");
-    let ckpt_root = out.join("checkpoints");
     match session.resumed_from {
         Some(step) => session.validations = truncate_metrics(&metrics, step)?,
         None => state::write_atomic(&metrics, b"")?,
@@ -698,12 +708,8 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
         if eval_every.is_some_and(|n| step.is_multiple_of(n)) && step < total && !stop.load(Ordering::SeqCst) {
             validate(session, &metrics, observer)?;
         }
-        let tr = &mut session.trainer;
         if due || stop.load(Ordering::SeqCst) {
-            tr.sync_host().map_err(|e| SessionError::Step(StepError::Exec(e)))?;
-            last_ckpt = Some(state::save(tr, &ckpt_root, &session.spec_hash, &session.losses)?);
-            state::write_adapter(tr, &session.init, &out.join("adapter.safetensors"), &session.spec_text)?;
-            write_plot(session, &out)?;
+            last_ckpt = Some(write_checkpoint(session, &out)?);
         }
         let tr = &mut session.trainer;
         if stop.load(Ordering::SeqCst) && tr.step < total {
@@ -727,11 +733,10 @@ pub fn run(session: &mut Session, observer: &mut dyn Observer, stop: &AtomicBool
         &metrics,
         &serde_json::json!({ "step": total, "loss": final_eval.loss, "final": true }),
     )?;
+    // what the observer sees of the parameters is current on a GPU too
+    tr.sync_host().map_err(StepError::from)?;
     observer.finish(tr, final_eval.loss, &logits);
-    tr.sync_host().map_err(|e| SessionError::Step(StepError::Exec(e)))?;
-    let ckpt = state::save(tr, &ckpt_root, &session.spec_hash, &session.losses)?;
-    state::write_adapter(tr, &session.init, &out.join("adapter.safetensors"), &session.spec_text)?;
-    write_plot(session, &out)?;
+    let ckpt = write_checkpoint(session, &out)?;
     let tr = &session.trainer;
     Ok(Summary {
         validations: session.validations.clone(),

@@ -9,9 +9,10 @@
 
 use std::path::Path;
 
-use lamda_compiler::codegen::cuda::{cuda_source, module_source, prelude, support, support_source, unfused_kernels};
-use lamda_compiler::ir::Op;
-use lamda_compiler::kernel::{Kernel, lib, symbol};
+use lamda_compiler::codegen::cuda::{
+    cuda_source, module_kernels, module_source, prelude, support, support_source, unfused_kernels,
+};
+use lamda_compiler::kernel::{lib, symbol};
 use lamda_compiler::passes::memory_plan::Program;
 use lamda_compiler::pipeline::{Options, compile_with};
 use lamda_compiler::resolve::check_source;
@@ -76,21 +77,10 @@ fn the_module_of_a_plan_compiles() {
     for fuse in [false, true] {
         let plan = compile_with(&spec, 1, 4, None, Options { fuse, head_loss: false }).unwrap();
         let progs: Vec<&Program> = plan.phases.iter().map(|p| &p.program).chain([&plan.eval]).collect();
-        // As the executor gathers them: fused kernels, then the unfused ops' instances.
-        let mut kernels: Vec<Kernel> = progs
-            .iter()
-            .flat_map(|p| &p.instrs)
-            .filter_map(|i| {
-                if let Op::Fused(k) = &i.op {
-                    Some((**k).clone())
-                } else {
-                    None
-                }
-            })
-            .collect();
         let unfused = unfused_kernels(progs.iter().copied());
         assert!(!unfused.is_empty());
-        kernels.extend(unfused);
+        // the module the backend compiles: fused kernels, then the unfused ops' instances
+        let kernels = module_kernels(progs.iter().copied());
         let ptx = compile_ptx(&module_source(&kernels).unwrap(), "compute_90").unwrap_or_else(|e| panic!("{e}"));
         for k in &kernels {
             let entry = format!(".entry {}(", symbol(&k.name));

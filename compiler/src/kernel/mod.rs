@@ -439,6 +439,18 @@ impl ArgTy {
             ArgTy::PerRow | ArgTy::PerRowI64 | ArgTy::Scalar => None,
         }
     }
+
+    /// Elements a buffer of this type holds in a launch over `rows` rows;
+    /// none for a scalar.
+    pub fn len(self, rows: usize) -> Option<usize> {
+        match self {
+            ArgTy::Rows { cols } => Some(rows * cols),
+            ArgTy::Vector { len } => Some(len),
+            ArgTy::PerRow | ArgTy::PerRowI64 => Some(rows),
+            ArgTy::Periodic { period, cols } => Some(period * cols),
+            ArgTy::Scalar => None,
+        }
+    }
 }
 
 /// The largest column `col` reads for `j < loop_cols`, if any.

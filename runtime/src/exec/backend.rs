@@ -98,9 +98,6 @@ pub trait Backend: 'static {
     where
         Self: 'a;
 
-    /// Its name (`cpu`, `cuda`).
-    fn name(&self) -> &'static str;
-
     // ------------------------------------------------------------- storage
 
     /// `len` zeros.

@@ -80,6 +80,11 @@ pub fn count_targets(labels: &[i64], seq: usize) -> usize {
         .count()
 }
 
+/// Targets of shifted labels that count for the loss (the ignored ones are negative).
+pub fn count_shifted_targets(targets: &[i64]) -> usize {
+    targets.iter().filter(|&&t| t >= 0).count()
+}
+
 /// Where a value of the running program lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bind {
@@ -216,8 +221,7 @@ impl<B: Backend> Executor<B> {
         want_logits: bool,
     ) -> Result<RunOutput, ExecError> {
         self.reserve(program)?;
-        let mut loss = LossSum { sum: 0.0, count: 0 };
-        let mut have_loss = false;
+        let mut loss = None;
         let mut logits = None;
         for ins in &program.instrs {
             let started = self.profile.is_some().then(Instant::now);
@@ -225,8 +229,7 @@ impl<B: Backend> Executor<B> {
                 .instr(program, ins, params, grads, (tokens, labels, grad_scale))
                 .map_err(|e| e.at(&ins.label))?
             {
-                loss = l;
-                have_loss = true;
+                loss = Some(l);
             }
             if let (Some(t), Some(p)) = (started, self.profile.as_mut()) {
                 let key = match &ins.op {
@@ -250,14 +253,9 @@ impl<B: Backend> Executor<B> {
                 self.bind[r] = Bind::None;
             }
         }
-        let mean = if have_loss {
-            (loss.sum / loss.count.max(1) as f64) as f32
-        } else {
-            f32::NAN
-        };
         Ok(RunOutput {
-            loss: mean,
-            count: loss.count,
+            loss: loss.map_or(f32::NAN, |l: LossSum| (l.sum / l.count.max(1) as f64) as f32),
+            count: loss.map_or(0, |l| l.count),
             logits,
         })
     }
@@ -306,6 +304,19 @@ impl<B: Backend> Executor<B> {
                         }));
                     }
                     _ => {}
+                }
+                // shifting reads the next label of a row: the ids must be the program's batch x seq
+                let want = numel(program, o);
+                if host.len() != want {
+                    return Err(ExecError::Op {
+                        label: String::new(),
+                        source: OpsError::Len {
+                            op: ins.op.name(),
+                            name: "ids",
+                            expected: want,
+                            got: host.len(),
+                        },
+                    });
                 }
                 self.ids[o].0 = host;
                 let (host, dev) = &mut self.ids[o];
@@ -562,7 +573,7 @@ impl<'a, B: Backend> Cx<'a, B> {
             Op::LinearCrossEntropy => {
                 let ((n, d), (vocab, _)) = (self.dims2(0)?, self.dims2(1)?);
                 let t = self.ids(2)?;
-                let count = t.host.iter().filter(|&&v| v >= 0).count();
+                let count = count_shifted_targets(t.host);
                 let scale = grad_scale / count.max(1) as f32;
                 let l = be.linear_cross_entropy(self.f(0)?, self.f(1)?, t, n, d, vocab, scale, y()?, y()?)?;
                 return Ok(Some(l));
@@ -644,7 +655,7 @@ impl<'a, B: Backend> Cx<'a, B> {
             .enumerate()
             .find(|(_, a)| a.ty == ArgTy::PerRowI64)
             .and_then(|(i, _)| self.ids(i).ok())
-            .map(|t| t.host.iter().filter(|&&v| v >= 0).count());
+            .map(|t| count_shifted_targets(t.host));
         let writes = || k.args.iter().enumerate().filter(|(_, a)| a.access == Access::Write);
         let mut views: Many<B::ViewMut<'_>> = SmallVec::new();
         for ((buf, &len), (a, _)) in outs.iter_mut().zip(lens).zip(writes()) {

@@ -4,8 +4,8 @@
 //! trainable state lives ([`TrainState`]): on the CPU it is the trainer's
 //! host vectors themselves ([`HostState`]); on a GPU it stays on the device
 //! for the whole run ([`Resident`]) and only the loss (and the f64 gradient
-//! norm) comes back per step; parameters come to the host when a checkpoint,
-//! an export or an observer asks for them.
+//! norm) comes back per step; parameters come to the host for checkpoints
+//! (`Trainer::sync_host`).
 
 use lamda_compiler::passes::memory_plan::Program;
 use lamda_compiler::plan::Plan;
@@ -201,11 +201,42 @@ pub fn accumulate<B: Backend, S: TrainState<B>>(
     Ok((loss_sum / total.max(1) as f64) as f32)
 }
 
+/// One optimizer step at step `t`: [`accumulate`], a non-finite loss is an
+/// error, then [`optimize`]. Returns the loss and the gradient norm.
+#[allow(clippy::too_many_arguments)]
+pub fn step<B: Backend, S: TrainState<B>>(
+    exec: &mut Executor<B>,
+    state: &mut S,
+    plan: &Plan,
+    phase: &lamda_compiler::plan::PhasePlan,
+    micro: &[Micro<'_>],
+    frozen: &[usize],
+    cfg: &AdamW,
+    t: u64,
+) -> Result<(f32, f64), StepError> {
+    let loss = accumulate(exec, state, &phase.program, &phase.trainable, micro)?;
+    if !loss.is_finite() {
+        return Err(StepError::NonFinite { step: t, loss });
+    }
+    // Unfused plans are the reference path: AdamW by the reference op too, where the state offers it.
+    let reference = !plan.fused;
+    let norm = optimize(
+        exec.backend_mut(),
+        state,
+        plan,
+        &phase.trainable,
+        frozen,
+        cfg,
+        reference,
+    )?;
+    Ok((loss, norm))
+}
+
 /// After the gradients are in: zero the frozen columns, measure the global
 /// norm (f64), clip, and run AdamW on every tensor of `trainable` (the
 /// generated kernel, or the reference op where `reference` and the state
-/// offers it). `frozen[i]` and `cols[i]` belong to `trainable[i]`. Returns
-/// the norm before clipping.
+/// offers it). `frozen[i]` (frozen leading columns) belongs to
+/// `trainable[i]`. Returns the norm before clipping.
 #[allow(clippy::too_many_arguments)]
 pub fn optimize<B: Backend, S: TrainState<B>>(
     be: &mut B,

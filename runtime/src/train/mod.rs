@@ -340,7 +340,7 @@ impl Trainer {
             eps: tc.optimizer.eps,
             weight_decay: tc.optimizer.weight_decay,
         };
-        let program = &self.plan.phases[phase_index].program;
+        let phase = &self.plan.phases[phase_index];
         let (loss, norm) = match &mut self.backend {
             Backend::Cpu(exec) => {
                 let mut state = device::HostState {
@@ -348,39 +348,11 @@ impl Trainer {
                     grads: &mut self.grads,
                     adam: &mut self.adam,
                 };
-                let loss = device::accumulate(exec, &mut state, program, trainable, &micro)?;
-                if !loss.is_finite() {
-                    return Err(StepError::NonFinite { step: t, loss });
-                }
-                // Unfused plans are the reference path: AdamW by the reference op too.
-                let reference = !self.plan.fused;
-                let norm = device::optimize(
-                    exec.backend_mut(),
-                    &mut state,
-                    &self.plan,
-                    trainable,
-                    &frozen,
-                    &cfg,
-                    reference,
-                )?;
-                (loss, norm)
+                device::step(exec, &mut state, &self.plan, phase, &micro, &frozen, &cfg, t)?
             }
             Backend::Cuda(r) => {
-                let loss = device::accumulate(&mut r.exec, &mut r.state, program, trainable, &micro)?;
-                if !loss.is_finite() {
-                    return Err(StepError::NonFinite { step: t, loss });
-                }
-                let norm = device::optimize(
-                    r.exec.backend_mut(),
-                    &mut r.state,
-                    &self.plan,
-                    trainable,
-                    &frozen,
-                    &cfg,
-                    false,
-                )?;
                 self.host_stale = true;
-                (loss, norm)
+                device::step(&mut r.exec, &mut r.state, &self.plan, phase, &micro, &frozen, &cfg, t)?
             }
         };
         let trainable_entries = trainable

@@ -37,13 +37,7 @@ pub fn check_launch(k: &Kernel, args: &[KArg<'_>], rows: usize) -> Result<(), Ke
         return fail(format!("{} arguments, expected {}", args.len(), k.args.len()));
     }
     for (a, given) in k.args.iter().zip(args) {
-        let want = match a.ty {
-            ArgTy::Rows { cols } => Some(rows * cols),
-            ArgTy::Vector { len } => Some(len),
-            ArgTy::PerRow | ArgTy::PerRowI64 => Some(rows),
-            ArgTy::Periodic { period, cols } => Some(period * cols),
-            ArgTy::Scalar => None,
-        };
+        let want = a.ty.len(rows);
         let (len, ok) = match (given, a.ty, a.access) {
             (KArg::Scalar(_), ArgTy::Scalar, _) => (None, true),
             (KArg::I64(b), ArgTy::PerRowI64, Access::Read) => (Some(b.len()), true),

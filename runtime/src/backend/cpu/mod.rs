@@ -90,11 +90,6 @@ impl CpuBackend {
         }
     }
 
-    /// How it runs fused kernels.
-    pub fn mode(&self) -> KernelMode {
-        self.mode
-    }
-
     fn jit(&mut self) -> Result<&mut jit::Jit, ExecError> {
         jit_of(&mut self.jit)
     }
@@ -112,7 +107,7 @@ impl CpuBackend {
     }
 
     /// Runs one fused kernel over `rows` rows on host slices (JIT or interpreter, by mode).
-    pub fn launch_host(&mut self, k: &Kernel, args: &mut [KArg<'_>], rows: usize) -> Result<(), ExecError> {
+    fn launch_host(&mut self, k: &Kernel, args: &mut [KArg<'_>], rows: usize) -> Result<(), ExecError> {
         run_kernel(self.mode, &mut self.jit, k, args, rows)
     }
 
@@ -130,10 +125,6 @@ impl Backend for CpuBackend {
     type Ids = Vec<i64>;
     type View<'a> = &'a [f32];
     type ViewMut<'a> = &'a mut [f32];
-
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
 
     fn alloc(&mut self, len: usize) -> Result<Vec<f32>, ExecError> {
         Ok(vec![0.0; len])

@@ -327,27 +327,25 @@ pub fn bf16_saved_schedule(program: &Program) -> Vec<Vec<usize>> {
 }
 
 /// Counted positions of unshifted `labels`, validated as the CPU does.
+/// The targets of a causal-LM label block that count for the loss
+/// ([`crate::exec::count_targets`]), after checking that each of them is in
+/// `0 .. vocab` (the CPU op's error for one that is not).
 fn count_targets(labels: &[i64], seq: usize, vocab: usize) -> Result<usize, CudaError> {
-    let mut count = 0;
-    for row in 0..labels.len() {
-        if seq == 0 || row % seq == seq - 1 {
-            continue;
-        }
-        let id = labels.get(row + 1).copied().unwrap_or(IGNORE_INDEX);
-        if id == IGNORE_INDEX {
-            continue;
-        }
+    let counted = labels
+        .iter()
+        .enumerate()
+        .filter(|&(i, &id)| seq > 0 && i % seq != 0 && id != IGNORE_INDEX);
+    for (row, &id) in counted {
         if usize::try_from(id).ok().filter(|&t| t < vocab).is_none() {
             return Err(op_err(OpsError::IdOutOfRange {
                 op: "causal_lm_cross_entropy",
-                row: row + 1,
+                row,
                 id,
                 vocab,
             }));
         }
-        count += 1;
     }
-    Ok(count)
+    Ok(crate::exec::count_targets(labels, seq))
 }
 
 struct AttnSizes {
@@ -597,20 +595,32 @@ impl CudaBackend {
         let mut at = 0;
         for (&(x, xl), &c) in xs.iter().zip(widths) {
             len_check("concat", "x", xl, n * c)?;
-            let args = [
-                KArg::Ptr(x),
-                KArg::Ptr(y),
-                int(n, "n")?,
-                int(c, "width")?,
-                KArg::I32(0),
-                int(total, "width")?,
-                int(at, "offset")?,
-                int(c, "width")?,
-            ];
-            self.gpu.launch_elems(support::COPY_COLS, n * c, &args)?;
+            self.copy_cols(n, c, (x, c, 0), (y, total, at))?;
             at += c;
         }
         Ok(())
+    }
+
+    /// `w` columns of `n` rows: from `src` (a `(n, src width)` matrix, from
+    /// column `src offset`) to `dst` (likewise): `(address, width, offset)` each.
+    fn copy_cols(
+        &self,
+        n: usize,
+        w: usize,
+        src: (u64, usize, usize),
+        dst: (u64, usize, usize),
+    ) -> Result<(), CudaError> {
+        let args = [
+            KArg::Ptr(src.0),
+            KArg::Ptr(dst.0),
+            int(n, "n")?,
+            int(src.1, "width")?,
+            int(src.2, "offset")?,
+            int(dst.1, "width")?,
+            int(dst.2, "offset")?,
+            int(w, "width")?,
+        ];
+        self.gpu.launch_elems(support::COPY_COLS, n * w, &args)
     }
 
     // ------------------------------------------------------------------ ops (CudaError)
@@ -839,17 +849,7 @@ impl CudaBackend {
         let (p, _) = self.stage(&[x], &[])?;
         let mut at = 0;
         for (y, &c) in outs.iter().zip(widths) {
-            let args = [
-                KArg::Ptr(p[0]),
-                KArg::Ptr(y.ptr),
-                int(n, "n")?,
-                int(w, "width")?,
-                int(at, "offset")?,
-                int(c, "width")?,
-                KArg::I32(0),
-                int(c, "width")?,
-            ];
-            self.gpu.launch_elems(support::COPY_COLS, n * c, &args)?;
+            self.copy_cols(n, c, (p[0], w, at), (y.ptr, c, 0))?;
             at += c;
         }
         Ok(())
@@ -1355,10 +1355,6 @@ impl Backend for CudaBackend {
     type Ids = DevBuf<i64>;
     type View<'a> = CudaView<'a>;
     type ViewMut<'a> = CudaViewMut<'a>;
-
-    fn name(&self) -> &'static str {
-        "cuda"
-    }
 
     fn alloc(&mut self, len: usize) -> Result<CudaBuf, ExecError> {
         Ok(CudaBuf::F32(self.gpu.zeros::<f32>(len)?))

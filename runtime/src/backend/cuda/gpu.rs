@@ -28,7 +28,7 @@ use cudarc::cublas::sys::{
 };
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use lamda_compiler::codegen::cuda::{block_threads, module_source, support};
-use lamda_compiler::kernel::{ArgTy, Kernel};
+use lamda_compiler::kernel::Kernel;
 
 use super::{CudaDevice, CudaError, compile_ptx, cublas_available};
 
@@ -356,13 +356,7 @@ impl Gpu {
         }
         let mut kargs = Vec::with_capacity(args.len() + 1);
         for (a, &(v, len)) in k.args.iter().zip(args) {
-            let want = match a.ty {
-                ArgTy::Rows { cols } => Some(rows * cols),
-                ArgTy::Vector { len } => Some(len),
-                ArgTy::PerRow | ArgTy::PerRowI64 => Some(rows),
-                ArgTy::Periodic { period, cols } => Some(period * cols),
-                ArgTy::Scalar => None,
-            };
+            let want = a.ty.len(rows);
             match (want, v) {
                 (None, KArg::F32(_)) => {}
                 (Some(w), KArg::Ptr(_)) if w == len => {}
