@@ -21,7 +21,7 @@
 # (Fixed 128, pad id 0) switched on; a reader that wants other lengths must
 # override both.
 #
-# Then:  ~/.cache/lamdac/bench-venv/bin/python scripts/make_bert_fixtures.py --tokens
+# Then:  ~/.cache/lamdac/bench-venv/bin/python scripts/make_bert_fixtures.py --tokens-only   # tests/golden_bert/minilm_tokens.json
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
