@@ -32,9 +32,9 @@
 //! `Recip` as `1.0f / x` (not the approximate `rsqrtf`/`__frcp`), and the
 //! module is meant to be compiled with `--fmad=false` and NVRTC's default IEEE
 //! division and square root, so every elementwise formula rounds exactly as
-//! the CPU interpreter's. What differs: `expf`/`logf` (CUDA's are within 2
-//! ulp, the CPU's libm within 1) and the order of sums in reductions (the IR
-//! leaves it unspecified). Fused-vs-CPU differences therefore stay at float
+//! the CPU interpreter's. What differs: `expf`, `logf`, `erff` and `tanhf`
+//! (CUDA's are within 2 ulp, the interpreter's within 1) and the order of sums
+//! in reductions (the IR leaves it unspecified). Fused-vs-CPU differences therefore stay at float
 //! rounding, a few ulp per element and `O(sqrt(cols))` ulp for sums.
 //!
 //! Unfused ops run kernel-IR instances too wherever the kernel IR expresses
@@ -284,6 +284,8 @@ impl Emitter<'_> {
                     UnOp::Sqrt => format!("sqrtf({x})"),
                     UnOp::Rsqrt => format!("(1.0f / sqrtf({x}))"),
                     UnOp::Recip => format!("(1.0f / {x})"),
+                    UnOp::Erf => format!("erff({x})"),
+                    UnOp::Tanh => format!("tanhf({x})"),
                 }
             }
             Expr::Binary(op, a, b) => {

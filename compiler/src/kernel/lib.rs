@@ -92,6 +92,215 @@ pub fn rmsnorm_grad(d: usize) -> Kernel {
     }
 }
 
+/// LayerNorm forward (torch.nn.LayerNorm: biased variance, two passes):
+/// `mean = sum(x) / d`, `var = sum((x - mean)^2) / d`, `rstd = 1 / sqrt(var + eps)`,
+/// `y = (x - mean) * rstd * w + b`.
+/// Args: x (R, rows d), w (R, vector d), b (R, vector d), y (W, rows d),
+/// mean (W, per row), rstd (W, per row).
+pub fn layernorm(d: usize, eps: f64) -> Kernel {
+    let xc = || Expr::load(0) - Expr::var(1);
+    Kernel {
+        name: format!("layernorm_d{d}_eps{eps:e}"),
+        args: vec![
+            arg("x", rows(d), Access::Read),
+            arg("w", ArgTy::Vector { len: d }, Access::Read),
+            arg("b", ArgTy::Vector { len: d }, Access::Read),
+            arg("y", rows(d), Access::Write),
+            arg("mean", ArgTy::PerRow, Access::Write),
+            arg("rstd", ArgTy::PerRow, Access::Write),
+        ],
+        body: vec![
+            Stmt::Reduce {
+                var: 0,
+                op: Reduce::Sum,
+                cols: d,
+                value: Expr::load(0),
+            },
+            Stmt::Let {
+                var: 1,
+                value: Expr::var(0) / Expr::c(d as f64),
+            },
+            Stmt::Reduce {
+                var: 2,
+                op: Reduce::Sum,
+                cols: d,
+                value: xc() * xc(),
+            },
+            Stmt::Let {
+                var: 3,
+                value: (Expr::var(2) / Expr::c(d as f64) + Expr::c(eps)).rsqrt(),
+            },
+            Stmt::StoreRow {
+                arg: 4,
+                value: Expr::var(1),
+            },
+            Stmt::StoreRow {
+                arg: 5,
+                value: Expr::var(3),
+            },
+            Stmt::Store {
+                arg: 3,
+                cols: d,
+                value: xc() * Expr::var(3) * Expr::load(1) + Expr::load(2),
+                accumulate: false,
+            },
+        ],
+    }
+}
+
+/// LayerNorm backward (weight and bias frozen): with `xhat = (x - mean) rstd`
+/// and `gw = g w`, `dx = rstd (gw - mean_j(gw) - xhat mean_j(gw xhat))`.
+/// Args: g (R, rows d), x (R, rows d), w (R, vector d), mean (R, per row),
+/// rstd (R, per row), dx (W, rows d).
+pub fn layernorm_grad(d: usize) -> Kernel {
+    let gw = || Expr::load(0) * Expr::load(2);
+    let xhat = || (Expr::load(1) - Expr::var(0)) * Expr::var(1);
+    Kernel {
+        name: format!("layernorm_grad_d{d}"),
+        args: vec![
+            arg("g", rows(d), Access::Read),
+            arg("x", rows(d), Access::Read),
+            arg("w", ArgTy::Vector { len: d }, Access::Read),
+            arg("mean", ArgTy::PerRow, Access::Read),
+            arg("rstd", ArgTy::PerRow, Access::Read),
+            arg("dx", rows(d), Access::Write),
+        ],
+        body: vec![
+            Stmt::Let {
+                var: 0,
+                value: Expr::load(3),
+            },
+            Stmt::Let {
+                var: 1,
+                value: Expr::load(4),
+            },
+            Stmt::Reduce {
+                var: 2,
+                op: Reduce::Sum,
+                cols: d,
+                value: gw(),
+            },
+            Stmt::Reduce {
+                var: 3,
+                op: Reduce::Sum,
+                cols: d,
+                value: gw() * xhat(),
+            },
+            Stmt::Let {
+                var: 4,
+                value: Expr::var(2) / Expr::c(d as f64),
+            },
+            Stmt::Let {
+                var: 5,
+                value: Expr::var(3) / Expr::c(d as f64),
+            },
+            Stmt::Store {
+                arg: 5,
+                cols: d,
+                value: Expr::var(1) * (gw() - Expr::var(4) - xhat() * Expr::var(5)),
+                accumulate: false,
+            },
+        ],
+    }
+}
+
+/// The standard normal CDF `Phi(x) = 0.5 (1 + erf(x / sqrt 2))`.
+fn normal_cdf(x: Expr) -> Expr {
+    Expr::c(0.5) * (Expr::c(1.0) + (x * Expr::c(std::f64::consts::FRAC_1_SQRT_2)).erf())
+}
+
+/// GELU forward, the exact (erf) form of BERT and torch's default: `y = x Phi(x)`,
+/// `Phi(x) = 0.5 (1 + erf(x / sqrt 2))`.
+/// Args: x (R, rows d), y (W, rows d).
+pub fn gelu(d: usize) -> Kernel {
+    Kernel {
+        name: format!("gelu_d{d}"),
+        args: vec![arg("x", rows(d), Access::Read), arg("y", rows(d), Access::Write)],
+        body: vec![Stmt::Store {
+            arg: 1,
+            cols: d,
+            value: Expr::load(0) * normal_cdf(Expr::load(0)),
+            accumulate: false,
+        }],
+    }
+}
+
+/// GELU backward: `dx = g (Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi))`.
+/// Args: g (R, rows d), x (R, rows d), dx (W, rows d).
+pub fn gelu_grad(d: usize) -> Kernel {
+    let x = || Expr::load(1);
+    // 1 / sqrt(2 pi)
+    let inv_sqrt_2pi = std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2 * 0.5;
+    let pdf = (x() * x() * Expr::c(-0.5)).exp() * Expr::c(inv_sqrt_2pi);
+    Kernel {
+        name: format!("gelu_grad_d{d}"),
+        args: vec![
+            arg("g", rows(d), Access::Read),
+            arg("x", rows(d), Access::Read),
+            arg("dx", rows(d), Access::Write),
+        ],
+        body: vec![Stmt::Store {
+            arg: 2,
+            cols: d,
+            value: Expr::load(0) * (normal_cdf(x()) + x() * pdf),
+            accumulate: false,
+        }],
+    }
+}
+
+/// tanh forward (the BERT pooler's activation): `y = tanh(x)`.
+/// Args: x (R, rows d), y (W, rows d).
+pub fn tanh(d: usize) -> Kernel {
+    Kernel {
+        name: format!("tanh_d{d}"),
+        args: vec![arg("x", rows(d), Access::Read), arg("y", rows(d), Access::Write)],
+        body: vec![Stmt::Store {
+            arg: 1,
+            cols: d,
+            value: Expr::load(0).tanh(),
+            accumulate: false,
+        }],
+    }
+}
+
+/// tanh backward from the forward output: `dx = g (1 - y^2)`.
+/// Args: g (R, rows d), y (R, rows d: the forward's output), dx (W, rows d).
+pub fn tanh_grad(d: usize) -> Kernel {
+    Kernel {
+        name: format!("tanh_grad_d{d}"),
+        args: vec![
+            arg("g", rows(d), Access::Read),
+            arg("y", rows(d), Access::Read),
+            arg("dx", rows(d), Access::Write),
+        ],
+        body: vec![Stmt::Store {
+            arg: 2,
+            cols: d,
+            value: Expr::load(0) * (Expr::c(1.0) - Expr::load(1) * Expr::load(1)),
+            accumulate: false,
+        }],
+    }
+}
+
+/// A bias broadcast over rows: `y = x + b`.
+/// Args: x (R, rows d), b (R, vector d), y (W, rows d).
+pub fn bias_add(d: usize) -> Kernel {
+    Kernel {
+        name: format!("bias_add_d{d}"),
+        args: vec![
+            arg("x", rows(d), Access::Read),
+            arg("b", ArgTy::Vector { len: d }, Access::Read),
+            arg("y", rows(d), Access::Write),
+        ],
+        body: vec![Stmt::Store {
+            arg: 2,
+            cols: d,
+            value: Expr::load(0) + Expr::load(1),
+            accumulate: false,
+        }],
+    }
+}
+
 fn sigmoid(x: Expr) -> Expr {
     (Expr::c(1.0) + (-x).exp()).recip()
 }
@@ -457,6 +666,13 @@ pub fn examples() -> Vec<Kernel> {
     vec![
         rmsnorm(17, 1e-5),
         rmsnorm_grad(17),
+        layernorm(17, 1e-12),
+        layernorm_grad(17),
+        gelu(13),
+        gelu_grad(13),
+        tanh(13),
+        tanh_grad(13),
+        bias_add(7),
         swiglu(13),
         swiglu_grad(13),
         silu(13),

@@ -28,9 +28,9 @@
 //! [`verify`] is the one legality check of a kernel (the IR verifier and both
 //! code generators call it) and [`symbol`] the one name mangler for its
 //! symbol in generated code; `lib` holds the
-//! kernels lamdac fuses (RMSNorm, RoPE, SwiGLU, residual adds, the adapter
-//! epilogue, cross-entropy with its softmax, AdamW with the freeze mask, and
-//! their backward where they have one).
+//! kernels lamdac fuses (RMSNorm, LayerNorm, RoPE, SwiGLU, GELU, tanh, bias
+//! and residual adds, the adapter epilogue, cross-entropy with its softmax,
+//! AdamW with the freeze mask, and their backward where they have one).
 
 pub mod lib;
 
@@ -107,6 +107,10 @@ pub enum UnOp {
     Rsqrt,
     /// `1 / x`.
     Recip,
+    /// The error function, `erf(x) = 2 / sqrt(pi) * integral_0^x exp(-t^2) dt`.
+    Erf,
+    /// The hyperbolic tangent.
+    Tanh,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -294,6 +298,12 @@ impl Expr {
     }
     pub fn recip(self) -> Expr {
         Expr::un(UnOp::Recip, self)
+    }
+    pub fn erf(self) -> Expr {
+        Expr::un(UnOp::Erf, self)
+    }
+    pub fn tanh(self) -> Expr {
+        Expr::un(UnOp::Tanh, self)
     }
 }
 
