@@ -10,7 +10,7 @@ use crate::ir::build::build_forward;
 use crate::ir::verify::verify;
 use crate::ir::verify_program::{self, ProgramError};
 use crate::ir::{Ir, ParamInfo, ParamRole};
-use crate::passes::{adapter_init, autodiff, freeze, fusion, memory_plan, rank_alloc};
+use crate::passes::{adapter_init, autodiff, encoder_kernels, freeze, fusion, memory_plan, rank_alloc};
 use crate::plan::{MemorySummary, PhasePlan, Plan, RuleAllocation, VerifyTimes};
 use crate::spec::{RankChoice, ResolvedSpec};
 
@@ -62,6 +62,7 @@ fn verify_programs(plan: &mut Plan) -> Result<(), CompileError> {
     for (name, prog, trainable) in programs {
         let cx = verify_program::Context {
             rows,
+            batch: plan.batch,
             params: &plan.params,
             trainable,
         };
@@ -123,7 +124,9 @@ pub fn compile_with(
     // Fusion adds derived parameters (stacked weights, tables): the plan's table is their union.
     let mut params = forward.params.clone();
     for ph in &phases {
-        let mut ir = checked(autodiff::autodiff(forward.clone(), &ph.trainable)?, &mut times)?;
+        let mut ir = autodiff::autodiff(forward.clone(), &ph.trainable)?;
+        encoder_kernels::lower(&mut ir);
+        let mut ir = checked(ir, &mut times)?;
         // fusion: after autodiff, so backward kernels fuse too; before the memory plan.
         // Derived parameters are found by name, so programs share them.
         if options.fuse {
@@ -140,7 +143,9 @@ pub fn compile_with(
         });
     }
     // 6. eval: forward only (loss and logits), planned the same way.
-    let mut eval_ir = checked(build_forward(&spec, batch, seq, false)?, &mut times)?;
+    let mut eval_ir = build_forward(&spec, batch, seq, false)?;
+    encoder_kernels::lower(&mut eval_ir);
+    let mut eval_ir = checked(eval_ir, &mut times)?;
     if options.fuse {
         eval_ir.params = params.clone();
         fusion::fuse(&mut eval_ir, &ever_trainable, options.head_loss);
@@ -198,6 +203,7 @@ pub fn emit_ir_with(
         forward
     };
     if options.fuse {
+        encoder_kernels::lower(&mut ir);
         fusion::fuse(&mut ir, &ever, options.head_loss);
         ir = checked(ir, &mut times)?;
     }
@@ -306,14 +312,14 @@ fn summarize(params: &[ParamInfo], phases: &[PhasePlan], eval: &memory_plan::Pro
     let bytes = |i: usize| params[i].numel().saturating_mul(4);
     for (i, p) in params.iter().enumerate() {
         let b = bytes(i);
-        if !used.contains(&i) && !matches!(p.role, ParamRole::Adapter { .. }) {
+        if !used.contains(&i) && !matches!(p.role, ParamRole::Adapter { .. } | ParamRole::Head { .. }) {
             continue;
         }
         match p.role {
             ParamRole::Base { .. } | ParamRole::Residual { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => {
                 add(&mut m.weights, b)
             }
-            ParamRole::Adapter { .. } => add(&mut m.adapters, b),
+            ParamRole::Adapter { .. } | ParamRole::Head { .. } => add(&mut m.adapters, b),
         }
     }
     let ever: BTreeSet<usize> = phases.iter().flat_map(|p| p.trainable.iter().copied()).collect();

@@ -70,6 +70,24 @@ pub enum LrSchedule {
     Linear,
 }
 
+/// How a classification head reads a sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pool {
+    /// The first token's hidden state, through the family's `pooler` when it
+    /// has one (BERT: dense + tanh, as `BertForSequenceClassification`).
+    Cls,
+    /// The mean of the hidden states of the sequence's non-padding tokens.
+    Mean,
+}
+
+/// The task head of an encoder: `head classify(labels = N, pool = cls)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Head {
+    /// Classes of the classifier (its output size), >= 2.
+    pub labels: usize,
+    pub pool: Pool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
     Auto,
@@ -128,6 +146,8 @@ pub struct TrainConfig {
     /// Stop after this many consecutive steps whose gradient is exactly zero
     /// (a collapsed model no longer learns); 0: never stop.
     pub stop_on_collapse: u64,
+    /// The task head (`head classify(...)`): encoders train through it.
+    pub head: Option<Head>,
 }
 
 impl Default for TrainConfig {
@@ -151,6 +171,7 @@ impl Default for TrainConfig {
             out: None,
             device: Device::Auto,
             stop_on_collapse: 3,
+            head: None,
         }
     }
 }

@@ -22,4 +22,8 @@ pub const FILES: &[(&str, &str)] = &[
         "stdlib/models/llama.lamda",
         include_str!("../../stdlib/models/llama.lamda"),
     ),
+    (
+        "stdlib/models/bert.lamda",
+        include_str!("../../stdlib/models/bert.lamda"),
+    ),
 ];

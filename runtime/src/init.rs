@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use lamda_compiler::adapter::Init;
-use lamda_compiler::ir::{ParamRole, PathFactor, TableKind};
+use lamda_compiler::ir::{HeadInit, ParamRole, PathFactor, TableKind};
 use lamda_compiler::passes::adapter_init::InitRecipe;
 use lamda_compiler::plan::Plan;
 use rayon::prelude::*;
@@ -37,9 +37,15 @@ pub enum InitError {
 pub trait WeightSource: Sync {
     /// The tensor `name` as float32, checked against `shape`.
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError>;
+    /// Whether the source has a tensor of this name (a task head it may lack).
+    fn contains(&self, name: &str) -> bool;
 }
 
 impl WeightSource for Weights {
+    fn contains(&self, name: &str) -> bool {
+        Weights::contains(self, name)
+    }
+
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
         let a = self.tensor(name, shape)?;
         if a.is_standard_layout() {
@@ -71,11 +77,30 @@ pub fn initialize(
             ParamRole::Base { tensor } | ParamRole::Residual { tensor, .. } => {
                 Some(weights.load(tensor, &p.shape).map(|v| (i, v)))
             }
-            ParamRole::Adapter { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => None,
+            ParamRole::Head { tensor, .. } if weights.contains(tensor) => {
+                Some(weights.load(tensor, &p.shape).map(|v| (i, v)))
+            }
+            ParamRole::Head { .. } | ParamRole::Adapter { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => None,
         })
         .collect::<Result<_, _>>()?;
     for (i, v) in loaded {
         params[i] = v;
+    }
+    // A task head the checkpoint lacks starts as transformers' `_init_weights` does.
+    for (i, p) in plan.params.iter().enumerate() {
+        if let ParamRole::Head { init, .. } = p.role
+            && params[i].is_empty()
+        {
+            let n: usize = p.shape.iter().product();
+            params[i] = match init {
+                HeadInit::Zeros => vec![0.0; n],
+                HeadInit::Normal { std } => {
+                    let seed = lamda_compiler::passes::adapter_init::tensor_seed(plan.train.seed, &p.name);
+                    let mut rng = Xoshiro256StarStar::seed_from_u64(seed);
+                    (0..n).map(|_| (std * rng.next_normal()) as f32).collect()
+                }
+            };
+        }
     }
     // Every SVD the recipes need, side by side: one weight per rayon task,
     // each SVD sequential inside (faer's parallel SVD mostly waits on thread

@@ -50,6 +50,10 @@ struct Builder<'a> {
     param_nodes: BTreeMap<ParamId, NodeId>,
     params: BTreeMap<String, Const>,
     tokens: Value,
+    /// The integer inputs other than tokens, made on first use.
+    positions: Option<Value>,
+    token_types: Option<Value>,
+    lengths: Option<Value>,
 }
 
 /// Builds the forward graph for micro-batches of `batch` sequences of `seq` tokens.
@@ -73,6 +77,9 @@ pub fn build_forward(spec: &ResolvedSpec, batch: usize, seq: usize, with_grad: b
         param_nodes: BTreeMap::new(),
         params: model.params.iter().cloned().collect(),
         tokens: (tokens, 0),
+        positions: None,
+        token_types: None,
+        lengths: None,
     };
     b.declare_adapters()?;
     let Some((_, fwd)) = &model.forward else {
@@ -87,7 +94,23 @@ pub fn build_forward(spec: &ResolvedSpec, batch: usize, seq: usize, with_grad: b
         b.ir.ty(logits)
             .cloned()
             .ok_or_else(|| BuildError("logits have no type".into()))?;
+    if let Some(head) = spec.train.head {
+        if lt.shape == [n, vocab] && param_int(model, "hidden") != Some(vocab) {
+            return err(format!(
+                "`head classify` is for encoders; `{}` is a causal language model (its forward returns logits)",
+                model.family
+            ));
+        }
+        return b.classify(logits, head, with_grad);
+    }
     if lt.shape != [n, vocab] {
+        if lt.shape.len() == 2 && lt.shape[0] == n && param_int(model, "hidden") == Some(lt.shape[1]) {
+            return err(format!(
+                "`{}` is an encoder (its forward returns hidden states {lt}): add a task head to the train \
+                 block, e.g. `head classify(labels = 2, pool = cls)`",
+                model.family
+            ));
+        }
         return err(format!(
             "the forward block returns {lt}, expected logits f32[{n}, {vocab}]"
         ));
@@ -212,18 +235,31 @@ impl Builder<'_> {
 
     /// The parameter holding a module's own weight (following ties).
     fn weight(&mut self, module: usize) -> ParamId {
+        self.module_tensor(module, false)
+    }
+
+    /// The parameter holding a module's bias (linear with a bias, layernorm).
+    fn bias(&mut self, module: usize) -> ParamId {
+        self.module_tensor(module, true)
+    }
+
+    fn module_tensor(&mut self, module: usize, bias: bool) -> ParamId {
         let model = &self.spec.model;
         let owner = model.modules[module].tied_to.unwrap_or(module);
-        let name = format!("{}.weight", model.modules[owner].hf_name);
+        let kind = &model.modules[owner].kind;
+        let suffix = if bias { "bias" } else { "weight" };
+        let name = format!("{}.{suffix}", model.modules[owner].hf_name);
         if let Some(&p) = self.base_params.get(&name) {
             return p;
         }
-        let shape: Vec<usize> = model.modules[owner]
-            .kind
-            .weight_shape()
-            .iter()
-            .map(|&d| d as usize)
-            .collect();
+        let shape: Vec<usize> = if bias {
+            kind.bias_shape().unwrap_or_default()
+        } else {
+            kind.weight_shape()
+        }
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
         let p = self.ir.params.len();
         self.ir.params.push(ParamInfo {
             name: name.clone(),
@@ -341,6 +377,22 @@ impl Builder<'_> {
                         let t = self.ty(x)?;
                         Ok((self.ir.add(Op::Silu, &[x], vec![t], "silu"), 0))
                     }
+                    (["gelu"], [x]) => {
+                        let x = self.expr(&x.value, env)?;
+                        let t = self.ty(x)?;
+                        Ok((self.ir.add(Op::Gelu, &[x], vec![t], "gelu"), 0))
+                    }
+                    (["positions"], [t]) | (["token_types"], [t]) => {
+                        if self.expr(&t.value, env)? != self.tokens {
+                            return err(format!("`{}` takes the forward block's token ids", names[0]));
+                        }
+                        let seq = self.ir.seq;
+                        Ok(if names[0] == "positions" {
+                            self.input(Op::Positions { seq })
+                        } else {
+                            self.input(Op::TokenTypes)
+                        })
+                    }
                     (["rope"], [x, hd, theta]) => {
                         let x = self.expr(&x.value, env)?;
                         let t = self.ty(x)?;
@@ -361,42 +413,10 @@ impl Builder<'_> {
                         Ok((self.ir.add(op, &[x], vec![t], format!("{label}.rope")), 0))
                     }
                     (["causal_attention"], [q, k, v, h, kvh, hd]) => {
-                        let (q, k, v) = (
-                            self.expr(&q.value, env)?,
-                            self.expr(&k.value, env)?,
-                            self.expr(&v.value, env)?,
-                        );
-                        let dims = AttnDims {
-                            batch: self.ir.batch,
-                            seq: self.ir.seq,
-                            heads: self.int(&h.value)?,
-                            kv_heads: self.int(&kvh.value)?,
-                            head_dim: self.int(&hd.value)?,
-                        };
-                        let n = self.ir.n();
-                        let (tq, tk, tv) = (self.ty(q)?, self.ty(k)?, self.ty(v)?);
-                        let qw = dims.heads * dims.head_dim;
-                        let kvw = dims.kv_heads * dims.head_dim;
-                        if tq.shape != [n, qw]
-                            || tk.shape != [n, kvw]
-                            || tv.shape != [n, kvw]
-                            || !dims.heads.is_multiple_of(dims.kv_heads)
-                        {
-                            return err(format!(
-                                "attention of {tq}, {tk}, {tv} with {} heads, {} kv heads of {}",
-                                dims.heads, dims.kv_heads, dims.head_dim
-                            ));
-                        }
-                        let label = self.ir.graph[q.0]
-                            .label
-                            .replace(".q.rope", ".attention")
-                            .replace(".q", ".attention");
-                        let outs = vec![
-                            TensorType::f32(&[n, qw]),
-                            TensorType::f32(&[dims.batch, dims.heads, dims.seq]),
-                        ];
-                        Ok((self.ir.add(Op::Attention(dims), &[q, k, v], outs, label), 0))
+                        let kv_heads = self.int(&kvh.value)?;
+                        self.attention(env, [q, k, v], h, Some(kv_heads), hd)
                     }
+                    (["attention"], [q, k, v, h, hd]) => self.attention(env, [q, k, v], h, None, hd),
                     _ => err(format!(
                         "cannot lower the call `{}` with {} arguments",
                         names.join("."),
@@ -406,6 +426,155 @@ impl Builder<'_> {
             }
             _ => err("unsupported expression in the forward block"),
         }
+    }
+
+    /// Attention of `q, k, v` (grouped-query and causal when `kv_heads` is
+    /// given; else bidirectional over the non-padding keys).
+    fn attention(
+        &mut self,
+        env: &BTreeMap<String, Binding>,
+        [q, k, v]: [&crate::syntax::ast::ExprArg; 3],
+        h: &crate::syntax::ast::ExprArg,
+        kv_heads: Option<usize>,
+        hd: &crate::syntax::ast::ExprArg,
+    ) -> R<Value> {
+        let causal = kv_heads.is_some();
+        let (q, k, v) = (
+            self.expr(&q.value, env)?,
+            self.expr(&k.value, env)?,
+            self.expr(&v.value, env)?,
+        );
+        let heads = self.int(&h.value)?;
+        let dims = AttnDims {
+            batch: self.ir.batch,
+            seq: self.ir.seq,
+            heads,
+            kv_heads: kv_heads.unwrap_or(heads),
+            head_dim: self.int(&hd.value)?,
+            causal,
+        };
+        let n = self.ir.n();
+        let (tq, tk, tv) = (self.ty(q)?, self.ty(k)?, self.ty(v)?);
+        let qw = dims.heads * dims.head_dim;
+        let kvw = dims.kv_heads * dims.head_dim;
+        if tq.shape != [n, qw]
+            || tk.shape != [n, kvw]
+            || tv.shape != [n, kvw]
+            || !dims.heads.is_multiple_of(dims.kv_heads)
+        {
+            return err(format!(
+                "attention of {tq}, {tk}, {tv} with {} heads, {} kv heads of {}",
+                dims.heads, dims.kv_heads, dims.head_dim
+            ));
+        }
+        let label = self.ir.graph[q.0]
+            .label
+            .replace(".q.rope", ".attention")
+            .replace(".q", ".attention");
+        let outs = vec![
+            TensorType::f32(&[n, qw]),
+            TensorType::f32(&[dims.batch, dims.heads, dims.seq]),
+        ];
+        let mut ins = vec![q, k, v];
+        if !causal {
+            ins.push(self.input(Op::Lengths { seq: self.ir.seq }));
+        }
+        Ok((self.ir.add(Op::Attention(dims), &ins, outs, label), 0))
+    }
+
+    /// The integer input `op` (positions, token types, lengths), made once.
+    fn input(&mut self, op: Op) -> Value {
+        let (n, batch) = (self.ir.n(), self.ir.batch);
+        let slot = match op {
+            Op::Positions { .. } => &mut self.positions,
+            Op::TokenTypes => &mut self.token_types,
+            _ => &mut self.lengths,
+        };
+        if let Some(v) = *slot {
+            return v;
+        }
+        let len = if matches!(op, Op::Lengths { .. }) { batch } else { n };
+        let name = op.name();
+        let v = (self.ir.add(op, &[], vec![TensorType::i64(&[len])], name), 0);
+        match self.ir.graph[v.0].op {
+            Op::Positions { .. } => self.positions = Some(v),
+            Op::TokenTypes => self.token_types = Some(v),
+            _ => self.lengths = Some(v),
+        }
+        v
+    }
+
+    /// The classification head on hidden states `h (n, d)`: pooling (through
+    /// the family's `pooler` and tanh for `cls`, when it has one), the
+    /// trainable classifier `(labels, d)` with its bias, and the loss.
+    fn classify(mut self, h: Value, head: crate::spec::Head, with_grad: bool) -> R<Ir> {
+        use crate::ir::HeadInit;
+        let (n, batch, seq) = (self.ir.n(), self.ir.batch, self.ir.seq);
+        let th = self.ty(h)?;
+        let [rows, d] = th.shape[..] else {
+            return err(format!(
+                "the forward block returns {th}, expected hidden states f32[{n}, d]"
+            ));
+        };
+        if rows != n {
+            return err(format!(
+                "the forward block returns {th}, expected hidden states f32[{n}, d]"
+            ));
+        }
+        let mean = head.pool == crate::spec::Pool::Mean;
+        let lengths = self.input(Op::Lengths { seq });
+        let pooled_ty = TensorType::f32(&[batch, d]);
+        let mut x = (
+            self.ir
+                .add(Op::Pool { seq, mean }, &[h, lengths], vec![pooled_ty.clone()], "pool"),
+            0,
+        );
+        if !mean && let Some(&pm) = self.by_path.get("pooler") {
+            x = self.module(pm, x)?;
+            x = (self.ir.add(Op::Tanh, &[x], vec![pooled_ty], "pooler.tanh"), 0);
+        }
+        let labels = head.labels;
+        let tensor = |b: &mut Self, name: &str, shape: Vec<usize>, init: HeadInit| {
+            let p = b.ir.params.len();
+            b.ir.params.push(ParamInfo {
+                name: name.to_string(),
+                shape,
+                role: ParamRole::Head {
+                    tensor: name.to_string(),
+                    init,
+                },
+            });
+            b.param(p)
+        };
+        let w = tensor(
+            &mut self,
+            "classifier.weight",
+            vec![labels, d],
+            HeadInit::Normal { std: 0.02 },
+        );
+        let bias = tensor(&mut self, "classifier.bias", vec![labels], HeadInit::Zeros);
+        let lt = TensorType::f32(&[batch, labels]);
+        let y = (self.ir.add(Op::Linear, &[x, w], vec![lt.clone()], "classifier"), 0);
+        let logits = (
+            self.ir
+                .add(Op::BiasAdd, &[y, bias], vec![lt.clone()], "classifier.bias"),
+            0,
+        );
+        let targets = self.ir.add(Op::ClassLabels, &[], vec![TensorType::i64(&[batch])], "labels");
+        let mut outs = vec![TensorType::f32(&[1])];
+        if with_grad {
+            outs.push(lt);
+        }
+        let loss = self.ir.add(
+            Op::ClassifyLoss { grad: with_grad },
+            &[logits, (targets, 0)],
+            outs,
+            "loss",
+        );
+        self.ir.loss = Some((loss, 0));
+        self.ir.logits = Some(logits);
+        self.ir.head = Some(head);
+        Ok(self.ir)
     }
 
     /// Applies module `m` to `x`.
@@ -437,7 +606,35 @@ impl Builder<'_> {
                 let outs = vec![tx.clone(), TensorType::f32(&[n])];
                 Ok((self.ir.add(Op::RmsNorm { eps: F64(eps) }, &[x, w], outs, label), 0))
             }
-            ModuleKind::Linear { d_in, d_out } => {
+            ModuleKind::LayerNorm { dim, eps } => {
+                if tx.shape != [n, dim as usize] {
+                    return err(format!("layernorm `{label}` of {tx}, expected f32[{n}, {dim}]"));
+                }
+                let (w, b) = (self.weight(m), self.bias(m));
+                let (w, b) = (self.param(w), self.param(b));
+                let outs = vec![tx.clone(), TensorType::f32(&[n]), TensorType::f32(&[n])];
+                Ok((self.ir.add(Op::LayerNorm { eps: F64(eps) }, &[x, w, b], outs, label), 0))
+            }
+            ModuleKind::Linear { d_in, d_out, bias } => {
+                let y = self.linear(m, x, d_in, d_out)?;
+                if !bias {
+                    return Ok(y);
+                }
+                let b = self.bias(m);
+                let b = self.param(b);
+                let t = self.ty(y)?;
+                Ok((self.ir.add(Op::BiasAdd, &[y, b], vec![t], format!("{label}.bias")), 0))
+            }
+        }
+    }
+
+    /// `x W^T` of linear module `m`, with its adapter's path when it has one.
+    fn linear(&mut self, m: usize, x: Value, d_in: u64, d_out: u64) -> R<Value> {
+        let label = self.spec.model.modules[m].path_string();
+        let tx = self.ty(x)?;
+        let n = tx.shape.first().copied().unwrap_or(0);
+        {
+            {
                 if tx.shape != [n, d_in as usize] {
                     return err(format!("linear `{label}` of {tx}, expected f32[{n}, {d_in}]"));
                 }

@@ -61,6 +61,9 @@ pub struct AttnDims {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// Query i sees keys j <= i; else every key of its sequence below the
+    /// sequence's length (a `lengths (batch)` operand: the padding mask).
+    pub causal: bool,
 }
 
 /// The closed set of operations. Adding one is a compile error in every
@@ -74,13 +77,33 @@ pub enum Op {
     Labels,
     /// A parameter: its shape from the table.
     Param(ParamId),
+    /// Position ids: i64 (n), row i holds `i % seq`.
+    Positions { seq: usize },
+    /// Token type (segment) ids of the micro-batch: i64 (n).
+    TokenTypes,
+    /// Tokens of each sequence that are not padding: i64 (batch); without
+    /// padding every sequence has all `seq`.
+    Lengths { seq: usize },
+    /// The class of each sequence (-100 = ignored): i64 (batch).
+    ClassLabels,
     // ---- forward
     /// (ids (n), table (vocab, d)) -> (n, d).
     Embedding,
     /// (x (n, d), w (d)) -> (y (n, d), rstd (n)).
     RmsNorm { eps: F64 },
+    /// (x (n, d), w (d), b (d)) -> (y (n, d), mean (n), rstd (n)).
+    LayerNorm { eps: F64 },
     /// (x (n, k), w (m, k)) -> x w^T (n, m).
     Linear,
+    /// (x (n, k), b (k)) -> x + b, b added to every row.
+    BiasAdd,
+    /// (x) -> 0.5 x (1 + erf(x / sqrt 2)): the exact GELU.
+    Gelu,
+    /// (x) -> tanh x.
+    Tanh,
+    /// (h (batch * seq, d), lengths (batch)) -> (batch, d): the first row of
+    /// each sequence, or with `mean` the mean of its first `lengths[b]` rows.
+    Pool { seq: usize, mean: bool },
     /// (x) -> c x.
     Scale { c: F64 },
     /// (a, b) -> a + b, same shapes.
@@ -93,10 +116,15 @@ pub enum Op {
     Silu,
     /// Rotate-half RoPE on heads of `head_dim`, positions `row % seq`: (x (n, h hd)) -> same.
     Rope { head_dim: usize, seq: usize, theta: F64 },
-    /// Grouped-query causal attention: (q (n, H hd), k (n, KV hd), v (n, KV hd)) -> (o (n, H hd), lse (batch, H, seq)).
+    /// Grouped-query attention: (q (n, H hd), k (n, KV hd), v (n, KV hd)
+    /// [, lengths (batch) when not causal]) -> (o (n, H hd), lse (batch, H, seq)).
     Attention(AttnDims),
     /// Causal-LM cross-entropy: (logits (n, vocab), labels (n)) -> (loss (1)) and, with `grad`, dlogits (n, vocab).
     CrossEntropy { batch: usize, seq: usize, grad: bool },
+    /// Cross-entropy against targets as given (negative = ignored), the
+    /// classification loss: (logits (m, c), targets i64 (m)) -> (loss (1))
+    /// and, with `grad`, dlogits (m, c) of the mean over counted rows.
+    ClassifyLoss { grad: bool },
     // ---- backward
     /// (g (n, m), w (m, k)) -> g w (n, k).
     LinearGradInput,
@@ -104,11 +132,21 @@ pub enum Op {
     LinearGradWeight,
     /// (g, x) -> g silu'(x).
     SiluGrad,
+    /// (g, x) -> g gelu'(x).
+    GeluGrad,
+    /// (g, y) -> g (1 - y^2), y the output of `tanh`.
+    TanhGrad,
+    /// (g (n, d), x (n, d), w (d), mean (n), rstd (n)) -> dx (n, d).
+    LayerNormGrad,
+    /// (g (n, k)) -> the sum of its rows (k): the gradient of a bias.
+    ColSum,
+    /// (g (batch, d), lengths (batch)) -> (batch * seq, d): the gradient of `pool`.
+    PoolGrad { seq: usize, mean: bool },
     /// (g (n, d), x (n, d), w (d), rstd (n)) -> dx (n, d).
     RmsNormGrad,
     /// (g (n, h hd)) -> the inverse rotation.
     RopeGrad { head_dim: usize, seq: usize, theta: F64 },
-    /// (g (n, H hd), q, k, v, lse) -> (dq, dk, dv).
+    /// (g (n, H hd), q, k, v, lse [, lengths when not causal]) -> (dq, dk, dv).
     AttentionGrad(AttnDims),
     /// (g (n, k), x (n, k)) -> sum over rows of g * x (k).
     ColScaleGrad,
@@ -154,6 +192,21 @@ impl Op {
             Op::Tokens => "tokens",
             Op::Labels => "labels",
             Op::Param(_) => "param",
+            Op::Positions { .. } => "positions",
+            Op::TokenTypes => "token_types",
+            Op::Lengths { .. } => "lengths",
+            Op::ClassLabels => "class_labels",
+            Op::LayerNorm { .. } => "layernorm",
+            Op::BiasAdd => "bias_add",
+            Op::Gelu => "gelu",
+            Op::Tanh => "tanh",
+            Op::Pool { .. } => "pool",
+            Op::ClassifyLoss { .. } => "classify_loss",
+            Op::GeluGrad => "gelu_grad",
+            Op::TanhGrad => "tanh_grad",
+            Op::LayerNormGrad => "layernorm_grad",
+            Op::ColSum => "col_sum",
+            Op::PoolGrad { .. } => "pool_grad",
             Op::Embedding => "embedding",
             Op::RmsNorm { .. } => "rmsnorm",
             Op::Linear => "linear",
@@ -187,8 +240,18 @@ impl Op {
     /// Number of operands.
     pub fn arity(&self) -> usize {
         match self {
-            Op::Tokens | Op::Labels | Op::Param(_) | Op::ParamSlice { .. } => 0,
+            Op::Tokens
+            | Op::Labels
+            | Op::Positions { .. }
+            | Op::TokenTypes
+            | Op::Lengths { .. }
+            | Op::ClassLabels
+            | Op::Param(_)
+            | Op::ParamSlice { .. } => 0,
             Op::Scale { .. }
+            | Op::Gelu
+            | Op::Tanh
+            | Op::ColSum
             | Op::Silu
             | Op::Rope { .. }
             | Op::RopeGrad { .. }
@@ -210,10 +273,18 @@ impl Op {
             | Op::LinearGradInput
             | Op::LinearGradWeight
             | Op::SiluGrad
+            | Op::GeluGrad
+            | Op::TanhGrad
+            | Op::BiasAdd
+            | Op::Pool { .. }
+            | Op::PoolGrad { .. }
+            | Op::ClassifyLoss { .. }
             | Op::ColScaleGrad => 2,
-            Op::Attention(_) | Op::LinearCrossEntropy => 3,
+            Op::LinearCrossEntropy | Op::LayerNorm { .. } => 3,
+            Op::Attention(d) => 3 + usize::from(!d.causal),
             Op::RmsNormGrad => 4,
-            Op::AttentionGrad(_) => 5,
+            Op::AttentionGrad(d) => 5 + usize::from(!d.causal),
+            Op::LayerNormGrad => 5,
         }
     }
 }
@@ -314,10 +385,25 @@ pub enum ParamRole {
         trainable: bool,
         column_frozen: bool,
     },
+    /// A trainable tensor of the task head (full rank): the classifier's
+    /// weight or bias, read from the checkpoint tensor of this name when it
+    /// has one, else initialised as `init` says.
+    Head { tensor: String, init: HeadInit },
     /// Frozen parameters stacked by rows (made by fusion: one GEMM for several).
     Concat { parts: Vec<ParamId> },
     /// A constant table the runtime computes.
     Table(TableKind),
+}
+
+/// How a head tensor starts when the checkpoint does not have it (as
+/// transformers' `_init_weights`: normal weights, zero biases).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HeadInit {
+    /// Normal(0, std), from the run's seed.
+    Normal {
+        std: f64,
+    },
+    Zeros,
 }
 
 /// Constant tables of fused kernels.
@@ -341,7 +427,10 @@ pub struct ParamInfo {
 
 impl ParamInfo {
     pub fn trainable(&self) -> bool {
-        matches!(self.role, ParamRole::Adapter { trainable: true, .. })
+        matches!(
+            self.role,
+            ParamRole::Adapter { trainable: true, .. } | ParamRole::Head { .. }
+        )
     }
     pub fn numel(&self) -> u64 {
         self.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))
@@ -397,8 +486,10 @@ pub struct Ir {
     pub vocab: usize,
     /// The loss (1) of the step.
     pub loss: Option<Value>,
-    /// The logits (n, vocab).
+    /// The logits (n, vocab), or a classifier's (batch, labels).
     pub logits: Option<Value>,
+    /// The task head of an encoder (`None`: causal LM).
+    pub head: Option<crate::spec::Head>,
 }
 
 impl Ir {
@@ -412,6 +503,7 @@ impl Ir {
             vocab,
             loss: None,
             logits: None,
+            head: None,
         }
     }
     pub fn n(&self) -> usize {

@@ -64,6 +64,7 @@ pub fn to_text(ir: &Ir) -> String {
                 )
             }
             ParamRole::Table(t) => format!("table {t:?}"),
+            ParamRole::Head { init, .. } => format!("head, trainable, init {init:?} unless the checkpoint has it"),
             ParamRole::Adapter {
                 adapter,
                 init,

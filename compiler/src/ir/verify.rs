@@ -87,7 +87,7 @@ pub fn verify(ir: &Ir) -> Result<(), VerifyError> {
     }
     if let Some((id, out)) = ir.loss {
         let ok = ir.graph.node_weight(id).is_some_and(|n| match &n.op {
-            Op::CrossEntropy { .. } => out == 0,
+            Op::CrossEntropy { .. } | Op::ClassifyLoss { .. } => out == 0,
             Op::Fused(k) => k.name.starts_with("cross_entropy") && out == 0,
             Op::LinearCrossEntropy => out == 0,
             _ => false,
@@ -96,7 +96,7 @@ pub fn verify(ir: &Ir) -> Result<(), VerifyError> {
             return Err(VerifyError {
                 node: id,
                 op: "loss",
-                msg: "the loss is not output 0 of a cross_entropy (or linear_cross_entropy)".into(),
+                msg: "the loss is not output 0 of a cross_entropy (or linear_cross_entropy, classify_loss)".into(),
             });
         }
     }
@@ -122,13 +122,19 @@ fn show(ts: &[TensorType]) -> String {
 
 /// The output types of `op` applied to operands of types `ins`.
 pub fn infer(ir: &Ir, op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, String> {
-    infer_with(ir.n(), &ir.params, op, ins)
+    infer_with(ir.n(), ir.batch, &ir.params, op, ins)
 }
 
-/// [`infer`] for `n` rows (`batch * seq`) and the parameter table `params`,
+/// [`infer`] for `n` rows (`batch * seq` of `batch` sequences) and the parameter table `params`,
 /// without a graph: the program verifier checks lowered instructions by the
 /// same rules.
-pub fn infer_with(n: usize, params: &[ParamInfo], op: &Op, ins: &[TensorType]) -> Result<Vec<TensorType>, String> {
+pub fn infer_with(
+    n: usize,
+    batch: usize,
+    params: &[ParamInfo],
+    op: &Op,
+    ins: &[TensorType],
+) -> Result<Vec<TensorType>, String> {
     let f32s = |t: &TensorType| t.dtype == Dtype::F32;
     let mat = |t: &TensorType| -> Result<(usize, usize), String> {
         match (f32s(t), t.shape.as_slice()) {
@@ -190,7 +196,85 @@ pub fn infer_with(n: usize, params: &[ParamInfo], op: &Op, ins: &[TensorType]) -
             }
             vec![x.clone()]
         }
-        (Op::Attention(d), [q, k, v]) => {
+        (Op::Positions { .. } | Op::TokenTypes, []) => vec![TensorType::i64(&[n])],
+        (Op::Lengths { .. } | Op::ClassLabels, []) => vec![TensorType::i64(&[batch])],
+        (Op::LayerNorm { .. }, [x, w, b]) => {
+            let (rows, d) = mat(x)?;
+            if w.shape != [d] || b.shape != [d] {
+                return Err(format!("layernorm weight {w} and bias {b} for rows of {d}"));
+            }
+            vec![x.clone(), TensorType::f32(&[rows]), TensorType::f32(&[rows])]
+        }
+        (Op::LayerNormGrad, [g, x, w, mean, rstd]) => {
+            same(g, x)?;
+            let (rows, d) = mat(x)?;
+            if w.shape != [d] || mean.shape != [rows] || rstd.shape != [rows] {
+                return Err(format!("layernorm_grad of {x} with {w}, {mean}, {rstd}"));
+            }
+            vec![x.clone()]
+        }
+        (Op::BiasAdd, [x, b]) => {
+            let (_, k) = mat(x)?;
+            if b.shape != [k] {
+                return Err(format!("bias_add of {x} and {b}"));
+            }
+            vec![x.clone()]
+        }
+        (Op::ColSum, [g]) => {
+            let (_, k) = mat(g)?;
+            vec![TensorType::f32(&[k])]
+        }
+        (Op::Gelu | Op::Tanh, [x]) => vec![x.clone()],
+        (Op::GeluGrad | Op::TanhGrad, [g, x]) => {
+            same(g, x)?;
+            vec![x.clone()]
+        }
+        (Op::Pool { seq, .. }, [h, lengths]) => {
+            let (rows, d) = mat(h)?;
+            if rows != batch * seq || *lengths != TensorType::i64(&[batch]) {
+                return Err(format!("pool of {h} with lengths {lengths}"));
+            }
+            vec![TensorType::f32(&[batch, d])]
+        }
+        (Op::PoolGrad { seq, .. }, [g, lengths]) => {
+            let (b, d) = mat(g)?;
+            if b != batch || *lengths != TensorType::i64(&[batch]) {
+                return Err(format!("pool_grad of {g} with lengths {lengths}"));
+            }
+            vec![TensorType::f32(&[batch * seq, d])]
+        }
+        (Op::ClassifyLoss { grad }, [logits, targets]) => {
+            let (rows, c) = mat(logits)?;
+            if *targets != TensorType::i64(&[rows]) {
+                return Err(format!("classify_loss of {logits} and {targets}"));
+            }
+            let mut out = vec![TensorType::f32(&[1])];
+            if *grad {
+                out.push(TensorType::f32(&[rows, c]));
+            }
+            out
+        }
+        (Op::Attention(d), [q, k, v, lengths]) if !d.causal => {
+            let rows = d.batch * d.seq;
+            let qw = d.heads * d.head_dim;
+            let kvw = d.kv_heads * d.head_dim;
+            if q.shape != [rows, qw]
+                || k.shape != [rows, kvw]
+                || v.shape != [rows, kvw]
+                || *lengths != TensorType::i64(&[d.batch])
+            {
+                return Err(format!("attention of {q}, {k}, {v} with lengths {lengths}"));
+            }
+            vec![q.clone(), TensorType::f32(&[d.batch, d.heads, d.seq])]
+        }
+        (Op::AttentionGrad(d), [g, q, k, v, lse, lengths]) if !d.causal => {
+            same(g, q)?;
+            if lse.shape != [d.batch, d.heads, d.seq] || *lengths != TensorType::i64(&[d.batch]) {
+                return Err(format!("attention_grad lse {lse}, lengths {lengths}"));
+            }
+            vec![q.clone(), k.clone(), v.clone()]
+        }
+        (Op::Attention(d), [q, k, v]) if d.causal => {
             let rows = d.batch * d.seq;
             let qw = d.heads * d.head_dim;
             let kvw = d.kv_heads * d.head_dim;
@@ -199,7 +283,7 @@ pub fn infer_with(n: usize, params: &[ParamInfo], op: &Op, ins: &[TensorType]) -
             }
             vec![q.clone(), TensorType::f32(&[d.batch, d.heads, d.seq])]
         }
-        (Op::AttentionGrad(d), [g, q, k, v, lse]) => {
+        (Op::AttentionGrad(d), [g, q, k, v, lse]) if d.causal => {
             same(g, q)?;
             if lse.shape != [d.batch, d.heads, d.seq] {
                 return Err(format!("attention_grad lse {lse}"));

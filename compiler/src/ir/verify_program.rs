@@ -132,6 +132,8 @@ pub enum ProgramErrorKind {
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     pub rows: usize,
+    /// Sequences per micro-batch (the rows of per-sequence values).
+    pub batch: usize,
     pub params: &'a [ParamInfo],
     pub trainable: &'a [usize],
 }
@@ -267,7 +269,7 @@ fn check_op(prog: &Program, cx: Context<'_>, ins: &crate::passes::memory_plan::I
         });
     }
     let operands: Vec<TensorType> = ins.inputs.iter().map(|&v| prog.values[v].ty.clone()).collect();
-    let mut want = infer_with(cx.rows, cx.params, op, &operands).map_err(ProgramErrorKind::Shape)?;
+    let mut want = infer_with(cx.rows, cx.batch, cx.params, op, &operands).map_err(ProgramErrorKind::Shape)?;
     let bound = match *op {
         Op::Param(p) | Op::ParamSlice { param: p, .. } => Some(p),
         _ => None,
@@ -437,6 +439,7 @@ mod tests {
         edit(&plan, &mut prog);
         let cx = Context {
             rows: plan.batch * plan.seq,
+            batch: plan.batch,
             params: &plan.params,
             trainable: &plan.phases[0].trainable,
         };
@@ -456,6 +459,7 @@ mod tests {
             for (i, ph) in plan.phases.iter().enumerate() {
                 let cx = Context {
                     rows: plan.batch * plan.seq,
+            batch: plan.batch,
                     params: &plan.params,
                     trainable: &ph.trainable,
                 };
@@ -463,6 +467,7 @@ mod tests {
             }
             let cx = Context {
                 rows: plan.batch * plan.seq,
+            batch: plan.batch,
                 params: &plan.params,
                 trainable: &[],
             };
@@ -723,6 +728,7 @@ mod tests {
         let plan = plan(false);
         let cx = Context {
             rows: plan.batch * plan.seq,
+            batch: plan.batch,
             params: &plan.params,
             trainable: &plan.phases[1].trainable,
         };

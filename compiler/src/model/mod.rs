@@ -39,10 +39,12 @@ pub fn path_string(path: &[PathSeg]) -> String {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ModuleKind {
-    /// `y = x W^T`, W: (d_out, d_in), no bias.
-    Linear { d_in: u64, d_out: u64 },
+    /// `y = x W^T (+ b)`, W: (d_out, d_in), b: (d_out) when `bias`.
+    Linear { d_in: u64, d_out: u64, bias: bool },
     /// weight: (dim)
     RmsNorm { dim: u64, eps: f64 },
+    /// weight, bias: (dim); `(x - mean) / sqrt(var + eps) * weight + bias` over the last dim.
+    LayerNorm { dim: u64, eps: f64 },
     /// weight: (vocab, dim)
     Embedding { vocab: u64, dim: u64 },
 }
@@ -52,23 +54,35 @@ impl ModuleKind {
         match self {
             ModuleKind::Linear { .. } => "linear",
             ModuleKind::RmsNorm { .. } => "rmsnorm",
+            ModuleKind::LayerNorm { .. } => "layernorm",
             ModuleKind::Embedding { .. } => "embedding",
         }
     }
-    /// Parameters of the module's own weight (saturating; see [`crate::limits`]).
+    /// Parameters of the module's own weight and bias (saturating; see [`crate::limits`]).
     pub fn params(&self) -> u64 {
         match *self {
-            ModuleKind::Linear { d_in, d_out } => d_in.saturating_mul(d_out),
+            ModuleKind::Linear { d_in, d_out, bias } => {
+                d_in.saturating_mul(d_out).saturating_add(if bias { d_out } else { 0 })
+            }
             ModuleKind::RmsNorm { dim, .. } => dim,
+            ModuleKind::LayerNorm { dim, .. } => dim.saturating_mul(2),
             ModuleKind::Embedding { vocab, dim } => vocab.saturating_mul(dim),
         }
     }
     /// The weight's shape as stored in a checkpoint.
     pub fn weight_shape(&self) -> Vec<u64> {
         match *self {
-            ModuleKind::Linear { d_in, d_out } => vec![d_out, d_in],
-            ModuleKind::RmsNorm { dim, .. } => vec![dim],
+            ModuleKind::Linear { d_in, d_out, .. } => vec![d_out, d_in],
+            ModuleKind::RmsNorm { dim, .. } | ModuleKind::LayerNorm { dim, .. } => vec![dim],
             ModuleKind::Embedding { vocab, dim } => vec![vocab, dim],
+        }
+    }
+    /// The bias's shape, for kinds that have one (`<hf_name>.bias`).
+    pub fn bias_shape(&self) -> Option<Vec<u64>> {
+        match *self {
+            ModuleKind::Linear { d_out, bias: true, .. } => Some(vec![d_out]),
+            ModuleKind::LayerNorm { dim, .. } => Some(vec![dim]),
+            _ => None,
         }
     }
 }
@@ -174,22 +188,31 @@ fn check_items(items: &[ModelItem], params: &[&str], file: FileId, out: &mut Vec
         let name = match item {
             ModelItem::Module(m) => {
                 let arity = match m.kind.name.as_str() {
-                    "linear" | "rmsnorm" | "embedding" => 2,
+                    "linear" => 2..=3,
+                    "rmsnorm" | "layernorm" | "embedding" => 2..=2,
                     other => {
                         out.push(
                             Diagnostic::error(Code::ModelBadDecl, file, format!("unknown module kind `{other}`"))
                                 .label(m.kind.span, "not a module kind")
-                                .help("module kinds: linear(in, out), rmsnorm(dim, eps), embedding(vocab, dim)"),
+                                .help(
+                                    "module kinds: linear(in, out[, bias]), rmsnorm(dim, eps), \
+                                     layernorm(dim, eps), embedding(vocab, dim)",
+                                ),
                         );
                         continue;
                     }
                 };
-                if m.args.len() != arity {
+                if !arity.contains(&m.args.len()) {
+                    let takes = if arity.start() == arity.end() {
+                        arity.start().to_string()
+                    } else {
+                        format!("{} or {}", arity.start(), arity.end())
+                    };
                     out.push(
                         Diagnostic::error(
                             Code::ModelBadDecl,
                             file,
-                            format!("`{}` takes {arity} arguments, found {}", m.kind.name, m.args.len()),
+                            format!("`{}` takes {takes} arguments, found {}", m.kind.name, m.args.len()),
                         )
                         .label(m.span, "here"),
                     );
@@ -231,7 +254,15 @@ fn check_items(items: &[ModelItem], params: &[&str], file: FileId, out: &mut Vec
 }
 
 /// Builtins of the forward block and their argument counts.
-pub const BUILTINS: &[(&str, usize)] = &[("rope", 3), ("causal_attention", 6), ("silu", 1)];
+pub const BUILTINS: &[(&str, usize)] = &[
+    ("rope", 3),
+    ("causal_attention", 6),
+    ("attention", 5),
+    ("silu", 1),
+    ("gelu", 1),
+    ("positions", 1),
+    ("token_types", 1),
+];
 
 fn check_forward(def: &ModelDef, f: &ForwardDef, file: FileId, out: &mut Vec<Diagnostic>) {
     let mut scope: Vec<String> = def.params.iter().map(|p| p.name.name.clone()).collect();
@@ -616,14 +647,22 @@ impl InstCx<'_> {
             match item {
                 ModelItem::Module(m) => {
                     let kind = match (m.kind.name.as_str(), m.args.as_slice()) {
-                        ("linear", [a, b]) => {
+                        ("linear", [a, b, bias @ ..]) if bias.len() <= 1 => {
                             let (Some(d_in), Some(d_out)) = (
                                 self.size(a, "a linear input size", MAX_DIM),
                                 self.size(b, "a linear output size", MAX_DIM),
                             ) else {
                                 continue;
                             };
-                            ModuleKind::Linear { d_in, d_out }
+                            let bias = match bias.first().map(|e| eval(e, self.env)) {
+                                None => false,
+                                Some(Ok(Const::Bool(b))) => b,
+                                Some(_) => {
+                                    self.err("a linear's bias flag must be true or false".into(), bias[0].span);
+                                    continue;
+                                }
+                            };
+                            ModuleKind::Linear { d_in, d_out, bias }
                         }
                         ("embedding", [a, b]) => {
                             let (Some(vocab), Some(dim)) = (
@@ -634,7 +673,7 @@ impl InstCx<'_> {
                             };
                             ModuleKind::Embedding { vocab, dim }
                         }
-                        ("rmsnorm", [a, b]) => {
+                        ("rmsnorm" | "layernorm", [a, b]) => {
                             let Some(dim) = self.size(a, "a norm size", MAX_DIM) else {
                                 continue;
                             };
@@ -645,7 +684,11 @@ impl InstCx<'_> {
                                     continue;
                                 }
                             };
-                            ModuleKind::RmsNorm { dim, eps }
+                            if m.kind.name == "layernorm" {
+                                ModuleKind::LayerNorm { dim, eps }
+                            } else {
+                                ModuleKind::RmsNorm { dim, eps }
+                            }
                         }
                         _ => continue, // reported by check_family
                     };

@@ -69,7 +69,7 @@ pub fn init_recipes(ir: &Ir, seed: u64) -> Result<Vec<InitRecipe>, InitError> {
         }
         let weight = match &ir.params[a.base].role {
             ParamRole::Base { tensor } | ParamRole::Residual { tensor, .. } => tensor.clone(),
-            ParamRole::Adapter { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => {
+            ParamRole::Adapter { .. } | ParamRole::Head { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => {
                 return Err(InitError(format!("adapter {} has no base weight", a.hf_name)));
             }
         };

@@ -21,7 +21,12 @@
 //! - `rmsnorm(x, w)`: dx = rstd (w g - y_hat mean(y_hat * w g)), y_hat = x rstd
 //! - `rope(x)`:       dx = R^T g (the inverse rotation)
 //! - `attention(q, k, v)`: the standard softmax backward, recomputing P from lse
-//! - `cross_entropy`: the seed, dlogits = (softmax - onehot) / count
+//! - `bias_add(x, b)`: dx = g;  db = sum_rows(g)
+//! - `layernorm(x, w, b)`: dx = rstd (w g - mean(w g) - x_hat mean(x_hat w g)), x_hat = (x - mean) rstd
+//! - `gelu(x)`:       dx = g (Phi(x) + x phi(x))
+//! - `tanh(x)`:       dx = g (1 - y^2)
+//! - `pool(h)`:       dh = the pooled gradient put back on the rows it read
+//! - `cross_entropy`, `classify_loss`: the seed, dlogits = (softmax - onehot) / count
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,7 +40,10 @@ pub struct AutodiffError(pub String);
 pub fn autodiff(mut ir: Ir, trainable: &BTreeSet<ParamId>) -> Result<Ir, AutodiffError> {
     let loss = ir.loss.ok_or_else(|| AutodiffError("the IR has no loss".into()))?;
     let ce = loss.0;
-    if !matches!(ir.graph[ce].op, Op::CrossEntropy { grad: true, .. }) {
+    if !matches!(
+        ir.graph[ce].op,
+        Op::CrossEntropy { grad: true, .. } | Op::ClassifyLoss { grad: true }
+    ) {
         return Err(AutodiffError(
             "the loss must be a cross_entropy with its gradient output".into(),
         ));
@@ -140,7 +148,7 @@ fn backward_rule(
                 );
             }
         }
-        Op::Tokens | Op::Labels => {}
+        Op::Tokens | Op::Labels | Op::ClassLabels | Op::Positions { .. } | Op::TokenTypes | Op::Lengths { .. } => {}
         Op::Embedding => {
             if rg(&ins[1]) {
                 return Err(AutodiffError(format!(
@@ -158,6 +166,53 @@ fn backward_rule(
                 let t = ty(ir, ins[0])?;
                 let dx = add(ir, Op::RmsNormGrad, &[gv, ins[0], ins[1], (id, 1)], t);
                 out.push((ins[0], dx));
+            }
+        }
+        // y = (x - mean) rstd w + b: dx by the rule above; w and b never train.
+        Op::LayerNorm { .. } => {
+            if rg(&ins[1]) || rg(&ins[2]) {
+                return Err(AutodiffError(format!("`{}`: norm weights do not train", node.label)));
+            }
+            if let (Some(gv), true) = (g0, rg(&ins[0])) {
+                let t = ty(ir, ins[0])?;
+                let dx = add(ir, Op::LayerNormGrad, &[gv, ins[0], ins[1], (id, 1), (id, 2)], t);
+                out.push((ins[0], dx));
+            }
+        }
+        // y = x + b:  dx = g,  db = sum_rows(g).
+        Op::BiasAdd => {
+            let Some(gv) = g0 else { return Ok(out) };
+            if rg(&ins[0]) {
+                out.push((ins[0], gv));
+            }
+            if rg(&ins[1]) {
+                let t = ty(ir, ins[1])?;
+                let db = add(ir, Op::ColSum, &[gv], t);
+                out.push((ins[1], db));
+            }
+        }
+        // y = gelu(x):  dx = g gelu'(x).
+        Op::Gelu => {
+            if let (Some(gv), true) = (g0, rg(&ins[0])) {
+                let t = ty(ir, ins[0])?;
+                let dx = add(ir, Op::GeluGrad, &[gv, ins[0]], t);
+                out.push((ins[0], dx));
+            }
+        }
+        // y = tanh(x):  dx = g (1 - y^2).
+        Op::Tanh => {
+            if let (Some(gv), true) = (g0, rg(&ins[0])) {
+                let t = ty(ir, ins[0])?;
+                let dx = add(ir, Op::TanhGrad, &[gv, (id, 0)], t);
+                out.push((ins[0], dx));
+            }
+        }
+        // y = pool(h):  dh = the rows' share of g.
+        Op::Pool { seq, mean } => {
+            if let (Some(gv), true) = (g0, rg(&ins[0])) {
+                let t = ty(ir, ins[0])?;
+                let dh = add(ir, Op::PoolGrad { seq, mean }, &[gv, ins[1]], t);
+                out.push((ins[0], dh));
             }
         }
         // y = x W^T:  dx = g W,  dW = g^T x.
@@ -244,22 +299,29 @@ fn backward_rule(
                 && ins.iter().any(rg)
             {
                 let outs = vec![ty(ir, ins[0])?, ty(ir, ins[1])?, ty(ir, ins[2])?];
+                let mut args = vec![gv, ins[0], ins[1], ins[2], (id, 1)];
+                args.extend(ins.get(3).copied()); // the lengths of bidirectional attention
                 let ag = ir.add_backward(
                     Op::AttentionGrad(dims),
-                    &[gv, ins[0], ins[1], ins[2], (id, 1)],
+                    &args,
                     outs,
                     label.clone(),
                     tag,
                 );
-                for (i, v) in ins.iter().enumerate() {
+                for (i, v) in ins.iter().take(3).enumerate() {
                     if rg(v) {
                         out.push((*v, (ag, i as u8)));
                     }
                 }
             }
         }
-        Op::CrossEntropy { .. } => {}
+        Op::CrossEntropy { .. } | Op::ClassifyLoss { .. } => {}
         Op::LinearGradInput
+        | Op::GeluGrad
+        | Op::TanhGrad
+        | Op::LayerNormGrad
+        | Op::ColSum
+        | Op::PoolGrad { .. }
         | Op::LinearGradWeight
         | Op::SiluGrad
         | Op::RmsNormGrad

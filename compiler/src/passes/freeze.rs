@@ -56,6 +56,10 @@ pub fn phases(ir: &Ir, steps: u64) -> Vec<Phase> {
 pub fn trainable_at(ir: &Ir, t: u64, steps: u64) -> BTreeSet<ParamId> {
     let mut set = BTreeSet::new();
     for (p, info) in ir.params.iter().enumerate() {
+        if matches!(info.role, ParamRole::Head { .. }) {
+            set.insert(p); // the task head trains at every step
+            continue;
+        }
         let ParamRole::Adapter {
             adapter,
             trainable: true,

@@ -113,7 +113,7 @@ fn param_node(ir: &mut Ir, p: usize) -> Value {
 }
 
 /// Turns node `id` into a fused kernel with `inputs`, keeping its identity.
-fn become_kernel(ir: &mut Ir, id: NodeId, k: Kernel, inputs: &[Value]) {
+pub(crate) fn become_kernel(ir: &mut Ir, id: NodeId, k: Kernel, inputs: &[Value]) {
     let rows = inputs
         .iter()
         .find_map(|&v| ir.ty(v).filter(|t| t.shape.len() == 2).map(|t| t.shape[0]))

@@ -2,6 +2,7 @@
 
 pub mod adapter_init;
 pub mod autodiff;
+pub mod encoder_kernels;
 pub mod freeze;
 pub mod fusion;
 pub mod memory_plan;

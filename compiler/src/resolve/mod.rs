@@ -712,7 +712,7 @@ impl<'a> Resolver<'a> {
             let dims: Vec<(u64, u64)> = owned
                 .iter()
                 .map(|&m| match model.modules[m].kind {
-                    ModuleKind::Linear { d_in, d_out } => (d_in, d_out),
+                    ModuleKind::Linear { d_in, d_out, .. } => (d_in, d_out),
                     _ => (0, 0),
                 })
                 .collect();

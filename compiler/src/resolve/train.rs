@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::diag::{Code, Diagnostic, FileId};
 use crate::limits::{MAX_BATCH, MAX_SEQ, MAX_STEPS, MAX_TOKENS};
-use crate::spec::{AdamW, Device, LrSchedule, TrainConfig};
+use crate::spec::{AdamW, Device, Head, LrSchedule, Pool, TrainConfig};
 use crate::syntax::ast::{Span, TrainBlock, TrainEntry, Value, ValueKind};
 
 /// Every key of a train block with what it takes, for errors and spec/language.md.
@@ -33,6 +33,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("checkpoint", "every N (steps)"),
     ("out", "output folder, a string"),
     ("device", "cpu, cuda or auto"),
+    (
+        "head",
+        "the task head of an encoder: classify(labels = N, pool = cls or mean)",
+    ),
     (
         "stop_on_collapse",
         "stop after N steps in a row with a zero gradient, an integer >= 0 (0: never)",
@@ -244,6 +248,7 @@ pub fn check_train(block: &TrainBlock, file: FileId, dir: &Path, errs: &mut Vec<
                 ValueKind::Str(s) => cfg.out = Some(join_clean(dir, s)),
                 _ => cx.bad(e, "a folder path in quotes"),
             },
+            "head" => cfg.head = head(&e.value, &mut cx),
             "device" => match &e.value.kind {
                 ValueKind::Ident(s) if s == "cpu" => cfg.device = Device::Cpu,
                 ValueKind::Ident(s) if s == "cuda" => cfg.device = Device::Cuda,
@@ -343,6 +348,72 @@ fn data_file(e: &TrainEntry, cx: &mut Cx<'_>, dir: &Path) -> Option<std::path::P
         );
     }
     Some(p)
+}
+
+/// `classify(labels = N, pool = cls|mean)`.
+fn head(v: &Value, cx: &mut Cx<'_>) -> Option<Head> {
+    const USAGE: &str = "head classify(labels = 2, pool = cls)";
+    let ValueKind::Call(c) = &v.kind else {
+        cx.bad_at(v.span, "head", "classify(labels = N, pool = cls or mean)", &v.kind);
+        return None;
+    };
+    if c.name.name != "classify" {
+        cx.errs.push(
+            Diagnostic::error(Code::TrainBadValue, cx.file, format!("unknown head `{}`", c.name.name))
+                .label(c.name.span, "not a head")
+                .help(format!("lamdac has one head, sequence classification: `{USAGE}`")),
+        );
+        return None;
+    }
+    let (mut labels, mut pool) = (None, Pool::Cls);
+    let mut ok = true;
+    for a in &c.args {
+        let Some(key) = &a.name else {
+            cx.errs.push(
+                Diagnostic::error(Code::TrainBadValue, cx.file, "classify takes named arguments")
+                    .label(a.span, "name this argument")
+                    .help(USAGE),
+            );
+            ok = false;
+            continue;
+        };
+        match (key.name.as_str(), &a.value.kind) {
+            ("labels", ValueKind::Int(n)) if (2..=1 << 16).contains(n) => labels = Some(*n as usize),
+            ("labels", other) => {
+                cx.bad_at(a.value.span, "labels", "an integer from 2 to 65536", other);
+                ok = false;
+            }
+            ("pool", ValueKind::Ident(p)) if p == "cls" => pool = Pool::Cls,
+            ("pool", ValueKind::Ident(p)) if p == "mean" => pool = Pool::Mean,
+            ("pool", other) => {
+                cx.bad_at(a.value.span, "pool", "cls or mean", other);
+                ok = false;
+            }
+            (other, _) => {
+                cx.errs.push(
+                    Diagnostic::error(
+                        Code::TrainUnknownKey,
+                        cx.file,
+                        format!("classify has no argument `{other}`"),
+                    )
+                    .label(key.span, "unknown argument")
+                    .help(format!("classify takes labels and pool: `{USAGE}`")),
+                );
+                ok = false;
+            }
+        }
+    }
+    let Some(labels) = labels else {
+        if ok {
+            cx.errs.push(
+                Diagnostic::error(Code::TrainBadValue, cx.file, "classify needs the number of labels")
+                    .label(c.span, "no `labels = N`")
+                    .help(USAGE),
+            );
+        }
+        return None;
+    };
+    ok.then_some(Head { labels, pool })
 }
 
 fn optimizer(v: &Value, cx: &mut Cx<'_>) -> Option<AdamW> {

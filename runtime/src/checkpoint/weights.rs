@@ -148,13 +148,24 @@ impl Weights {
         self.location.keys().map(String::as_str)
     }
 
+    /// The stored name of `name`: itself, or for `bert.X` the name `X` when
+    /// only that exists (a bare BertModel, e.g. sentence-transformers, saves
+    /// its tensors without the `bert.` prefix of BertForSequenceClassification).
+    fn key<'n>(&self, name: &'n str) -> &'n str {
+        match name.strip_prefix("bert.") {
+            Some(bare) if !self.location.contains_key(name) && self.location.contains_key(bare) => bare,
+            _ => name,
+        }
+    }
+
     /// Whether a tensor of this name exists.
     pub fn contains(&self, name: &str) -> bool {
-        self.location.contains_key(name)
+        self.location.contains_key(self.key(name))
     }
 
     /// The file holding `name`, or a `MissingTensor` error with close names.
     pub fn file_of(&self, name: &str) -> Result<&SafetensorsFile, CheckpointError> {
+        let name = self.key(name);
         self.location
             .get(name)
             .and_then(|&i| self.files.get(i))
@@ -167,33 +178,33 @@ impl Weights {
 
     /// Dtype and shape of a tensor, without reading it.
     pub fn meta(&self, name: &str) -> Result<&TensorMeta, CheckpointError> {
-        let file = self.file_of(name)?;
+        let (file, name) = (self.file_of(name)?, self.key(name));
         file.meta(name).ok_or_else(|| file.missing(name))
     }
 
     /// Checks a tensor's shape without reading it.
     pub fn check_shape(&self, name: &str, expected: &[usize]) -> Result<(), CheckpointError> {
-        self.file_of(name)?.check_shape(name, expected)
+        self.file_of(name)?.check_shape(self.key(name), expected)
     }
 
     /// A tensor as f32, any shape.
     pub fn f32(&self, name: &str) -> Result<ArrayD<f32>, CheckpointError> {
-        self.file_of(name)?.f32(name)
+        self.file_of(name)?.f32(self.key(name))
     }
 
     /// A tensor as f32, checked against `expected`.
     pub fn tensor(&self, name: &str, expected: &[usize]) -> Result<ArrayD<f32>, CheckpointError> {
-        self.file_of(name)?.f32_shaped(name, expected)
+        self.file_of(name)?.f32_shaped(self.key(name), expected)
     }
 
     /// A matrix as f32, checked to be `[rows, cols]`.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Array2<f32>, CheckpointError> {
-        self.file_of(name)?.matrix(name, rows, cols)
+        self.file_of(name)?.matrix(self.key(name), rows, cols)
     }
 
     /// A vector as f32, checked to be `[len]`.
     pub fn vector(&self, name: &str, len: usize) -> Result<Array1<f32>, CheckpointError> {
-        self.file_of(name)?.vector(name, len)
+        self.file_of(name)?.vector(self.key(name), len)
     }
 }
 

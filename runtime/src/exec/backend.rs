@@ -239,6 +239,36 @@ pub trait Backend: 'static {
         dv: Self::ViewMut<'_>,
     ) -> Result<(), ExecError>;
 
+    /// `db (k)` = the sum of the rows of `g (n, k)`: the gradient of a bias.
+    fn col_sum(&mut self, g: Self::View<'_>, k: usize, db: Self::ViewMut<'_>) -> Result<(), ExecError>;
+
+    /// `y (batch, d)`: per sequence of `h (batch * seq, d)` its first row, or
+    /// with `mean` the mean of its first `lengths[b]` rows.
+    #[allow(clippy::too_many_arguments)]
+    fn pool(
+        &mut self,
+        h: Self::View<'_>,
+        lengths: IdsRef<'_, Self>,
+        batch: usize,
+        seq: usize,
+        d: usize,
+        mean: bool,
+        y: Self::ViewMut<'_>,
+    ) -> Result<(), ExecError>;
+
+    /// The gradient of [`Backend::pool`]: `dh (batch * seq, d)` from `g (batch, d)`.
+    #[allow(clippy::too_many_arguments)]
+    fn pool_grad(
+        &mut self,
+        g: Self::View<'_>,
+        lengths: IdsRef<'_, Self>,
+        batch: usize,
+        seq: usize,
+        d: usize,
+        mean: bool,
+        dh: Self::ViewMut<'_>,
+    ) -> Result<(), ExecError>;
+
     /// `y (n, heads * head_dim)` = RoPE of `x` at positions `i % seq` (its inverse when `inverse`).
     #[allow(clippy::too_many_arguments)]
     fn rope(

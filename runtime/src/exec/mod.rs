@@ -85,6 +85,30 @@ pub fn count_shifted_targets(targets: &[i64]) -> usize {
     targets.iter().filter(|&&t| t >= 0).count()
 }
 
+/// The integer inputs of one micro-batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inputs<'a> {
+    /// Token ids: (batch * seq).
+    pub tokens: &'a [i64],
+    /// Causal LM: labels (batch * seq); classifier: one class per sequence (batch).
+    pub labels: &'a [i64],
+    /// Segment ids (batch * seq); empty: all zeros.
+    pub token_types: &'a [i64],
+    /// Tokens of each sequence that are not padding (batch); empty: all `seq`.
+    pub lengths: &'a [i64],
+}
+
+impl<'a> Inputs<'a> {
+    /// A causal LM's micro-batch: tokens and labels only.
+    pub fn lm(tokens: &'a [i64], labels: &'a [i64]) -> Self {
+        Inputs {
+            tokens,
+            labels,
+            ..Default::default()
+        }
+    }
+}
+
 /// Where a value of the running program lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bind {
@@ -220,13 +244,26 @@ impl<B: Backend> Executor<B> {
         grad_scale: f32,
         want_logits: bool,
     ) -> Result<RunOutput, ExecError> {
+        self.run_with(program, params, grads, Inputs::lm(tokens, labels), grad_scale, want_logits)
+    }
+
+    /// [`Executor::run`] with every integer input (an encoder's segment ids and lengths).
+    pub fn run_with(
+        &mut self,
+        program: &Program,
+        params: &[B::Buf],
+        grads: &mut [B::Buf],
+        inputs: Inputs<'_>,
+        grad_scale: f32,
+        want_logits: bool,
+    ) -> Result<RunOutput, ExecError> {
         self.reserve(program)?;
         let mut loss = None;
         let mut logits = None;
         for ins in &program.instrs {
             let started = self.profile.is_some().then(Instant::now);
             if let Some(l) = self
-                .instr(program, ins, params, grads, (tokens, labels, grad_scale))
+                .instr(program, ins, params, grads, inputs, grad_scale)
                 .map_err(|e| e.at(&ins.label))?
             {
                 loss = Some(l);
@@ -267,8 +304,10 @@ impl<B: Backend> Executor<B> {
         ins: &Instr,
         params: &[B::Buf],
         grads: &mut [B::Buf],
-        (tokens, labels, grad_scale): (&[i64], &[i64], f32),
+        inputs: Inputs<'_>,
+        grad_scale: f32,
     ) -> Result<Option<LossSum>, ExecError> {
+        let Inputs { tokens, labels, .. } = inputs;
         // Values that are not pool buffers: parameters and integers.
         match &ins.op {
             Op::Param(p) => {
@@ -284,13 +323,25 @@ impl<B: Backend> Executor<B> {
                 };
                 return Ok(None);
             }
-            Op::Tokens | Op::Labels | Op::ShiftLabels { .. } => {
+            Op::Tokens
+            | Op::Labels
+            | Op::ClassLabels
+            | Op::Positions { .. }
+            | Op::TokenTypes
+            | Op::Lengths { .. }
+            | Op::ShiftLabels { .. } => {
                 let o = out(ins, 0)?;
                 let mut host = std::mem::take(&mut self.ids[o].0);
                 host.clear();
+                let want = numel(program, o);
                 match &ins.op {
                     Op::Tokens => host.extend_from_slice(tokens),
-                    Op::Labels => host.extend_from_slice(labels),
+                    Op::Labels | Op::ClassLabels => host.extend_from_slice(labels),
+                    Op::Positions { seq } => host.extend((0..want).map(|i| (i % (*seq).max(1)) as i64)),
+                    Op::TokenTypes if inputs.token_types.is_empty() => host.resize(want, 0),
+                    Op::TokenTypes => host.extend_from_slice(inputs.token_types),
+                    Op::Lengths { seq } if inputs.lengths.is_empty() => host.resize(want, *seq as i64),
+                    Op::Lengths { .. } => host.extend_from_slice(inputs.lengths),
                     Op::ShiftLabels { seq } => {
                         let src = ins.inputs.first().copied().ok_or_else(|| missing(0))?;
                         let seq = (*seq).max(1);
@@ -545,6 +596,31 @@ impl<'a, B: Backend> Cx<'a, B> {
                 let (_, k) = self.dims2(0)?;
                 be.col_scale_grad(self.f(0)?, self.f(1)?, k, y()?)?;
             }
+            Op::ColSum => {
+                let (_, k) = self.dims2(0)?;
+                be.col_sum(self.f(0)?, k, y()?)?;
+            }
+            Op::Pool { seq, mean } => {
+                let (rows, d) = self.dims2(0)?;
+                be.pool(self.f(0)?, self.ids(1)?, rows / (*seq).max(1), *seq, d, *mean, y()?)?;
+            }
+            Op::PoolGrad { seq, mean } => {
+                let (batch, d) = self.dims2(0)?;
+                be.pool_grad(self.f(0)?, self.ids(1)?, batch, *seq, d, *mean, y()?)?;
+            }
+            Op::LayerNorm { .. }
+            | Op::LayerNormGrad
+            | Op::Gelu
+            | Op::GeluGrad
+            | Op::Tanh
+            | Op::TanhGrad
+            | Op::BiasAdd
+            | Op::ClassifyLoss { .. } => {
+                return Err(ExecError::Internal(format!(
+                    "{} reaches the executor: the compiler lowers it to a kernel (passes::encoder_kernels)",
+                    op.name()
+                )));
+            }
             Op::Rope { head_dim, seq, theta } | Op::RopeGrad { head_dim, seq, theta } => {
                 let (n, w) = self.dims2(0)?;
                 let heads = w / (*head_dim).max(1);
@@ -615,6 +691,10 @@ impl<'a, B: Backend> Cx<'a, B> {
             Op::Fused(_)
             | Op::Tokens
             | Op::Labels
+            | Op::ClassLabels
+            | Op::Positions { .. }
+            | Op::TokenTypes
+            | Op::Lengths { .. }
             | Op::ShiftLabels { .. }
             | Op::Param(_)
             | Op::ParamSlice { .. }

@@ -46,6 +46,7 @@ pub mod gemm;
 pub mod head_loss;
 pub mod linear;
 pub mod pointwise;
+pub mod pool;
 pub mod rmsnorm;
 pub mod rope;
 pub(crate) mod simd;

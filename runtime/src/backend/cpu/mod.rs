@@ -290,6 +290,36 @@ impl Backend for CpuBackend {
         ops::pointwise::col_scale_grad(g, x, dv).map_err(op_err)
     }
 
+    fn col_sum(&mut self, g: &[f32], k: usize, db: &mut [f32]) -> Result<(), ExecError> {
+        ops::pool::col_sum(g, k, db).map_err(op_err)
+    }
+
+    fn pool(
+        &mut self,
+        h: &[f32],
+        lengths: IdsRef<'_, Self>,
+        batch: usize,
+        seq: usize,
+        d: usize,
+        mean: bool,
+        y: &mut [f32],
+    ) -> Result<(), ExecError> {
+        ops::pool::pool(h, lengths.host, batch, seq, d, mean, y).map_err(op_err)
+    }
+
+    fn pool_grad(
+        &mut self,
+        g: &[f32],
+        lengths: IdsRef<'_, Self>,
+        batch: usize,
+        seq: usize,
+        d: usize,
+        mean: bool,
+        dh: &mut [f32],
+    ) -> Result<(), ExecError> {
+        ops::pool::pool_grad(g, lengths.host, batch, seq, d, mean, dh).map_err(op_err)
+    }
+
     fn rope(
         &mut self,
         x: &[f32],

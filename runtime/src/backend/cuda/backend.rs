@@ -1548,6 +1548,36 @@ impl Backend for CudaBackend {
         Ok(self.col_scale_grad_impl(g, x, k, dv)?)
     }
 
+    fn col_sum(&mut self, _g: CudaView<'_>, _k: usize, _db: CudaViewMut<'_>) -> Result<(), ExecError> {
+        Err(CudaError::Unsupported("col_sum").into())
+    }
+
+    fn pool(
+        &mut self,
+        _h: CudaView<'_>,
+        _lengths: IdsRef<'_, Self>,
+        _batch: usize,
+        _seq: usize,
+        _d: usize,
+        _mean: bool,
+        _y: CudaViewMut<'_>,
+    ) -> Result<(), ExecError> {
+        Err(CudaError::Unsupported("pool").into())
+    }
+
+    fn pool_grad(
+        &mut self,
+        _g: CudaView<'_>,
+        _lengths: IdsRef<'_, Self>,
+        _batch: usize,
+        _seq: usize,
+        _d: usize,
+        _mean: bool,
+        _dh: CudaViewMut<'_>,
+    ) -> Result<(), ExecError> {
+        Err(CudaError::Unsupported("pool_grad").into())
+    }
+
     fn rope(
         &mut self,
         x: CudaView<'_>,
