@@ -197,6 +197,7 @@ codes! {
     CheckpointTruncated = "lamda::checkpoint::truncated": "a safetensors file is shorter than its header says",
     CheckpointCorrupt = "lamda::checkpoint::corrupt": "a safetensors file's header or data is damaged",
     CheckpointWriteShape = "lamda::checkpoint::write_shape": "internal: a tensor to write does not match its shape",
+    CheckpointNotCausalLm = "lamda::checkpoint::not_causal_lm": "a command that generates text was given an encoder (BERT) checkpoint",
     // GGUF conversion
     GgufIo = "lamda::gguf::io": "the GGUF file exists but cannot be read",
     GgufBadMagic = "lamda::gguf::bad_magic": "the file is not a GGUF file",

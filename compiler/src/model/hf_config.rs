@@ -115,8 +115,9 @@ impl ConfigError {
             }
             Self::WrongType { key, expected, .. } => format!("set `{key}` to {expected}"),
             Self::InvalidValue { .. } => "restore the original config.json".into(),
-            Self::UnsupportedArchitecture { .. } => "lamdac supports Llama-family models (`model_type: \"llama\"`, \
-                 `LlamaForCausalLM`): Llama 2, TinyLlama, SmolLM2, ..."
+            Self::UnsupportedArchitecture { .. } => "lamdac supports Llama-family causal LMs (`model_type: \"llama\"`, \
+                 `LlamaForCausalLM`: Llama 2, TinyLlama, SmolLM2, ...) and BERT encoders (`model_type: \"bert\"`, \
+                 `BertModel` / `BertForSequenceClassification`: all-MiniLM-L6-v2, bert-base, ...)"
                 .into(),
             Self::UnsupportedRopeScaling { .. } => "only the default RoPE (no scaling) is implemented; use a model \
                  without `rope_scaling` / with `rope_type: \"default\"`"
@@ -167,9 +168,191 @@ pub struct FamilyConfig {
     pub args: Vec<(&'static str, Const)>,
 }
 
+/// A checkpoint's config.json, parsed for the family it describes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    Llama(LlamaConfig),
+    Bert(BertConfig),
+}
+
+impl ModelConfig {
+    /// Reads `<dir>/config.json` (after checking that `dir` is a folder):
+    /// `model_type: "bert"` is a BERT encoder, anything else must be a Llama.
+    pub fn load_dir(dir: &Path) -> Result<Self, ConfigError> {
+        if !dir.exists() {
+            return Err(ConfigError::FolderMissing {
+                path: dir.to_path_buf(),
+            });
+        }
+        if !dir.is_dir() {
+            return Err(ConfigError::NotAFolder {
+                path: dir.to_path_buf(),
+            });
+        }
+        let path = dir.join("config.json");
+        let text = read_text(&path)?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| ConfigError::InvalidJson {
+            path: path.clone(),
+            line: e.line(),
+            column: e.column(),
+            message: strip_position(&e),
+        })?;
+        if let Value::Object(obj) = &value
+            && obj.get("model_type").and_then(Value::as_str) == Some("bert")
+        {
+            return Parser { path }.parse_bert(obj).map(ModelConfig::Bert);
+        }
+        LlamaConfig::from_json_str(&text, &path).map(ModelConfig::Llama)
+    }
+
+    /// Every tensor the family's model holds, with its shape, in model order.
+    pub fn expected_tensors(&self) -> Vec<ExpectedTensor> {
+        match self {
+            ModelConfig::Llama(c) => c.expected_tensors(),
+            ModelConfig::Bert(c) => c.expected_tensors(),
+        }
+    }
+
+    /// The shape the config implies for a tensor name, if it names one.
+    pub fn expected_shape(&self, name: &str) -> Option<Vec<usize>> {
+        match self {
+            ModelConfig::Llama(c) => c.expected_shape(name),
+            ModelConfig::Bert(c) => c
+                .expected_tensors()
+                .into_iter()
+                .find(|t| t.name == name)
+                .map(|t| t.shape),
+        }
+    }
+
+    /// `pad_token_id`, if set.
+    pub fn pad_token_id(&self) -> Option<u32> {
+        match self {
+            ModelConfig::Llama(c) => c.pad_token_id,
+            ModelConfig::Bert(c) => c.pad_token_id,
+        }
+    }
+
+    /// The end-of-sequence ids (none for an encoder).
+    pub fn eos_token_ids(&self) -> &[u32] {
+        match self {
+            ModelConfig::Llama(c) => &c.eos_token_ids,
+            ModelConfig::Bert(_) => &[],
+        }
+    }
+
+    /// Rows of the token embedding.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Llama(c) => c.vocab_size,
+            ModelConfig::Bert(c) => c.vocab_size,
+        }
+    }
+}
+
+/// The hyperparameters of a BERT encoder (`BertModel`,
+/// `BertForSequenceClassification`), as config.json states them. Defaults
+/// follow `transformers`' `BertConfig` where config.json may omit a key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    /// `architectures`; empty when absent.
+    pub architectures: Vec<String>,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    /// Rows of the position embedding (the longest sequence).
+    pub max_position_embeddings: usize,
+    /// Rows of the token-type (segment) embedding.
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: Option<u32>,
+    /// Classes of a saved classification head (`num_labels`, or the size of `id2label`).
+    pub num_labels: Option<usize>,
+}
+
+impl BertConfig {
+    /// Every tensor of the encoder and its pooler under BertForSequenceClassification's
+    /// names (`bert.` prefix; a bare BertModel's names without it are accepted by the loader).
+    pub fn expected_tensors(&self) -> Vec<ExpectedTensor> {
+        let (d, f) = (self.hidden_size, self.intermediate_size);
+        let mut out = Vec::new();
+        let mut push = |name: String, shape: Vec<usize>| out.push(ExpectedTensor { name, shape });
+        push("bert.embeddings.word_embeddings.weight".into(), vec![self.vocab_size, d]);
+        push(
+            "bert.embeddings.position_embeddings.weight".into(),
+            vec![self.max_position_embeddings, d],
+        );
+        push(
+            "bert.embeddings.token_type_embeddings.weight".into(),
+            vec![self.type_vocab_size, d],
+        );
+        push("bert.embeddings.LayerNorm.weight".into(), vec![d]);
+        push("bert.embeddings.LayerNorm.bias".into(), vec![d]);
+        for i in 0..self.num_hidden_layers {
+            let p = format!("bert.encoder.layer.{i}");
+            for (m, o, k) in [
+                ("attention.self.query", d, d),
+                ("attention.self.key", d, d),
+                ("attention.self.value", d, d),
+                ("attention.output.dense", d, d),
+                ("intermediate.dense", f, d),
+                ("output.dense", d, f),
+            ] {
+                push(format!("{p}.{m}.weight"), vec![o, k]);
+                push(format!("{p}.{m}.bias"), vec![o]);
+            }
+            for n in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                push(format!("{p}.{n}.weight"), vec![d]);
+                push(format!("{p}.{n}.bias"), vec![d]);
+            }
+        }
+        push("bert.pooler.dense.weight".into(), vec![d, d]);
+        push("bert.pooler.dense.bias".into(), vec![d]);
+        out
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ConfigError::ConfigMissing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            ConfigError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
 /// Reads `<dir>/config.json` as arguments of a stdlib model family.
 pub fn read_config(dir: &Path) -> Result<FamilyConfig, ConfigError> {
-    Ok(family_args(&read_dir_config(dir)?))
+    Ok(match ModelConfig::load_dir(dir)? {
+        ModelConfig::Llama(c) => family_args(&c),
+        ModelConfig::Bert(c) => bert_family_args(&c),
+    })
+}
+
+/// The bert family's arguments for a parsed config.
+pub fn bert_family_args(c: &BertConfig) -> FamilyConfig {
+    let int = |v: usize| Const::Int(i64::try_from(v).unwrap_or(i64::MAX));
+    FamilyConfig {
+        family: "bert",
+        args: vec![
+            ("vocab", int(c.vocab_size)),
+            ("hidden", int(c.hidden_size)),
+            ("n_layers", int(c.num_hidden_layers)),
+            ("heads", int(c.num_attention_heads)),
+            ("ffn", int(c.intermediate_size)),
+            ("max_pos", int(c.max_position_embeddings)),
+            ("type_vocab", int(c.type_vocab_size)),
+            ("eps", Const::Float(c.layer_norm_eps)),
+        ],
+    }
 }
 
 /// The llama family's arguments for a parsed config.
@@ -462,6 +645,73 @@ impl Parser {
             eos_token_ids,
             pad_token_id,
             torch_dtype,
+        })
+    }
+
+    /// A BERT config: the encoder's dimensions; what would change its math
+    /// and is not implemented (another activation, relative positions) is an error.
+    fn parse_bert(&self, obj: &Map<String, Value>) -> Result<BertConfig, ConfigError> {
+        let architectures: Vec<String> = match obj.get("architectures") {
+            Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            _ => Vec::new(),
+        };
+        if let Some(other) = architectures
+            .iter()
+            .find(|a| !matches!(a.as_str(), "BertModel" | "BertForSequenceClassification"))
+        {
+            return Err(ConfigError::UnsupportedArchitecture {
+                path: self.path.clone(),
+                found: other.clone(),
+            });
+        }
+        match obj.get("hidden_act") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "gelu" => {}
+            Some(Value::String(s)) => return Err(self.unsupported("hidden_act", format!("\"{s}\""))),
+            Some(other) => return Err(self.wrong_type("hidden_act", "a string", other)),
+        }
+        match obj.get("position_embedding_type") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "absolute" => {}
+            Some(Value::String(s)) => {
+                return Err(self.unsupported("position_embedding_type", format!("\"{s}\"")));
+            }
+            Some(other) => return Err(self.wrong_type("position_embedding_type", "a string", other)),
+        }
+        let hidden_size = self.required_positive(obj, "hidden_size")?;
+        let num_attention_heads = self.required_positive(obj, "num_attention_heads")?;
+        if hidden_size % num_attention_heads != 0 {
+            return Err(self.invalid(
+                "num_attention_heads",
+                format!("hidden_size {hidden_size} is not a multiple of {num_attention_heads} heads"),
+            ));
+        }
+        let layer_norm_eps = match self.optional_f64(obj, "layer_norm_eps")? {
+            Some(e) if !(e.is_finite() && e > 0.0) => {
+                return Err(self.invalid("layer_norm_eps", format!("{e} is not a positive number")));
+            }
+            Some(e) => e,
+            None => 1e-12,
+        };
+        let num_labels = match self.optional_positive(obj, "num_labels")? {
+            Some(n) => Some(n),
+            None => match obj.get("id2label") {
+                Some(Value::Object(m)) if !m.is_empty() => Some(m.len()),
+                _ => None,
+            },
+        };
+        Ok(BertConfig {
+            architectures,
+            vocab_size: self.required_positive(obj, "vocab_size")?,
+            hidden_size,
+            num_hidden_layers: self.required_positive(obj, "num_hidden_layers")?,
+            num_attention_heads,
+            intermediate_size: self.required_positive(obj, "intermediate_size")?,
+            max_position_embeddings: self.optional_positive(obj, "max_position_embeddings")?.unwrap_or(512),
+            type_vocab_size: self.optional_positive(obj, "type_vocab_size")?.unwrap_or(2),
+            layer_norm_eps,
+            pad_token_id: self.optional_token(obj, "pad_token_id")?,
+            num_labels,
         })
     }
 

@@ -7,5 +7,5 @@
 
 pub use lamda_compiler::model::hf_config::{
     ConfigError, DEFAULT_MAX_POSITION_EMBEDDINGS, DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, ExpectedTensor,
-    LlamaConfig, describe, read_dir_config, strip_position,
+    BertConfig, LlamaConfig, ModelConfig, describe, read_dir_config, strip_position,
 };

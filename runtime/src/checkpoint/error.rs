@@ -138,6 +138,14 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
+    /// An encoder where a causal language model is needed (generation).
+    #[error("`{}` is a {family} encoder, not a causal language model", path.display())]
+    NotCausalLm {
+        /// The checkpoint folder.
+        path: PathBuf,
+        /// Its family.
+        family: &'static str,
+    },
     /// A tensor handed to the writer has a value count that does not match its shape.
     #[error("tensor `{name}` for `{}` has {len} values but shape {shape:?} holds {expected}", path.display())]
     WriteShape {
@@ -173,6 +181,7 @@ impl CheckpointError {
             // a file that cannot be written is an I/O problem (exit 2), not bad input
             Self::Write { .. } => Code::Io,
             Self::WriteShape { .. } => Code::CheckpointWriteShape,
+            Self::NotCausalLm { .. } => Code::CheckpointNotCausalLm,
         }
     }
 
@@ -238,6 +247,9 @@ impl CheckpointError {
             Self::WriteShape { .. } => {
                 "internal error: a tensor's data does not match its shape; please report it".into()
             }
+            Self::NotCausalLm { .. } => "`generate` and the text `eval` need a causal LM (Llama family); \
+                 evaluate an encoder's classifier with `lamdac eval` on labelled data"
+                .into(),
         }
     }
 
@@ -256,7 +268,8 @@ impl CheckpointError {
             | Self::Truncated { path, .. }
             | Self::Corrupt { path, .. }
             | Self::Write { path, .. }
-            | Self::WriteShape { path, .. } => path,
+            | Self::WriteShape { path, .. }
+            | Self::NotCausalLm { path, .. } => path,
             Self::MissingShard { index, .. } => index,
         }
     }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2, ArrayD};
 
-pub use config::{ConfigError, ExpectedTensor, LlamaConfig};
+pub use config::{BertConfig, ConfigError, ExpectedTensor, LlamaConfig, ModelConfig};
 pub use error::CheckpointError;
 pub use reader::{Dtype, SafetensorsFile, TensorMeta};
 pub use weights::Weights;
@@ -36,7 +36,7 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub struct Checkpoint {
     dir: PathBuf,
     /// The parsed config.json.
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     /// The weight files.
     pub weights: Weights,
 }
@@ -57,13 +57,24 @@ impl Checkpoint {
     /// Opens a checkpoint folder without checking the tensors against the config.
     pub fn open_unchecked(dir: impl AsRef<Path>) -> Result<Self, CheckpointError> {
         let dir = dir.as_ref();
-        let config = config::read_dir_config(dir)?;
+        let config = ModelConfig::load_dir(dir)?;
         let weights = Weights::open(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
             weights,
         })
+    }
+
+    /// The config of a causal LM (generation and the LM head need one).
+    pub fn llama(&self) -> Result<&LlamaConfig, CheckpointError> {
+        match &self.config {
+            ModelConfig::Llama(c) => Ok(c),
+            ModelConfig::Bert(_) => Err(CheckpointError::NotCausalLm {
+                path: self.dir.clone(),
+                family: "bert",
+            }),
+        }
     }
 
     /// The checkpoint folder.
@@ -128,7 +139,7 @@ impl Checkpoint {
     /// The output projection `(vocab, hidden)`: `lm_head.weight`, or the embedding
     /// when the config ties them (or `lm_head.weight` is absent and they are tied).
     pub fn lm_head(&self) -> Result<Array2<f32>, CheckpointError> {
-        if self.config.tie_word_embeddings && !self.weights.contains("lm_head.weight") {
+        if self.llama()?.tie_word_embeddings && !self.weights.contains("lm_head.weight") {
             self.matrix("model.embed_tokens.weight")
         } else {
             self.matrix("lm_head.weight")

@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::error::DataError;
-use crate::checkpoint::{Checkpoint, LlamaConfig};
+use crate::checkpoint::{Checkpoint, ModelConfig};
 
 /// Vocabulary size of byte-level tokenization.
 pub const BYTE_VOCAB: usize = 256;
@@ -28,6 +28,8 @@ pub struct HfTokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
     pad_id: u32,
+    /// Whether tokenizer.json named the pad id (config.json's then does not override it).
+    padding_set: bool,
     eos_id: Option<u32>,
 }
 
@@ -60,10 +62,17 @@ impl Tokenizer {
             message: e.to_string(),
         })?;
         let pad_id = inner.get_padding().map_or(0, |p| p.pad_id);
+        let padding_set = inner.get_padding().is_some();
+        // lamdac pads and truncates itself: a tokenizer.json that pads or
+        // truncates every encoding (BERT's often do, to 128) must not.
+        let mut inner = inner;
+        inner.with_padding(None);
+        let _ = inner.with_truncation(None);
         Ok(Self::Hf(Box::new(HfTokenizer {
             inner,
             path: path.to_path_buf(),
             pad_id,
+            padding_set,
             eos_id: None,
         })))
     }
@@ -79,12 +88,12 @@ impl Tokenizer {
 
     /// Takes EOS (the first `eos_token_id`) and, where the tokenizer sets no padding,
     /// the pad id (`pad_token_id`) from a model config. No effect on byte level.
-    pub fn with_config(self, config: &LlamaConfig) -> Self {
+    pub fn with_config(self, config: &ModelConfig) -> Self {
         match self {
             Self::Bytes => Self::Bytes,
             Self::Hf(mut t) => {
-                t.eos_id = config.eos_token_ids.first().copied().or(t.eos_id);
-                if let (None, Some(p)) = (t.inner.get_padding(), config.pad_token_id) {
+                t.eos_id = config.eos_token_ids().first().copied().or(t.eos_id);
+                if let (false, Some(p)) = (t.padding_set, config.pad_token_id()) {
                     t.pad_id = p;
                 }
                 Self::Hf(t)

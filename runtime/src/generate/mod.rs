@@ -179,13 +179,14 @@ impl Generator {
     /// (a run's `adapter.safetensors`) into it when given, and loads its tokenizer.
     pub fn open(dir: &Path, adapter: Option<&Path>) -> Result<Self, GenerateError> {
         let ckpt = Checkpoint::open(dir)?;
+        let llama = ckpt.llama()?;
         let tokenizer = match ckpt.tokenizer_path() {
             Some(_) => Tokenizer::for_checkpoint(&ckpt)?,
-            None if ckpt.config.vocab_size == BYTE_VOCAB => Tokenizer::bytes(),
+            None if llama.vocab_size == BYTE_VOCAB => Tokenizer::bytes(),
             None => {
                 return Err(GenerateError::NoTokenizer {
                     dir: dir.to_path_buf(),
-                    vocab: ckpt.config.vocab_size,
+                    vocab: llama.vocab_size,
                 });
             }
         };
@@ -194,7 +195,7 @@ impl Generator {
             None => Vec::new(),
         };
         let model = Model::load(&ckpt, &factors)?;
-        let mut stop_ids: Vec<u32> = ckpt.config.eos_token_ids.clone();
+        let mut stop_ids: Vec<u32> = ckpt.config.eos_token_ids().to_vec();
         if let Ok(Some(t)) = ChatTemplate::for_folder(dir)
             && let Some(id) = tokenizer.token_id(&t.eos_token)
         {

@@ -105,7 +105,7 @@ impl Model {
     /// update of every adapted module (`W + Delta W`). An adapter naming a
     /// module the model does not have, or of another shape, is an error.
     pub fn load(ckpt: &Checkpoint, adapters: &[LoraFactors]) -> Result<Self, GenerateError> {
-        let config = ckpt.config.clone();
+        let config = ckpt.llama()?.clone();
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{i}.{s}.weight");
