@@ -188,10 +188,12 @@ impl Backend for Counting {
         q: &[f32],
         k: &[f32],
         v: &[f32],
+        lens: Option<IdsRef<'_, Self>>,
         o: &mut [f32],
         lse: &mut [f32],
     ) -> Result<(), ExecError> {
-        self.inner.attention(shape, q, k, v, o, lse)
+        let lens = lens.map(ids);
+        self.inner.attention(shape, q, k, v, lens, o, lse)
     }
     fn attention_grad(
         &mut self,
@@ -200,12 +202,14 @@ impl Backend for Counting {
         q: &[f32],
         k: &[f32],
         v: &[f32],
+        lens: Option<IdsRef<'_, Self>>,
         lse: &[f32],
         dq: &mut [f32],
         dk: &mut [f32],
         dv: &mut [f32],
     ) -> Result<(), ExecError> {
-        self.inner.attention_grad(shape, g, q, k, v, lse, dq, dk, dv)
+        let lens = lens.map(ids);
+        self.inner.attention_grad(shape, g, q, k, v, lens, lse, dq, dk, dv)
     }
     fn cross_entropy(
         &mut self,

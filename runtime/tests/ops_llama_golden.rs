@@ -368,6 +368,7 @@ impl Model {
             heads: c.heads,
             kv_heads: c.kv_heads,
             head_dim: c.head_dim,
+            causal: true,
         };
         let mut h = vec![0.0; n * d];
         embedding_forward(&self.embed, c.vocab, d, ids, &mut h).unwrap();
@@ -384,7 +385,7 @@ impl Model {
             rope_forward(rope, &mut q, n, c.heads).unwrap();
             rope_forward(rope, &mut k, n, c.kv_heads).unwrap();
             let (mut o, mut lse) = (vec![0.0; n * qw], vec![0.0; batch * c.heads * seq]);
-            attention_forward(&attn, &q, &k, &v, &mut o, &mut lse).unwrap();
+            attention_forward(&attn, &q, &k, &v, None, &mut o, &mut lse).unwrap();
             // h = h + o_proj(o): the projection accumulates into the residual stream
             let so = lin[3].forward(&o, n, &mut h, Store::Accumulate);
             let h_mid = h.clone();
@@ -441,6 +442,7 @@ impl Model {
             heads: c.heads,
             kv_heads: c.kv_heads,
             head_dim: c.head_dim,
+            causal: true,
         };
         let mut dxf = vec![0.0; n * d];
         linear_backward_input(dlogits, &self.lm_head, n, d, c.vocab, &mut dxf, Store::Overwrite).unwrap();
@@ -466,7 +468,7 @@ impl Model {
             g[3] = lin[3].backward(&dh, &sv[3], n, t, &mut d_o, Store::Overwrite);
             let (mut dq, mut dk, mut dv) = (vec![0.0; n * qw], vec![0.0; n * kvw], vec![0.0; n * kvw]);
             attention_backward(
-                &attn, &cache.q, &cache.k, &cache.v, &cache.lse, &d_o, &mut dq, &mut dk, &mut dv,
+                &attn, &cache.q, &cache.k, &cache.v, None, &cache.lse, &d_o, &mut dq, &mut dk, &mut dv,
             )
             .unwrap();
             rope_backward(rope, &mut dq, n, c.heads).unwrap();

@@ -283,7 +283,11 @@ pub trait Backend: 'static {
         y: Self::ViewMut<'_>,
     ) -> Result<(), ExecError>;
 
-    /// Causal attention: `o` like `q`, and the log-sum-exp `lse (batch, heads, seq)` for the backward.
+    /// Attention, causal or bidirectional as `shape.causal` says, of
+    /// `q (n, heads * head_dim)` against `k, v (n, kv_heads * head_dim)`;
+    /// `lens (batch)`, when given, are the sequences' key lengths (each in
+    /// `1 ..= seq`; keys past them are masked, see [`crate::ops::attention_forward`]).
+    /// Writes `o` like `q`, and the log-sum-exp `lse (batch, heads, seq)` for the backward.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &mut self,
@@ -291,11 +295,13 @@ pub trait Backend: 'static {
         q: Self::View<'_>,
         k: Self::View<'_>,
         v: Self::View<'_>,
+        lens: Option<IdsRef<'_, Self>>,
         o: Self::ViewMut<'_>,
         lse: Self::ViewMut<'_>,
     ) -> Result<(), ExecError>;
 
-    /// Gradients of causal attention: `dq`, `dk`, `dv` from `g` (like `o`).
+    /// Gradients of [`Backend::attention`] (same `shape` and `lens (batch)`):
+    /// `dq`, `dk`, `dv` from `g` (like `o`) and the forward's `lse (batch, heads, seq)`.
     #[allow(clippy::too_many_arguments)]
     fn attention_grad(
         &mut self,
@@ -304,6 +310,7 @@ pub trait Backend: 'static {
         q: Self::View<'_>,
         k: Self::View<'_>,
         v: Self::View<'_>,
+        lens: Option<IdsRef<'_, Self>>,
         lse: Self::View<'_>,
         dq: Self::ViewMut<'_>,
         dk: Self::ViewMut<'_>,

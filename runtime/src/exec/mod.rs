@@ -629,12 +629,12 @@ impl<'a, B: Backend> Cx<'a, B> {
             }
             Op::Attention(d) => {
                 let shape = attn_shape(d);
-                be.attention(&shape, self.f(0)?, self.f(1)?, self.f(2)?, y()?, y()?)?;
+                be.attention(&shape, self.f(0)?, self.f(1)?, self.f(2)?, None, y()?, y()?)?;
             }
             Op::AttentionGrad(d) => {
                 let shape = attn_shape(d);
                 let (g, q, k, v, lse) = (self.f(0)?, self.f(1)?, self.f(2)?, self.f(3)?, self.f(4)?);
-                be.attention_grad(&shape, g, q, k, v, lse, y()?, y()?, y()?)?;
+                be.attention_grad(&shape, g, q, k, v, None, lse, y()?, y()?, y()?)?;
             }
             Op::CrossEntropy { batch, seq, grad } => {
                 let (_, vocab) = self.dims2(0)?;
@@ -791,5 +791,6 @@ fn attn_shape(d: &lamda_compiler::ir::AttnDims) -> AttnShape {
         heads: d.heads,
         kv_heads: d.kv_heads,
         head_dim: d.head_dim,
+        causal: true,
     }
 }

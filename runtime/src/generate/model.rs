@@ -255,9 +255,10 @@ impl Model {
                     heads,
                     kv_heads: kvh,
                     head_dim: hd,
+                    causal: true,
                 };
                 let mut lse = vec![0.0; heads * n];
-                attention_forward(&shape, &st.q, &kc[..n * kvw], &vc[..n * kvw], &mut st.o, &mut lse)?;
+                attention_forward(&shape, &st.q, &kc[..n * kvw], &vc[..n * kvw], None, &mut st.o, &mut lse)?;
             } else {
                 attend_cached(
                     &st.q,

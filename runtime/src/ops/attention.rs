@@ -1,4 +1,12 @@
-//! Grouped-query causal self-attention (eager, as Hugging Face's `eager_attention_forward`).
+//! Grouped-query self-attention, causal (decoders) or bidirectional
+//! (encoders), with optional per-sequence key lengths (eager, as Hugging
+//! Face's `eager_attention_forward` with its additive mask).
+//!
+//! Masking: key `j` of sequence `b` is visible to query `i` iff
+//! `(!causal || j <= i) && j < lens[b]` (no `lens`: every sequence is full,
+//! `lens[b] = seq`). Query rows at or past `lens[b]` are computed like the
+//! others (they attend to the visible keys), as BERT's padded rows are; masked
+//! probabilities are exact zeros, so masked keys get exact-zero `dK`, `dV`.
 //!
 //! Design: the inputs keep the layout of the projections, `q: (n, H hd)`,
 //! `k, v: (n, KV hd)`, rows `b * seq + t`, so the kernel needs no transposes
@@ -11,9 +19,10 @@
 //! grown only when shapes grow), never `(seq, seq)`: at most `(group * BLOCK, seq)`.
 //!
 //! Causal blocking: query rows are processed in blocks of [`BLOCK`]; the
-//! block `r0 .. r1` only multiplies against keys `0 .. r1`, so the masked
-//! upper triangle is skipped except inside the block on the diagonal (work
-//! `~ seq^2 / 2` per head rather than `seq^2`). The rows of a block for all
+//! block `r0 .. r1` only multiplies against keys `0 .. min(r1, len)`, so the
+//! masked upper triangle is skipped except inside the block on the diagonal
+//! (work `~ seq^2 / 2` per head rather than `seq^2`). Bidirectional blocks
+//! multiply against keys `0 .. len` (the padding keys are skipped too). The rows of a block for all
 //! heads of the group are stacked into one `(group * rows, hd)` matrix, so
 //! each product is one GEMM of the shared `K_g` / `V_g`. Every row still sees
 //! all its live keys at once, so the softmax is the plain one of the eager
@@ -49,7 +58,8 @@ use super::{OpsError, ScratchPool, at_least, check_len, dims};
 pub struct AttnShape {
     /// Sequences in the batch.
     pub batch: usize,
-    /// Tokens per sequence (every sequence is full; positions 0 .. seq-1).
+    /// Tokens per sequence (positions 0 .. seq-1; a sequence's keys past its
+    /// length, when the call passes lengths, are padding).
     pub seq: usize,
     /// Query heads H.
     pub heads: usize,
@@ -57,6 +67,8 @@ pub struct AttnShape {
     pub kv_heads: usize,
     /// Size of one head.
     pub head_dim: usize,
+    /// Query `i` sees only keys `j <= i` (decoders); every key when false (encoders).
+    pub causal: bool,
 }
 
 /// Derived sizes of a validated [`AttnShape`].
@@ -97,6 +109,33 @@ impl AttnShape {
             group: self.heads / self.kv_heads,
             scale: 1.0 / (self.head_dim as f32).sqrt(),
         })
+    }
+
+    /// Checks per-sequence key lengths `lens: (batch)` for an attention call
+    /// of this shape: one per sequence, each in `1 ..= seq`. `None` (every
+    /// sequence full) is always valid.
+    pub fn check_lens(&self, op: &'static str, lens: Option<&[i64]>) -> Result<(), OpsError> {
+        let Some(lens) = lens else { return Ok(()) };
+        check_len(op, "lens", lens.len(), self.batch)?;
+        let bad = lens
+            .iter()
+            .enumerate()
+            .find(|&(_, &l)| usize::try_from(l).ok().filter(|l| (1..=self.seq).contains(l)).is_none());
+        match bad {
+            Some((b, &l)) => Err(OpsError::Config {
+                op,
+                msg: format!(
+                    "key length {l} of sequence {b} is outside 1..={} (a sequence needs at least one key, at most seq)",
+                    self.seq
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Key length of sequence `b` (`lens` already checked by [`Self::check_lens`]).
+    fn len_of(&self, lens: Option<&[i64]>, b: usize) -> usize {
+        lens.map_or(self.seq, |l| l[b] as usize)
     }
 }
 
@@ -192,20 +231,43 @@ fn gather_block(
 
 /// Query rows `r0 .. r1` of a block, for every head of a kv group, stacked:
 /// row `j * (r1 - r0) + i` of a block matrix is head `j` of the group at
-/// position `r0 + i`, and its `r1` columns are the keys `0 .. r1`.
+/// position `r0 + i`, and its `cols` columns are the keys `0 .. cols`.
 #[derive(Clone, Copy, Debug)]
 struct Block {
     r0: usize,
     r1: usize,
+    /// key columns of the block's matrices: `min(r1, len)` when causal, else `len`
+    cols: usize,
+    /// columns past the diagonal are masked
+    causal: bool,
     /// tokens per sequence, the row length of `lse_g: (group, seq)`
     seq: usize,
 }
 
 impl Block {
+    /// The block of query rows `r0 .. r1` of a sequence whose keys `0 .. len` are visible.
+    fn new(r0: usize, r1: usize, len: usize, causal: bool, seq: usize) -> Block {
+        let cols = if causal { r1.min(len) } else { len };
+        Block {
+            r0,
+            r1,
+            cols,
+            causal,
+            seq,
+        }
+    }
+
     /// `(j, t)`: head in the group and position of stacked row `row`.
+    #[inline(always)]
     fn pos(self, row: usize) -> (usize, usize) {
         let rows = self.r1 - self.r0;
         (row / rows, self.r0 + row % rows)
+    }
+
+    /// Visible keys `0 .. live` of the row at position `t` (at least 1).
+    #[inline(always)]
+    fn live(self, t: usize) -> usize {
+        if self.causal { (t + 1).min(self.cols) } else { self.cols }
     }
 }
 
@@ -264,14 +326,14 @@ fn exp_sub(x: &mut [f32], sub: f32) {
     x.iter_mut().for_each(|v| *v = exp_approx(*v - sub));
 }
 
-/// Forward softmax of a block: `s: (m, r1)` scaled scores in, probabilities
-/// out, the masked columns `t + 1 .. r1` of the row at position `t` set to 0;
+/// Forward softmax of a block: `s: (m, cols)` scaled scores in, probabilities
+/// out, the masked columns `live(t) .. cols` of the row at position `t` set to 0;
 /// writes `lse_g[j * seq + t] = max + ln(sum)`. `lse_g: (group, seq)`.
 #[inline(always)]
 fn softmax_rows_impl(s: &mut [f32], blk: Block, lse_g: &mut [f32]) {
-    for (row_idx, row) in s.chunks_exact_mut(blk.r1).enumerate() {
+    for (row_idx, row) in s.chunks_exact_mut(blk.cols).enumerate() {
         let (j, t) = blk.pos(row_idx);
-        let (live, masked) = row.split_at_mut(t + 1);
+        let (live, masked) = row.split_at_mut(blk.live(t));
         let max = row_max(live);
         exp_sub(live, max);
         let sum = row_sum(live);
@@ -281,26 +343,27 @@ fn softmax_rows_impl(s: &mut [f32], blk: Block, lse_g: &mut [f32]) {
     }
 }
 
-/// Backward probabilities of a block: `p: (m, r1)` scaled scores in,
+/// Backward probabilities of a block: `p: (m, cols)` scaled scores in,
 /// `P = exp(s - lse)` out, masked columns 0. `lse_g: (group, seq)`.
 #[inline(always)]
 fn probs_rows_impl(p: &mut [f32], blk: Block, lse_g: &[f32]) {
-    for (row_idx, row) in p.chunks_exact_mut(blk.r1).enumerate() {
+    for (row_idx, row) in p.chunks_exact_mut(blk.cols).enumerate() {
         let (j, t) = blk.pos(row_idx);
-        let (live, masked) = row.split_at_mut(t + 1);
+        let (live, masked) = row.split_at_mut(blk.live(t));
         exp_sub(live, lse_g[j * blk.seq + t]);
         masked.fill(0.0);
     }
 }
 
-/// Softmax backward of a block: `dp: (m, r1)` in, `dS = P (dP - D)` out with
-/// `D = rowsum(P dP)` over the live columns, masked columns 0. `p: (m, r1)`.
+/// Softmax backward of a block: `dp: (m, cols)` in, `dS = P (dP - D)` out with
+/// `D = rowsum(P dP)` over the live columns, masked columns 0. `p: (m, cols)`.
 #[inline(always)]
 fn dsoftmax_rows_impl(p: &[f32], dp: &mut [f32], blk: Block) {
-    for (row_idx, (prow, dprow)) in p.chunks_exact(blk.r1).zip(dp.chunks_exact_mut(blk.r1)).enumerate() {
+    for (row_idx, (prow, dprow)) in p.chunks_exact(blk.cols).zip(dp.chunks_exact_mut(blk.cols)).enumerate() {
         let (_, t) = blk.pos(row_idx);
-        let (dlive, dmasked) = dprow.split_at_mut(t + 1);
-        let plive = &prow[..=t];
+        let live = blk.live(t);
+        let (dlive, dmasked) = dprow.split_at_mut(live);
+        let plive = &prow[..live];
         let d = row_dot(plive, dlive);
         dlive.iter_mut().zip(plive).for_each(|(dp, &p)| *dp = p * (*dp - d));
         dmasked.fill(0.0);
@@ -332,7 +395,7 @@ struct FwdScratch {
     v: Vec<f32>,
     /// stacked query rows of a block: (group * BLOCK, hd)
     q: Vec<f32>,
-    /// scores, then probabilities, of a block: (group * BLOCK, seq), used as (m, r1)
+    /// scores, then probabilities, of a block: (group * BLOCK, seq), used as (m, cols)
     s: Vec<f32>,
     /// stacked outputs of a block: (group * BLOCK, hd)
     o: Vec<f32>,
@@ -351,17 +414,20 @@ impl FwdScratch {
 }
 
 /// Attention forward: per batch b and query head h (kv head `g = h / (H/KV)`),
-/// `S = Q_h K_g^T / sqrt(hd)` `(seq, seq)`, `S_ij = -inf` for `j > i`,
-/// `P = softmax_rows(S)`, `O_h = P V_g`.
+/// `S = Q_h K_g^T / sqrt(hd)` `(seq, seq)`, `S_ij = -inf` where key j is
+/// masked (`j >= lens[b]`, or `j > i` when causal), `P = softmax_rows(S)`,
+/// `O_h = P V_g`.
 ///
-/// q: `(n, H hd)`, k, v: `(n, KV hd)`, o: `(n, H hd)` (HF's attention output
-/// before `o_proj`), lse: `(batch, H, seq)` with `lse[b, h, i] = log sum_j exp(S_ij)`,
-/// saved for [`attention_backward`].
+/// q: `(n, H hd)`, k, v: `(n, KV hd)`, lens: `(batch)` key lengths, each in
+/// `1 ..= seq` (`None`: all `seq`), o: `(n, H hd)` (HF's attention output
+/// before `o_proj`), lse: `(batch, H, seq)` with
+/// `lse[b, h, i] = log sum_{visible j} exp(S_ij)`, saved for [`attention_backward`].
 pub fn attention_forward(
     shape: &AttnShape,
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    lens: Option<&[i64]>,
     o: &mut [f32],
     lse: &mut [f32],
 ) -> Result<(), OpsError> {
@@ -373,6 +439,7 @@ pub fn attention_forward(
     check_len(OP, "v", v.len(), dims(OP, &[sz.n, sz.kvw])?)?;
     check_len(OP, "o", o.len(), q.len())?;
     check_len(OP, "lse", lse.len(), dims(OP, &[shape.batch, heads, seq])?)?;
+    shape.check_lens(OP, lens)?;
     if sz.n == 0 {
         return Ok(());
     }
@@ -393,21 +460,24 @@ pub fn attention_forward(
             let scr = &mut held;
             let res = (|| -> Result<(), OpsError> {
                 let (b, g) = (task / kvh, task % kvh);
-                gather(&mut scr.k, k, sz.kvw, b * seq, seq, g * hd, hd);
-                gather(&mut scr.v, v, sz.kvw, b * seq, seq, g * hd, hd);
+                let len = shape.len_of(lens, b);
+                gather(&mut scr.k, k, sz.kvw, b * seq, len, g * hd, hd);
+                gather(&mut scr.v, v, sz.kvw, b * seq, len, g * hd, hd);
                 for r0 in (0..seq).step_by(BLOCK) {
                     let r1 = (r0 + BLOCK).min(seq);
                     let (bq, m) = (r1 - r0, group * (r1 - r0));
+                    let blk = Block::new(r0, r1, len, shape.causal, seq);
+                    let c = blk.cols;
                     gather_block(&mut scr.q, q, sz.qw, b * seq + r0, bq, g * group * hd, group, hd);
-                    let (qs, kp, vp) = (&scr.q[..m * hd], &scr.k[..r1 * hd], &scr.v[..r1 * hd]);
-                    // S = scale Q K[..r1]^T, (m, r1)
-                    let s = &mut scr.s[..m * r1];
-                    gemm_with(par_s, m, r1, hd, sz.scale, qs, Trans::N, kp, Trans::T, 0.0, s)?;
-                    // causal softmax per row; masked entries become exact zeros
-                    softmax_rows(simd, s, Block { r0, r1, seq }, lse_g);
-                    // O = P V[..r1], (m, hd)
+                    let (qs, kp, vp) = (&scr.q[..m * hd], &scr.k[..c * hd], &scr.v[..c * hd]);
+                    // S = scale Q K[..c]^T, (m, c)
+                    let s = &mut scr.s[..m * c];
+                    gemm_with(par_s, m, c, hd, sz.scale, qs, Trans::N, kp, Trans::T, 0.0, s)?;
+                    // masked softmax per row; masked entries become exact zeros
+                    softmax_rows(simd, s, blk, lse_g);
+                    // O = P V[..c], (m, hd)
                     let os = &mut scr.o[..m * hd];
-                    gemm_with(par_o, m, hd, r1, 1.0, s, Trans::N, vp, Trans::N, 0.0, os)?;
+                    gemm_with(par_o, m, hd, c, 1.0, s, Trans::N, vp, Trans::N, 0.0, os)?;
                     for (row_idx, src) in os.chunks_exact(hd).enumerate() {
                         let (j, i) = (row_idx / bq, row_idx % bq);
                         // SAFETY: this task alone writes part `task`.
@@ -439,9 +509,9 @@ struct BwdScratch {
     d_o: Vec<f32>,
     /// stacked dQ rows of a block: (group * BLOCK, hd)
     dq: Vec<f32>,
-    /// P of a block: (group * BLOCK, seq), used as (m, r1)
+    /// P of a block: (group * BLOCK, seq), used as (m, cols)
     p: Vec<f32>,
-    /// dP, then dS, of a block: (group * BLOCK, seq), used as (m, r1)
+    /// dP, then dS, of a block: (group * BLOCK, seq), used as (m, cols)
     dp: Vec<f32>,
 }
 
@@ -462,20 +532,22 @@ impl BwdScratch {
 
 /// Attention backward, given `do = dL/do`; overwrites dq, dk, dv.
 ///
-/// Per (b, h) with kv head g, recomputing `P_ij = exp(S_ij - lse_i)` (0 for `j > i`):
+/// Per (b, h) with kv head g, recomputing `P_ij = exp(S_ij - lse_i)` (0 where
+/// key j is masked, as in [`attention_forward`]; masked keys get exact-zero `dK`, `dV`):
 /// - `dV_g += P^T dO_h` (summed over the heads of the group)
 /// - `dP = dO_h V_g^T`
 /// - softmax: `dS_ij = P_ij (dP_ij - D_i)`, `D_i = sum_j P_ij dP_ij` (= `dO_i . O_i`)
 /// - `S = scale Q K^T`: `dQ_h = scale dS K_g`, `dK_g += scale dS^T Q_h`
 ///
-/// q, dq: `(n, H hd)`; k, v, dk, dv: `(n, KV hd)`; lse: `(batch, H, seq)`
-/// from [`attention_forward`]; d_o: `(n, H hd)`.
+/// q, dq: `(n, H hd)`; k, v, dk, dv: `(n, KV hd)`; lens: `(batch)` as given
+/// to [`attention_forward`]; lse: `(batch, H, seq)` from it; d_o: `(n, H hd)`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     shape: &AttnShape,
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    lens: Option<&[i64]>,
     lse: &[f32],
     d_o: &[f32],
     dq: &mut [f32],
@@ -495,6 +567,7 @@ pub fn attention_backward(
     check_len(OP, "dq", dq.len(), qlen)?;
     check_len(OP, "dk", dk.len(), kvlen)?;
     check_len(OP, "dv", dv.len(), kvlen)?;
+    shape.check_lens(OP, lens)?;
     if sz.n == 0 {
         return Ok(());
     }
@@ -520,8 +593,10 @@ pub fn attention_backward(
             let scr = &mut held;
             let res = (|| -> Result<(), OpsError> {
                 let (b, g) = (task / kvh, task % kvh);
-                gather(&mut scr.k, k, sz.kvw, b * seq, seq, g * hd, hd);
-                gather(&mut scr.v, v, sz.kvw, b * seq, seq, g * hd, hd);
+                let len = shape.len_of(lens, b);
+                gather(&mut scr.k, k, sz.kvw, b * seq, len, g * hd, hd);
+                gather(&mut scr.v, v, sz.kvw, b * seq, len, g * hd, hd);
+                // keys len .. seq are never visible: their rows stay exact zeros
                 scr.dk.fill(0.0);
                 scr.dv.fill(0.0);
                 let col = g * group * hd;
@@ -530,24 +605,25 @@ pub fn attention_backward(
                     let (bq, m) = (r1 - r0, group * (r1 - r0));
                     gather_block(&mut scr.q, q, sz.qw, b * seq + r0, bq, col, group, hd);
                     gather_block(&mut scr.d_o, d_o, sz.qw, b * seq + r0, bq, col, group, hd);
+                    let blk = Block::new(r0, r1, len, shape.causal, seq);
+                    let c = blk.cols;
                     let (qs, dos) = (&scr.q[..m * hd], &scr.d_o[..m * hd]);
-                    let (kp, vp) = (&scr.k[..r1 * hd], &scr.v[..r1 * hd]);
-                    let (dkp, dvp) = (&mut scr.dk[..r1 * hd], &mut scr.dv[..r1 * hd]);
-                    let (p, dp) = (&mut scr.p[..m * r1], &mut scr.dp[..m * r1]);
-                    let blk = Block { r0, r1, seq };
-                    // P = exp(scale Q K[..r1]^T - lse), causal, (m, r1)
-                    gemm_with(par_s, m, r1, hd, sz.scale, qs, Trans::N, kp, Trans::T, 0.0, p)?;
+                    let (kp, vp) = (&scr.k[..c * hd], &scr.v[..c * hd]);
+                    let (dkp, dvp) = (&mut scr.dk[..c * hd], &mut scr.dv[..c * hd]);
+                    let (p, dp) = (&mut scr.p[..m * c], &mut scr.dp[..m * c]);
+                    // P = exp(scale Q K[..c]^T - lse), masked, (m, c)
+                    gemm_with(par_s, m, c, hd, sz.scale, qs, Trans::N, kp, Trans::T, 0.0, p)?;
                     probs_rows(simd, p, blk, lse_g);
-                    // dV[..r1] += P^T dO (the GEMM sums over the group's heads)
-                    gemm_with(par_k, r1, hd, m, 1.0, p, Trans::T, dos, Trans::N, 1.0, dvp)?;
-                    // dP = dO V[..r1]^T, (m, r1)
-                    gemm_with(par_s, m, r1, hd, 1.0, dos, Trans::N, vp, Trans::T, 0.0, dp)?;
+                    // dV[..c] += P^T dO (the GEMM sums over the group's heads)
+                    gemm_with(par_k, c, hd, m, 1.0, p, Trans::T, dos, Trans::N, 1.0, dvp)?;
+                    // dP = dO V[..c]^T, (m, c)
+                    gemm_with(par_s, m, c, hd, 1.0, dos, Trans::N, vp, Trans::T, 0.0, dp)?;
                     // dS = P (dP - D), stored in dp; masked entries exact zeros
                     dsoftmax_rows(simd, p, dp, blk);
-                    // dQ = scale dS K[..r1], dK[..r1] += scale dS^T Q
+                    // dQ = scale dS K[..c], dK[..c] += scale dS^T Q
                     let dqs = &mut scr.dq[..m * hd];
-                    gemm_with(par_q, m, hd, r1, sz.scale, dp, Trans::N, kp, Trans::N, 0.0, dqs)?;
-                    gemm_with(par_k, r1, hd, m, sz.scale, dp, Trans::T, qs, Trans::N, 1.0, dkp)?;
+                    gemm_with(par_q, m, hd, c, sz.scale, dp, Trans::N, kp, Trans::N, 0.0, dqs)?;
+                    gemm_with(par_k, c, hd, m, sz.scale, dp, Trans::T, qs, Trans::N, 1.0, dkp)?;
                     for (row_idx, src) in dqs.chunks_exact(hd).enumerate() {
                         let (j, i) = (row_idx / bq, row_idx % bq);
                         // SAFETY: this task alone writes part `task`.
@@ -615,13 +691,13 @@ mod tests {
         let (q64, k64, v64, g64) = (to64(&q), to64(&k), to64(&v), to64(&g));
         let mut o = vec![f32::NAN; n * qw];
         let mut lse = vec![0.0; s.batch * s.heads * s.seq];
-        attention_forward(&s, &q, &k, &v, &mut o, &mut lse).unwrap();
+        attention_forward(&s, &q, &k, &v, None, &mut o, &mut lse).unwrap();
         assert_close("o", &o, &attn_ref(&s, &q64, &k64, &v64), 1e-6, 1e-5);
 
         let mut dq = vec![f32::NAN; n * qw];
         let mut dk = vec![f32::NAN; n * kvw];
         let mut dv = vec![f32::NAN; n * kvw];
-        attention_backward(&s, &q, &k, &v, &lse, &g, &mut dq, &mut dk, &mut dv).unwrap();
+        attention_backward(&s, &q, &k, &v, None, &lse, &g, &mut dq, &mut dk, &mut dv).unwrap();
         let fd_q = fd_grad(&q64, 1e-6, |x| dot(&g64, &attn_ref(&s, x, &k64, &v64)));
         let fd_k = fd_grad(&k64, 1e-6, |x| dot(&g64, &attn_ref(&s, &q64, x, &v64)));
         let fd_v = fd_grad(&v64, 1e-6, |x| dot(&g64, &attn_ref(&s, &q64, &k64, x)));
@@ -640,6 +716,7 @@ mod tests {
                 heads: 3,
                 kv_heads: 1,
                 head_dim: 6,
+                causal: true,
             },
             51,
         );
@@ -651,6 +728,7 @@ mod tests {
                 heads: 2,
                 kv_heads: 2,
                 head_dim: 3,
+                causal: true,
             },
             52,
         );
@@ -662,6 +740,7 @@ mod tests {
                 heads: 4,
                 kv_heads: 2,
                 head_dim: 5,
+                causal: true,
             },
             53,
         );
@@ -673,16 +752,18 @@ mod tests {
                 heads: 2,
                 kv_heads: 2,
                 head_dim: 1,
+                causal: true,
             },
             54,
         );
     }
 
-    /// Independent f64 reference backward: the same loops as [`attn_ref`],
-    /// differentiated by hand; returns `(dq, dk, dv, lse)`.
+    /// Independent f64 reference backward: the same loops as [`attn_ref`]
+    /// over the visible keys ([`visible`]), differentiated by hand; returns `(dq, dk, dv, lse)`.
     #[allow(clippy::type_complexity)]
     fn attn_grad_ref(
         s: &AttnShape,
+        lens: Option<&[i64]>,
         q: &[f64],
         k: &[f64],
         v: &[f64],
@@ -700,23 +781,26 @@ mod tests {
                 let qi = |i: usize| (b * seq + i) * qw + h * hd;
                 let kj = |j: usize| (b * seq + j) * kvw + g * hd;
                 for i in 0..seq {
-                    let scores: Vec<f64> = (0..=i)
-                        .map(|j| (0..hd).map(|c| q[qi(i) + c] * k[kj(j) + c]).sum::<f64>() * scale)
+                    let keys: Vec<usize> = (0..seq).filter(|&j| visible(s, lens, b, i, j)).collect();
+                    let scores: Vec<f64> = keys
+                        .iter()
+                        .map(|&j| (0..hd).map(|c| q[qi(i) + c] * k[kj(j) + c]).sum::<f64>() * scale)
                         .collect();
                     let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
                     lse[(b * s.heads + h) * seq + i] = m + z.ln();
                     let p: Vec<f64> = scores.iter().map(|s| (s - m).exp() / z).collect();
-                    let dp: Vec<f64> = (0..=i)
-                        .map(|j| (0..hd).map(|c| d_o[qi(i) + c] * v[kj(j) + c]).sum())
+                    let dp: Vec<f64> = keys
+                        .iter()
+                        .map(|&j| (0..hd).map(|c| d_o[qi(i) + c] * v[kj(j) + c]).sum())
                         .collect();
                     let dsum: f64 = p.iter().zip(&dp).map(|(p, dp)| p * dp).sum();
-                    for j in 0..=i {
-                        let ds = p[j] * (dp[j] - dsum);
+                    for (jj, &j) in keys.iter().enumerate() {
+                        let ds = p[jj] * (dp[jj] - dsum);
                         for c in 0..hd {
                             dq[qi(i) + c] += scale * ds * k[kj(j) + c];
                             dk[kj(j) + c] += scale * ds * q[qi(i) + c];
-                            dv[kj(j) + c] += p[j] * d_o[qi(i) + c];
+                            dv[kj(j) + c] += p[jj] * d_o[qi(i) + c];
                         }
                     }
                 }
@@ -738,6 +822,7 @@ mod tests {
                     heads: 4,
                     kv_heads: 2,
                     head_dim: 8,
+                    causal: true,
                 },
                 61,
             ),
@@ -748,6 +833,7 @@ mod tests {
                     heads: 3,
                     kv_heads: 1,
                     head_dim: 5,
+                    causal: true,
                 },
                 62,
             ),
@@ -758,6 +844,7 @@ mod tests {
                     heads: 2,
                     kv_heads: 2,
                     head_dim: 4,
+                    causal: true,
                 },
                 63,
             ),
@@ -772,14 +859,14 @@ mod tests {
             let (q64, k64, v64, g64) = (to64(&q), to64(&k), to64(&v), to64(&g));
             let mut o = vec![f32::NAN; n * qw];
             let mut lse = vec![f32::NAN; s.batch * s.heads * s.seq];
-            attention_forward(&s, &q, &k, &v, &mut o, &mut lse).unwrap();
-            let (dq_ref, dk_ref, dv_ref, lse_ref) = attn_grad_ref(&s, &q64, &k64, &v64, &g64);
+            attention_forward(&s, &q, &k, &v, None, &mut o, &mut lse).unwrap();
+            let (dq_ref, dk_ref, dv_ref, lse_ref) = attn_grad_ref(&s, None, &q64, &k64, &v64, &g64);
             assert_close("o", &o, &attn_ref(&s, &q64, &k64, &v64), 0.0, 1e-5);
             assert_close("lse", &lse, &lse_ref, 0.0, 1e-5);
             let mut dq = vec![f32::NAN; n * qw];
             let mut dk = vec![f32::NAN; n * kvw];
             let mut dv = vec![f32::NAN; n * kvw];
-            attention_backward(&s, &q, &k, &v, &lse, &g, &mut dq, &mut dk, &mut dv).unwrap();
+            attention_backward(&s, &q, &k, &v, None, &lse, &g, &mut dq, &mut dk, &mut dv).unwrap();
             assert_close("dq", &dq, &dq_ref, 0.0, 1e-5);
             assert_close("dk", &dk, &dk_ref, 0.0, 1e-5);
             assert_close("dv", &dv, &dv_ref, 0.0, 1e-5);
@@ -818,11 +905,21 @@ mod tests {
         let sets = Simd::available();
         let (group, seq) = (2, 53);
         let mut rng = Rng::new(64);
-        for (r0, r1) in [(0, 17), (17, 34), (34, 53)] {
-            let blk = Block { r0, r1, seq };
+        // causal full, causal with a key length inside and before the block, bidirectional
+        let blocks = [
+            (0, 17, seq, true),
+            (17, 34, seq, true),
+            (34, 53, seq, true),
+            (17, 34, 23, true),
+            (34, 53, 9, true),
+            (0, 17, 41, false),
+            (34, 53, 1, false),
+        ];
+        for (r0, r1, len, causal) in blocks {
+            let blk = Block::new(r0, r1, len, causal, seq);
             let m = group * (r1 - r0);
-            let s = rng.vec_scaled(m * r1, 4.0);
-            let dp = rng.vec(m * r1);
+            let s = rng.vec_scaled(m * blk.cols, 4.0);
+            let dp = rng.vec(m * blk.cols);
             let run = |simd| {
                 let mut p = s.clone();
                 let mut lse = vec![0.0; group * seq];
@@ -843,14 +940,23 @@ mod tests {
 
     #[test]
     fn backward_is_thread_count_independent() {
-        // one block; several blocks with a partial last one, more tasks than threads
-        for (batch, seq) in [(1, 9), (3, 2 * BLOCK + 5)] {
+        // one block; several blocks with a partial last one, more tasks than threads;
+        // causal and bidirectional, with key lengths in the second
+        let lens: &[i64] = &[2 * BLOCK as i64 + 5, 40, 3];
+        for (batch, seq, causal, lens) in [
+            (1, 9, true, None),
+            (3, 2 * BLOCK + 5, true, None),
+            (3, 2 * BLOCK + 5, true, Some(lens)),
+            (3, 2 * BLOCK + 5, false, Some(lens)),
+            (1, 9, false, None),
+        ] {
             let s = AttnShape {
                 batch,
                 seq,
                 heads: 4,
                 kv_heads: 2,
                 head_dim: 4,
+                causal,
             };
             let mut rng = Rng::new(55);
             let n = s.batch * s.seq;
@@ -863,9 +969,9 @@ mod tests {
                 pool.install(|| {
                     let mut o = vec![0.0; n * 16];
                     let mut lse = vec![0.0; batch * 4 * seq];
-                    attention_forward(&s, &q, &k, &v, &mut o, &mut lse).unwrap();
+                    attention_forward(&s, &q, &k, &v, lens, &mut o, &mut lse).unwrap();
                     let (mut dq, mut dk, mut dv) = (vec![0.0; n * 16], vec![0.0; n * 8], vec![0.0; n * 8]);
-                    attention_backward(&s, &q, &k, &v, &lse, &g, &mut dq, &mut dk, &mut dv).unwrap();
+                    attention_backward(&s, &q, &k, &v, lens, &lse, &g, &mut dq, &mut dk, &mut dv).unwrap();
                     (o, lse, dq, dk, dv)
                 })
             };
@@ -881,9 +987,234 @@ mod tests {
             heads: 3,
             kv_heads: 2,
             head_dim: 2,
+            causal: true,
         };
         let mut o = vec![0.0; 12];
         let mut lse = vec![0.0; 6];
-        assert!(attention_forward(&s, &[0.0; 12], &[0.0; 8], &[0.0; 8], &mut o, &mut lse).is_err());
+        assert!(attention_forward(&s, &[0.0; 12], &[0.0; 8], &[0.0; 8], None, &mut o, &mut lse).is_err());
+    }
+
+    /// Whether key `j` of sequence `b` is visible to query `i`: the contract, written out.
+    fn visible(s: &AttnShape, lens: Option<&[i64]>, b: usize, i: usize, j: usize) -> bool {
+        (!s.causal || j <= i) && lens.is_none_or(|l| (j as i64) < l[b])
+    }
+
+    /// Independent f64 reference with an explicit mask, as Hugging Face's eager
+    /// attention: the full `(seq, seq)` scores of each (b, h), `-inf` added
+    /// where a key is masked, softmax over the whole row, `O = P V`.
+    /// Returns `(o, lse)`.
+    fn masked_ref(s: &AttnShape, lens: Option<&[i64]>, q: &[f64], k: &[f64], v: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let (hd, seq) = (s.head_dim, s.seq);
+        let (qw, kvw) = (s.heads * hd, s.kv_heads * hd);
+        let mut o = vec![0.0; s.batch * seq * qw];
+        let mut lse = vec![0.0; s.batch * s.heads * seq];
+        for b in 0..s.batch {
+            for h in 0..s.heads {
+                let g = h / (s.heads / s.kv_heads);
+                for i in 0..seq {
+                    let scores: Vec<f64> = (0..seq)
+                        .map(|j| {
+                            let qi = &q[(b * seq + i) * qw + h * hd..][..hd];
+                            let kj = &k[(b * seq + j) * kvw + g * hd..][..hd];
+                            let dot = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt();
+                            let mask = if visible(s, lens, b, i, j) {
+                                0.0
+                            } else {
+                                f64::NEG_INFINITY
+                            };
+                            dot + mask
+                        })
+                        .collect();
+                    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+                    lse[(b * s.heads + h) * seq + i] = m + z.ln();
+                    for (j, sc) in scores.iter().enumerate() {
+                        let p = (sc - m).exp() / z;
+                        for c in 0..hd {
+                            o[(b * seq + i) * qw + h * hd + c] += p * v[(b * seq + j) * kvw + g * hd + c];
+                        }
+                    }
+                }
+            }
+        }
+        (o, lse)
+    }
+
+    /// Random inputs of a shape: `(q, k, v, g)`, `g` like the output.
+    fn inputs(s: &AttnShape, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let mut rng = Rng::new(seed);
+        let n = s.batch * s.seq;
+        let (qw, kvw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+        let q = rng.vec_scaled(n * qw, 2.0);
+        let k = rng.vec_scaled(n * kvw, 2.0);
+        let v = rng.vec(n * kvw);
+        let g = rng.vec(n * qw);
+        (q, k, v, g)
+    }
+
+    /// Forward and backward of the kernel: `(o, lse, dq, dk, dv)`.
+    #[allow(clippy::type_complexity)]
+    fn run_both(
+        s: &AttnShape,
+        lens: Option<&[i64]>,
+        (q, k, v, g): (&[f32], &[f32], &[f32], &[f32]),
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let mut o = vec![f32::NAN; q.len()];
+        let mut lse = vec![f32::NAN; s.batch * s.heads * s.seq];
+        attention_forward(s, q, k, v, lens, &mut o, &mut lse).unwrap();
+        let mut dq = vec![f32::NAN; q.len()];
+        let mut dk = vec![f32::NAN; k.len()];
+        let mut dv = vec![f32::NAN; v.len()];
+        attention_backward(s, q, k, v, lens, &lse, g, &mut dq, &mut dk, &mut dv).unwrap();
+        (o, lse, dq, dk, dv)
+    }
+
+    /// The rows of `dk`, `dv` of keys no query sees (`j >= lens[b]`) are exact zeros.
+    fn assert_masked_keys_zero(s: &AttnShape, lens: Option<&[i64]>, dk: &[f32], dv: &[f32]) {
+        let Some(lens) = lens else { return };
+        let kvw = s.kv_heads * s.head_dim;
+        for (b, &len) in lens.iter().enumerate() {
+            for j in len as usize..s.seq {
+                let row = (b * s.seq + j) * kvw..(b * s.seq + j + 1) * kvw;
+                assert!(
+                    dk[row.clone()].iter().all(|&x| x == 0.0),
+                    "dk of masked key {j} of sequence {b}"
+                );
+                assert!(
+                    dv[row].iter().all(|&x| x == 0.0),
+                    "dv of masked key {j} of sequence {b}"
+                );
+            }
+        }
+    }
+
+    /// Causal and bidirectional, with and without key lengths `[seq, 5, 1]`,
+    /// grouped heads (4 sharing 2 kv heads), head_dim 8 and 16, seq 9 (one
+    /// block), 37 and 70 (not multiples of the block): forward against the
+    /// masked f64 reference; backward against central finite differences of it
+    /// (dq, dk, dv) at seq 9 (with key lengths 9, 5, 1), against the
+    /// hand-differentiated reference at every size; masked keys' gradients
+    /// exact zeros, and masked keys' values without influence.
+    #[test]
+    fn masked_forward_and_fd_backward_causal_and_bidirectional() {
+        for (seq, hd, seed) in [(9, 16, 70), (37, 8, 71), (70, 16, 72)] {
+            let lens_v: Vec<i64> = vec![seq as i64, 5, 1];
+            for causal in [true, false] {
+                for lens in [None, Some(&lens_v[..])] {
+                    let s = AttnShape {
+                        batch: 3,
+                        seq,
+                        heads: 4,
+                        kv_heads: 2,
+                        head_dim: hd,
+                        causal,
+                    };
+                    let what = format!("seq {seq} hd {hd} causal {causal} lens {lens:?}");
+                    let (q, k, v, g) = inputs(&s, seed);
+                    let (q64, k64, v64, g64) = (to64(&q), to64(&k), to64(&v), to64(&g));
+                    let (o, lse, dq, dk, dv) = run_both(&s, lens, (&q, &k, &v, &g));
+                    let (o_ref, lse_ref) = masked_ref(&s, lens, &q64, &k64, &v64);
+                    assert_close(&format!("o ({what})"), &o, &o_ref, 1e-6, 1e-5);
+                    assert_close(&format!("lse ({what})"), &lse, &lse_ref, 1e-6, 1e-5);
+                    assert_masked_keys_zero(&s, lens, &dk, &dv);
+                    let (dq_ref, dk_ref, dv_ref, _) = attn_grad_ref(&s, lens, &q64, &k64, &v64, &g64);
+                    assert_close(&format!("dq ({what})"), &dq, &dq_ref, 1e-6, 1e-5);
+                    assert_close(&format!("dk ({what})"), &dk, &dk_ref, 1e-6, 1e-5);
+                    assert_close(&format!("dv ({what})"), &dv, &dv_ref, 1e-6, 1e-5);
+
+                    // finite differences are costly: the smallest shape only (every mask)
+                    if seq == 9 {
+                        let loss = |q: &[f64], k: &[f64], v: &[f64]| dot(&g64, &masked_ref(&s, lens, q, k, v).0);
+                        let fd_q = fd_grad(&q64, 1e-6, |x| loss(x, &k64, &v64));
+                        let fd_k = fd_grad(&k64, 1e-6, |x| loss(&q64, x, &v64));
+                        let fd_v = fd_grad(&v64, 1e-6, |x| loss(&q64, &k64, x));
+                        assert_close(&format!("dq ({what})"), &dq, &fd_q, 1e-5, 1e-4);
+                        assert_close(&format!("dk ({what})"), &dk, &fd_k, 1e-5, 1e-4);
+                        assert_close(&format!("dv ({what})"), &dv, &fd_v, 1e-5, 1e-4);
+                        // the hand-differentiated reference is right too (it checks the larger sizes)
+                        for (name, r, fd) in [("dq", &dq_ref, &fd_q), ("dk", &dk_ref, &fd_k), ("dv", &dv_ref, &fd_v)] {
+                            let err = r.iter().zip(fd.iter()).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+                            assert!(err < 1e-7, "{name} reference vs finite differences: {err:e} ({what})");
+                        }
+                    }
+
+                    // changing the masked keys and values changes nothing, bit for bit
+                    if let Some(lens) = lens {
+                        let (mut k2, mut v2) = (k.clone(), v.clone());
+                        let kvw = s.kv_heads * s.head_dim;
+                        for (b, &len) in lens.iter().enumerate() {
+                            let rows = (b * seq + len as usize) * kvw..(b + 1) * seq * kvw;
+                            k2[rows.clone()].iter_mut().for_each(|x| *x = 1e3);
+                            v2[rows].iter_mut().for_each(|x| *x = f32::MAX);
+                        }
+                        let (o2, lse2, dq2, _, _) = run_both(&s, Some(lens), (&q, &k2, &v2, &g));
+                        assert!(o2 == o && lse2 == lse && dq2 == dq, "masked keys leak ({what})");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Without lengths, a causal call equals one with every length `seq`,
+    /// and a bidirectional call equals the causal one on the last query row.
+    #[test]
+    fn full_lengths_and_last_row_agree() {
+        let mk = |causal| AttnShape {
+            batch: 2,
+            seq: 45,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            causal,
+        };
+        let (q, k, v, g) = inputs(&mk(true), 73);
+        let full = [45i64, 45];
+        let a = run_both(&mk(true), None, (&q, &k, &v, &g));
+        let b = run_both(&mk(true), Some(&full), (&q, &k, &v, &g));
+        assert!(a == b, "lens = seq differs from no lens");
+        let (ob, _, _, _, _) = run_both(&mk(false), None, (&q, &k, &v, &g));
+        let qw = 4 * 8;
+        for bch in 0..2 {
+            let last = (bch * 45 + 44) * qw..(bch * 45 + 45) * qw;
+            let ref_o: Vec<f64> = a.0[last.clone()].iter().map(|&x| x as f64).collect();
+            assert_close("last row", &ob[last], &ref_o, 1e-6, 1e-6);
+        }
+    }
+
+    /// Key lengths of 0, past seq, negative, or not one per sequence are
+    /// errors that say so, from both passes, never a panic or NaN.
+    #[test]
+    fn rejects_bad_key_lengths() {
+        for causal in [true, false] {
+            let s = AttnShape {
+                batch: 2,
+                seq: 3,
+                heads: 2,
+                kv_heads: 1,
+                head_dim: 2,
+                causal,
+            };
+            let (q, k, v, g) = (vec![0.5; 24], vec![0.5; 12], vec![0.5; 12], vec![0.5; 24]);
+            let (mut o, mut lse) = (vec![0.0; 24], vec![0.0; 12]);
+            let (mut dq, mut dk, mut dv) = (vec![0.0; 24], vec![0.0; 12], vec![0.0; 12]);
+            for (lens, says) in [
+                (&[3i64, 0][..], "key length 0 of sequence 1 is outside 1..=3"),
+                (&[4, 2][..], "key length 4 of sequence 0 is outside 1..=3"),
+                (&[-1, 2][..], "key length -1 of sequence 0"),
+                (&[3][..], "`lens` has 1 elements, expected 2"),
+                (&[3, 3, 3][..], "`lens` has 3 elements, expected 2"),
+            ] {
+                let e = attention_forward(&s, &q, &k, &v, Some(lens), &mut o, &mut lse).unwrap_err();
+                assert!(e.to_string().contains(says), "{e}");
+                assert!(e.to_string().starts_with("attention_forward"), "{e}");
+                let e =
+                    attention_backward(&s, &q, &k, &v, Some(lens), &lse, &g, &mut dq, &mut dk, &mut dv).unwrap_err();
+                assert!(e.to_string().contains(says), "{e}");
+                assert!(e.to_string().starts_with("attention_backward"), "{e}");
+            }
+            // the edges are fine
+            attention_forward(&s, &q, &k, &v, Some(&[1, 3]), &mut o, &mut lse).unwrap();
+            assert!(o.iter().chain(&lse).all(|x| x.is_finite()));
+        }
     }
 }

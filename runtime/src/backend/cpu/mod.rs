@@ -348,10 +348,11 @@ impl Backend for CpuBackend {
         q: &[f32],
         k: &[f32],
         v: &[f32],
+        lens: Option<IdsRef<'_, Self>>,
         o: &mut [f32],
         lse: &mut [f32],
     ) -> Result<(), ExecError> {
-        ops::attention_forward(shape, q, k, v, o, lse).map_err(op_err)
+        ops::attention_forward(shape, q, k, v, lens.map(|l| l.host), o, lse).map_err(op_err)
     }
 
     fn attention_grad(
@@ -361,12 +362,13 @@ impl Backend for CpuBackend {
         q: &[f32],
         k: &[f32],
         v: &[f32],
+        lens: Option<IdsRef<'_, Self>>,
         lse: &[f32],
         dq: &mut [f32],
         dk: &mut [f32],
         dv: &mut [f32],
     ) -> Result<(), ExecError> {
-        ops::attention_backward(shape, q, k, v, lse, g, dq, dk, dv).map_err(op_err)
+        ops::attention_backward(shape, q, k, v, lens.map(|l| l.host), lse, g, dq, dk, dv).map_err(op_err)
     }
 
     fn cross_entropy(

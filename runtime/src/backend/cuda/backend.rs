@@ -51,6 +51,7 @@ use lamda_compiler::plan::Plan;
 use smallvec::SmallVec;
 
 use super::gpu::{DevBuf, Dt, Gpu, KArg, int, long};
+use super::kernels::attn;
 use super::{CudaDevice, CudaError};
 use crate::data::IGNORE_INDEX;
 use crate::exec::ExecError;
@@ -376,8 +377,8 @@ fn attn_sizes(op: &'static str, d: &AttnShape) -> Result<AttnSizes, CudaError> {
     })
 }
 
-/// `batch, seq, heads, kv_heads, hd, scale` as the attention kernels take them.
-fn attn_dims(d: &AttnShape, scale: f32) -> Result<[KArg; 6], CudaError> {
+/// `batch, seq, heads, kv_heads, hd, scale, causal` as the attention kernels take them.
+fn attn_dims(d: &AttnShape, scale: f32) -> Result<[KArg; 7], CudaError> {
     Ok([
         int(d.batch, "batch")?,
         int(d.seq, "seq")?,
@@ -385,7 +386,24 @@ fn attn_dims(d: &AttnShape, scale: f32) -> Result<[KArg; 6], CudaError> {
         int(d.kv_heads, "kv_heads")?,
         int(d.head_dim, "head_dim")?,
         KArg::F32(scale),
+        KArg::I32(i32::from(d.causal)),
     ])
+}
+
+/// The device address of the key lengths `lens (batch)` for the attention
+/// kernels (0, a null pointer, for full sequences), after checking their host
+/// copy as the CPU does ([`AttnShape::check_lens`]).
+fn attn_lens(op: &'static str, d: &AttnShape, lens: Option<IdsRef<'_, CudaBackend>>) -> Result<u64, CudaError> {
+    d.check_lens(op, lens.map(|l| l.host)).map_err(op_err)?;
+    match lens {
+        None => Ok(0),
+        Some(l) if l.dev.len() >= l.host.len() => Ok(l.dev.addr()),
+        Some(l) => Err(CudaError::Program(format!(
+            "{op}: the device copy of lens has {} values, the host copy {}",
+            l.dev.len(),
+            l.host.len()
+        ))),
+    }
 }
 
 /// Dynamic shared memory of `floats` f32, within the 48 KB every GPU gives a block.
@@ -1003,12 +1021,14 @@ impl CudaBackend {
         self.gpu.launch_kernel(k, &args, n)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attention_impl(
         &mut self,
         d: &AttnShape,
         q: CudaView<'_>,
         k: CudaView<'_>,
         v: CudaView<'_>,
+        lens: Option<IdsRef<'_, Self>>,
         o: CudaViewMut<'_>,
         lse: CudaViewMut<'_>,
     ) -> Result<(), CudaError> {
@@ -1019,21 +1039,23 @@ impl CudaBackend {
         len_check(OP, "v", v.len, sz.n * sz.kvw)?;
         len_check(OP, "o", o.len, q.len)?;
         len_check(OP, "lse", lse.len, d.batch * d.heads * d.seq)?;
+        let lens = attn_lens(OP, d, lens)?;
         let (op, lp) = (out32(OP, &o)?, out32(OP, &lse)?);
         let shared = attn_shared(OP, d.seq + 32)?;
         let (p, _) = self.stage(&[q, k, v], &[])?;
-        let mut args: SmallVec<[KArg; 12]> = SmallVec::new();
+        let mut args: SmallVec<[KArg; 13]> = SmallVec::new();
         args.extend([
             KArg::Ptr(p[0]),
             KArg::Ptr(p[1]),
             KArg::Ptr(p[2]),
+            KArg::Ptr(lens),
             KArg::Ptr(op),
             KArg::Ptr(lp),
         ]);
         args.extend(attn_dims(d, sz.scale)?);
         let tasks = d.batch * d.heads * d.seq;
         self.gpu
-            .launch(support::ATTENTION_FWD, tasks.min(1 << 24) as u32, 128, shared, &args)
+            .launch(attn::FWD, tasks.min(1 << 24) as u32, 128, shared, &args)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1044,6 +1066,7 @@ impl CudaBackend {
         q: CudaView<'_>,
         k: CudaView<'_>,
         v: CudaView<'_>,
+        lens: Option<IdsRef<'_, Self>>,
         lse: CudaView<'_>,
         dq: CudaViewMut<'_>,
         dk: CudaViewMut<'_>,
@@ -1060,37 +1083,35 @@ impl CudaBackend {
         len_check(OP, "dq", dq.len, q.len)?;
         len_check(OP, "dk", dk.len, k.len)?;
         len_check(OP, "dv", dv.len, v.len)?;
+        let lp = attn_lens(OP, d, lens)?;
         let (dqp, dkp, dvp) = (out32(OP, &dq)?, out32(OP, &dk)?, out32(OP, &dv)?);
         let shared_dq = attn_shared(OP, 2 * d.seq + 32)?;
         let shared_dkv = attn_shared(OP, 2 * d.seq)?;
         let (p, r) = self.stage(&[g, q, k, v, lse], &[ll * 4])?;
         let delta = r[0];
         let dims = attn_dims(d, sz.scale)?;
-        let mut args: SmallVec<[KArg; 14]> = SmallVec::new();
+        let mut args: SmallVec<[KArg; 16]> = SmallVec::new();
         args.extend([
             KArg::Ptr(p[0]),
             KArg::Ptr(p[1]),
             KArg::Ptr(p[2]),
             KArg::Ptr(p[3]),
+            KArg::Ptr(lp),
             KArg::Ptr(p[4]),
             KArg::Ptr(dqp),
             KArg::Ptr(delta),
         ]);
         args.extend(dims.iter().copied());
         let tasks = d.batch * d.heads * d.seq;
-        self.gpu.launch(
-            support::ATTENTION_BWD_DQ,
-            tasks.min(1 << 24) as u32,
-            128,
-            shared_dq,
-            &args,
-        )?;
-        let mut args: SmallVec<[KArg; 14]> = SmallVec::new();
+        self.gpu
+            .launch(attn::BWD_DQ, tasks.min(1 << 24) as u32, 128, shared_dq, &args)?;
+        let mut args: SmallVec<[KArg; 16]> = SmallVec::new();
         args.extend([
             KArg::Ptr(p[0]),
             KArg::Ptr(p[1]),
             KArg::Ptr(p[2]),
             KArg::Ptr(p[3]),
+            KArg::Ptr(lp),
             KArg::Ptr(p[4]),
             KArg::Ptr(delta),
             KArg::Ptr(dkp),
@@ -1098,13 +1119,8 @@ impl CudaBackend {
         ]);
         args.extend(dims);
         let tasks = d.batch * d.kv_heads * d.seq;
-        self.gpu.launch(
-            support::ATTENTION_BWD_DKV,
-            tasks.min(1 << 24) as u32,
-            128,
-            shared_dkv,
-            &args,
-        )
+        self.gpu
+            .launch(attn::BWD_DKV, tasks.min(1 << 24) as u32, 128, shared_dkv, &args)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1598,10 +1614,11 @@ impl Backend for CudaBackend {
         q: CudaView<'_>,
         k: CudaView<'_>,
         v: CudaView<'_>,
+        lens: Option<IdsRef<'_, Self>>,
         o: CudaViewMut<'_>,
         lse: CudaViewMut<'_>,
     ) -> Result<(), ExecError> {
-        Ok(self.attention_impl(shape, q, k, v, o, lse)?)
+        Ok(self.attention_impl(shape, q, k, v, lens, o, lse)?)
     }
 
     fn attention_grad(
@@ -1611,12 +1628,13 @@ impl Backend for CudaBackend {
         q: CudaView<'_>,
         k: CudaView<'_>,
         v: CudaView<'_>,
+        lens: Option<IdsRef<'_, Self>>,
         lse: CudaView<'_>,
         dq: CudaViewMut<'_>,
         dk: CudaViewMut<'_>,
         dv: CudaViewMut<'_>,
     ) -> Result<(), ExecError> {
-        Ok(self.attention_grad_impl(shape, g, q, k, v, lse, dq, dk, dv)?)
+        Ok(self.attention_grad_impl(shape, g, q, k, v, lens, lse, dq, dk, dv)?)
     }
 
     fn cross_entropy(

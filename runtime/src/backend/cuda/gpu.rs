@@ -27,9 +27,10 @@ use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasOperation_t, cublasStatus_t, cudaDataType,
 };
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
-use lamda_compiler::codegen::cuda::{block_threads, module_source, support};
+use lamda_compiler::codegen::cuda::{block_threads, support};
 use lamda_compiler::kernel::Kernel;
 
+use super::kernels::{attn, module_source};
 use super::{CudaDevice, CudaError, compile_ptx, cublas_available};
 
 /// A device buffer of `len` elements (no allocation when empty).
@@ -128,7 +129,7 @@ fn ptx_cache() -> &'static PtxCache {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// PTX of the support kernels plus the kernel-IR `kernels`, for the first of `archs` NVRTC accepts.
+/// PTX of the support and attention kernels plus the kernel-IR `kernels`, for the first of `archs` NVRTC accepts.
 fn module_ptx(kernels: &[Kernel], archs: &[&'static str]) -> Result<(String, &'static str), CudaError> {
     let names: Vec<String> = kernels
         .iter()
@@ -176,6 +177,7 @@ impl Gpu {
         let mut funcs = HashMap::new();
         let names = support::ALL
             .iter()
+            .chain(attn::ALL)
             .map(|s| s.to_string())
             .chain(kernels.iter().map(|k| lamda_compiler::kernel::symbol(&k.name)));
         for name in names {
