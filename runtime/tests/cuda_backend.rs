@@ -595,6 +595,7 @@ fn ops_at_awkward_shapes_match_the_cpu() {
         heads: 6,
         kv_heads: 2,
         head_dim: 10,
+        causal: true,
     };
     let (qw, kvw) = (60, 20);
     let f = |s: &[usize]| In::F32(s.to_vec());

@@ -629,12 +629,15 @@ impl<'a, B: Backend> Cx<'a, B> {
             }
             Op::Attention(d) => {
                 let shape = attn_shape(d);
-                be.attention(&shape, self.f(0)?, self.f(1)?, self.f(2)?, None, y()?, y()?)?;
+                // bidirectional attention reads the sequences' lengths (its 4th operand)
+                let lens = if d.causal { None } else { Some(self.ids(3)?) };
+                be.attention(&shape, self.f(0)?, self.f(1)?, self.f(2)?, lens, y()?, y()?)?;
             }
             Op::AttentionGrad(d) => {
                 let shape = attn_shape(d);
                 let (g, q, k, v, lse) = (self.f(0)?, self.f(1)?, self.f(2)?, self.f(3)?, self.f(4)?);
-                be.attention_grad(&shape, g, q, k, v, None, lse, y()?, y()?, y()?)?;
+                let lens = if d.causal { None } else { Some(self.ids(5)?) };
+                be.attention_grad(&shape, g, q, k, v, lens, lse, y()?, y()?, y()?)?;
             }
             Op::CrossEntropy { batch, seq, grad } => {
                 let (_, vocab) = self.dims2(0)?;
@@ -791,6 +794,6 @@ fn attn_shape(d: &lamda_compiler::ir::AttnDims) -> AttnShape {
         heads: d.heads,
         kv_heads: d.kv_heads,
         head_dim: d.head_dim,
-        causal: true,
+        causal: d.causal,
     }
 }
