@@ -425,16 +425,27 @@ pub fn prepare(opts: &RunOptions, checked: &Checked) -> Result<Session, SessionE
     let tokenizer = Tokenizer::for_checkpoint(&ckpt)?;
     // a broken tokenizer_config.json only matters to `messages` lines, which then say there is no template
     let chat = crate::generate::ChatTemplate::for_folder(ckpt.dir()).ok().flatten();
-    let (dataset, validation) = match (spec.train.split, &spec.train.eval_data) {
-        (Some(f), _) => {
+    let (dataset, validation) = match (spec.train.head, spec.train.split, &spec.train.eval_data) {
+        // a classification head reads labelled sequences (TSV, CSV, JSONL)
+        (Some(h), split, eval) => {
+            let seq = plan.seq;
+            let (train, held) = Dataset::classes(&data_path, &tokenizer, seq, h.labels, split)?;
+            let held = match (held, eval) {
+                (Some(v), _) => Some(v),
+                (None, Some(p)) => Some(Dataset::classes(p, &tokenizer, seq, h.labels, None)?.0),
+                (None, None) => None,
+            };
+            (train, held)
+        }
+        (None, Some(f), _) => {
             let (train, held) = Dataset::load_split(&data_path, &tokenizer, chat.as_ref(), f)?;
             (train, Some(held))
         }
-        (None, Some(p)) => (
+        (None, None, Some(p)) => (
             Dataset::load_with_chat(&data_path, &tokenizer, chat.as_ref())?,
             Some(Dataset::load_with_chat(p, &tokenizer, chat.as_ref())?),
         ),
-        (None, None) => (Dataset::load_with_chat(&data_path, &tokenizer, chat.as_ref())?, None),
+        (None, None, None) => (Dataset::load_with_chat(&data_path, &tokenizer, chat.as_ref())?, None),
     };
     dataset.check_vocab(plan.vocab)?;
     let cfg = BatchConfig {

@@ -182,6 +182,7 @@ codes! {
     DataIdsLayout = "lamda::data::ids_layout": "a token-id file lacks `input_ids`, or its tensors have the wrong type or shape",
     DataTokenOutOfVocab = "lamda::data::token_out_of_vocab": "a token id is outside the model's vocabulary",
     DataBadLabel = "lamda::data::bad_label": "a label is neither a token id nor -100",
+    DataClassExample = "lamda::data::class_example": "a classification example lacks its text, or its label is not one of the head's classes",
     DataSeqMismatch = "lamda::data::seq_mismatch": "the rows of a token-id file are not `seq` long",
     DataBadBatching = "lamda::data::bad_batching": "batch or seq is zero, or too large for the data",
     DataStateMismatch = "lamda::data::state_mismatch": "a checkpoint's data position was saved for other data or batching",

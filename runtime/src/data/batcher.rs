@@ -37,13 +37,26 @@ pub struct BatchConfig {
     pub shuffle: Option<bool>,
 }
 
+/// What a batch of sequences to classify adds to token ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassRows {
+    /// Segment ids, 0 on padding. // (batch, seq)
+    pub token_types: Array2<i64>,
+    /// Tokens of each row that are not padding. // (batch)
+    pub lengths: Vec<i64>,
+    /// The class of each row. // (batch)
+    pub labels: Vec<i64>,
+}
+
 /// One training batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     /// Token ids. // (batch, seq)
     pub input_ids: Array2<i64>,
-    /// Labels, -100 where there is no loss. // (batch, seq)
+    /// Labels, -100 where there is no loss (all -100 for classification). // (batch, seq)
     pub labels: Array2<i64>,
+    /// Segment ids, lengths and classes, for a classification head.
+    pub classes: Option<ClassRows>,
     /// The items (windows, examples or rows) in this batch, in row order.
     pub items: Vec<usize>,
     /// The epoch of the batch's first row (0-based).
@@ -118,6 +131,7 @@ impl Batcher {
                 n
             }
             Source::Examples { examples, .. } => examples.len(),
+            Source::Classes { examples, .. } => examples.len(),
             Source::Rows { input_ids, .. } => {
                 let (rows, file_seq) = input_ids.dim();
                 if file_seq != seq {
@@ -174,6 +188,11 @@ impl Batcher {
         let mut input_ids = Array2::<i64>::zeros((self.batch, self.seq));
         let mut labels = Array2::<i64>::from_elem((self.batch, self.seq), IGNORE_INDEX);
         let mut items = Vec::with_capacity(self.batch);
+        let mut classes = matches!(self.data.source, Source::Classes { .. }).then(|| ClassRows {
+            token_types: Array2::zeros((self.batch, self.seq)),
+            lengths: vec![0; self.batch],
+            labels: vec![IGNORE_INDEX; self.batch],
+        });
         let mut epoch = self.epoch;
         for r in 0..self.batch {
             if self.position >= self.items {
@@ -190,11 +209,22 @@ impl Batcher {
             let ids_row = input_ids.row_mut(r);
             let labels_row = labels.row_mut(r);
             self.fill(item, ids_row, labels_row);
+            if let (Some(c), Source::Classes { examples, .. }) = (&mut classes, &self.data.source)
+                && let Some(ex) = examples.get(item)
+            {
+                let n = ex.ids.len().min(self.seq);
+                for (t, &v) in c.token_types.row_mut(r).iter_mut().zip(&ex.type_ids[..n]) {
+                    *t = i64::from(v);
+                }
+                c.lengths[r] = n as i64;
+                c.labels[r] = ex.label;
+            }
         }
         self.batches += 1;
         Batch {
             input_ids,
             labels,
+            classes,
             items,
             epoch,
         }
@@ -230,6 +260,14 @@ impl Batcher {
                         if ex.counts(j + start) {
                             *label = i64::from(t);
                         }
+                    }
+                }
+            }
+            Source::Classes { examples, pad_id } => {
+                ids.fill(i64::from(*pad_id));
+                if let Some(ex) = examples.get(item) {
+                    for (id, &t) in ids.iter_mut().zip(&ex.ids) {
+                        *id = i64::from(t);
                     }
                 }
             }
@@ -379,6 +417,16 @@ fn fingerprint(data: &Dataset) -> u64 {
                     eat(a as i64);
                     eat(b as i64);
                 }
+            }
+        }
+        Source::Classes { examples, pad_id } => {
+            eat(3);
+            eat(i64::from(*pad_id));
+            for e in examples {
+                eat(e.ids.len() as i64);
+                eat(e.label);
+                e.ids.iter().for_each(|&v| eat(i64::from(v)));
+                e.type_ids.iter().for_each(|&v| eat(i64::from(v)));
             }
         }
         Source::Rows { input_ids, labels } => {

@@ -66,6 +66,13 @@ pub enum Source {
         /// The id written at padding positions.
         pad_id: u32,
     },
+    /// Sequences to classify (TSV, CSV or JSONL with labels), padded to `seq`.
+    Classes {
+        /// The examples, in file order.
+        examples: Vec<super::classes::ClassExample>,
+        /// The id written at padding positions.
+        pad_id: u32,
+    },
     /// Fixed rows (token-id safetensors), used as they are.
     Rows {
         /// Token ids. // (rows, seq)
@@ -121,6 +128,31 @@ impl Dataset {
         }
     }
 
+    /// Loads the examples of a classification head (`labels` classes), each
+    /// truncated to `seq` tokens; split at share `fraction` when given:
+    /// (train, held out).
+    pub fn classes(
+        path: &Path,
+        tokenizer: &Tokenizer,
+        seq: usize,
+        labels: usize,
+        fraction: Option<f64>,
+    ) -> Result<(Self, Option<Self>), DataError> {
+        let examples = super::classes::load(path, tokenizer, seq, labels)?;
+        let data = Self {
+            path: path.to_path_buf(),
+            byte_level: tokenizer.is_byte_level(),
+            source: Source::Classes {
+                examples,
+                pad_id: tokenizer.pad_id(),
+            },
+        };
+        match fraction {
+            None => Ok((data, None)),
+            Some(f) => data.split_items(f).map(|(t, v)| (t, Some(v))),
+        }
+    }
+
     /// Examples or rows split by [`super::split::held_out`]: (train, held out).
     fn split_items(self, fraction: f64) -> Result<(Self, Self), DataError> {
         let part = |source| Self {
@@ -142,6 +174,21 @@ impl Dataset {
                         pad_id,
                     }),
                     part(Source::Examples { examples: val, pad_id }),
+                ))
+            }
+            Source::Classes { examples, pad_id } => {
+                let held = super::split::held_out(examples.len(), fraction, &self.path)?;
+                let (mut train, mut val) = (Vec::new(), Vec::new());
+                for (e, h) in examples.iter().zip(held) {
+                    if h { &mut val } else { &mut train }.push(e.clone());
+                }
+                let pad_id = *pad_id;
+                Ok((
+                    part(Source::Classes {
+                        examples: train,
+                        pad_id,
+                    }),
+                    part(Source::Classes { examples: val, pad_id }),
                 ))
             }
             Source::Rows { input_ids, labels } => {
@@ -313,6 +360,10 @@ impl Dataset {
         match &self.source {
             Source::Stream(t) => t.iter().for_each(|&v| see(i64::from(v))),
             Source::Examples { examples, pad_id } => {
+                examples.iter().flat_map(|e| &e.ids).for_each(|&v| see(i64::from(v)));
+                see(i64::from(*pad_id));
+            }
+            Source::Classes { examples, pad_id } => {
                 examples.iter().flat_map(|e| &e.ids).for_each(|&v| see(i64::from(v)));
                 see(i64::from(*pad_id));
             }

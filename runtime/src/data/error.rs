@@ -66,6 +66,17 @@ pub enum DataError {
         /// What is wrong: a missing or mistyped field, or both forms at once.
         problem: String,
     },
+    /// A classification example (TSV/CSV row or JSONL line) without its text,
+    /// or with a label that is not one of the head's classes.
+    #[error("`{}` line {line}: {problem}", path.display())]
+    ClassExample {
+        /// The data file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        problem: String,
+    },
     /// A `messages` line cannot be rendered: the model has no chat template,
     /// the template fails, or it does not render the conversation turn by turn.
     #[error("`{}` line {line}: {problem}", path.display())]
@@ -176,6 +187,7 @@ impl DataError {
             Self::Encode { .. } => Code::DataEncode,
             Self::JsonlSyntax { .. } => Code::DataJsonlSyntax,
             Self::JsonlExample { .. } => Code::DataJsonlExample,
+            Self::ClassExample { .. } => Code::DataClassExample,
             Self::Chat { code, .. } => *code,
             Self::Empty { .. } => Code::DataEmpty,
             Self::TooShort { .. } => Code::DataTooShort,
@@ -229,6 +241,10 @@ impl DataError {
                 "the data was tokenized for another model; re-tokenize it with this model's tokenizer".into()
             }
             Self::BadLabel { .. } => "use -100 for positions without loss".into(),
+            Self::ClassExample { .. } => "classification data: a TSV or CSV file with a header naming `text` \
+                 (or `text_a` and `text_b`) and `label`, or JSONL lines with those fields; labels are the \
+                 integers 0 .. labels-1 of `head classify(labels = N)`"
+                .into(),
             Self::SeqMismatch { file_seq, .. } => format!("set `seq {file_seq}` in the train block"),
             Self::BadBatching { .. } => "`seq` and `batch` must be at least 1".into(),
             Self::Split { .. } => {

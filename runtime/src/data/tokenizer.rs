@@ -162,6 +162,42 @@ impl Tokenizer {
         }
     }
 
+    /// Encodes a sequence to classify, a text or a pair, as the model's
+    /// tokenizer.json does with its special tokens (`[CLS] a [SEP] b [SEP]`
+    /// for BERT) truncated to `max_len` tokens longest-first (as transformers'
+    /// `truncation=True`): (ids, token type ids). At byte level: the bytes of
+    /// `a` (and then `b`) cut at `max_len`, all of type 0 (1 for `b`).
+    pub fn encode_sequence(&self, a: &str, b: Option<&str>, max_len: usize) -> Result<(Vec<u32>, Vec<u32>), String> {
+        match self {
+            Self::Bytes => {
+                let mut ids: Vec<u32> = a.bytes().map(u32::from).collect();
+                let mut types = vec![0; ids.len()];
+                if let Some(b) = b {
+                    ids.extend(b.bytes().map(u32::from));
+                    types.resize(ids.len(), 1);
+                }
+                ids.truncate(max_len);
+                types.truncate(max_len);
+                Ok((ids, types))
+            }
+            Self::Hf(t) => {
+                let mut tk = t.inner.clone();
+                tk.with_truncation(Some(tokenizers::TruncationParams {
+                    max_length: max_len,
+                    strategy: tokenizers::TruncationStrategy::LongestFirst,
+                    ..Default::default()
+                }))
+                .map_err(|e| e.to_string())?;
+                let input = match b {
+                    Some(b) => tokenizers::EncodeInput::Dual(a.into(), b.into()),
+                    None => tokenizers::EncodeInput::Single(a.into()),
+                };
+                let e = tk.encode(input, true).map_err(|e| e.to_string())?;
+                Ok((e.get_ids().to_vec(), e.get_type_ids().to_vec()))
+            }
+        }
+    }
+
     /// Encodes text. `special` adds the tokenizer's special tokens (e.g. BOS); ignored
     /// at byte level. The error is the tokenizers library's message.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, String> {

@@ -11,7 +11,7 @@ use lamda_compiler::passes::memory_plan::Program;
 use lamda_compiler::plan::Plan;
 
 use super::StepError;
-use crate::exec::{Backend, ExecError, Executor};
+use crate::exec::{Backend, ExecError, Executor, Inputs};
 use crate::ops::{AdamState, AdamW, OpsError};
 
 /// Parameters, gradients and AdamW moments of a run, wherever they live.
@@ -167,10 +167,9 @@ pub struct Resident<B: Backend> {
     pub state: DeviceState<B>,
 }
 
-/// One micro-batch: token ids and labels (batch * seq each), and its share of the step's counted targets.
+/// One micro-batch: its integer inputs, and its share of the step's counted targets.
 pub struct Micro<'a> {
-    pub tokens: &'a [i64],
-    pub labels: &'a [i64],
+    pub inputs: Inputs<'a>,
     pub share: f32,
     /// Counted targets of this micro-batch.
     pub count: usize,
@@ -195,7 +194,7 @@ pub fn accumulate<B: Backend, S: TrainState<B>>(
     let mut loss_sum = 0.0f64;
     for m in micro {
         let (params, grads) = state.buffers();
-        let out = exec.run(program, params, grads, m.tokens, m.labels, m.share, false)?;
+        let out = exec.run_with(program, params, grads, m.inputs, m.share, false)?;
         loss_sum += f64::from(out.loss) * m.count as f64;
     }
     Ok((loss_sum / total.max(1) as f64) as f32)

@@ -20,7 +20,7 @@ use lamda_compiler::plan::Plan;
 use lamda_compiler::spec::LrSchedule;
 
 use crate::data::{Batch, BatchConfig, Batcher, Dataset, IGNORE_INDEX};
-use crate::exec::{CpuBackend, ExecError, Executor, RunOutput};
+use crate::exec::{CpuBackend, ExecError, Executor, Inputs, RunOutput};
 use crate::ops::{AdamState, AdamW, OpsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +146,59 @@ pub fn cuda_run(
     })
 }
 
+/// A batch as the executor reads it: flat integer inputs.
+struct FlatBatch {
+    /// (batch * seq)
+    tokens: Vec<i64>,
+    /// (batch * seq), or one class per row (batch) for a classification head.
+    labels: Vec<i64>,
+    /// (batch * seq); empty without a classification head.
+    token_types: Vec<i64>,
+    /// (batch); empty without a classification head.
+    lengths: Vec<i64>,
+    classify: bool,
+}
+
+impl FlatBatch {
+    fn of(b: &Batch) -> Self {
+        let tokens = b.input_ids.iter().copied().collect();
+        match &b.classes {
+            Some(c) => FlatBatch {
+                tokens,
+                labels: c.labels.clone(),
+                token_types: c.token_types.iter().copied().collect(),
+                lengths: c.lengths.clone(),
+                classify: true,
+            },
+            None => FlatBatch {
+                tokens,
+                labels: b.labels.iter().copied().collect(),
+                token_types: Vec::new(),
+                lengths: Vec::new(),
+                classify: false,
+            },
+        }
+    }
+
+    fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            tokens: &self.tokens,
+            labels: &self.labels,
+            token_types: &self.token_types,
+            lengths: &self.lengths,
+        }
+    }
+
+    /// Targets that count for the loss: labelled rows, or shifted LM positions.
+    fn count(&self, seq: usize) -> usize {
+        if self.classify {
+            self.labels.iter().filter(|&&l| l >= 0).count()
+        } else {
+            count_targets(&self.labels, seq)
+        }
+    }
+}
+
 impl Backend {
     /// Runs a forward-only program with the current parameters (the host's
     /// on the CPU, the device's on a GPU).
@@ -153,15 +206,14 @@ impl Backend {
         &mut self,
         program: &lamda_compiler::passes::memory_plan::Program,
         host_params: &[Vec<f32>],
-        tokens: &[i64],
-        labels: &[i64],
+        inputs: Inputs<'_>,
         want_logits: bool,
     ) -> Result<RunOutput, ExecError> {
         match self {
-            Backend::Cpu(e) => e.run(program, host_params, &mut [], tokens, labels, 1.0, want_logits),
+            Backend::Cpu(e) => e.run_with(program, host_params, &mut [], inputs, 1.0, want_logits),
             Backend::Cuda(r) => r
                 .exec
-                .run(program, &r.state.params, &mut [], tokens, labels, 1.0, want_logits),
+                .run_with(program, &r.state.params, &mut [], inputs, 1.0, want_logits),
         }
     }
 
@@ -304,16 +356,8 @@ impl Trainer {
         let accumulate = self.plan.train.accumulate.max(1) as usize;
         let batches: Vec<Batch> = (0..accumulate).map(|_| self.data.next_batch()).collect();
         let seq = self.plan.seq;
-        let flat: Vec<(Vec<i64>, Vec<i64>)> = batches
-            .iter()
-            .map(|b| {
-                (
-                    b.input_ids.iter().copied().collect(),
-                    b.labels.iter().copied().collect(),
-                )
-            })
-            .collect();
-        let counts: Vec<usize> = flat.iter().map(|(_, l)| count_targets(l, seq)).collect();
+        let flat: Vec<FlatBatch> = batches.iter().map(FlatBatch::of).collect();
+        let counts: Vec<usize> = flat.iter().map(|f| f.count(seq)).collect();
         let total: usize = counts.iter().sum();
         if total == 0 {
             return Err(StepError::NoTargets { step: t });
@@ -321,14 +365,13 @@ impl Trainer {
         let micro: Vec<device::Micro<'_>> = flat
             .iter()
             .zip(&counts)
-            .map(|((ids, labels), &count)| device::Micro {
-                tokens: ids,
-                labels,
+            .map(|(f, &count)| device::Micro {
+                inputs: f.inputs(),
                 share: count as f32 / total as f32,
                 count,
             })
             .collect();
-        let tokens = flat.iter().map(|(ids, _)| ids.len()).sum();
+        let tokens = flat.iter().map(|f| f.tokens.len()).sum();
         let trainable = &self.plan.phases[phase_index].trainable;
         let frozen: Vec<usize> = trainable.iter().map(|&p| self.frozen_cols(p, t)).collect();
         let tc = &self.plan.train;
@@ -395,8 +438,11 @@ impl Trainer {
             let real = items - j * self.plan.batch;
             for r in real..b.labels.nrows() {
                 b.labels.row_mut(r).fill(IGNORE_INDEX);
+                if let Some(c) = &mut b.classes {
+                    c.labels[r] = IGNORE_INDEX;
+                }
             }
-            let c = count_targets(b.labels.as_slice().unwrap_or(&[]), self.plan.seq);
+            let c = FlatBatch::of(&b).count(self.plan.seq);
             if c == 0 {
                 continue;
             }
@@ -415,11 +461,10 @@ impl Trainer {
 
     /// The loss (and logits) of the current parameters on `batch`, forward only.
     pub fn evaluate(&mut self, batch: &Batch, logits: bool) -> Result<RunOutput, StepError> {
-        let ids: Vec<i64> = batch.input_ids.iter().copied().collect();
-        let labels: Vec<i64> = batch.labels.iter().copied().collect();
+        let flat = FlatBatch::of(batch);
         Ok(self
             .backend
-            .evaluate(&self.plan.eval, &self.params, &ids, &labels, logits)?)
+            .evaluate(&self.plan.eval, &self.params, flat.inputs(), logits)?)
     }
 
     /// Brings `params` and `adam` up to date with the device after GPU steps
