@@ -6,7 +6,9 @@
 //! attention forward and backward with grouped heads at awkward sizes
 //! (support), RMSNorm and its grad at d 37 (two warps) and 17, label shifting
 //! (support) then cross-entropy and its gradient on the shifted targets, the
-//! LaMDA epilogue, RoPE and its inverse, SiLU and its grad, AdamW with frozen
+//! LaMDA epilogue, RoPE and its inverse, SiLU and its grad, LayerNorm and its
+//! grad at d 37 (one row offset from 0), GELU, tanh, their grads and the bias
+//! add at d 45 on wide inputs (+-12, +-30, 0), AdamW with frozen
 //! columns (parameter and both moments), bf16 rounding and widening, the
 //! embedding from a bf16 table, column copies, zeroing frozen columns, the
 //! f64 sum of squares (support). Generated kernels are launched with their
@@ -64,6 +66,14 @@ fn kernels_run_in_the_emulator_and_match_the_references() {
         lib::rmsnorm_grad(37),
         lib::silu(45),
         lib::silu_grad(45),
+        // BERT's row-wise kernels at shapes the examples lack.
+        lib::layernorm(37, 1e-12),
+        lib::layernorm_grad(37),
+        lib::gelu(45),
+        lib::gelu_grad(45),
+        lib::tanh(45),
+        lib::tanh_grad(45),
+        lib::bias_add(45),
     ]);
     let module = module_source(&kernels)
         .unwrap()
@@ -239,6 +249,32 @@ int main() {
     std::vector<double> ry(N*D), rdx(N*D);
     for (int e = 0; e < N*D; ++e) { double v = x[e], s = 1/(1+std::exp(-v)); ry[e] = v*s; rdx[e] = g[e]*s*(1 + v*(1-s)); }
     check("silu", y, ry, 1e-6); check("silu_grad", dx, rdx, 1e-6); }
+  // ---- layernorm + grad, d 37 (row 2 offset by 5: a mean far from 0)
+  { int N = 5, D = 37; auto x = rnd(N*D, 3), w = rnd(D), b = rnd(D), g = rnd(N*D); for (int c = 0; c < D; ++c) x[2*D+c] += 5.f;
+    std::vector<float> y(N*D), mu(N), rs(N), dx(N*D);
+    launch(layernorm_d37_eps1em12, 3, 64, (const float*)x.data(), (const float*)w.data(), (const float*)b.data(), y.data(), mu.data(), rs.data(), N);
+    launch(layernorm_grad_d37, 2, 64, (const float*)g.data(), (const float*)x.data(), (const float*)w.data(), (const float*)mu.data(), (const float*)rs.data(), dx.data(), N);
+    std::vector<double> ry(N*D), rmu(N), rrs(N), rdx(N*D);
+    for (int i = 0; i < N; ++i) { double m = 0; for (int c = 0; c < D; ++c) m += x[i*D+c]; m /= D;
+      double v = 0; for (int c = 0; c < D; ++c) v += (x[i*D+c]-m)*(x[i*D+c]-m); v /= D;
+      double s = 1/std::sqrt(v + 1e-12), a = 0, bb = 0; rmu[i] = m; rrs[i] = s;
+      for (int c = 0; c < D; ++c) { double xh = (x[i*D+c]-m)*s; ry[i*D+c] = xh*w[c] + b[c]; a += (double)g[i*D+c]*w[c]; bb += g[i*D+c]*w[c]*xh; }
+      for (int c = 0; c < D; ++c) { double xh = (x[i*D+c]-m)*s; rdx[i*D+c] = s*(g[i*D+c]*w[c] - a/D - xh*bb/D); } }
+    check("layernorm y", y, ry, 1e-5); check("layernorm mean", mu, rmu, 1e-6); check("layernorm rstd", rs, rrs, 1e-5);
+    check("layernorm dx", dx, rdx, 1e-5); }
+  // ---- gelu, tanh, their grads and bias_add, d 45, |x| up to 12 and +-30, 0
+  { int N = 3, D = 45; auto x = rnd(N*D, 12), g = rnd(N*D), b = rnd(D); x[0] = 30.f; x[1] = -30.f; x[2] = 0.f;
+    std::vector<float> y(N*D), dx(N*D), t(N*D), dt(N*D), yb(N*D);
+    launch(gelu_d45, 2, 64, (const float*)x.data(), y.data(), N);
+    launch(gelu_grad_d45, 2, 64, (const float*)g.data(), (const float*)x.data(), dx.data(), N);
+    launch(tanh_d45, 2, 64, (const float*)x.data(), t.data(), N);
+    launch(tanh_grad_d45, 2, 64, (const float*)g.data(), (const float*)t.data(), dt.data(), N);
+    launch(bias_add_d45, 2, 64, (const float*)x.data(), (const float*)b.data(), yb.data(), N);
+    std::vector<double> ry(N*D), rdx(N*D), rt(N*D), rdt(N*D), rb(N*D);
+    for (int e = 0; e < N*D; ++e) { double v = x[e], cdf = 0.5*(1 + std::erf(v/std::sqrt(2.0))), pdf = std::exp(-v*v/2)/std::sqrt(2*M_PI);
+      ry[e] = v*cdf; rdx[e] = g[e]*(cdf + v*pdf); rt[e] = std::tanh(v); rdt[e] = g[e]*(1 - (double)t[e]*t[e]); rb[e] = v + b[e % D]; }
+    check("gelu", y, ry, 1e-6); check("gelu_grad", dx, rdx, 1e-6); check("tanh", t, rt, 1e-6); check("tanh_grad", dt, rdt, 1e-6);
+    check("bias_add", yb, rb, 1e-7); }
   // ---- adamw with 2 frozen columns, bf16, copy_cols, zero_cols, sum_sq
   { int R = 3, C = 5, L = R*C; auto p = rnd(L), g = rnd(L), m = rnd(L), vv = rnd(L); for (auto& x : vv) x = std::fabs(x);
     auto p0 = p, m0 = m, v0 = vv;
