@@ -56,17 +56,7 @@ fn close(what: &str, got: &[f32], want: &[f32], atol: f64, rtol: f64) {
 fn plan(spec: &str, fuse: bool) -> Plan {
     let checked = check_spec(Path::new(spec)).unwrap();
     let spec = checked.spec.clone().unwrap_or_else(|| panic!("{spec} does not check"));
-    compile_with(
-        &spec,
-        3,
-        10,
-        None,
-        Options {
-            fuse,
-            head_loss: fuse,
-        },
-    )
-    .unwrap()
+    compile_with(&spec, 3, 10, None, Options { fuse, head_loss: fuse }).unwrap()
 }
 
 fn param(plan: &Plan, name: &str) -> usize {
@@ -115,9 +105,14 @@ fn step0(plan: &Plan, params: &[Vec<f32>]) -> (f32, Vec<f32>, BTreeMap<String, V
             }
         })
         .collect();
-    let train = exec.run_with(&phase.program, params, &mut grads, inputs, 1.0, false).unwrap();
+    let train = exec
+        .run_with(&phase.program, params, &mut grads, inputs, 1.0, false)
+        .unwrap();
     assert_eq!(train.count, 3, "every sequence counts");
-    assert!((train.loss - eval.loss).abs() <= 1e-6 * eval.loss.abs(), "train and eval losses");
+    assert!(
+        (train.loss - eval.loss).abs() <= 1e-6 * eval.loss.abs(),
+        "train and eval losses"
+    );
     let by_name = phase
         .trainable
         .iter()
@@ -136,21 +131,49 @@ fn bert_cls_head_matches_transformers_and_the_reference_lamda() {
         for m in MODULES {
             for t in ["A", "S", "B"] {
                 let got = &params[param(&plan, &format!("{m}.{t}"))];
-                close(&format!("init {m}.{t}"), got, &f32s(&want, &format!("init.{m}.{t}")), 1e-5, 0.0);
+                close(
+                    &format!("init {m}.{t}"),
+                    got,
+                    &f32s(&want, &format!("init.{m}.{t}")),
+                    1e-5,
+                    0.0,
+                );
             }
             // a fused plan stacks q, k, v: the stack is then the residual's only copy
             let w = &params[param(&plan, &format!("{m}.weight"))];
             if !fuse {
-                close(&format!("{m} residual"), w, &f32s(&want, &format!("init.{m}.W_res")), 1e-5, 0.0);
+                close(
+                    &format!("{m} residual"),
+                    w,
+                    &f32s(&want, &format!("init.{m}.W_res")),
+                    1e-5,
+                    0.0,
+                );
             }
         }
         let (loss, logits, grads) = step0(&plan, &params);
-        close(&format!("logits (fuse {fuse})"), &logits, &f32s(&want, "init.logits"), 1e-4, 0.0);
+        close(
+            &format!("logits (fuse {fuse})"),
+            &logits,
+            &f32s(&want, "init.logits"),
+            1e-4,
+            0.0,
+        );
         close("base logits", &logits, &f32s(&want, "base.logits"), 1e-4, 0.0);
         close("loss", &[loss], &f32s(&want, "init.loss"), 0.0, 1e-5);
-        assert_eq!(grads.len(), 10, "S and B of four modules, the classifier's weight and bias");
+        assert_eq!(
+            grads.len(),
+            10,
+            "S and B of four modules, the classifier's weight and bias"
+        );
         for (name, g) in &grads {
-            close(&format!("grad {name} (fuse {fuse})"), g, &f32s(&want, &format!("grad0.{name}")), 0.0, 1e-4);
+            close(
+                &format!("grad {name} (fuse {fuse})"),
+                g,
+                &f32s(&want, &format!("grad0.{name}")),
+                0.0,
+                1e-4,
+            );
         }
     }
 }
@@ -163,8 +186,20 @@ fn bert_mean_pool_head_matches_the_reference() {
         let plan = plan("tests/golden_bert_specs/bert_lamda_qv_r4_mean.lamda", fuse);
         let params = initialize(&plan, &weights, &BTreeMap::new()).unwrap();
         let (loss, logits, grads) = step0(&plan, &params);
-        close("mean-pool logits", &logits, &f32s(&want, "base.mean_pool_logits"), 1e-4, 0.0);
-        close("mean-pool loss", &[loss], &f32s(&want, "mean_pool.init.loss"), 0.0, 1e-5);
+        close(
+            "mean-pool logits",
+            &logits,
+            &f32s(&want, "base.mean_pool_logits"),
+            1e-4,
+            0.0,
+        );
+        close(
+            "mean-pool loss",
+            &[loss],
+            &f32s(&want, "mean_pool.init.loss"),
+            0.0,
+            1e-5,
+        );
         for (name, g) in &grads {
             let w = f32s(&want, &format!("mean_pool.grad0.{name}"));
             close(&format!("mean-pool grad {name} (fuse {fuse})"), g, &w, 0.0, 1e-4);

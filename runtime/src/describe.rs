@@ -2,7 +2,6 @@
 
 use std::fmt::Write;
 
-use lamda_compiler::ir::ParamRole;
 use lamda_compiler::plan::Plan;
 use lamda_compiler::report::bytes;
 
@@ -83,7 +82,7 @@ pub fn plan_text(plan: &Plan) -> String {
     let frozen: u64 = plan
         .params
         .iter()
-        .filter(|p| !matches!(p.role, ParamRole::Adapter { .. }))
+        .filter(|p| !p.owned_by_run())
         .map(|p| p.numel())
         .sum();
     let _ = writeln!(

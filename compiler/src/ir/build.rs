@@ -560,7 +560,9 @@ impl Builder<'_> {
                 .add(Op::BiasAdd, &[y, bias], vec![lt.clone()], "classifier.bias"),
             0,
         );
-        let targets = self.ir.add(Op::ClassLabels, &[], vec![TensorType::i64(&[batch])], "labels");
+        let targets = self
+            .ir
+            .add(Op::ClassLabels, &[], vec![TensorType::i64(&[batch])], "labels");
         let mut outs = vec![TensorType::f32(&[1])];
         if with_grad {
             outs.push(lt);

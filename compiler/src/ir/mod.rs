@@ -435,6 +435,11 @@ impl ParamInfo {
     pub fn numel(&self) -> u64 {
         self.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))
     }
+    /// A tensor the run owns, not the base model: an adapter tensor or the
+    /// task head (checkpoints and adapter.safetensors hold these).
+    pub fn owned_by_run(&self) -> bool {
+        matches!(self.role, ParamRole::Adapter { .. } | ParamRole::Head { .. })
+    }
 }
 
 /// One factor of a path term (see [`crate::adapter::Factor`]), with its parameter.

@@ -459,7 +459,7 @@ mod tests {
             for (i, ph) in plan.phases.iter().enumerate() {
                 let cx = Context {
                     rows: plan.batch * plan.seq,
-            batch: plan.batch,
+                    batch: plan.batch,
                     params: &plan.params,
                     trainable: &ph.trainable,
                 };
@@ -467,7 +467,7 @@ mod tests {
             }
             let cx = Context {
                 rows: plan.batch * plan.seq,
-            batch: plan.batch,
+                batch: plan.batch,
                 params: &plan.params,
                 trainable: &[],
             };

@@ -115,10 +115,12 @@ impl ConfigError {
             }
             Self::WrongType { key, expected, .. } => format!("set `{key}` to {expected}"),
             Self::InvalidValue { .. } => "restore the original config.json".into(),
-            Self::UnsupportedArchitecture { .. } => "lamdac supports Llama-family causal LMs (`model_type: \"llama\"`, \
+            Self::UnsupportedArchitecture { .. } => {
+                "lamdac supports Llama-family causal LMs (`model_type: \"llama\"`, \
                  `LlamaForCausalLM`: Llama 2, TinyLlama, SmolLM2, ...) and BERT encoders (`model_type: \"bert\"`, \
                  `BertModel` / `BertForSequenceClassification`: all-MiniLM-L6-v2, bert-base, ...)"
-                .into(),
+                    .into()
+            }
             Self::UnsupportedRopeScaling { .. } => "only the default RoPE (no scaling) is implemented; use a model \
                  without `rope_scaling` / with `rope_type: \"default\"`"
                 .into(),
@@ -279,7 +281,10 @@ impl BertConfig {
         let (d, f) = (self.hidden_size, self.intermediate_size);
         let mut out = Vec::new();
         let mut push = |name: String, shape: Vec<usize>| out.push(ExpectedTensor { name, shape });
-        push("bert.embeddings.word_embeddings.weight".into(), vec![self.vocab_size, d]);
+        push(
+            "bert.embeddings.word_embeddings.weight".into(),
+            vec![self.vocab_size, d],
+        );
         push(
             "bert.embeddings.position_embeddings.weight".into(),
             vec![self.max_position_embeddings, d],

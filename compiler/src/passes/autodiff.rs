@@ -301,13 +301,7 @@ fn backward_rule(
                 let outs = vec![ty(ir, ins[0])?, ty(ir, ins[1])?, ty(ir, ins[2])?];
                 let mut args = vec![gv, ins[0], ins[1], ins[2], (id, 1)];
                 args.extend(ins.get(3).copied()); // the lengths of bidirectional attention
-                let ag = ir.add_backward(
-                    Op::AttentionGrad(dims),
-                    &args,
-                    outs,
-                    label.clone(),
-                    tag,
-                );
+                let ag = ir.add_backward(Op::AttentionGrad(dims), &args, outs, label.clone(), tag);
                 for (i, v) in ins.iter().take(3).enumerate() {
                     if rg(v) {
                         out.push((*v, (ag, i as u8)));

@@ -218,7 +218,8 @@ impl<'a> Resolver<'a> {
             .filter_map(|i| if let Item::Train(t) = i { Some(t) } else { None })
             .collect();
         let train = self.check_trains(&trains);
-        if adapts.is_empty() {
+        // an encoder's task head trains alone when no rule adapts anything (the baseline)
+        if adapts.is_empty() && train.0.head.is_none() {
             let span = items.first().map_or(Span::default(), item_span);
             self.diags.push(
                 Diagnostic::error(
@@ -227,7 +228,10 @@ impl<'a> Resolver<'a> {
                     "nothing to train: the file has no `adapt` rule",
                 )
                 .label(span, "no adapt rule in this file")
-                .help("add one, e.g. `adapt llama2.attn.{q,v} rank 8`"),
+                .help(
+                    "add one, e.g. `adapt llama2.attn.{q,v} rank 8` (an encoder with \
+                     `head classify(...)` may train its head alone)",
+                ),
             );
             return None;
         }
@@ -624,6 +628,29 @@ impl<'a> Resolver<'a> {
                 Err(()) => ok = false,
             }
         }
+        // a head-only file (no rule) trains the one model it `use`s
+        if adapts.is_empty() && excludes.is_empty() && model_name.is_none() {
+            match self.bound.keys().collect::<Vec<_>>().as_slice() {
+                [one] => model_name = Some(((*one).clone(), Span::default())),
+                names => {
+                    let span = self.user_items().first().map_or(Span::default(), item_span);
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::UseNoModel,
+                            self.file,
+                            format!(
+                                "a file without `adapt` rules trains the head of the one model \
+                                 it uses; it uses {}",
+                                names.len()
+                            ),
+                        )
+                        .label(span, "no rule names the model")
+                        .help("keep exactly one `use MODEL as NAME` line, or add an `adapt` rule"),
+                    );
+                    return None;
+                }
+            }
+        }
         let (model_name, _) = model_name?;
         let instance = self.bound.get(&model_name).and_then(|b| b.instance.clone());
         let model = instance?;
@@ -771,7 +798,7 @@ impl<'a> Resolver<'a> {
             }
             r.modules.sort_unstable();
         }
-        if modules.is_empty() && !self.diags.iter().any(Diagnostic::is_error) {
+        if modules.is_empty() && !adapts.is_empty() && !self.diags.iter().any(Diagnostic::is_error) {
             self.diags.push(
                 Diagnostic::error(Code::UseNoModel, self.file, "no module is left to adapt")
                     .label(adapts[0].span, "every module of every rule is excluded")

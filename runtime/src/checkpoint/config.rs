@@ -6,6 +6,6 @@
 //! [`CheckpointError::Config`](super::CheckpointError::Config).
 
 pub use lamda_compiler::model::hf_config::{
-    ConfigError, DEFAULT_MAX_POSITION_EMBEDDINGS, DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, ExpectedTensor,
-    BertConfig, LlamaConfig, ModelConfig, describe, read_dir_config, strip_position,
+    BertConfig, ConfigError, DEFAULT_MAX_POSITION_EMBEDDINGS, DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, ExpectedTensor,
+    LlamaConfig, ModelConfig, describe, read_dir_config, strip_position,
 };

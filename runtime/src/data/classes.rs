@@ -215,7 +215,10 @@ mod tests {
 
     #[test]
     fn csv_fields_follow_quoting() {
-        assert_eq!(fields(r#"a,"b, c","say ""hi""""#, Sep::Comma).unwrap(), ["a", "b, c", "say \"hi\""]);
+        assert_eq!(
+            fields(r#"a,"b, c","say ""hi""""#, Sep::Comma).unwrap(),
+            ["a", "b, c", "say \"hi\""]
+        );
         assert_eq!(fields("a\tb\"c\t", Sep::Tab).unwrap(), ["a", "b\"c", ""]);
         assert!(fields(r#"a,"b"#, Sep::Comma).is_err());
     }
@@ -229,7 +232,11 @@ mod tests {
         let csv = dir.path().join("d.csv");
         std::fs::write(&csv, "label,text\n1,\"ab\"\n0,cd\n").unwrap();
         let jsonl = dir.path().join("d.jsonl");
-        std::fs::write(&jsonl, "{\"text\": \"ab\", \"label\": 1}\n{\"text\": \"cd\", \"label\": 0}\n").unwrap();
+        std::fs::write(
+            &jsonl,
+            "{\"text\": \"ab\", \"label\": 1}\n{\"text\": \"cd\", \"label\": 0}\n",
+        )
+        .unwrap();
         let want = vec![
             ClassExample {
                 ids: vec![97, 98],

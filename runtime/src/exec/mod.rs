@@ -244,7 +244,14 @@ impl<B: Backend> Executor<B> {
         grad_scale: f32,
         want_logits: bool,
     ) -> Result<RunOutput, ExecError> {
-        self.run_with(program, params, grads, Inputs::lm(tokens, labels), grad_scale, want_logits)
+        self.run_with(
+            program,
+            params,
+            grads,
+            Inputs::lm(tokens, labels),
+            grad_scale,
+            want_logits,
+        )
     }
 
     /// [`Executor::run`] with every integer input (an encoder's segment ids and lengths).

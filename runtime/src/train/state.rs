@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use lamda_compiler::ir::ParamRole;
 use serde::{Deserialize, Serialize};
 
 use super::Trainer;
@@ -99,7 +98,7 @@ pub fn save(tr: &Trainer, root: &Path, spec_hash: &str, losses: &[f32]) -> Resul
     let mut tensors: BTreeMap<String, TensorRef<'_>> = BTreeMap::new();
     let mut adam_steps = BTreeMap::new();
     for (i, p) in tr.plan.params.iter().enumerate() {
-        if !matches!(p.role, ParamRole::Adapter { .. }) {
+        if !p.owned_by_run() {
             continue;
         }
         tensors.insert(p.name.clone(), TensorRef::f32(&p.shape, &tr.params[i]));
@@ -260,7 +259,7 @@ pub fn load(tr: &mut Trainer, dir: &Path, spec_hash: &str) -> Result<Vec<f32>, S
         )));
     }
     for (i, p) in tr.plan.params.iter().enumerate() {
-        if matches!(p.role, ParamRole::Adapter { .. }) && !tr.grads[i].is_empty() {
+        if p.owned_by_run() && !tr.grads[i].is_empty() {
             match meta.adam_steps.get(&p.name) {
                 None => return Err(invalid(format!("`adam_steps` has no counter for `{}`", p.name))),
                 Some(&c) if c > meta.step => {
@@ -288,7 +287,7 @@ pub fn load(tr: &mut Trainer, dir: &Path, spec_hash: &str) -> Result<Vec<f32>, S
     let file = SafetensorsFile::from_bytes(&state_path, bytes)?;
     for i in 0..tr.plan.params.len() {
         let p = tr.plan.params[i].clone();
-        if !matches!(p.role, ParamRole::Adapter { .. }) {
+        if !p.owned_by_run() {
             continue;
         }
         tr.params[i] = read(&file, &p.name, tr.params[i].len())?;
@@ -328,7 +327,7 @@ pub fn write_adapter(
 ) -> Result<(), StateError> {
     let mut tensors: BTreeMap<String, TensorRef<'_>> = BTreeMap::new();
     for (i, p) in tr.plan.params.iter().enumerate() {
-        if let ParamRole::Adapter { .. } = p.role {
+        if p.owned_by_run() {
             tensors.insert(p.name.clone(), TensorRef::f32(&p.shape, &tr.params[i]));
             if let Some(v) = init.get(&i) {
                 tensors.insert(format!("{}.init", p.name), TensorRef::f32(&p.shape, v));

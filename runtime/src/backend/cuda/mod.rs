@@ -76,7 +76,9 @@ pub enum CudaError {
     #[error("CUDA driver: {0}")]
     Driver(String),
     /// An op the CUDA backend does not implement yet.
-    #[error("`{0}` is not implemented on CUDA yet (encoders with a classification head train on the CPU: `device cpu`)")]
+    #[error(
+        "`{0}` is not implemented on CUDA yet (encoders with a classification head train on the CPU: `device cpu`)"
+    )]
     Unsupported(&'static str),
     /// NVRTC rejected the module (with its log).
     #[error("NVRTC ({arch}): {msg}")]
