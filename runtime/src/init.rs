@@ -39,11 +39,21 @@ pub trait WeightSource: Sync {
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError>;
     /// Whether the source has a tensor of this name (a task head it may lack).
     fn contains(&self, name: &str) -> bool;
+    /// [`Self::load`] into `dst` (`shape`'s element count).
+    fn load_into(&self, name: &str, shape: &[usize], dst: &mut [f32]) -> Result<(), CheckpointError> {
+        let v = self.load(name, shape)?;
+        dst.copy_from_slice(&v);
+        Ok(())
+    }
 }
 
 impl WeightSource for Weights {
     fn contains(&self, name: &str) -> bool {
         Weights::contains(self, name)
+    }
+
+    fn load_into(&self, name: &str, shape: &[usize], dst: &mut [f32]) -> Result<(), CheckpointError> {
+        self.tensor_into(name, shape, dst)
     }
 
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
@@ -68,21 +78,37 @@ pub fn initialize(
     overrides: &BTreeMap<String, Vec<f32>>,
 ) -> Result<Vec<Vec<f32>>, InitError> {
     let mut params: Vec<Vec<f32>> = vec![Vec::new(); plan.params.len()];
+    // Stacked weights are allocated first, and the parts that live only in
+    // their stack are loaded, decomposed and made residual in place there:
+    // no second copy of those weights is made (on a VM, fresh pages cost
+    // more start-up time than the arithmetic).
+    let home = stack_homes(plan);
+    let mut stacks: Vec<Vec<f32>> = home
+        .stacks
+        .iter()
+        .map(|&i| vec![0.0; plan.params[i].numel() as usize])
+        .collect();
     // Base weights (and the W that residuals start from), read side by side.
-    let loaded: Vec<(usize, Vec<f32>)> = plan
-        .params
-        .par_iter()
-        .enumerate()
-        .filter_map(|(i, p)| match &p.role {
-            ParamRole::Base { tensor } | ParamRole::Residual { tensor, .. } => {
-                Some(weights.load(tensor, &p.shape).map(|v| (i, v)))
-            }
-            ParamRole::Head { tensor, .. } if weights.contains(tensor) => {
-                Some(weights.load(tensor, &p.shape).map(|v| (i, v)))
-            }
-            ParamRole::Head { .. } | ParamRole::Adapter { .. } | ParamRole::Concat { .. } | ParamRole::Table(_) => None,
-        })
-        .collect::<Result<_, _>>()?;
+    let loaded: Vec<(usize, Vec<f32>)> = {
+        let mut homed = home.slices(&mut stacks);
+        let jobs: Vec<(usize, &str, Option<&mut [f32]>)> = plan
+            .params
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match &p.role {
+                ParamRole::Base { tensor } | ParamRole::Residual { tensor, .. } => Some((i, tensor.as_str())),
+                ParamRole::Head { tensor, .. } if weights.contains(tensor) => Some((i, tensor.as_str())),
+                _ => None,
+            })
+            .map(|(i, t)| (i, t, homed.remove(&i)))
+            .collect();
+        jobs.into_par_iter()
+            .filter_map(|(i, tensor, dst)| match dst {
+                None => Some(weights.load(tensor, &plan.params[i].shape).map(|v| (i, v))),
+                Some(dst) => weights.load_into(tensor, &plan.params[i].shape, dst).err().map(Err),
+            })
+            .collect::<Result<_, _>>()?
+    };
     for (i, v) in loaded {
         params[i] = v;
     }
@@ -113,7 +139,14 @@ pub fn initialize(
     let svds: Vec<Option<ThinSvd>> = plan
         .init
         .par_iter()
-        .map(|recipe| recipe_svd(plan, &params, recipe, svd_par))
+        .map(|recipe| {
+            recipe_svd(
+                plan,
+                home.weight(&params, &stacks, plan.adapters[recipe.adapter].base),
+                recipe,
+                svd_par,
+            )
+        })
         .collect::<Result<_, _>>()?;
     crate::ops::vector_state::clear_upper_all();
     for (recipe, svd) in plan.init.iter().zip(svds) {
@@ -212,33 +245,68 @@ pub fn initialize(
             }
         }
     }
-    let mut jobs = Vec::new();
+    let mut owned: Vec<(usize, Vec<f32>)> = Vec::new();
     for recipe in &plan.init {
-        if let Some(terms) = &recipe.residual {
-            let base = plan.adapters[recipe.adapter].base;
+        let base = plan.adapters[recipe.adapter].base;
+        if recipe.residual.is_some() && home.of(base).is_none() {
             let w = if readers.get(&base) == Some(&1) {
                 std::mem::take(&mut params[base])
             } else {
                 params[base].clone()
             };
-            jobs.push((recipe, terms, base, w));
+            owned.push((base, w));
         }
     }
-    let residuals: Vec<(usize, Vec<f32>)> = jobs
-        .into_par_iter()
-        .map(|(recipe, terms, base, mut w)| residual(plan, &params, recipe, terms, &mut w).map(|()| (base, w)))
-        .collect::<Result<_, _>>()?;
+    {
+        let mut homed = home.slices(&mut stacks);
+        let mut owned_iter = owned.iter_mut();
+        let mut jobs: Vec<(&InitRecipe, &[lamda_compiler::ir::PathTerm], &mut [f32])> = Vec::new();
+        for recipe in &plan.init {
+            let Some(terms) = &recipe.residual else { continue };
+            let base = plan.adapters[recipe.adapter].base;
+            let w: &mut [f32] = match homed.remove(&base) {
+                Some(slice) => slice,
+                None => match owned_iter.next() {
+                    Some((b, w)) if *b == base => w.as_mut_slice(),
+                    _ => {
+                        return Err(InitError::Other {
+                            name: recipe.weight.clone(),
+                            msg: "its weight is made residual twice".into(),
+                        });
+                    }
+                },
+            };
+            jobs.push((recipe, terms.as_slice(), w));
+        }
+        jobs.into_par_iter()
+            .map(|(recipe, terms, w)| residual(plan, &params, recipe, terms, w))
+            .collect::<Result<(), _>>()?;
+    }
     crate::ops::vector_state::clear_upper_all();
-    for (base, w) in residuals {
+    for (base, w) in owned {
         params[base] = w;
     }
     // Derived parameters: stacked weights and constant tables (after every residual is final).
     for (i, p) in plan.params.iter().enumerate() {
         match &p.role {
             ParamRole::Concat { parts } => {
-                let mut stack = Vec::with_capacity(parts.iter().map(|&q| params[q].len()).sum());
+                let Some(at) = home.stacks.iter().position(|&s| s == i) else {
+                    continue;
+                };
+                let mut stack = std::mem::take(&mut stacks[at]);
+                let mut off = 0;
                 for &q in parts {
-                    stack.extend_from_slice(&params[q]);
+                    let n = plan.params[q].numel() as usize;
+                    if home.of(q).is_none() {
+                        if params[q].len() != n {
+                            return Err(InitError::Other {
+                                name: plan.params[q].name.clone(),
+                                msg: format!("{} values for shape {:?}", params[q].len(), plan.params[q].shape),
+                            });
+                        }
+                        stack[off..off + n].copy_from_slice(&params[q]);
+                    }
+                    off += n;
                 }
                 params[i] = stack;
             }
@@ -260,7 +328,7 @@ pub fn initialize(
             _ => {}
         }
         let want: usize = p.shape.iter().product();
-        if params[i].len() != want {
+        if params[i].len() != want && home.of(i).is_none() {
             return Err(InitError::Other {
                 name: p.name.clone(),
                 msg: format!("{} values for shape {:?}", params[i].len(), p.shape),
@@ -290,6 +358,97 @@ pub fn referenced_params(plan: &Plan) -> std::collections::BTreeSet<usize> {
             _ => None,
         })
         .collect()
+}
+
+/// Where the stacked parts that live only in their stack are: a part is
+/// homed when no program reads it, exactly one stack holds it, no residual
+/// term reads it, and at most one recipe writes it (in place).
+struct Homes {
+    /// the Concat parameters, in plan order
+    stacks: Vec<usize>,
+    /// part -> (index into `stacks`, offset, length)
+    at: BTreeMap<usize, (usize, usize, usize)>,
+}
+
+impl Homes {
+    fn of(&self, p: usize) -> Option<(usize, usize, usize)> {
+        self.at.get(&p).copied()
+    }
+
+    /// Parameter `p`'s values: its own buffer, or its slice of a stack.
+    fn weight<'a>(&self, params: &'a [Vec<f32>], stacks: &'a [Vec<f32>], p: usize) -> &'a [f32] {
+        match self.of(p) {
+            Some((s, off, n)) => &stacks[s][off..off + n],
+            None => &params[p],
+        }
+    }
+
+    /// Every homed part's slice, mutable and disjoint.
+    fn slices<'a>(&self, stacks: &'a mut [Vec<f32>]) -> BTreeMap<usize, &'a mut [f32]> {
+        let mut by_stack: Vec<Vec<(usize, usize, usize)>> = vec![Vec::new(); stacks.len()];
+        for (&p, &(s, off, n)) in &self.at {
+            by_stack[s].push((off, n, p));
+        }
+        let mut out = BTreeMap::new();
+        for (stack, mut parts) in stacks.iter_mut().zip(by_stack) {
+            parts.sort_unstable();
+            let mut rest: &'a mut [f32] = stack.as_mut_slice();
+            let mut pos = 0;
+            for (off, n, p) in parts {
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(off - pos);
+                let (part, tail) = tail.split_at_mut(n);
+                out.insert(p, part);
+                rest = tail;
+                pos = off + n;
+            }
+        }
+        out
+    }
+}
+
+fn stack_homes(plan: &Plan) -> Homes {
+    let used = referenced_params(plan);
+    let mut in_stacks: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut read_by_terms = std::collections::BTreeSet::new();
+    for recipe in &plan.init {
+        for f in recipe.residual.iter().flatten().flat_map(|t| &t.chain) {
+            let (PathFactor::Matrix(q) | PathFactor::Diag(q)) = *f;
+            read_by_terms.insert(q);
+        }
+    }
+    let mut bases: BTreeMap<usize, usize> = BTreeMap::new();
+    for recipe in plan.init.iter().filter(|r| r.residual.is_some()) {
+        *bases.entry(plan.adapters[recipe.adapter].base).or_default() += 1;
+    }
+    let mut stacks = Vec::new();
+    for (i, p) in plan.params.iter().enumerate() {
+        if let ParamRole::Concat { parts } = &p.role {
+            stacks.push(i);
+            for &q in parts {
+                *in_stacks.entry(q).or_default() += 1;
+            }
+        }
+    }
+    let mut at = BTreeMap::new();
+    for (s, &i) in stacks.iter().enumerate() {
+        let ParamRole::Concat { parts } = &plan.params[i].role else {
+            continue;
+        };
+        let mut off = 0;
+        for &q in parts {
+            let n = plan.params[q].numel() as usize;
+            let homeable = matches!(plan.params[q].role, ParamRole::Base { .. } | ParamRole::Residual { .. })
+                && !used.contains(&q)
+                && in_stacks.get(&q) == Some(&1)
+                && !read_by_terms.contains(&q)
+                && bases.get(&q).is_none_or(|&n| n <= 1);
+            if homeable {
+                at.insert(q, (s, off, n));
+            }
+            off += n;
+        }
+    }
+    Homes { stacks, at }
 }
 
 /// `F_1 F_2 ... F_k` in float64 (diag factors as diagonal matrices), multiplied right to left.
@@ -445,7 +604,7 @@ fn residual(
 
 /// The top singular triplets `recipe` reads (`None` when it needs none):
 /// as many as its largest SVD-initialised tensor has rows (A) or columns (B).
-fn recipe_svd(plan: &Plan, params: &[Vec<f32>], recipe: &InitRecipe, par: Par) -> Result<Option<ThinSvd>, InitError> {
+fn recipe_svd(plan: &Plan, weight: &[f32], recipe: &InitRecipe, par: Par) -> Result<Option<ThinSvd>, InitError> {
     if !recipe.needs_svd {
         return Ok(None);
     }
@@ -464,7 +623,7 @@ fn recipe_svd(plan: &Plan, params: &[Vec<f32>], recipe: &InitRecipe, par: Par) -
         })
         .max()
         .unwrap_or(0);
-    let w = MatF32Ref::new("weight", &params[a.base], a.d_out, a.d_in).map_err(err)?;
+    let w = MatF32Ref::new("weight", weight, a.d_out, a.d_in).map_err(err)?;
     let svd = top_svd_with(w, needed, EXACT_SVD_MAX_DIM, par).map_err(err)?;
     if svd.k() < needed {
         return Err(InitError::Other {

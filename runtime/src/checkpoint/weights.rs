@@ -197,6 +197,11 @@ impl Weights {
         self.file_of(name)?.f32_shaped(self.key(name), expected)
     }
 
+    /// [`Self::tensor`] decoded straight into `dst`.
+    pub fn tensor_into(&self, name: &str, expected: &[usize], dst: &mut [f32]) -> Result<(), CheckpointError> {
+        self.file_of(name)?.f32_into(self.key(name), expected, dst)
+    }
+
     /// A matrix as f32, checked to be `[rows, cols]`.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Array2<f32>, CheckpointError> {
         self.file_of(name)?.matrix(self.key(name), rows, cols)
