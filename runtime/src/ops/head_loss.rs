@@ -32,7 +32,8 @@ use super::{OpsError, ScratchPool, at_least, check_len, dims};
 /// (25 MB at 49,152 x 128), one per thread at a time. faer's f32 kernels
 /// work in strips of 96 rows of its column-major destination (the chunk's
 /// columns here): 64 leaves every strip part-empty, 128 one of two (SmolLM2,
-/// Sapphire Rapids, same run: 7% less time in the head than 64).
+/// Sapphire Rapids, same run: 7% less time in the head than 64; 256 took
+/// 10-20% more than 128 in three alternated runs on another SPR VM).
 pub const CHUNK: usize = 128;
 
 /// What [`linear_cross_entropy`] reports.
