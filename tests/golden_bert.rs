@@ -361,7 +361,8 @@ fn minilm_tokenizer_matches_transformers() {
     let ckpt = Checkpoint::open(dir).unwrap();
     let tok = Tokenizer::for_checkpoint(&ckpt).unwrap();
     assert_eq!(tok.pad_id(), fixture["special_ids"]["[PAD]"].as_u64().unwrap() as u32);
-    let list = |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
+    let list =
+        |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
     let mut jsonl = String::new();
     for (i, c) in cases.iter().enumerate() {
         let (a, b) = match c.get("text") {
@@ -405,8 +406,16 @@ fn minilm_tokenizer_matches_transformers() {
     let batch = Batcher::new(data, cfg).unwrap().next_batch();
     let rows = batch.classes.as_ref().unwrap();
     for (i, c) in cases.iter().enumerate() {
-        assert_eq!(batch.input_ids.row(i).to_vec(), list(&c["input_ids"]), "case {i}: padded ids");
-        assert_eq!(rows.token_types.row(i).to_vec(), list(&c["token_type_ids"]), "case {i}: token types");
+        assert_eq!(
+            batch.input_ids.row(i).to_vec(),
+            list(&c["input_ids"]),
+            "case {i}: padded ids"
+        );
+        assert_eq!(
+            rows.token_types.row(i).to_vec(),
+            list(&c["token_type_ids"]),
+            "case {i}: token types"
+        );
         let mask = list(&c["attention_mask"]);
         assert_eq!(rows.lengths[i], mask.iter().sum::<i64>(), "case {i}: length");
         assert_eq!(rows.labels[i], (i % 2) as i64);
