@@ -480,7 +480,7 @@ fn classifier_eval_export_and_merge() {
             ] {
                 let out = std::process::Command::new(&py)
                     .arg("scripts/check_peft_bert.py")
-                    .args(&args)
+                    .args(args)
                     .arg("--inputs")
                     .arg(dir.join("inputs.safetensors"))
                     .arg("--expect")

@@ -13,7 +13,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use lamda_compiler::kernel::Kernel;
-use lamda_runtime::exec::{Backend, CpuBackend, ExecError, Executor, Gemm, IdsRef, KernelArg, LossSum, Pointwise};
+use lamda_runtime::exec::{
+    Backend, CpuBackend, ExecError, Executor, Gemm, IdsRef, Inputs, KernelArg, LossSum, Pointwise,
+};
 use lamda_runtime::ops::{AdamW, AttnShape};
 use lamda_runtime::session::RunOptions;
 
@@ -182,6 +184,33 @@ impl Backend for Counting {
     ) -> Result<(), ExecError> {
         self.inner.rope(x, n, heads, head_dim, seq, theta, inverse, y)
     }
+    fn col_sum(&mut self, g: &[f32], k: usize, db: &mut [f32]) -> Result<(), ExecError> {
+        self.inner.col_sum(g, k, db)
+    }
+    fn pool(
+        &mut self,
+        h: &[f32],
+        lengths: IdsRef<'_, Self>,
+        batch: usize,
+        seq: usize,
+        d: usize,
+        mean: bool,
+        y: &mut [f32],
+    ) -> Result<(), ExecError> {
+        self.inner.pool(h, ids(lengths), batch, seq, d, mean, y)
+    }
+    fn pool_grad(
+        &mut self,
+        g: &[f32],
+        lengths: IdsRef<'_, Self>,
+        batch: usize,
+        seq: usize,
+        d: usize,
+        mean: bool,
+        dh: &mut [f32],
+    ) -> Result<(), ExecError> {
+        self.inner.pool_grad(g, ids(lengths), batch, seq, d, mean, dh)
+    }
     fn attention(
         &mut self,
         shape: &AttnShape,
@@ -314,8 +343,12 @@ fn a_device_resident_step_moves_only_the_batch_and_two_scalars_and_trains_as_the
         let labels: Vec<i64> = batch.labels.iter().copied().collect();
         let count = count_targets(&labels, plan.seq);
         let micro = [Micro {
-            tokens: &tokens,
-            labels: &labels,
+            inputs: Inputs {
+                tokens: &tokens,
+                labels: &labels,
+                token_types: &[],
+                lengths: &[],
+            },
             share: 1.0,
             count,
         }];

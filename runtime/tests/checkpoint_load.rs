@@ -42,7 +42,7 @@ fn readme_shapes() -> BTreeMap<String, Vec<usize>> {
 fn golden_checkpoints_load_with_config_values_from_readme() {
     for case in TRAIN_CASES {
         let ckpt = Checkpoint::open(golden(case)).unwrap();
-        let c = &ckpt.config;
+        let c = ckpt.llama().unwrap();
         assert_eq!(c.model_type, "llama");
         assert_eq!(c.architectures, vec!["LlamaForCausalLM".to_string()]);
         assert_eq!(c.vocab_size, 256);

@@ -6,7 +6,7 @@
 use lamda_compiler::diag::Code;
 use std::path::{Path, PathBuf};
 
-use lamda_runtime::checkpoint::{Checkpoint, LlamaConfig};
+use lamda_runtime::checkpoint::{Checkpoint, LlamaConfig, ModelConfig};
 use lamda_runtime::data::{BatchConfig, Batcher, DataError, Dataset, Example, IGNORE_INDEX, Source, Tokenizer};
 use ndarray::{Array2, array};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
@@ -243,7 +243,7 @@ fn golden_inputs_are_used_as_is() {
         let data = Dataset::load(&path, &Tokenizer::bytes()).unwrap();
         data.check_vocab(256).unwrap();
         let ckpt = Checkpoint::open(golden(case)).unwrap();
-        data.check_vocab(ckpt.config.vocab_size).unwrap();
+        data.check_vocab(ckpt.config.vocab_size()).unwrap();
         // README protocol: the single batch at every step; rows in order, no shuffle.
         let mut b = Batcher::new(
             data,
@@ -472,7 +472,7 @@ fn tokenizer_json_from_the_checkpoint_folder() {
     let p = write(dir.path(), "train.txt", b"hello world");
     let data = Dataset::load(&p, &tok).unwrap();
     assert_eq!(data.source, Source::Stream(vec![1, 14, 15, 6, 9, 5, 10]));
-    data.check_vocab(ckpt.config.vocab_size).unwrap();
+    data.check_vocab(ckpt.config.vocab_size()).unwrap();
 
     // JSONL: prompt with BOS, completion without, then EOS; loss on completion + EOS.
     let p = write(
@@ -501,7 +501,7 @@ fn tokenizer_json_from_the_checkpoint_folder() {
     let config = LlamaConfig::from_json_str(&cfg.to_string(), Path::new("config.json")).unwrap();
     let tok = Tokenizer::from_file(&dir.path().join("tokenizer.json"))
         .unwrap()
-        .with_config(&config);
+        .with_config(&ModelConfig::Llama(config));
     assert_eq!(tok.pad_id(), 2);
 
     // Ids past a smaller model vocabulary are caught.
