@@ -27,6 +27,12 @@ token_type_ids) skips the tokenizer.
 rows) in the same order; the script exits 1 if max |PEFT - expected| > --atol
 (default 1e-4).
 
+--merged DIR: instead of EXPORT and BASE, a folder written by `lamdac merge`
+for a classifier run (a BertForSequenceClassification with the adapters
+merged into its weights and the trained classifier): loaded with
+BertForSequenceClassification.from_pretrained(DIR) alone, no PEFT; every
+tensor of its model.safetensors must load with no key missing or unexpected.
+
 --selftest: builds an export from tests/golden_bert/bert_lamda_qv_r4 exactly as
 SEMANTICS.md section 9 says (lora_A = A, lora_B = alpha (B S - B0 S0) in
 float64, lora_alpha = r, classifier from final.classifier.*), loads it with
@@ -92,6 +98,19 @@ def build_model(export, base):
     return model, config, num_labels
 
 
+def build_merged(folder):
+    from transformers import BertForSequenceClassification
+
+    model, info = BertForSequenceClassification.from_pretrained(
+        folder, attn_implementation="eager", torch_dtype=torch.float32, output_loading_info=True
+    )
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if problems:
+        sys.exit(f"{folder}: {problems}")
+    model.eval()
+    return model, {"task_type": "merged"}, model.config.num_labels
+
+
 def read_inputs(args):
     if args.tsv:
         with open(args.tsv, encoding="utf-8") as f:
@@ -118,7 +137,11 @@ def compare(logits, expect_file, atol):
 
 
 def run(args):
-    model, config, num_labels = build_model(args.export, args.base)
+    if args.merged:
+        model, config, num_labels = build_merged(args.merged)
+        args.base = args.base or args.merged
+    else:
+        model, config, num_labels = build_model(args.export, args.base)
     out = {
         "export": args.export,
         "base": args.base,
@@ -220,14 +243,15 @@ def main():
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--expect")
     ap.add_argument("--atol", type=float, default=1e-4)
+    ap.add_argument("--merged", help="a folder written by `lamdac merge` (no PEFT)")
     ap.add_argument("--selftest", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     if args.selftest:
         ok = selftest(args)
     else:
-        if not args.export or not args.base:
-            ap.error("EXPORT and BASE are required (or --selftest)")
+        if not args.merged and (not args.export or not args.base):
+            ap.error("EXPORT and BASE are required (or --merged DIR, or --selftest)")
         ok = run(args)
     sys.exit(0 if ok else 1)
 

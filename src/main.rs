@@ -161,10 +161,13 @@ enum Command {
         /// The .lamda file (its `use "folder"` names the base model).
         file: PathBuf,
         /// A training run's output folder: its adapter is evaluated beside the base model.
+        /// For a classifier spec (`head classify`), repeatable: the runs side by side
+        /// (e.g. a head-only baseline, LaMDA, LoRA); default: the spec's own run folder.
         #[arg(long)]
-        run: Option<PathBuf>,
-        /// Text or JSONL to evaluate on (default: the train block's `eval_data`, else the
-        /// part of its data that `split` holds out, else its data; said on stderr).
+        run: Vec<PathBuf>,
+        /// Data to evaluate on (default: the train block's `eval_data`, else the part of
+        /// its data that `split` holds out, else its data; said on stderr). Text or JSONL
+        /// for a language model; TSV, CSV or JSONL with labels for a classifier.
         #[arg(long)]
         data: Option<PathBuf>,
         /// Only the first N examples.
@@ -317,7 +320,7 @@ fn main() -> ExitCode {
                 limit: limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
                 max_tokens,
             };
-            eval(&file, run.as_deref(), data, out, opts, format)
+            eval(&file, &run, data, out, opts, format)
         }
         Command::Train {
             file,
@@ -797,7 +800,7 @@ fn generate(
 
 fn eval(
     file: &Path,
-    run: Option<&Path>,
+    runs: &[PathBuf],
     data: Option<PathBuf>,
     out_path: Option<PathBuf>,
     opts: lamda_runtime::generate::eval::EvalOptions,
@@ -805,8 +808,28 @@ fn eval(
 ) -> ExitCode {
     use lamda_runtime::generate::eval::{EvalData, evaluate, render_table};
     use lamda_runtime::generate::{ChatTemplate, Generator};
-    let (spec, dir, adapter) = match spec_model_adapter(file, run, "evaluate") {
-        Ok(t) => t,
+    let spec = match checked(file, Style::Plain).map(|c| c.spec) {
+        Ok(Some(s)) => s,
+        Ok(None) => return ExitCode::from(1),
+        Err(code) => return code,
+    };
+    if spec.train.head.is_some() {
+        return eval_classifier(file, &spec, runs, data, out_path, opts.limit, format);
+    }
+    if runs.len() > 1 {
+        eprintln!(
+            "error: --run given {} times: a language model is evaluated base and adapted, one run at a time (several runs side by side are for classifiers, `head classify`)",
+            runs.len()
+        );
+        return ExitCode::from(2);
+    }
+    let run = runs.first().map(PathBuf::as_path);
+    let dir = match model_folder(&spec, "evaluate") {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let adapter = match run.map(|r| run_adapter(file, r)).transpose() {
+        Ok(a) => a,
         Err(code) => return code,
     };
     // Without --data: the spec's held-out data (`eval_data`, or the part
@@ -931,6 +954,195 @@ fn eval(
     }
     eprintln!("predictions written to {}", out_path.display());
     ExitCode::SUCCESS
+}
+
+/// `lamdac eval` for a classifier spec (`head classify`): every run's
+/// predictions on the held-out (or given) labelled data, side by side.
+fn eval_classifier(
+    file: &Path,
+    spec: &lamda_compiler::spec::ResolvedSpec,
+    runs: &[PathBuf],
+    data: Option<PathBuf>,
+    out_path: Option<PathBuf>,
+    limit: Option<usize>,
+    format: Format,
+) -> ExitCode {
+    use lamda_runtime::classify::{Classifier, EvalError, render_table};
+    let fail = |e: &EvalError| {
+        eprintln!("error[{}]: {e}", e.code());
+        let hint = e.hint();
+        if !hint.is_empty() {
+            eprintln!("  help: {hint}");
+        }
+        ExitCode::from(if e.code() == Code::Io { 2 } else { 1 })
+    };
+    let dir = match model_folder(spec, "evaluate") {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let Some(head) = spec.train.head else {
+        return ExitCode::from(1);
+    };
+    // the runs: as given, else the folder `train` writes this spec's run to
+    let runs: Vec<PathBuf> = if runs.is_empty() {
+        let default = session::default_run_folder(file, spec.train.out.as_deref());
+        eprintln!("no --run: evaluating the spec's own run, {}", default.display());
+        vec![default]
+    } else {
+        runs.to_vec()
+    };
+    for r in &runs {
+        if let Err(code) = run_adapter(file, r) {
+            return code;
+        }
+    }
+    // Without --data: `eval_data`, else the part `split` holds out, else the training data.
+    let mut held_out = None;
+    let data = match data {
+        Some(d) => d,
+        None => match (&spec.train.eval_data, spec.train.split, &spec.train.data) {
+            (Some(p), _, _) => {
+                eprintln!("no --data: evaluating on the train block's eval_data {}", p.display());
+                p.clone()
+            }
+            (None, Some(f), Some(p)) => {
+                held_out = Some(f);
+                eprintln!(
+                    "no --data: evaluating on the part of {} that `split {f}` holds out of training",
+                    p.display()
+                );
+                p.clone()
+            }
+            (None, None, Some(p)) => {
+                eprintln!(
+                    "no --data: evaluating on the train block's data {} (not held out)",
+                    p.display()
+                );
+                p.clone()
+            }
+            (None, _, None) => {
+                eprintln!(
+                    "error[{}]: nothing to evaluate on: no --data, and the spec's train block names no data\n  help: pass --data FILE (TSV, CSV or JSONL with `text` or `text_a`/`text_b`, and `label`)",
+                    Code::TrainNoData
+                );
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let started = std::time::Instant::now();
+    let loaded = lamda_runtime::checkpoint::Checkpoint::open(&dir)
+        .map_err(EvalError::from)
+        .and_then(|ckpt| Ok(lamda_runtime::data::Tokenizer::for_checkpoint(&ckpt)?))
+        .and_then(|tok| {
+            let (train, held) =
+                lamda_runtime::data::Dataset::classes(&data, &tok, spec.train.seq as usize, head.labels, held_out)?;
+            let d = held.unwrap_or(train);
+            d.check_vocab(spec.model.param("vocab").and_then(|v| v.as_int()).unwrap_or(0).max(0) as usize)?;
+            Ok(d)
+        })
+        .and_then(|d| Ok((d, Classifier::new(spec, &dir)?)));
+    let (dataset, classifier) = match loaded {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let mut results = Vec::new();
+    for r in &runs {
+        let t = std::time::Instant::now();
+        match classifier.evaluate(r, &dataset, limit) {
+            Ok(mut res) => {
+                eprintln!(
+                    "{}: {} examples in {:.1}s",
+                    r.display(),
+                    res.predictions.len(),
+                    t.elapsed().as_secs_f64()
+                );
+                // two runs of the same folder name are told apart by their paths
+                if runs.iter().filter(|o| o.file_name() == r.file_name()).count() > 1 {
+                    res.model = r.display().to_string();
+                }
+                results.push(res);
+            }
+            Err(e) => return fail(&e),
+        }
+    }
+    let stem = data
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = format!("eval-{stem}{}.jsonl", if held_out.is_some() { "-held-out" } else { "" });
+    // predictions: one file per run in its folder, or all in --out
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    for res in &results {
+        let path = out_path.clone().unwrap_or_else(|| res.run.join(&name));
+        let mut lines = String::new();
+        for p in &res.predictions {
+            let mut v = serde_json::to_value(p).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("model".into(), res.model.clone().into());
+            }
+            lines.push_str(&v.to_string());
+            lines.push('\n');
+        }
+        match files.iter_mut().find(|(f, _)| *f == path) {
+            Some((_, text)) => text.push_str(&lines),
+            None => files.push((path, lines)),
+        }
+    }
+    for (path, text) in &files {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Err(e) = std::fs::create_dir_all(parent)
+        {
+            eprintln!("error[{}]: cannot create `{}`: {e}", Code::Io, parent.display());
+            return ExitCode::from(2);
+        }
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("error[{}]: cannot write `{}`: {e}", Code::Io, path.display());
+            return ExitCode::from(2);
+        }
+    }
+    let evaluated = results.first().map_or(0, |r| r.predictions.len());
+    let shown = match held_out {
+        Some(f) => format!("{} (held out by split {f})", data.display()),
+        None => data.display().to_string(),
+    };
+    match format {
+        Format::Text => out(&render_table(&shown, evaluated, head.labels, &results)),
+        Format::Json => {
+            let models: Vec<serde_json::Value> = results
+                .iter()
+                .map(|r| {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    let pred = out_path.clone().unwrap_or_else(|| r.run.join(&name));
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("predictions".into(), pred.display().to_string().into());
+                    }
+                    v
+                })
+                .collect();
+            let v = serde_json::json!({
+                "data": data.display().to_string(),
+                "held_out": held_out,
+                "kind": "classify",
+                "labels": head.labels,
+                "examples": dataset_len(&dataset),
+                "evaluated": evaluated,
+                "models": models,
+            });
+            out(&format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()));
+        }
+    }
+    for (path, _) in &files {
+        eprintln!("predictions written to {}", path.display());
+    }
+    eprintln!("evaluated in {:.1}s", started.elapsed().as_secs_f64());
+    ExitCode::SUCCESS
+}
+
+fn dataset_len(d: &lamda_runtime::data::Dataset) -> usize {
+    match &d.source {
+        lamda_runtime::data::Source::Classes { examples, .. } => examples.len(),
+        _ => 0,
+    }
 }
 
 /// Exit 2 for I/O problems (`lamda::io`: a file that cannot be read or
@@ -1104,6 +1316,9 @@ fn train(opts: &RunOptions, quiet: bool, style: Style) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    for note in &session.notes {
+        eprintln!("{note}");
+    }
     if let Some(line) = session.trainer.backend().gpu_summary() {
         eprintln!("{line}");
     }

@@ -184,6 +184,33 @@ impl Backend for Counting {
     ) -> Result<(), ExecError> {
         self.inner.rope(x, n, heads, head_dim, seq, theta, inverse, y)
     }
+    fn col_sum(&mut self, g: &[f32], k: usize, db: &mut [f32]) -> Result<(), ExecError> {
+        self.inner.col_sum(g, k, db)
+    }
+    fn pool(
+        &mut self,
+        h: &[f32],
+        lengths: IdsRef<'_, Self>,
+        batch: usize,
+        seq: usize,
+        d: usize,
+        mean: bool,
+        y: &mut [f32],
+    ) -> Result<(), ExecError> {
+        self.inner.pool(h, ids(lengths), batch, seq, d, mean, y)
+    }
+    fn pool_grad(
+        &mut self,
+        g: &[f32],
+        lengths: IdsRef<'_, Self>,
+        batch: usize,
+        seq: usize,
+        d: usize,
+        mean: bool,
+        dh: &mut [f32],
+    ) -> Result<(), ExecError> {
+        self.inner.pool_grad(g, ids(lengths), batch, seq, d, mean, dh)
+    }
     fn attention(
         &mut self,
         shape: &AttnShape,
@@ -240,33 +267,6 @@ impl Backend for Counting {
         self.traffic.scalars += 1;
         self.inner
             .linear_cross_entropy(h, w, ids(targets), n, d, vocab, scale, rows, dh)
-    }
-    fn col_sum(&mut self, g: &[f32], k: usize, db: &mut [f32]) -> Result<(), ExecError> {
-        self.inner.col_sum(g, k, db)
-    }
-    fn pool(
-        &mut self,
-        h: &[f32],
-        lengths: IdsRef<'_, Self>,
-        batch: usize,
-        seq: usize,
-        d: usize,
-        mean: bool,
-        y: &mut [f32],
-    ) -> Result<(), ExecError> {
-        self.inner.pool(h, ids(lengths), batch, seq, d, mean, y)
-    }
-    fn pool_grad(
-        &mut self,
-        g: &[f32],
-        lengths: IdsRef<'_, Self>,
-        batch: usize,
-        seq: usize,
-        d: usize,
-        mean: bool,
-        dh: &mut [f32],
-    ) -> Result<(), ExecError> {
-        self.inner.pool_grad(g, ids(lengths), batch, seq, d, mean, dh)
     }
     fn add_into(&mut self, dst: &mut [f32], src: &[f32]) -> Result<(), ExecError> {
         self.inner.add_into(dst, src)
@@ -343,7 +343,12 @@ fn a_device_resident_step_moves_only_the_batch_and_two_scalars_and_trains_as_the
         let labels: Vec<i64> = batch.labels.iter().copied().collect();
         let count = count_targets(&labels, plan.seq);
         let micro = [Micro {
-            inputs: Inputs::lm(&tokens, &labels),
+            inputs: Inputs {
+                tokens: &tokens,
+                labels: &labels,
+                token_types: &[],
+                lengths: &[],
+            },
             share: 1.0,
             count,
         }];

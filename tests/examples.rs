@@ -45,4 +45,15 @@ fn every_example_checks() {
         );
     }
     assert!(n >= 3, "expected at least three examples, found {n}");
+    // the encoder examples (checked above with the rest, or skipped when
+    // models/all-MiniLM-L6-v2 is not fetched)
+    for name in ["minilm-sentiment", "minilm-sentiment-lora", "minilm-sentiment-head"] {
+        let p = Path::new("examples").join(format!("{name}.lamda"));
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(text.contains("head classify(labels = 2"), "{name}: a classifier");
+        assert!(
+            text.contains("\"data/movie-reviews.tsv\"  split 0.1"),
+            "{name}: the same held-out part"
+        );
+    }
 }

@@ -72,10 +72,27 @@ pub struct AutoReport {
     pub allocated: bool,
 }
 
+/// The task head a classifier spec trains beside its adapters (`head classify`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HeadReport {
+    /// `classify`.
+    pub kind: &'static str,
+    pub labels: usize,
+    /// `cls` (through the family's pooler when it has one) or `mean`.
+    pub pool: &'static str,
+    /// The classifier's input width (the model's hidden size).
+    pub d_in: u64,
+    /// Its weight `(labels, d_in)` and bias `(labels)`: every entry trains, every step.
+    pub trainable_params: u64,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Totals {
     pub modules: usize,
     pub adapter_params: u64,
+    /// The task head's parameters (0 without one); included in the trainable
+    /// counts and updates below, for this spec and for LoRA alike.
+    pub head_params: u64,
     pub trainable_params: u64,
     pub trainable_params_after_freeze: u64,
     pub param_updates: u64,
@@ -92,6 +109,8 @@ pub struct MemoryReport {
     pub dtype: &'static str,
     pub weights_bytes: u64,
     pub adapter_bytes: u64,
+    /// The task head's tensors (0 without one).
+    pub head_bytes: u64,
     pub optimizer_bytes: u64,
     pub total_bytes: u64,
     /// The same with LoRA at the same ranks.
@@ -107,6 +126,10 @@ pub struct ModelReport {
     pub source: String,
     pub base_params: u64,
     pub linear_modules: usize,
+    /// Whether `train` runs this model (false for a shapes-only preset).
+    pub trainable: bool,
+    /// What training does with it, in words.
+    pub trains: String,
 }
 
 /// Everything `lamdac check` prints (and `--format json` emits).
@@ -119,6 +142,9 @@ pub struct Report {
     pub validation: Option<String>,
     pub rules: Vec<RuleReport>,
     pub modules: Vec<ModuleReport>,
+    /// The task head (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadReport>,
     pub totals: Totals,
     pub memory: MemoryReport,
 }
@@ -216,17 +242,35 @@ pub fn report(spec: &ResolvedSpec) -> Report {
             }
         })
         .collect();
+    // The task head: a classifier (labels, hidden) with its bias, every entry
+    // trained at every step (LoRA's twin trains the same head).
+    let head = spec.train.head.map(|h| {
+        let d_in = spec.model.param("hidden").and_then(|c| c.as_int()).unwrap_or(0).max(0) as u64;
+        let labels = h.labels as u64;
+        HeadReport {
+            kind: "classify",
+            labels: h.labels,
+            pool: match h.pool {
+                crate::spec::Pool::Cls => "cls",
+                crate::spec::Pool::Mean => "mean",
+            },
+            d_in,
+            trainable_params: labels.saturating_mul(d_in).saturating_add(labels),
+        }
+    });
+    let head_params = head.as_ref().map_or(0, |h| h.trainable_params);
     let sum = |f: fn(&ModuleReport) -> u64| modules.iter().map(f).fold(0u64, u64::saturating_add);
-    let trainable = sum(|m| m.trainable_params);
-    let after = sum(|m| m.trainable_params_after_freeze);
-    let lora = sum(|m| m.lora_params);
+    let trainable = sum(|m| m.trainable_params).saturating_add(head_params);
+    let after = sum(|m| m.trainable_params_after_freeze).saturating_add(head_params);
+    let lora = sum(|m| m.lora_params).saturating_add(head_params);
     let ratio = |x: u64| if x == 0 { 0.0 } else { lora as f64 / x as f64 };
     let totals = Totals {
         modules: modules.len(),
         adapter_params: sum(|m| m.adapter_params),
+        head_params,
         trainable_params: trainable,
         trainable_params_after_freeze: after,
-        param_updates: sum(|m| m.param_updates),
+        param_updates: sum(|m| m.param_updates).saturating_add(head_params.saturating_mul(steps)),
         lora_params: lora,
         lora_param_updates: lora.saturating_mul(steps),
         ratio_vs_lora: ratio(trainable),
@@ -235,22 +279,26 @@ pub fn report(spec: &ResolvedSpec) -> Report {
     let base = spec.model.base_params();
     let weights_bytes = base.saturating_mul(BYTES_F32);
     let adapter_bytes = totals.adapter_params.saturating_mul(BYTES_F32);
+    let head_bytes = head_params.saturating_mul(BYTES_F32);
     // AdamW keeps two moments for every entry of a tensor that trains at step 0.
     let optimizer_bytes = trainable.saturating_mul(2 * BYTES_F32);
-    let lora_adapter_bytes = lora.saturating_mul(BYTES_F32);
+    let lora_adapter_bytes = lora.saturating_sub(head_params).saturating_mul(BYTES_F32);
     let lora_optimizer_bytes = lora.saturating_mul(2 * BYTES_F32);
     let memory = MemoryReport {
         dtype: "f32",
         weights_bytes,
         adapter_bytes,
+        head_bytes,
         optimizer_bytes,
         total_bytes: weights_bytes
             .saturating_add(adapter_bytes)
+            .saturating_add(head_bytes)
             .saturating_add(optimizer_bytes),
         lora_adapter_bytes,
         lora_optimizer_bytes,
         lora_total_bytes: weights_bytes
             .saturating_add(lora_adapter_bytes)
+            .saturating_add(head_bytes)
             .saturating_add(lora_optimizer_bytes),
     };
     let model = ModelReport {
@@ -267,6 +315,28 @@ pub fn report(spec: &ResolvedSpec) -> Report {
             .iter()
             .filter(|m| matches!(m.kind, crate::model::ModuleKind::Linear { .. }))
             .count(),
+        trainable: !spec.model.shapes_only(),
+        trains: if spec.model.shapes_only() {
+            format!(
+                "no: shapes only (`shapes_only = true`): the {} family gives this model's module shapes, not its \
+                 forward pass; `check` and `plan` work, `train` refuses it",
+                spec.model.family
+            )
+        } else if let Some(h) = head.as_ref().filter(|_| modules.is_empty()) {
+            format!(
+                "an encoder: the task head `classify(labels = {}, pool = {})` alone, on the frozen encoder (no \
+                 `adapt` rule: the baseline), on the cross-entropy of the labels",
+                h.labels, h.pool
+            )
+        } else if let Some(h) = &head {
+            format!(
+                "an encoder: its adapters and the task head `classify(labels = {}, pool = {})` on the \
+                 cross-entropy of the labels",
+                h.labels, h.pool
+            )
+        } else {
+            "a causal language model: its adapters on the next-token loss".into()
+        },
     };
     let t = &spec.train;
     let when = match t.eval_every {
@@ -289,6 +359,7 @@ pub fn report(spec: &ResolvedSpec) -> Report {
         validation,
         rules,
         modules,
+        head,
         totals,
         memory,
     }
@@ -379,6 +450,7 @@ pub fn render_text(r: &Report) -> String {
         short(r.model.base_params),
         r.model.linear_modules
     ));
+    out.push_str(&format!("trains  {}\n", r.model.trains));
     out.push_str(&format!("run     {} optimizer steps\n", r.steps));
     if let Some(v) = &r.validation {
         out.push_str(&format!("valid   {v}\n"));
@@ -417,6 +489,22 @@ pub fn render_text(r: &Report) -> String {
             ratio(rule.lora_params, rule.trainable_params_after_freeze),
         ]);
     }
+    if let Some(h) = &r.head {
+        let updates = h.trainable_params.saturating_mul(r.steps);
+        rows.push(vec![
+            "head".into(),
+            "classifier".into(),
+            h.kind.into(),
+            "1".into(),
+            "full".into(),
+            "-".into(),
+            thousands(h.trainable_params),
+            thousands(h.trainable_params),
+            short(updates),
+            thousands(h.trainable_params),
+            "-".into(),
+        ]);
+    }
     let t = &r.totals;
     rows.push(vec![
         "total".into(),
@@ -435,12 +523,17 @@ pub fn render_text(r: &Report) -> String {
     out.push_str(&table(&rows, &right));
     out.push('\n');
     out.push_str(&format!(
-        "trainable parameters: {} at step 0, {} once B is frozen (LoRA at the same ranks: {}, {} / {} more)\n",
+        "trainable parameters: {} at step 0, {} once B is frozen (LoRA at the same ranks: {}, {} / {} more){}\n",
         thousands(t.trainable_params),
         thousands(t.trainable_params_after_freeze),
         thousands(t.lora_params),
         fmt_ratio(t.ratio_vs_lora),
         fmt_ratio(t.ratio_vs_lora_after_freeze),
+        if t.head_params > 0 {
+            format!("; each includes the head's {}", thousands(t.head_params))
+        } else {
+            String::new()
+        }
     ));
     out.push_str(&format!(
         "parameter updates over {} steps: {} (LoRA: {})\n",
@@ -449,8 +542,16 @@ pub fn render_text(r: &Report) -> String {
         short(t.lora_param_updates)
     ));
     let m = &r.memory;
+    let (head, lora_head) = if m.head_bytes > 0 {
+        (
+            format!(" + head {}", bytes(m.head_bytes)),
+            format!(" + {}", bytes(m.head_bytes)),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     out.push_str(&format!(
-        "memory ({}): weights {} + adapters {} + optimizer state {} = {}   (LoRA: {} + {} + {} = {})\n",
+        "memory ({}): weights {} + adapters {}{head} + optimizer state {} = {}   (LoRA: {} + {}{lora_head} + {} = {})\n",
         m.dtype,
         bytes(m.weights_bytes),
         bytes(m.adapter_bytes),

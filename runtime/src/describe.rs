@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use lamda_compiler::ir::ParamRole;
 use lamda_compiler::plan::Plan;
 use lamda_compiler::report::bytes;
 
@@ -24,6 +25,27 @@ pub fn plan_text(plan: &Plan) -> String {
             "  {:<40} {:<6} rank {:>4}  {} x {}{sched}",
             a.hf_name, a.method, a.rank, a.d_out, a.d_in
         );
+    }
+    // the task head (`head classify`): trained at full rank beside the adapters
+    let head: Vec<usize> = (0..plan.params.len())
+        .filter(|&i| matches!(plan.params[i].role, ParamRole::Head { .. }))
+        .collect();
+    if let Some(h) = plan.train.head {
+        let n: u64 = head.iter().map(|&i| plan.params[i].numel()).sum();
+        let pool = match h.pool {
+            lamda_compiler::spec::Pool::Cls => "cls: the first token, through the family's pooler when it has one",
+            lamda_compiler::spec::Pool::Mean => "mean: the mean over each sequence's tokens",
+        };
+        let _ = writeln!(
+            out,
+            "\ntask head: classify, {} labels, pool {pool}; {n} parameters train at full rank:",
+            h.labels
+        );
+        for &i in &head {
+            let p = &plan.params[i];
+            let shape: Vec<String> = p.shape.iter().map(usize::to_string).collect();
+            let _ = writeln!(out, "  {:<40} {}", p.name, shape.join(" x "));
+        }
     }
     for al in &plan.allocation {
         let _ = writeln!(
@@ -48,14 +70,25 @@ pub fn plan_text(plan: &Plan) -> String {
     let _ = writeln!(out, "\nphases:");
     for p in &plan.phases {
         let trainable: u64 = p.trainable.iter().map(|&i| plan.params[i].numel()).sum();
+        let of_head: u64 = p
+            .trainable
+            .iter()
+            .filter(|i| head.contains(i))
+            .map(|&i| plan.params[i].numel())
+            .sum();
         let m = &p.program.memory;
         let _ = writeln!(
             out,
-            "  steps {}..{}: {} tensors train ({} parameters); {} instructions; saved for backward {} (adapters {}), activation peak {}",
+            "  steps {}..{}: {} tensors train ({} parameters{}); {} instructions; saved for backward {} (adapters {}), activation peak {}",
             p.from,
             p.to,
             p.trainable.len(),
             trainable,
+            if of_head > 0 {
+                format!(", the head's {of_head} included")
+            } else {
+                String::new()
+            },
             p.program.instrs.len(),
             bytes(m.saved_bytes),
             bytes(m.saved_by_adapter.values().sum()),

@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
+pub mod classify;
 pub mod data;
 pub mod describe;
 pub mod exec;

@@ -38,6 +38,16 @@ pub enum SessionError {
     Spec { rendered: String, errors: usize },
     #[error("`lamdac train` needs weights, and `{model}` is a stdlib preset without a checkpoint")]
     NoWeights { model: String },
+    /// The model gives module shapes only (`shapes_only = true`): its forward
+    /// pass is not the family's, so it cannot train.
+    #[error(
+        "`{model}` gives module shapes only (`shapes_only = true` in its preset): lamdac does not implement \
+         its forward pass, so it cannot train it"
+    )]
+    ShapesOnly { model: String },
+    /// The chosen device has no kernels for some op of the plan.
+    #[error("{0}")]
+    DeviceUnsupported(String),
     #[error("the train block names no data")]
     NoData,
     /// The step's estimated memory exceeds the machine's.
@@ -100,6 +110,8 @@ impl SessionError {
             SessionError::Read { .. } | SessionError::Write { .. } => Code::Io,
             SessionError::Spec { .. } => Code::Spec,
             SessionError::NoWeights { .. } => Code::TrainNoWeights,
+            SessionError::ShapesOnly { .. } => Code::TrainShapesOnly,
+            SessionError::DeviceUnsupported(_) => Code::TrainDeviceUnsupported,
             SessionError::NoData => Code::TrainNoData,
             SessionError::Steps => Code::TrainBadValue,
             SessionError::Memory { .. } => Code::TrainOutOfMemory,
@@ -126,6 +138,12 @@ impl SessionError {
             SessionError::NoWeights { model } => format!(
                 "bind a Hugging Face checkpoint folder: `use \"path/to/folder\" as {model}` (see examples/quickstart.lamda)"
             ),
+            SessionError::ShapesOnly { .. } => "`lamdac check` and `lamdac plan` work on it; train a model lamdac \
+                 implements, e.g. a BERT checkpoint folder (`use \"models/all-MiniLM-L6-v2\" as m`)"
+                .into(),
+            SessionError::DeviceUnsupported(_) => {
+                "run with `--device cpu` (`auto` picks the CPU for encoders by itself)".into()
+            }
             SessionError::NoData => "add `data \"file.txt\"` (or .jsonl, .safetensors) to the train block".into(),
             SessionError::Steps => "pass --steps 1 or more, or leave it out to run the train block's `steps`".into(),
             SessionError::Memory { .. } => "lower batch or seq (`accumulate N` keeps the tokens per step), adapt a \
@@ -273,6 +291,9 @@ pub struct Session {
     pub startup: Startup,
     /// The checkpoint folder the run resumed from.
     pub resumed_checkpoint: Option<PathBuf>,
+    /// Choices made for the user that they should hear about (the CPU picked
+    /// by `auto` for an encoder, say), one line each.
+    pub notes: Vec<String>,
 }
 
 /// Wall-clock time of each phase of [`prepare`], in the order they ran.
@@ -362,12 +383,38 @@ pub fn prepare(opts: &RunOptions, checked: &Checked) -> Result<Session, SessionE
         spec = lamda_compiler::report::lora_twin(&spec)
             .ok_or_else(|| SessionError::Device("the stdlib LoRA method does not check".into()))?;
     }
-    // The device: a GPU only when asked for one, or on `auto` when one is present.
+    // A preset that gives shapes only has no forward pass to train, whatever the weights.
+    if spec.model.shapes_only() {
+        return Err(SessionError::ShapesOnly {
+            model: spec.model_name.clone(),
+        });
+    }
+    // The device: a GPU only when asked for one, or on `auto` when one is
+    // present. The CUDA backend has no kernels for an encoder's head yet
+    // (pooling, bias gradients): such a plan runs on the CPU, refused on
+    // `cuda` before anything loads, never failing mid-run.
+    let mut notes = Vec::new();
+    let encoder = spec.train.head.is_some();
     let device = match opts.device.unwrap_or(spec.train.device) {
         Device::Cpu => Device::Cpu,
+        Device::Cuda if encoder => {
+            return Err(SessionError::DeviceUnsupported(format!(
+                "--device cuda: the CUDA backend does not run encoders yet (`{}` trains through `head classify`: \
+                 its pooling and bias-gradient ops have CPU kernels only)",
+                spec.model_name
+            )));
+        }
         Device::Cuda => {
             CudaDevice::detect().map_err(|e| SessionError::Device(format!("--device cuda: {e}")))?;
             Device::Cuda
+        }
+        Device::Auto if encoder => {
+            if CudaDevice::detect().is_ok() {
+                notes.push(
+                    "device: cpu (`auto` with a GPU present: the CUDA backend does not run encoders yet)".to_string(),
+                );
+            }
+            Device::Cpu
         }
         Device::Auto if CudaDevice::detect().is_ok() => Device::Cuda,
         Device::Auto => Device::Cpu,
@@ -517,6 +564,7 @@ pub fn prepare(opts: &RunOptions, checked: &Checked) -> Result<Session, SessionE
         startup,
         resumed_from,
         resumed_checkpoint: resume_dir,
+        notes,
     })
 }
 

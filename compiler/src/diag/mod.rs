@@ -222,10 +222,14 @@ codes! {
     ExportNotAnAdapter = "lamda::export::not_an_adapter": "adapter.safetensors was not written by lamdac train",
     ExportNotLora = "lamda::export::not_lora": "a method whose update has rank above r has no exact LoRA form",
     ExportLinalg = "lamda::export::linalg": "computing an exported factor failed (non-finite values)",
+    ExportMeanPool = "lamda::export::mean_pool": "a classifier with `pool = mean` has no BertForSequenceClassification form (it pools the CLS token through its pooler)",
+    ExportHeadOnly = "lamda::export::head_only": "a head-only run has no adapted module to export as a PEFT LoRA adapter (`merge` writes its classifier)",
     // training
     TrainNoWeights = "lamda::train::no_weights": "`train` on a stdlib preset: there are no weights to train",
     TrainNoData = "lamda::train::no_data": "the train block names no data",
     TrainDevice = "lamda::train::device": "the asked-for device is not there (no GPU, no CUDA library)",
+    TrainDeviceUnsupported = "lamda::train::device_unsupported": "the asked-for device has no kernels for this model yet (encoders on CUDA)",
+    TrainShapesOnly = "lamda::train::shapes_only": "`train` on a preset that gives module shapes only (`shapes_only = true`, e.g. deberta_v3_base)",
     TrainPrecision = "lamda::train::precision": "a storage precision the device does not run (bf16 on the CPU)",
     TrainOutOfMemory = "lamda::train::out_of_memory": "a training step needs more memory than the machine has",
     TrainInit = "lamda::train::init": "initialising an adapter from the weights failed",
@@ -240,6 +244,7 @@ codes! {
     GeneratePromptTooLong = "lamda::generate::prompt_too_long": "the prompt fills the model's context: no position is left for a new token",
     GenerateInternal = "lamda::generate::internal": "a kernel rejected its inputs while generating (an internal error)",
     EvalData = "lamda::eval::data": "an evaluation data file holds no usable example, or a line of it is not one",
+    EvalRunMismatch = "lamda::eval::run_mismatch": "a run given to a classifier's `eval` does not fit the spec (no trained head, other labels or pooling, another model)",
     // resume
     ResumeMismatch = "lamda::resume::mismatch": "a checkpoint was written for another spec, model or --steps",
     ResumeInvalid = "lamda::resume::invalid": "a checkpoint is damaged or contradicts itself",

@@ -142,6 +142,13 @@ impl ModelInstance {
     pub fn param(&self, name: &str) -> Option<Const> {
         self.params.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
     }
+    /// Whether the instance gives module shapes only: its family parameter
+    /// `shapes_only` is true (a preset of another architecture with the
+    /// family's shapes, such as `deberta_v3_base`). `check` and `plan` take
+    /// it; `train` refuses it.
+    pub fn shapes_only(&self) -> bool {
+        self.param("shapes_only") == Some(Const::Bool(true))
+    }
     /// Total parameters of the base model (tied weights counted once).
     pub fn base_params(&self) -> u64 {
         self.modules

@@ -29,6 +29,8 @@ pub struct ClassExample {
     pub type_ids: Vec<u32>,
     /// The class, in `0 .. labels`.
     pub label: i64,
+    /// Where it comes from: its 1-based line in the data file (0 when not from a file).
+    pub line: usize,
 }
 
 /// The fields of one example before tokenizing.
@@ -85,7 +87,12 @@ pub fn load(path: &Path, tokenizer: &Tokenizer, seq: usize, labels: usize) -> Re
         if ids.is_empty() {
             return Err(fail(r.line, "the text encodes to no tokens".into()));
         }
-        out.push(ClassExample { ids, type_ids, label });
+        out.push(ClassExample {
+            ids,
+            type_ids,
+            label,
+            line: r.line,
+        });
     }
     if out.is_empty() {
         return Err(DataError::Empty {
@@ -242,15 +249,22 @@ mod tests {
                 ids: vec![97, 98],
                 type_ids: vec![0, 0],
                 label: 1,
+                line: 0,
             },
             ClassExample {
                 ids: vec![99, 100],
                 type_ids: vec![0, 0],
                 label: 0,
+                line: 0,
             },
         ];
-        for p in [&tsv, &csv, &jsonl] {
-            assert_eq!(load(p, &tok, 8, 2).unwrap(), want, "{}", p.display());
+        // lines: the TSV has a blank line between its rows
+        for (p, lines) in [(&tsv, [2, 4]), (&csv, [2, 3]), (&jsonl, [1, 2])] {
+            let got = load(p, &tok, 8, 2).unwrap();
+            let mut want = want.clone();
+            want[0].line = lines[0];
+            want[1].line = lines[1];
+            assert_eq!(got, want, "{}", p.display());
         }
     }
 

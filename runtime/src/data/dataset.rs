@@ -153,6 +153,16 @@ impl Dataset {
         }
     }
 
+    /// Sequences to classify given as token ids, not read from a file (tests
+    /// and tools that hold ids already); `path` names them in errors.
+    pub fn from_classes(path: &Path, examples: Vec<super::classes::ClassExample>, pad_id: u32) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            byte_level: false,
+            source: Source::Classes { examples, pad_id },
+        }
+    }
+
     /// Examples or rows split by [`super::split::held_out`]: (train, held out).
     fn split_items(self, fraction: f64) -> Result<(Self, Self), DataError> {
         let part = |source| Self {

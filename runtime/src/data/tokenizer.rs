@@ -31,6 +31,10 @@ pub struct HfTokenizer {
     /// Whether tokenizer.json named the pad id (config.json's then does not override it).
     padding_set: bool,
     eos_id: Option<u32>,
+    /// A copy of `inner` that truncates longest-first at the length it is
+    /// keyed by, made once per length: [`Tokenizer::encode_sequence`] would
+    /// otherwise copy the whole vocabulary for every example.
+    truncating: std::sync::Mutex<Option<(usize, tokenizers::Tokenizer)>>,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -74,6 +78,7 @@ impl Tokenizer {
             pad_id,
             padding_set,
             eos_id: None,
+            truncating: std::sync::Mutex::new(None),
         })))
     }
 
@@ -181,13 +186,20 @@ impl Tokenizer {
                 Ok((ids, types))
             }
             Self::Hf(t) => {
-                let mut tk = t.inner.clone();
-                tk.with_truncation(Some(tokenizers::TruncationParams {
-                    max_length: max_len,
-                    strategy: tokenizers::TruncationStrategy::LongestFirst,
-                    ..Default::default()
-                }))
-                .map_err(|e| e.to_string())?;
+                let mut cached = t.truncating.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if cached.as_ref().is_none_or(|(len, _)| *len != max_len) {
+                    let mut tk = t.inner.clone();
+                    tk.with_truncation(Some(tokenizers::TruncationParams {
+                        max_length: max_len,
+                        strategy: tokenizers::TruncationStrategy::LongestFirst,
+                        ..Default::default()
+                    }))
+                    .map_err(|e| e.to_string())?;
+                    *cached = Some((max_len, tk));
+                }
+                let Some((_, tk)) = cached.as_ref() else {
+                    return Err("no tokenizer".into());
+                };
                 let input = match b {
                     Some(b) => tokenizers::EncodeInput::Dual(a.into(), b.into()),
                     None => tokenizers::EncodeInput::Single(a.into()),

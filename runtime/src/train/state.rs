@@ -318,7 +318,9 @@ fn read(file: &SafetensorsFile, name: &str, len: usize) -> Result<Vec<f32>, Stat
 
 /// Writes `adapter.safetensors`: every adapter tensor as `<module>.<tensor>`,
 /// the initial value of every trainable one as `<module>.<tensor>.init` (what
-/// export needs: `lora_B = alpha (B S - B0 S0)`), and per-module metadata.
+/// export needs: `lora_B = alpha (B S - B0 S0)`), per-module metadata
+/// (`lamdac.modules`) and, for a classifier, its task head's tensors
+/// (`classifier.weight`, `.bias`) with `lamdac.head` (labels, pool).
 pub fn write_adapter(
     tr: &Trainer,
     init: &BTreeMap<usize, Vec<f32>>,
@@ -358,6 +360,25 @@ pub fn write_adapter(
     );
     meta.insert("lamdac.step".to_string(), tr.step.to_string());
     meta.insert("lamdac.spec".to_string(), spec.to_string());
+    // a classifier's head: what export, merge and eval need to know of it
+    if let Some(h) = tr.plan.train.head {
+        let head = serde_json::json!({
+            "kind": "classify",
+            "labels": h.labels,
+            "pool": match h.pool {
+                lamda_compiler::spec::Pool::Cls => "cls",
+                lamda_compiler::spec::Pool::Mean => "mean",
+            },
+            "tensors": tr
+                .plan
+                .params
+                .iter()
+                .filter(|p| matches!(p.role, lamda_compiler::ir::ParamRole::Head { .. }))
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>(),
+        });
+        meta.insert("lamdac.head".to_string(), head.to_string());
+    }
     write_safetensors(path, &tensors, &meta)?;
     Ok(())
 }
