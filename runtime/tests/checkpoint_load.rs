@@ -311,3 +311,13 @@ fn weights_open_single_file_directly() {
         assert_eq!(m.shape(), meta.shape.as_slice());
     }
 }
+
+/// A BERT folder opens (its config parses) but is not a causal LM: what
+/// `generate` and the LM paths ask for is refused with its own code.
+#[test]
+fn a_bert_checkpoint_is_not_a_causal_lm() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden_bert/bert_lamda_qv_r4");
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let err = ckpt.llama().unwrap_err();
+    assert_eq!(err.code().as_str(), "lamda::checkpoint::not_causal_lm", "{err}");
+}
