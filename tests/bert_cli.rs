@@ -17,7 +17,8 @@
 //!   reproduces the same logits (skipped, and recorded, without it);
 //! - the refusals: a mean-pool head and a head-only run have no PEFT form,
 //!   a run of another head does not evaluate with this spec, a shapes-only
-//!   preset does not train, and neither does an encoder on `--device cuda`.
+//!   preset does not train, neither does an encoder on `--device cuda`, and
+//!   an encoder does not generate text.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -617,6 +618,10 @@ fn check_reports_the_head_and_train_refuses_what_cannot_run() {
     assert!(err.contains("lamda::data::class_example"), "{err}");
     assert!(err.contains("d.tsv") && err.contains('3'), "{err}");
     data(&dir.join("d.tsv"));
+    // an encoder generates no text
+    let (code, _, err) = lamdac(&["generate", lamda.to_str().unwrap(), "--prompt", "good film"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("lamda::checkpoint::not_causal_lm"), "{err}");
     let (code, stdout, err) = lamdac(&["plan", lamda.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("task head: classify, 2 labels"), "{stdout}");
