@@ -245,87 +245,75 @@ pub fn initialize(
             }
         }
     }
-    let mut owned: Vec<(usize, Vec<f32>)> = Vec::new();
-    for recipe in &plan.init {
-        let base = plan.adapters[recipe.adapter].base;
-        if recipe.residual.is_some() && home.of(base).is_none() {
-            let w = if readers.get(&base) == Some(&1) {
-                std::mem::take(&mut params[base])
-            } else {
-                params[base].clone()
-            };
-            owned.push((base, w));
-        }
+    // Each residual is written in place: over its slice of a stack, or over
+    // the base weight taken out of `params` (copied when others read it).
+    enum Dest<'a> {
+        Home(&'a mut [f32]),
+        Own(usize, Vec<f32>),
     }
-    {
-        let mut homed = home.slices(&mut stacks);
-        let mut owned_iter = owned.iter_mut();
-        let mut jobs: Vec<(&InitRecipe, &[lamda_compiler::ir::PathTerm], &mut [f32])> = Vec::new();
-        for recipe in &plan.init {
-            let Some(terms) = &recipe.residual else { continue };
+    let mut homed = home.slices(&mut stacks);
+    let jobs: Vec<(&InitRecipe, &[lamda_compiler::ir::PathTerm], Dest<'_>)> = plan
+        .init
+        .iter()
+        .filter_map(|recipe| {
+            let terms = recipe.residual.as_ref()?;
             let base = plan.adapters[recipe.adapter].base;
-            let w: &mut [f32] = match homed.remove(&base) {
-                Some(slice) => slice,
-                None => match owned_iter.next() {
-                    Some((b, w)) if *b == base => w.as_mut_slice(),
-                    _ => {
-                        return Err(InitError::Other {
-                            name: recipe.weight.clone(),
-                            msg: "its weight is made residual twice".into(),
-                        });
-                    }
-                },
+            let dest = match homed.remove(&base) {
+                Some(slice) => Dest::Home(slice),
+                None if readers.get(&base) == Some(&1) => Dest::Own(base, std::mem::take(&mut params[base])),
+                None => Dest::Own(base, params[base].clone()),
             };
-            jobs.push((recipe, terms.as_slice(), w));
-        }
-        jobs.into_par_iter()
-            .map(|(recipe, terms, w)| residual(plan, &params, recipe, terms, w))
-            .collect::<Result<(), _>>()?;
-    }
+            Some((recipe, terms.as_slice(), dest))
+        })
+        .collect();
+    let owned: Vec<Option<(usize, Vec<f32>)>> = jobs
+        .into_par_iter()
+        .map(|(recipe, terms, dest)| match dest {
+            Dest::Home(w) => residual(plan, &params, recipe, terms, w).map(|()| None),
+            Dest::Own(base, mut w) => residual(plan, &params, recipe, terms, &mut w).map(|()| Some((base, w))),
+        })
+        .collect::<Result<_, _>>()?;
     crate::ops::vector_state::clear_upper_all();
-    for (base, w) in owned {
+    for (base, w) in owned.into_iter().flatten() {
         params[base] = w;
     }
-    // Derived parameters: stacked weights and constant tables (after every residual is final).
-    for (i, p) in plan.params.iter().enumerate() {
-        match &p.role {
-            ParamRole::Concat { parts } => {
-                let Some(at) = home.stacks.iter().position(|&s| s == i) else {
-                    continue;
-                };
-                let mut stack = std::mem::take(&mut stacks[at]);
-                let mut off = 0;
-                for &q in parts {
-                    let n = plan.params[q].numel() as usize;
-                    if home.of(q).is_none() {
-                        if params[q].len() != n {
-                            return Err(InitError::Other {
-                                name: plan.params[q].name.clone(),
-                                msg: format!("{} values for shape {:?}", params[q].len(), plan.params[q].shape),
-                            });
-                        }
-                        stack[off..off + n].copy_from_slice(&params[q]);
-                    }
-                    off += n;
+    // Stacks: the parts that do not live in them are copied in (after every residual is final).
+    for (&i, mut stack) in home.stacks.iter().zip(stacks) {
+        let ParamRole::Concat { parts } = &plan.params[i].role else {
+            continue;
+        };
+        let mut off = 0;
+        for &q in parts {
+            let n = plan.params[q].numel() as usize;
+            if home.of(q).is_none() {
+                if params[q].len() != n {
+                    return Err(InitError::Other {
+                        name: plan.params[q].name.clone(),
+                        msg: format!("{} values for shape {:?}", params[q].len(), plan.params[q].shape),
+                    });
                 }
-                params[i] = stack;
+                stack[off..off + n].copy_from_slice(&params[q]);
             }
-            ParamRole::Table(t) => {
-                let (seq, hd, theta, cos) = match *t {
-                    TableKind::RopeCos { seq, head_dim, theta } => (seq, head_dim, theta, true),
-                    TableKind::RopeSin { seq, head_dim, theta } => (seq, head_dim, theta, false),
-                };
-                let table = crate::ops::RopeTable::new(seq, hd, theta).map_err(|e| InitError::Other {
-                    name: p.name.clone(),
-                    msg: e.to_string(),
-                })?;
-                params[i] = if cos {
-                    table.cos().to_vec()
-                } else {
-                    table.sin().to_vec()
-                };
-            }
-            _ => {}
+            off += n;
+        }
+        params[i] = stack;
+    }
+    // Constant tables, then every parameter's size (homed parts live in their stack).
+    for (i, p) in plan.params.iter().enumerate() {
+        if let ParamRole::Table(t) = &p.role {
+            let (seq, hd, theta, cos) = match *t {
+                TableKind::RopeCos { seq, head_dim, theta } => (seq, head_dim, theta, true),
+                TableKind::RopeSin { seq, head_dim, theta } => (seq, head_dim, theta, false),
+            };
+            let table = crate::ops::RopeTable::new(seq, hd, theta).map_err(|e| InitError::Other {
+                name: p.name.clone(),
+                msg: e.to_string(),
+            })?;
+            params[i] = if cos {
+                table.cos().to_vec()
+            } else {
+                table.sin().to_vec()
+            };
         }
         let want: usize = p.shape.iter().product();
         if params[i].len() != want && home.of(i).is_none() {

@@ -451,18 +451,14 @@ impl SafetensorsFile {
     pub fn f32_into(&self, name: &str, expected: &[usize], dst: &mut [f32]) -> Result<(), CheckpointError> {
         self.check_shape(name, expected)?;
         let (entry, raw) = self.entry(name)?;
-        let width = match entry.meta.dtype {
-            Dtype::F32 => 4,
-            Dtype::BF16 | Dtype::F16 => 2,
-            _ => return Err(self.bad_dtype(name, &entry.meta.dtype, "f32 (from F32, BF16 or F16)")),
-        };
-        if raw.len() != dst.len() * width {
-            return Err(self.shape_bug(name));
-        }
-        match entry.meta.dtype {
+        let whole = match entry.meta.dtype {
             Dtype::F32 => decode_into::<4, f32>(raw, dst, f32::from_le_bytes),
             Dtype::BF16 => decode_into::<2, f32>(raw, dst, |b| half::bf16::from_le_bytes(b).to_f32()),
-            _ => decode_into::<2, f32>(raw, dst, |b| half::f16::from_le_bytes(b).to_f32()),
+            Dtype::F16 => decode_into::<2, f32>(raw, dst, |b| half::f16::from_le_bytes(b).to_f32()),
+            _ => return Err(self.bad_dtype(name, &entry.meta.dtype, "f32 (from F32, BF16 or F16)")),
+        };
+        if !whole {
+            return Err(self.shape_bug(name));
         }
         Ok(())
     }
@@ -548,12 +544,17 @@ fn decode<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
         .collect()
 }
 
-fn decode_into<const N: usize, T>(raw: &[u8], dst: &mut [T], f: impl Fn([u8; N]) -> T) {
+/// Decodes `raw` into `dst`; false (and nothing written) when the lengths differ.
+fn decode_into<const N: usize, T>(raw: &[u8], dst: &mut [T], f: impl Fn([u8; N]) -> T) -> bool {
+    if raw.len() != dst.len() * N {
+        return false;
+    }
     for (d, c) in dst.iter_mut().zip(raw.chunks_exact(N)) {
         let mut b = [0u8; N];
         b.copy_from_slice(c);
         *d = f(b);
     }
+    true
 }
 
 fn parse_metadata(value: &Value) -> Result<BTreeMap<String, String>, String> {
