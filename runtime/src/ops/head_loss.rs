@@ -5,17 +5,26 @@
 //!
 //! Design. Only rows with a target take part (`target >= 0`; the others get
 //! a zero gradient and no loss), gathered into chunks of [`CHUNK`] rows; the
-//! chunks run side by side on rayon, each with sequential GEMMs. Per chunk:
+//! chunks run side by side on rayon, each with sequential GEMMs. A chunk walks
+//! the vocabulary once, in blocks of [`VOCAB_BLOCK`] entries, the way flash
+//! attention walks keys (an online softmax whose "values" are the rows of W):
 //!
-//! 1. `Z^T = W H_c^T` — the logits of the chunk transposed, `(vocab, c)`:
-//!    the weight is the left operand, which runs about twice as fast as
-//!    `H_c W^T` for a wide vocabulary (faer packs the narrow side);
-//! 2. per column (token) the max, `exp(z - max)` and its sum, by rows of
-//!    `Z^T` with the token index innermost (vectorised across tokens, the
-//!    same `exp` as the attention kernels, `simd::exp_approx`);
-//! 3. `loss_i = ln(sum_i) + max_i - z_{t_i, i}` and, in place,
-//!    `dZ = (softmax - onehot(t)) * scale`;
-//! 4. `dH_c = dZ^T W`, the chunk's rows of the input gradient.
+//! 1. `Z_b^T = W_b H_c^T` — the block's logits transposed, `(block, c)`, in
+//!    L2 (the weight as left operand: faer packs the narrow side);
+//! 2. per column (token) the block's max; where it raises the running max
+//!    `m`, the running sum of exponentials and the accumulated rows are
+//!    multiplied by `exp(m_old - m_new)`;
+//! 3. `E = exp(Z_b - m)` in place and its column sums (vectorised across
+//!    tokens, the same `exp` as the attention kernels, `simd::exp_approx`);
+//! 4. `acc += E^T W_b`.
+//!
+//! At the end `loss_i = ln(sum_i) + m_i - z_{t_i, i}` and
+//! `dH_i = scale (acc_i / sum_i - W_{t_i})`, which is `(softmax - onehot) W`.
+//! W is read from memory once per chunk and each block's logits go from one
+//! GEMM to the next through L2; nothing of size `vocab x c` exists (the
+//! chunked form before this wrote, reread and rescaled 25 MB of logits per
+//! chunk: SmolLM2, Sapphire Rapids, the op alone, 1024 tokens: 560-600 ms
+//! then, 445-460 ms now).
 //!
 //! The head weight is frozen (lamdac never trains it), so there is no dW.
 //! Matches the unfused `linear` + `cross_entropy` + `linear_grad_input`
@@ -28,13 +37,16 @@ use super::gemm::{Trans, gemm_with};
 use super::simd::{Simd, exp_approx, multiversion};
 use super::{OpsError, ScratchPool, at_least, check_len, dims};
 
-/// Rows per chunk: the chunk's transposed logits are `vocab x CHUNK` floats
-/// (25 MB at 49,152 x 128), one per thread at a time. faer's f32 kernels
-/// work in strips of 96 rows of its column-major destination (the chunk's
-/// columns here): 64 leaves every strip part-empty, 128 one of two (SmolLM2,
-/// Sapphire Rapids, same run: 7% less time in the head than 64; 256 took
-/// 10-20% more than 128 in three alternated runs on another SPR VM).
+/// Rows per chunk. faer's f32 kernels work in strips of 96 rows of its
+/// column-major destination (the chunk's columns in step 1): 64 leaves every
+/// strip part-empty (SmolLM2, Sapphire Rapids, the op alone: 64 rows
+/// 540-590 ms, 128 rows 445-500, 256 rows 427-472, within the noise of 128).
 pub const CHUNK: usize = 128;
+
+/// Vocabulary entries per block: a block's transposed logits are
+/// `VOCAB_BLOCK x CHUNK` floats (512 KiB), in L2 from the GEMM that writes
+/// them to the GEMM that reads them.
+pub const VOCAB_BLOCK: usize = 1024;
 
 /// What [`linear_cross_entropy`] reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,24 +64,25 @@ pub struct HeadLoss {
 struct Chunk {
     /// gathered rows of H: (c, d)
     hc: Vec<f32>,
-    /// logits, then dZ, transposed: (vocab, c)
+    /// a block's logits, then their exponentials, transposed: (VOCAB_BLOCK, c)
     zt: Vec<f32>,
     /// column max and sum of exponentials: (c)
     max: Vec<f32>,
     sum: Vec<f32>,
-    /// per-row loss and `scale / sum`: (c)
+    /// per-row target logit, then loss: (c)
     loss: Vec<f32>,
-    inv: Vec<f32>,
-    /// dH rows: (c, d)
+    /// the block's column max, then the rescale factors: (c)
+    factor: Vec<f32>,
+    /// accumulated `E^T W` rows, then dH rows: (c, d)
     dhc: Vec<f32>,
 }
 
 impl Chunk {
     /// Grows every buffer to a chunk of `c` rows.
-    fn fit(&mut self, c: usize, d: usize, vocab: usize) {
+    fn fit(&mut self, c: usize, d: usize, block: usize) {
         at_least(&mut self.hc, c * d);
-        at_least(&mut self.zt, vocab * c);
-        for b in [&mut self.max, &mut self.sum, &mut self.loss, &mut self.inv] {
+        at_least(&mut self.zt, block * c);
+        for b in [&mut self.max, &mut self.sum, &mut self.loss, &mut self.factor] {
             at_least(b, c);
         }
         at_least(&mut self.dhc, c * d);
@@ -132,58 +145,65 @@ pub fn linear_cross_entropy(
         .map(|rows| {
             let c = rows.len();
             let mut k = CHUNKS.take();
-            k.fit(c, d, vocab);
+            k.fit(c, d, VOCAB_BLOCK.min(vocab));
             for (dst, &i) in k.hc[..c * d].chunks_exact_mut(d.max(1)).zip(rows) {
                 dst.copy_from_slice(&h[i * d..(i + 1) * d]);
             }
-            // 1. Z^T (vocab, c) = W (vocab, d) H_c^T
-            let zt = &mut k.zt[..vocab * c];
-            gemm_with(
-                Par::Seq,
-                vocab,
-                c,
-                d,
-                1.0,
-                w,
-                Trans::N,
-                &k.hc[..c * d],
-                Trans::T,
-                0.0,
-                zt,
-            )?;
-            // 2. column max, then exp(z - max) in place with the column sums
-            let (max, sum) = (&mut k.max[..c], &mut k.sum[..c]);
+            let (max, sum, zt_t) = (&mut k.max[..c], &mut k.sum[..c], &mut k.loss[..c]);
             max.fill(f32::NEG_INFINITY);
             sum.fill(0.0);
+            let acc = &mut k.dhc[..c * d];
+            acc.fill(0.0);
+            for v0 in (0..vocab).step_by(VOCAB_BLOCK) {
+                let vb = VOCAB_BLOCK.min(vocab - v0);
+                let wb = &w[v0 * d..(v0 + vb) * d];
+                // 1. Z_b^T (vb, c) = W_b (vb, d) H_c^T
+                let zt = &mut k.zt[..vb * c];
+                gemm_with(Par::Seq, vb, c, d, 1.0, wb, Trans::N, &k.hc[..c * d], Trans::T, 0.0, zt)?;
+                for (j, &i) in rows.iter().enumerate() {
+                    let t = targets[i] as usize;
+                    if (v0..v0 + vb).contains(&t) {
+                        zt_t[j] = zt[(t - v0) * c + j];
+                    }
+                }
+                // 2. the running max; sums and accumulated rows rescaled to it
+                let bmax = &mut k.factor[..c];
+                bmax.fill(f32::NEG_INFINITY);
+                col_max(simd, zt, bmax);
+                let mut rescale = false;
+                for j in 0..c {
+                    if bmax[j] > max[j] {
+                        let f = exp_approx(max[j] - bmax[j]);
+                        sum[j] *= f;
+                        max[j] = bmax[j];
+                        bmax[j] = f;
+                        rescale = true;
+                    } else {
+                        bmax[j] = 1.0;
+                    }
+                }
+                if rescale {
+                    for (row, &f) in acc.chunks_exact_mut(d.max(1)).zip(bmax.iter()) {
+                        if f != 1.0 {
+                            row.iter_mut().for_each(|x| *x *= f);
+                        }
+                    }
+                }
+                // 3. E = exp(Z - max) in place, with the column sums
+                col_exp_sum(simd, zt, max, sum);
+                // 4. acc (c, d) += E^T (c, vb) W_b (vb, d)
+                gemm_with(Par::Seq, c, d, vb, 1.0, &k.zt[..vb * c], Trans::T, wb, Trans::N, 1.0, acc)?;
+            }
+            // 5. loss = ln(sum) + max - z_t; dH = scale (acc / sum - W_t)
             for (j, &i) in rows.iter().enumerate() {
-                k.loss[j] = -zt[targets[i] as usize * c + j];
+                let t = targets[i] as usize;
+                k.loss[j] = sum[j].ln() + max[j] - k.loss[j];
+                let f = scale / sum[j];
+                let wt = &w[t * d..(t + 1) * d];
+                for (x, &wv) in k.dhc[j * d..(j + 1) * d].iter_mut().zip(wt) {
+                    *x = *x * f - scale * wv;
+                }
             }
-            col_max(simd, zt, max);
-            col_exp_sum(simd, zt, max, sum);
-            // 3. losses (log sum exp - picked logit); dZ = (p - onehot) * scale
-            for j in 0..c {
-                k.loss[j] += sum[j].ln() + max[j];
-                k.inv[j] = scale / sum[j];
-            }
-            col_scale(simd, zt, &k.inv[..c]);
-            for (j, &i) in rows.iter().enumerate() {
-                zt[targets[i] as usize * c + j] -= scale;
-            }
-            // 4. dH_c (c, d) = dZ^T (c, vocab) W (vocab, d)
-            let dhc = &mut k.dhc[..c * d];
-            gemm_with(
-                Par::Seq,
-                c,
-                d,
-                vocab,
-                1.0,
-                &k.zt[..vocab * c],
-                Trans::T,
-                w,
-                Trans::N,
-                0.0,
-                dhc,
-            )?;
             Ok(k)
         })
         .collect_into_vec(&mut results);
@@ -230,17 +250,8 @@ fn col_exp_sum_impl(z: &mut [f32], max: &[f32], sum: &mut [f32]) {
     }
 }
 
-/// `z[v, j] *= f[j]`.
-#[inline(always)]
-fn col_scale_impl(z: &mut [f32], f: &[f32]) {
-    for row in z.chunks_exact_mut(f.len()) {
-        row.iter_mut().zip(f).for_each(|(x, &g)| *x *= g);
-    }
-}
-
 multiversion!(col_max = col_max_impl(z: &[f32], max: &mut [f32]));
 multiversion!(col_exp_sum = col_exp_sum_impl(z: &mut [f32], max: &[f32], sum: &mut [f32]));
-multiversion!(col_scale = col_scale_impl(z: &mut [f32], f: &[f32]));
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -281,6 +292,9 @@ mod tests {
             (70, 9, 131),
             (131, 17, 33),
             (300, 9, 50),
+            // several vocabulary blocks, the last one partial: the running
+            // max rises across blocks and targets fall in every block
+            (37, 6, 2 * VOCAB_BLOCK + 77),
         ] {
             let h = rng.vec_scaled(n * d, 2.0);
             let w = rng.vec_scaled(v * d, 2.0);
@@ -319,7 +333,6 @@ mod tests {
             col_max(simd, &z, &mut m);
             let mut s = vec![0.0; c];
             col_exp_sum(simd, &mut z, &m, &mut s);
-            col_scale(simd, &mut z, &s);
             (z, m, s)
         };
         let base = run(Simd::Base);
