@@ -192,7 +192,19 @@ pub fn linear_cross_entropy(
                 // 3. E = exp(Z - max) in place, with the column sums
                 col_exp_sum(simd, zt, max, sum);
                 // 4. acc (c, d) += E^T (c, vb) W_b (vb, d)
-                gemm_with(Par::Seq, c, d, vb, 1.0, &k.zt[..vb * c], Trans::T, wb, Trans::N, 1.0, acc)?;
+                gemm_with(
+                    Par::Seq,
+                    c,
+                    d,
+                    vb,
+                    1.0,
+                    &k.zt[..vb * c],
+                    Trans::T,
+                    wb,
+                    Trans::N,
+                    1.0,
+                    acc,
+                )?;
             }
             // 5. loss = ln(sum) + max - z_t; dH = scale (acc / sum - W_t)
             for (j, &i) in rows.iter().enumerate() {

@@ -2,12 +2,14 @@
 //!
 //! Buffers are host `Vec<f32>`; views are slices. Fused kernels run
 //! compiled by Cranelift at first use ([`KernelMode::Jit`], the default) or
-//! through the reference interpreter ([`KernelMode::Interpret`], for tests).
+//! through the reference interpreter ([`KernelMode::Interpret`], for tests);
+//! with the JIT, the hottest library kernels run natively ([`native`]).
 //! RoPE tables are built once per (seq, head dim, theta) and kept; the
 //! stacked GEMMs' narrow-block scratch is grown once and reused.
 
 pub mod interp;
 pub mod jit;
+pub mod native;
 
 use std::collections::HashMap;
 
@@ -37,6 +39,10 @@ pub struct CpuBackend {
     rope: HashMap<(usize, usize, u64), RopeTable>,
     /// Scratch of the stacked GEMMs (grows to the largest narrow run, then stays).
     scratch: Vec<f32>,
+    /// Which kernels run natively, by kernel name (decided at first launch).
+    native: HashMap<String, Option<native::Native>>,
+    /// Scratch of the native kernels (the epilogue's B^T).
+    native_scratch: Vec<f32>,
     /// The generated AdamW kernel by column count.
     adamw: HashMap<usize, Kernel>,
 }
@@ -107,7 +113,19 @@ impl CpuBackend {
     }
 
     /// Runs one fused kernel over `rows` rows on host slices (JIT or interpreter, by mode).
+    /// With the JIT, library kernels that have a native form ([`native`]) run that instead.
     fn launch_host(&mut self, k: &Kernel, args: &mut [KArg<'_>], rows: usize) -> Result<(), ExecError> {
+        if self.mode == KernelMode::Jit {
+            let native = match self.native.get(k.name.as_str()) {
+                Some(&n) => n,
+                None => *self.native.entry(k.name.clone()).or_insert(native::Native::of(k)),
+            };
+            if let Some(n) = native {
+                return n
+                    .run(k, args, rows, &mut self.native_scratch)
+                    .map_err(|e| internal(e.to_string()));
+            }
+        }
         run_kernel(self.mode, &mut self.jit, k, args, rows)
     }
 
