@@ -9,6 +9,8 @@
 #     PEFT `get_peft_model` LoRA and LoRA-FA (rank R, alpha 2R, all seven
 #     linears), AdamW, random tokens of the same batch x seq
 #     (scripts/bench_peft.py), one process per method;
+#   - ROUNDS (default 2) rounds of all four, alternated; per variant its
+#     fastest round (the others' ms/step printed below the table);
 #   - median ms/step of STEPS steps after WARMUP, tokens/s, trainable
 #     parameters, time from start to the first step, peak RSS of the process;
 #   - ratios (PEFT LoRA time / row time, row peak RSS / PEFT LoRA peak RSS);
@@ -39,6 +41,7 @@ BATCH="${BATCH:-8}"
 SEQ="${SEQ:-192}"
 RANK="${RANK:-16}"
 THREADS="${THREADS:-$(nproc)}"
+ROUNDS="${ROUNDS:-2}"
 OUT="${OUT:-$(mktemp -d)}"
 
 if [ -z "${PYTHON:-}" ]; then
@@ -55,14 +58,19 @@ cargo build --quiet --release -p lamda-runtime --example gemm_rate
 
 export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 
-for v in spec-fused lora-fused; do
-  echo "lamdac $v ..." >&2
-  "$LAMDAC" bench "$SPEC" --variant "$v" --steps "$STEPS" --warmup "$WARMUP" --json > "$OUT/lamdac-$v.json"
-done
-for m in lora lora_fa; do
-  echo "transformers + peft $m ..." >&2
-  "$PYTHON" scripts/bench_peft.py --model "$MODEL" --method "$m" --rank "$RANK" --batch "$BATCH" \
-    --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" 2>/dev/null > "$OUT/peft-$m.json"
+# ROUNDS rounds, each running every variant once in turn; each variant's row
+# is its fastest round (a shared VM's speed drifts by 10-40% over minutes;
+# alternating gives every variant the same chances).
+for r in $(seq 1 "$ROUNDS"); do
+  for v in spec-fused lora-fused; do
+    echo "round $r: lamdac $v ..." >&2
+    "$LAMDAC" bench "$SPEC" --variant "$v" --steps "$STEPS" --warmup "$WARMUP" --json > "$OUT/lamdac-$v-$r.json"
+  done
+  for m in lora lora_fa; do
+    echo "round $r: transformers + peft $m ..." >&2
+    "$PYTHON" scripts/bench_peft.py --model "$MODEL" --method "$m" --rank "$RANK" --batch "$BATCH" \
+      --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" 2>/dev/null > "$OUT/peft-$m-$r.json"
+  done
 done
 if [ "${EAGER:-0}" = 1 ]; then
   "$PYTHON" scripts/bench_torch.py --model "$MODEL" --rank "$RANK" --batch "$BATCH" --seq "$SEQ" \
@@ -89,14 +97,20 @@ done
 "$PYTHON" - "$OUT" "$MODEL" "$BATCH" "$SEQ" "$THREADS" "$SPEC" <<'PY'
 import json, os, platform, sys
 out, model, b, s, threads, spec = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+import glob
+def fastest(pattern, read):
+    runs = [read(p) for p in sorted(glob.glob(pattern))]
+    best = min(runs, key=lambda r: r["ms_per_step"])
+    best["rounds"] = [round(r["ms_per_step"], 1) for r in runs]
+    return best
 rows = []
 for v in ["spec-fused", "lora-fused"]:
-    r = json.load(open(f"{out}/lamdac-{v}.json"))[0]
+    r = fastest(f"{out}/lamdac-{v}-*.json", lambda p: json.load(open(p))[0])
     r["variant"] = "lamdac " + {"spec-fused": "lamda (this spec)", "lora-fused": "lora (same ranks)"}[v]
     rows.append(r)
 peft = {}
 for m in ["lora", "lora_fa"]:
-    r = json.loads(open(f"{out}/peft-{m}.json").read().strip().splitlines()[-1])
+    r = fastest(f"{out}/peft-{m}-*.json", lambda p: json.loads(open(p).read().strip().splitlines()[-1]))
     peft[m] = r
     rows.append(r)
 if os.path.exists(f"{out}/eager.jsonl"):
@@ -148,6 +162,8 @@ for r in rows:
         f"{(f'{st:.1f}' if st is not None else '-'):>8} {rss_s:>9} {ref['ms_per_step'] / r['ms_per_step']:>18.2f}x "
         f"{rss_r:>17} {gf:>8.0f} {gf / g_torch:>13.0%}"
     )
+print()
+print("ms/step of every round: " + "; ".join(f"{r['variant']} {r['rounds']}" for r in rows))
 lam = rows[0]
 if lam.get("startup_phases"):
     print()
