@@ -41,7 +41,7 @@ pub struct CpuBackend {
     scratch: Vec<f32>,
     /// Which kernels run natively, by kernel name (decided at first launch).
     native: HashMap<String, Option<native::Native>>,
-    /// Scratch of the native kernels: the epilogue's B^T, (r, d_out) of the largest so far.
+    /// Scratch of the native kernels: the epilogue's B^T (r, d_out) and S^T (r, r), the largest so far.
     native_scratch: Vec<f32>,
     /// The generated AdamW kernel by column count.
     adamw: HashMap<usize, Kernel>,

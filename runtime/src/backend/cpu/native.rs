@@ -78,7 +78,7 @@ impl Native {
     }
 
     /// Runs `k` (whose native form this is) over `rows` rows; `scratch` holds
-    /// the epilogue's transposed B (grown once, then reused).
+    /// the epilogue's transposed B and S (grown once, then reused).
     pub fn run(
         self,
         k: &Kernel,
@@ -129,17 +129,23 @@ impl Native {
                 if d_out == 0 || r == 0 {
                     return Ok(());
                 }
-                // B (d_out, r) -> B^T (r, d_out): the r updates of a row run along d_out
-                if scratch.len() < r * d_out {
-                    scratch.resize(r * d_out, 0.0);
+                // B (d_out, r) -> B^T (r, d_out) and S -> S^T: both products of
+                // a row then run along their output (u's r, y's d_out)
+                if scratch.len() < r * (d_out + r) {
+                    scratch.resize(r * (d_out + r), 0.0);
                 }
-                let bt = &mut scratch[..r * d_out];
+                let (bt, st) = scratch[..r * (d_out + r)].split_at_mut(r * d_out);
                 for (o, row) in b.chunks_exact(r).enumerate() {
                     for (c, &v) in row.iter().enumerate() {
                         bt[c * d_out + o] = v;
                     }
                 }
-                let bt = &*bt;
+                for (a, row) in s.chunks_exact(r).enumerate() {
+                    for (c, &v) in row.iter().enumerate() {
+                        st[c * r + a] = v;
+                    }
+                }
+                let (bt, st) = (&*bt, &*st);
                 y.par_chunks_mut(EPILOGUE_ROWS * d_out)
                     .zip(u.par_chunks_mut(EPILOGUE_ROWS * r))
                     .zip(
@@ -153,10 +159,8 @@ impl Native {
                             .zip(base.chunks_exact(d_out))
                             .zip(z.chunks_exact(r))
                         {
-                            // u = z S^T (r x r, small)
-                            for (ua, srow) in u.iter_mut().zip(s.chunks_exact(r)) {
-                                *ua = z.iter().zip(srow).map(|(a, b)| a * b).sum();
-                            }
+                            // u = z S^T, then y = base + alpha u B^T
+                            row_times(simd, z, st, u);
                             epilogue_row(simd, base, u, bt, alpha, y);
                         }
                     });
@@ -187,6 +191,18 @@ fn swiglu_grad_impl(gate: &[f32], up: &[f32], dh: &[f32], dgate: &mut [f32], dup
     }
 }
 
+/// `u = z M` for one row, with `m` `(len z, len u)` row-major: the sum over
+/// `z`'s entries runs in order, the outputs side by side (vectorised).
+#[inline(always)]
+fn row_times_impl(z: &[f32], m: &[f32], u: &mut [f32]) {
+    u.fill(0.0);
+    for (&zc, row) in z.iter().zip(m.chunks_exact(u.len().max(1))) {
+        for (ua, &mv) in u.iter_mut().zip(row) {
+            *ua += zc * mv;
+        }
+    }
+}
+
 /// `y = base + alpha (u B^T)` for one row, with `bt = B^T` `(r, d_out)`: the
 /// dot over `r` accumulated along the row, 64 outputs at a time.
 #[inline(always)]
@@ -214,6 +230,7 @@ multiversion!(swiglu = swiglu_impl(gate: &[f32], up: &[f32], h: &mut [f32]));
 multiversion!(
     swiglu_grad = swiglu_grad_impl(gate: &[f32], up: &[f32], dh: &[f32], dgate: &mut [f32], dup: &mut [f32])
 );
+multiversion!(row_times = row_times_impl(z: &[f32], m: &[f32], u: &mut [f32]));
 multiversion!(epilogue_row = epilogue_row_impl(base: &[f32], u: &[f32], bt: &[f32], alpha: f32, y: &mut [f32]));
 
 #[cfg(test)]
