@@ -210,10 +210,18 @@ fn stack_gemms(ir: &mut Ir, trainable: &BTreeSet<usize>, st: &mut FusionStats) -
         }
         groups.entry(ins[0]).or_default().push(id);
     }
-    for (x, members) in groups {
+    for (x, mut members) in groups {
         if members.len() < 2 {
             continue;
         }
+        // Widest first (stable): the adapters' rank-r projections end up side
+        // by side at the end of the stack, where the runtime multiplies a run
+        // of narrow blocks as one GEMM (one `x A^T` of width 3r for q, k, v,
+        // and one read-modify-write of dx for their input gradients).
+        members.sort_by_key(|&m| {
+            let w = param_of(ir, ir.inputs(m)[1]).map_or(0, |p| ir.params[p].shape[0]);
+            std::cmp::Reverse(w)
+        });
         let weights: Vec<usize> = members.iter().filter_map(|&m| param_of(ir, ir.inputs(m)[1])).collect();
         let widths: Vec<usize> = weights.iter().map(|&p| ir.params[p].shape[0]).collect();
         let k = ir.params[weights[0]].shape[1];
