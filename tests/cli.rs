@@ -306,21 +306,37 @@ fn a_collapsed_run_warns_stops_and_keeps_the_checkpoint_from_before() {
     );
     let (code, _, err) = lamdac(&["train", spec.to_str().unwrap(), "--quiet"]);
     assert_eq!(code, 1, "{err}");
-    let warn = err
-        .find("warning[lamda::train::collapsed]: step 4:")
+    // The step it collapses at depends on float rounding along a diverging
+    // trajectory (it moved from 4 to 3 when the GEMMs were grouped
+    // differently), so it is read from the warning, and the rest follows from it.
+    const WARN: &str = "warning[lamda::train::collapsed]: step ";
+    let warn = err.find(WARN).unwrap_or_else(|| panic!("{err}"));
+    let first: usize = err[warn + WARN.len()..]
+        .split(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("{err}"));
+    assert!((1..=10).contains(&first), "collapsed at step {first}: {err}");
     let stop = err
         .find("error[lamda::train::collapsed]")
         .unwrap_or_else(|| panic!("{err}"));
     assert!(warn < stop, "{err}");
     assert!(err.contains("= ln(vocab)"), "{err}");
     assert!(err.contains("3 steps in a row"), "{err}");
-    assert!(err.contains("step-000004, is kept"), "{err}");
+    // checkpoints every 2 steps: the last one taken before the collapsed
+    // step ran is kept (step-N holds the state after N steps)
+    let kept = format!("step-{:06}", first / 2 * 2);
+    assert!(err.contains(&format!("{kept}, is kept")), "{kept}: {err}");
     let run = dir.join("run");
     let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
-    assert_eq!(latest.trim(), "step-000004", "the collapsed model was checkpointed");
+    assert_eq!(latest.trim(), kept, "the collapsed model was checkpointed");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 7, "steps 0..=6 ran, then the run stopped");
+    assert_eq!(
+        metrics.lines().count(),
+        first + 3,
+        "steps 0..={} ran, then the run stopped",
+        first + 2
+    );
 
     // `stop_on_collapse 0` trains on, with the warning.
     let dir = scratch("collapse-0");
