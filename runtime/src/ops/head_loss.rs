@@ -57,7 +57,6 @@ pub struct HeadLoss {
     pub sum: f64,
 }
 
-/// A chunk's losses `(c)` and input-gradient rows `(c, d)`.
 /// Scratch of one chunk (from [`CHUNKS`]); after the chunk ran, `loss`
 /// holds its rows' losses and `dhc` their `dH` rows.
 #[derive(Default)]
@@ -206,13 +205,13 @@ pub fn linear_cross_entropy(
                     acc,
                 )?;
             }
-            // 5. loss = ln(sum) + max - z_t; dH = scale (acc / sum - W_t)
+            // 5. loss = ln(sum) + max - z_t (in place of z_t); dH = scale (acc / sum - W_t) (in place of acc)
             for (j, &i) in rows.iter().enumerate() {
                 let t = targets[i] as usize;
-                k.loss[j] = sum[j].ln() + max[j] - k.loss[j];
+                zt_t[j] = sum[j].ln() + max[j] - zt_t[j];
                 let f = scale / sum[j];
                 let wt = &w[t * d..(t + 1) * d];
-                for (x, &wv) in k.dhc[j * d..(j + 1) * d].iter_mut().zip(wt) {
+                for (x, &wv) in acc[j * d..(j + 1) * d].iter_mut().zip(wt) {
                     *x = *x * f - scale * wv;
                 }
             }
